@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    - create .venv, install Embiggen, train/load every stage, print the report card
+#   make test   - the same set-up plus dev tools, then unit tests and nbval over every notebook
+# Pass PRESET=smoke|laptop|gpu to choose a preset (default: $EMBIGGEN_PRESET or laptop).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is installed first and pinned, so pip never swaps in a different build later.
+# GPU users who already have the torch they want in the venv keep it (see README).
+TORCH_SPEC ?= torch==2.13.0
+PRESET ?= $(EMBIGGEN_PRESET)
+THREADS ?= 2
+
+.PHONY: run test lab unit notebooks bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+run: $(VENV)/.installed
+	EMBIGGEN_THREADS=$(THREADS) $(VENV)/bin/embiggen run $(if $(PRESET),--preset $(PRESET),)
+
+unit: $(VENV)/.installed
+	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
+
+notebooks: $(VENV)/.installed
+	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
+
+test: $(VENV)/.installed
+	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
+	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
+
+lab: $(VENV)/.installed
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: $(VENV)/.installed
+	EMBIGGEN_THREADS=$(THREADS) $(PY) benchmarks/pretrain_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,93 @@
+"""The `embiggen` command.
+
+    embiggen run [--preset P] [--stages base] [--out DIR]   # train or load, print the report card
+    embiggen sample --model base "Alma Brook lives in"       # continue a prefix
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .presets import PRESETS
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import report_card, run
+
+    report = run(args.preset, args.stages, args.out, progress=not args.quiet)
+    print(report_card(report))
+    out = args.out or f"runs/{report['preset']}"
+    print(f"\nwrote {out}/report.json and {out}/report.md")
+    return 0
+
+
+def load_model_by_name(name: str, preset=None):
+    """'base' means the embedded base model; anything else is a Hugging Face name or path."""
+    if name == "base":
+        from .pretrain import train_or_load_base
+
+        base = train_or_load_base(preset)
+        return base.model, base.tokenizer
+    from .model import load_pretrained
+    from .utils import pick_device
+
+    return load_pretrained(name, device=pick_device())
+
+
+def _cmd_sample(args) -> int:
+    from .generate import generate
+
+    if not args.prefix.strip():
+        print("error: give a non-empty prefix to continue", file=sys.stderr)
+        return 2
+    model, tokenizer = load_model_by_name(args.model, args.preset)
+    greedy = args.temperature == 0
+    outs = generate(model, tokenizer, [args.prefix] * (1 if greedy else args.n), max_new_tokens=args.max_new_tokens,
+                    greedy=greedy, temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed)
+    for i, text in enumerate(outs, 1):
+        print(f"[{i}] {args.prefix}{text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embiggen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train or load every stage and print the report card")
+    run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
+    run.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
+    run.add_argument("--out", default=None, help="folder for report.json and report.md (default: runs/<preset>)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    sample = sub.add_parser("sample", help="continue a prefix with a model")
+    sample.add_argument("prefix")
+    sample.add_argument("--model", default="base", help="'base' or a Hugging Face model name or local path")
+    sample.add_argument("--preset", default=None)
+    sample.add_argument("-n", type=int, default=3, help="number of samples (when sampling)")
+    sample.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("--top-p", type=float, default=None)
+    sample.add_argument("--max-new-tokens", type=int, default=40)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .utils import set_threads
+
+    args = build_parser().parse_args(argv)
+    set_threads()
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

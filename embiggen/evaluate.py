@@ -1,0 +1,113 @@
+"""Measuring what a model knows and whether it follows instructions.
+
+Two measurements for the base model (notebook 01):
+
+* **fact cloze accuracy** — greedy completion of fact sentences ("Alma Brook lives in")
+  for every fact of every person in the world. It measures what pretraining stored.
+* **instruction answer rate** — the share of instruction prompts ("Where does Alma Brook
+  live?") answered correctly by exact match. A base model has only ever seen questions
+  followed by more questions, so it continues the text instead (FLAN, figure 1).
+
+Answers are compared after `normalize` (lower case, no surrounding punctuation or space),
+on the first line of the response, and the same scorer serves every later stage.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+
+from .generate import generate
+from .tasks import sample_examples
+from .world import World, cloze_items
+
+
+def normalize(text: str) -> str:
+    """Lower-case, collapse spaces, strip surrounding punctuation."""
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return text.strip(" .,!?;:'\"")
+
+
+def first_line(text: str) -> str:
+    """The response up to its first newline (a base model keeps writing)."""
+    return text.strip().split("\n", 1)[0] if text.strip() else ""
+
+
+def exact_match(response: str, answer: str) -> bool:
+    return normalize(first_line(response)) == normalize(answer)
+
+
+def starts_with_answer(completion: str, expected: str) -> bool:
+    """True if `completion` begins with `expected` as whole words ("Redford." yes, "Redfordshire" no)."""
+    c, e = normalize(completion), normalize(expected)
+    return c == e or (c.startswith(e) and not c[len(e)].isalnum())
+
+
+# ---------------------------------------------------------------------------------------
+def fact_cloze(model, tokenizer, people, max_new_tokens: int = 6) -> dict:
+    """Greedy completion of 'X lives in', 'X works as', ... for every fact of every person."""
+    items = cloze_items(people)
+    completions = generate(model, tokenizer, [prefix for _, _, prefix, _ in items],
+                           max_new_tokens=max_new_tokens)
+    rows, by_attribute = [], defaultdict(list)
+    for (name, attribute, prefix, expected), completion in zip(items, completions):
+        ok = starts_with_answer(completion, expected)
+        rows.append({"person": name, "attribute": attribute, "prompt": prefix, "expected": expected,
+                     "completion": completion, "correct": ok})
+        by_attribute[attribute].append(ok)
+    return {
+        "accuracy": sum(r["correct"] for r in rows) / len(rows),
+        "per_attribute": {a: sum(v) / len(v) for a, v in by_attribute.items()},
+        "rows": rows,
+    }
+
+
+def plain_prompt(instruction: str) -> str:
+    """How a base model sees an instruction: as text to continue."""
+    return instruction + "\n"
+
+
+def instruction_answer_rate(model, tokenizer, world: World, n: int = 200, seed: int = 7,
+                            max_new_tokens: int = 16, prompt_format=plain_prompt) -> dict:
+    """Share of `n` instruction prompts (spread over every task cluster) answered correctly."""
+    examples = sample_examples(world, n, seed=seed)
+    responses = generate(model, tokenizer, [prompt_format(e.instruction) for e in examples],
+                         max_new_tokens=max_new_tokens)
+    rows, by_cluster = [], defaultdict(list)
+    for e, response in zip(examples, responses):
+        ok = exact_match(response, e.answer)
+        rows.append({"cluster": e.cluster, "instruction": e.instruction, "answer": e.answer,
+                     "response": response, "correct": ok})
+        by_cluster[e.cluster].append(ok)
+    return {
+        "rate": sum(r["correct"] for r in rows) / len(rows),
+        "per_cluster": {c: sum(v) / len(v) for c, v in by_cluster.items()},
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+def few_shot_prompt(shots: list[tuple[str, str]], question: str) -> str:
+    """GPT-3-style in-context examples: 'Q: ...\\nA: ...' pairs, then the question."""
+    return "".join(f"Q: {q}\nA: {a}\n\n" for q, a in shots) + f"Q: {question}\nA:"
+
+
+def few_shot_accuracy(model, tokenizer, world: World, k: int, n: int = 60, seed: int = 11) -> dict:
+    """Accuracy on 'Where does X live?' with k solved examples in the prompt (k=0: zero-shot)."""
+    rng = random.Random(seed)
+    people = world.people
+    rows = []
+    prompts = []
+    targets = []
+    for _ in range(n):
+        target = rng.choice(people)
+        others = rng.sample([p for p in people if p is not target], k)
+        shots = [(f"Where does {p.name} live?", p.town) for p in others]
+        prompts.append(few_shot_prompt(shots, f"Where does {target.name} live?"))
+        targets.append(target)
+    responses = generate(model, tokenizer, prompts, max_new_tokens=6)
+    for prompt, target, response in zip(prompts, targets, responses):
+        ok = exact_match(response, target.town)
+        rows.append({"prompt": prompt, "answer": target.town, "response": response, "correct": ok})
+    return {"k": k, "accuracy": sum(r["correct"] for r in rows) / n, "rows": rows}

@@ -1,0 +1,80 @@
+"""Turning next-token probabilities into text: greedy decoding and sampling.
+
+A language model gives a distribution p(x_t | x_<t) over its vocabulary. Decoding picks a
+token, appends it and repeats. Greedy decoding takes the most likely token; sampling draws
+from the distribution after reshaping it (Holtzman et al. 2019, "The Curious Case of
+Neural Text Degeneration", https://arxiv.org/abs/1904.09751):
+
+* temperature T:   p_i ∝ exp(logit_i / T) — low T sharpens, high T flattens;
+* top-k:           keep only the k most likely tokens;
+* top-p (nucleus): keep the smallest set of tokens whose probability adds up to >= p.
+
+`filter_logits` is that recipe written out; `generate` runs batched decoding through
+Hugging Face's `generate`, which applies the same three steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Scale by temperature, then set every token outside top-k / top-p to -inf."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use greedy decoding for 0), got {temperature}")
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens *before* it already reach top_p (the first always stays)
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def next_token_distribution(model, tokenizer, text: str, k: int = 10, temperature: float = 1.0,
+                            top_k: int | None = None, top_p: float | None = None) -> list[tuple[str, float]]:
+    """The `k` most likely next tokens after `text`, with probabilities after filtering."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.numel() == 0:  # an empty prefix means "the start of a document"
+        ids = torch.tensor([[tokenizer.eos_token_id]])
+    logits = model(input_ids=ids.to(_device(model))).logits[0, -1].float()
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    values, indices = torch.topk(probs, min(k, probs.numel()))
+    return [(tokenizer.decode([i]), v) for i, v in zip(indices.tolist(), values.tolist())]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, greedy: bool = True,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, batch_size: int = 64, skip_special_tokens: bool = True) -> list[str]:
+    """Continue each prompt; return only the new text. Generation stops at EOS."""
+    if isinstance(prompts, str):
+        raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list")
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    tokenizer.padding_side = "left"
+    sampling = {} if greedy else {"temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start: start + batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             **sampling)
+        new = out[:, enc["input_ids"].shape[1]:]
+        outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=skip_special_tokens))
+    model.train(was_training)
+    return outputs

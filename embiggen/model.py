@@ -1,0 +1,71 @@
+"""The model: a small Llama-style decoder built from a preset, or any Hugging Face causal LM.
+
+The embedded default is `transformers.LlamaForCausalLM` (RMSNorm, rotary position
+embeddings, SwiGLU MLP — the LLaMA recipe of Touvron et al. 2023) at a size that trains on
+a laptop CPU in minutes. Because it *is* a Hugging Face model, everything downstream (SFT,
+reward model, PPO) works the same on any other causal LM loaded with `load_pretrained`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from .presets import ModelConfig
+
+DEFAULT_MODEL_HINT = ("the embedded default needs no download: use `embiggen.pretrain.train_or_load_base()` "
+                      "(CLI: `embiggen run --stages base`), or pass a local folder saved with save_pretrained")
+
+
+def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised Llama-style causal LM with `cfg`'s shape and `tokenizer`'s vocabulary."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,  # input and output embeddings share weights, as in GPT-2
+        attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.02,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def count_params(model) -> int:
+    """Trainable parameters, counting tied weights once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu", dtype=None):
+    """Load any Hugging Face causal LM and its tokenizer by hub name or local path.
+
+    Only safetensors weights are loaded, `trust_remote_code` stays off, and nothing is
+    downloaded when the model is not already on disk or in the local Hugging Face cache
+    (set ``HF_HUB_OFFLINE=0`` yourself if you do want downloads)."""
+    import os
+
+    kwargs = dict(use_safetensors=True, trust_remote_code=False)
+    offline = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+    if offline:
+        kwargs["local_files_only"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False,
+                                                  **({"local_files_only": True} if offline else {}))
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise OSError(f"could not load the causal LM {str(name_or_path)!r} offline ({exc.__class__.__name__}: "
+                      f"{str(exc).splitlines()[0]}). Embiggen downloads nothing at run time; "
+                      f"{DEFAULT_MODEL_HINT}.") from exc
+    if tokenizer.pad_token is None:  # many causal LMs ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model.to(device), tokenizer

@@ -1,0 +1,114 @@
+"""The whole chain, stage by stage, and the report card that `embiggen run` prints.
+
+Each stage trains (or loads from the cache) its model, evaluates it on held-out data with
+the same functions the notebooks call, and adds its figures to the report under its own
+key. Later steps of the course register their stages here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .evaluate import fact_cloze, instruction_answer_rate
+from .model import count_params
+from .presets import Preset, get_preset
+from .pretrain import train_or_load_base
+from .utils import atomic_write_text
+
+
+def run_base(preset: Preset, report: dict, progress: bool = True) -> None:
+    base = train_or_load_base(preset, progress=progress)
+    cloze = fact_cloze(base.model, base.tokenizer, base.world.people)
+    answers = instruction_answer_rate(base.model, base.tokenizer, base.world, n=preset.n_instruction_probes)
+    report["base"] = {
+        "params": count_params(base.model),
+        "train_tokens": base.info["train_tokens"],
+        "train_seconds": base.info["train_seconds"],
+        "tokens_per_second": base.info["tokens_per_second"],
+        "val_loss": round(base.info["val_loss"], 4),
+        "fact_cloze_accuracy": round(cloze["accuracy"], 4),
+        "fact_cloze_per_attribute": {k: round(v, 4) for k, v in cloze["per_attribute"].items()},
+        "instruction_answer_rate": round(answers["rate"], 4),
+        "instruction_answer_rate_per_cluster": {k: round(v, 4) for k, v in answers["per_cluster"].items()},
+        "device": base.info["device"],
+        "cache": str(base.path),
+    }
+
+
+#: stage name -> function(preset, report, progress). Order is the order they run in.
+STAGES = {"base": run_base}
+
+#: What each headline figure should reach on the laptop preset (see the issues).
+TARGETS = {
+    "base.train_seconds": ("<=", 300),
+    "base.fact_cloze_accuracy": (">=", 0.95),
+    "base.instruction_answer_rate": ("<=", 0.05),
+}
+
+
+def parse_stages(stages: str | list[str] | None) -> list[str]:
+    if stages is None:
+        return list(STAGES)
+    names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown or not names:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; "
+                         f"valid stages: {', '.join(STAGES)}")
+    return [s for s in STAGES if s in names]  # always in pipeline order
+
+
+def run(preset: str | Preset | None = None, stages=None, out: str | Path | None = None,
+        progress: bool = True) -> dict:
+    """Run `stages` (default all) on `preset`; write report.json and report.md to `out`."""
+    preset = get_preset(preset)
+    names = parse_stages(stages)
+    out = Path(out) if out is not None else Path("runs") / preset.name
+    report_path = out / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if report.get("preset") not in (None, preset.name) or report.get("seed") not in (None, preset.seed):
+        report = {}  # a report of another preset or seed is not ours to extend
+    report.update({"preset": preset.name, "seed": preset.seed})
+    for name in names:
+        started = time.perf_counter()
+        STAGES[name](preset, report, progress)
+        report[name]["stage_seconds"] = round(time.perf_counter() - started, 2)
+        # write after every stage, so an interrupted run keeps what it finished
+        atomic_write_text(report_path, json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", report_markdown(report))
+    return report
+
+
+def _flatten(report: dict) -> list[tuple[str, object]]:
+    rows = []
+    for stage, figures in report.items():
+        if not isinstance(figures, dict):
+            continue
+        for key, value in figures.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append((f"{stage}.{key}", value))
+    return rows
+
+
+def _verdict(key: str, value) -> str:
+    if key not in TARGETS:
+        return ""
+    op, target = TARGETS[key]
+    ok = value <= target if op == "<=" else value >= target
+    return f"{op} {target} {'ok' if ok else 'MISSED'}"
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"# Embiggen report card — preset `{report.get('preset')}`, seed {report.get('seed')}", "",
+             "| figure | value | laptop target |", "|---|---|---|"]
+    lines += [f"| `{k}` | {v:g} | {_verdict(k, v)} |" for k, v in _flatten(report)]
+    return "\n".join(lines) + "\n"
+
+
+def report_card(report: dict) -> str:
+    rows = [(k, f"{v:g}", _verdict(k, v)) for k, v in _flatten(report)]
+    width = max(len(r[0]) for r in rows) if rows else 10
+    head = f"Embiggen report card — preset {report.get('preset')}, seed {report.get('seed')}"
+    body = "\n".join(f"  {k:<{width}}  {v:>12}  {t}" for k, v, t in rows)
+    return f"{head}\n{'-' * len(head)}\n{body}"

@@ -1,0 +1,121 @@
+"""Presets are data: one `Preset` per machine size, nothing else in the code branches on names.
+
+* ``smoke``  — for CI and tests: a tiny world and model, seconds per stage.
+* ``laptop`` — the default on a CPU: the whole chain in minutes on 2 cores.
+* ``gpu``    — a larger world and model for a laptop GPU.
+
+Pick one with an argument or the ``EMBIGGEN_PRESET`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the Llama-style decoder trained from scratch."""
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 352
+    max_position_embeddings: int = 256
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The plain pretraining loop: AdamW, linear warmup then cosine decay, clipping."""
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    seed: int = 1234
+    # the world
+    n_people: int = 40
+    n_unknown: int = 10
+    max_operand: int = 30
+    train_documents: int = 30000
+    val_documents: int = 1000
+    # tokenizer and model
+    vocab_size: int = 1024
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # "size matters": smaller models trained with the same recipe, for notebook 01
+    size_sweep: tuple[ModelConfig, ...] = ()
+    # evaluation
+    n_instruction_probes: int = 200
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke", n_people=12, n_unknown=6, max_operand=10, train_documents=3000,
+        val_documents=200, vocab_size=512,
+        model=ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=160, max_position_embeddings=128),
+        pretrain=PretrainConfig(steps=60, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=10,
+                                eval_every=30, eval_batches=2),
+        size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128),
+                    ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=128, max_position_embeddings=128)),
+        n_instruction_probes=40,
+    ),
+    "laptop": Preset(
+        name="laptop", n_people=40, n_unknown=10, max_operand=30, train_documents=40000,
+        val_documents=1000, vocab_size=1024,
+        model=ModelConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                          intermediate_size=352, max_position_embeddings=256),
+        pretrain=PretrainConfig(steps=800, batch_size=32, seq_len=128, lr=3e-3, warmup_steps=50,
+                                eval_every=100, eval_batches=8),
+        size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=96, max_position_embeddings=256),
+                    ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=176, max_position_embeddings=256)),
+        n_instruction_probes=400,
+    ),
+    "gpu": Preset(
+        name="gpu", n_people=40, n_unknown=10, max_operand=50, train_documents=120000,
+        val_documents=2000, vocab_size=2048,
+        model=ModelConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
+                          intermediate_size=1024, max_position_embeddings=256),
+        pretrain=PretrainConfig(steps=3000, batch_size=64, seq_len=256, lr=1e-3, warmup_steps=200,
+                                eval_every=250, eval_batches=16),
+        size_sweep=(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=176, max_position_embeddings=256),
+                    ModelConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=4,
+                                intermediate_size=512, max_position_embeddings=256)),
+        n_instruction_probes=400,
+    ),
+}
+
+DEFAULT_PRESET = "laptop"
+
+
+def get_preset(name: str | Preset | None = None) -> Preset:
+    """The preset called `name`, else ``$EMBIGGEN_PRESET``, else ``laptop``."""
+    if isinstance(name, Preset):
+        return name
+    name = name or os.environ.get("EMBIGGEN_PRESET") or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def with_overrides(preset: Preset, **changes) -> Preset:
+    """A copy of `preset` with some fields changed (e.g. a different seed)."""
+    return replace(preset, **changes)

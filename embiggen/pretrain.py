@@ -1,0 +1,272 @@
+"""Step 1 — a language model is autocomplete: pretraining from scratch.
+
+A causal language model learns p(x_t | x_<t) by minimising the cross-entropy of the next
+token over a corpus (Radford et al. 2018/2019; Brown et al. 2020, "Language Models are
+Few-Shot Learners", https://arxiv.org/abs/2005.14165):
+
+    L(theta) = - 1/T * sum_t log p_theta(x_t | x_<t)
+
+The loop below is the plain recipe of nanoGPT: random windows of the token stream,
+AdamW, linear warmup then cosine decay of the learning rate, gradient clipping, and a
+periodic estimate of the loss on held-out text. `train_or_load_base` wraps it with the
+embedded world and a cache, so every notebook can ask for "the base model" and get it in
+seconds once it has been trained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .model import build_model, count_params
+from .presets import ModelConfig, PretrainConfig, Preset, get_preset
+from .tokenizer import train_tokenizer
+from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
+from .world import World
+
+
+# ---------------------------------------------------------------------------------------
+# Data: the world's corpus as one long stream of token ids
+# ---------------------------------------------------------------------------------------
+def build_world(preset: Preset) -> World:
+    return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown,
+                          max_operand=preset.max_operand)
+
+
+def build_corpus(preset: Preset, world: World) -> tuple[list[str], list[str]]:
+    """Training and validation documents: the same world, different random documents."""
+    return (world.pretraining_corpus(preset.train_documents, seed=0),
+            world.pretraining_corpus(preset.val_documents, seed=1))
+
+
+def tokenize_corpus(tokenizer, documents: list[str]) -> torch.Tensor:
+    """Concatenate documents into one 1-D tensor of ids, each document followed by EOS."""
+    ids: list[int] = []
+    for enc in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator):
+    """Random windows x and the same windows shifted by one token, y (the targets)."""
+    starts = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=generator)
+    x = torch.stack([data[s: s + seq_len] for s in starts.tolist()])
+    y = torch.stack([data[s + 1: s + seq_len + 1] for s in starts.tolist()])
+    return x, y
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def next_token_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting y[t] from x[<=t]."""
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
+@torch.no_grad()
+def estimate_loss(model, data: torch.Tensor, cfg: PretrainConfig, device) -> float:
+    """Mean loss over the first eval_batches * batch_size non-overlapping windows of `data`
+    (always the same windows, so successive estimates are comparable)."""
+    was_training = model.training
+    model.eval()
+    n = min(cfg.eval_batches * cfg.batch_size, (len(data) - 1) // cfg.seq_len)
+    if n < 1:
+        raise ValueError(f"validation data has {len(data)} tokens, fewer than one window of {cfg.seq_len + 1}")
+    starts = torch.arange(n) * cfg.seq_len
+    losses = []
+    for chunk in starts.split(cfg.batch_size):
+        x = torch.stack([data[s: s + cfg.seq_len] for s in chunk.tolist()]).to(device)
+        y = torch.stack([data[s + 1: s + cfg.seq_len + 1] for s in chunk.tolist()]).to(device)
+        losses.append(next_token_loss(model, x, y).item() * len(chunk))
+    model.train(was_training)
+    return sum(losses) / n
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------
+@dataclass
+class TrainLog:
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def _save_resume_point(folder: Path, model, optimizer, generator, step: int, log: TrainLog) -> None:
+    """Everything needed to continue after an interruption, as safetensors plus JSON."""
+    with atomic_dir(folder) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                   if k != "lm_head.weight" or not model.config.tie_word_embeddings},
+                  str(tmp / "model.safetensors"))
+        opt = {}
+        for i, p in enumerate(optimizer.param_groups[0]["params"]):
+            for name, value in optimizer.state.get(p, {}).items():
+                opt[f"{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        opt["generator_state"] = generator.get_state()
+        save_file(opt, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "log": asdict(log)}))
+
+
+def _load_resume_point(folder: Path, model, optimizer, generator):
+    state = json.loads((folder / "state.json").read_text())
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    opt = load_file(str(folder / "optimizer.safetensors"))
+    generator.set_state(opt.pop("generator_state"))
+    params = optimizer.param_groups[0]["params"]
+    for key, value in opt.items():
+        i, name = key.split(".", 1)
+        p = params[int(i)]
+        optimizer.state[p][name] = value.to(p.device) if name != "step" else value
+    return state["step"], TrainLog(**state["log"])
+
+
+def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: PretrainConfig,
+             device=None, seed: int = 0, callback=None, progress: bool = True,
+             resume_dir: Path | None = None, desc: str = "pretrain") -> TrainLog:
+    """Train `model` on `train_data` for cfg.steps steps; return the loss curves.
+
+    `callback(step, log)` runs after every evaluation (for live plots). With `resume_dir`,
+    a resume point is written at every evaluation and picked up by the next call, so an
+    interrupted run continues where it stopped."""
+    device = device or pick_device()
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                  weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    step, log = 0, TrainLog()
+    if resume_dir is not None and (Path(resume_dir) / "state.json").exists():
+        step, log = _load_resume_point(Path(resume_dir), model, optimizer, generator)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, leave=True)
+    start = time.perf_counter() - log.seconds
+    while step < cfg.steps:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, generator)
+        loss = next_token_loss(model, x.to(device), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        log.steps.append(step)
+        log.train_loss.append(loss.item())
+        log.lr.append(lr)
+        log.tokens += x.numel()
+        if not math.isfinite(log.train_loss[-1]):
+            raise FloatingPointError(f"training loss became {log.train_loss[-1]} at step {step}; "
+                                     f"try a lower learning rate than {cfg.lr}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            log.seconds = time.perf_counter() - start
+            log.val_steps.append(step)
+            log.val_loss.append(estimate_loss(model, val_data, cfg, device))
+            bar.set_postfix(train=f"{log.train_loss[-1]:.3f}", val=f"{log.val_loss[-1]:.3f}")
+            if resume_dir is not None and step < cfg.steps:
+                _save_resume_point(Path(resume_dir), model, optimizer, generator, step, log)
+            if callback is not None:
+                callback(step, log)
+        bar.update(1)
+    bar.close()
+    log.seconds = time.perf_counter() - start
+    model.eval()
+    return log
+
+
+# ---------------------------------------------------------------------------------------
+# The embedded base model, trained once and cached
+# ---------------------------------------------------------------------------------------
+@dataclass
+class BaseModel:
+    """The pretrained base model with everything needed to use and evaluate it."""
+    model: object
+    tokenizer: object
+    world: World
+    preset: Preset
+    log: TrainLog
+    info: dict
+    path: Path
+
+    @property
+    def params(self) -> int:
+        return count_params(self.model)
+
+
+def base_cache_dir(preset: Preset, model_cfg: ModelConfig | None = None, steps: int | None = None) -> Path:
+    model_cfg = model_cfg or preset.model
+    steps = preset.pretrain.steps if steps is None else steps
+    key = config_key("base-v1", preset.seed, preset.n_people, preset.n_unknown, preset.max_operand,
+                     preset.train_documents, preset.val_documents, preset.vocab_size,
+                     asdict(model_cfg), asdict(preset.pretrain), steps)
+    return cache_root() / "base" / f"{preset.name}-seed{preset.seed}-{key}"
+
+
+def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfig | None = None,
+                       steps: int | None = None, force: bool = False, progress: bool = True,
+                       callback=None, device=None) -> BaseModel:
+    """Load the cached base model for `preset`, or train it (and cache it) if there is none.
+
+    `model_cfg` and `steps` override the preset's model shape and step count (the
+    notebook's "size matters" sweep uses them)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    preset = get_preset(preset)
+    model_cfg = model_cfg or preset.model
+    cfg = preset.pretrain if steps is None else PretrainConfig(**{**asdict(preset.pretrain), "steps": steps})
+    device = device or pick_device()
+    world = build_world(preset)
+    path = base_cache_dir(preset, model_cfg, cfg.steps)
+    if (path / "train_log.json").exists() and not force:
+        info = json.loads((path / "train_log.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device).eval()
+        return BaseModel(model, tokenizer, world, preset, TrainLog(**info.pop("log")), info, path)
+
+    started = time.perf_counter()
+    set_seed(preset.seed)
+    train_docs, val_docs = build_corpus(preset, world)
+    tokenizer = train_tokenizer(train_docs, preset.vocab_size)
+    train_data, val_data = tokenize_corpus(tokenizer, train_docs), tokenize_corpus(tokenizer, val_docs)
+    model = build_model(model_cfg, tokenizer, seed=preset.seed)
+    resume = path.parent / f".{path.name}.resume"
+    log = pretrain(model, train_data, val_data, cfg, device=device, seed=preset.seed, callback=callback,
+                   progress=progress, resume_dir=resume, desc=f"pretrain {preset.name}")
+    info = {
+        "preset": preset.name, "seed": preset.seed, "params": count_params(model),
+        "corpus_tokens": len(train_data), "val_tokens": len(val_data),
+        "train_tokens": log.tokens, "train_seconds": round(time.perf_counter() - started, 2),
+        "loop_seconds": round(log.seconds, 2), "tokens_per_second": round(log.tokens_per_second, 1),
+        "val_loss": log.val_loss[-1], "model_config": asdict(model_cfg), "device": str(device),
+    }
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
+    import shutil
+    shutil.rmtree(resume, ignore_errors=True)
+    return BaseModel(model.eval(), tokenizer, world, preset, log, info, path)

@@ -1,0 +1,219 @@
+"""Instruction tasks drawn from the embedded world, phrased the way FLAN phrased its data sets.
+
+FLAN (Wei et al. 2021, https://arxiv.org/abs/2109.01652) turned 62 NLP data sets into
+instructions with about ten templates each and grouped them into *task clusters*. We do
+the same with the world of `embiggen.world`: each cluster below has a generator of raw
+items (fields plus the gold answer) and several templates that phrase an item as an
+instruction. Classification tasks list their choices as FLAN's ``OPTIONS`` suffix does.
+
+The pretraining corpus never contains an instruction followed by its answer, which is
+why a base model does not answer these prompts; `embiggen.sft` teaches it to.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .world import (NEGATIVE_ENDINGS, NEGATIVE_WORDS, POSITIVE_ENDINGS, POSITIVE_WORDS, FOODS, THINGS,
+                    TOWNS, PETS, World)
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    cluster: str
+    template: int
+    instruction: str
+    answer: str
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def options(*choices: str) -> str:
+    """FLAN's OPTIONS suffix."""
+    return "\nOPTIONS:\n" + "\n".join(f"- {c}" for c in choices)
+
+
+# ---- raw items: each returns (fields for the templates, gold answer, meta) ------------------
+_FACT_QUESTIONS = {
+    "town": ["Where does {name} live?", "In which town does {name} live?"],
+    "job": ["What is the job of {name}?", "What does {name} work as?"],
+    "pet": ["What pet does {name} have?", "Which animal does {name} keep as a pet?"],
+    "colour": ["What is the favourite colour of {name}?", "Which colour does {name} like best?"],
+    "food": ["What is the favourite food of {name}?", "Which food does {name} love most?"],
+}
+
+
+def _fact_qa(world: World, people, rng):
+    p = rng.choice(people)
+    attribute = rng.choice(list(_FACT_QUESTIONS))
+    question = rng.choice(_FACT_QUESTIONS[attribute]).format(name=p.name)
+    answer = getattr(p, attribute)
+    return {"question": question}, answer, {"person": p.name, "attribute": attribute}
+
+
+def _arithmetic(world, people, rng, max_operand=30):
+    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+    if rng.random() < 0.5:
+        return {"a": a, "b": b, "op": "plus", "sym": "+", "verb": "add"}, str(a + b), {"op": "+"}
+    a, b = max(a, b), min(a, b)
+    return {"a": a, "b": b, "op": "minus", "sym": "-", "verb": "subtract"}, str(a - b), {"op": "-"}
+
+
+def _sentiment(world, people, rng):
+    food = rng.choice(FOODS)
+    positive = rng.random() < 0.5
+    words, endings = (POSITIVE_WORDS, POSITIVE_ENDINGS) if positive else (NEGATIVE_WORDS, NEGATIVE_ENDINGS)
+    w1, w2 = rng.sample(words, 2)
+    review = f"The {food} was {w1} and the tea was {w2}. {rng.choice(endings)}"
+    return {"review": review}, "positive" if positive else "negative", {}
+
+
+def _list_ops(world, people, rng):
+    items = rng.sample(THINGS, rng.randint(3, 5))
+    if rng.random() < 0.5:
+        return {"items": ", ".join(items), "how": "sort"}, ", ".join(sorted(items)), {"op": "sort"}
+    return {"items": ", ".join(items), "how": "reverse"}, ", ".join(reversed(items)), {"op": "reverse"}
+
+
+def _counting(world, people, rng):
+    thing = rng.choice(THINGS)
+    count = rng.randint(1, 6)
+    seq = [thing] * count + rng.sample([t for t in THINGS if t != thing], rng.randint(1, 3))
+    rng.shuffle(seq)
+    return {"thing": thing, "items": ", ".join(seq)}, str(count), {}
+
+
+def _fact_check(world, people, rng):
+    p = rng.choice(people)
+    truth = rng.random() < 0.5
+    town = p.town if truth else rng.choice([t for t in TOWNS if t != p.town])
+    return {"name": p.name, "town": town}, "yes" if truth else "no", {"person": p.name}
+
+
+def _story_character(world, people, rng):
+    p = rng.choice(people)
+    friend = rng.choice([q for q in world.people if q is not p])
+    story = (f"One morning in {p.town}, {p.name} woke up early. {p.first} took the {p.pet} for a walk "
+             f"and met {friend.name}. In the evening, {p.first} went home happy.")
+    if rng.random() < 0.5:
+        story = (f"This is a story about {p.name}. {p.first} baked {p.food} and shared it with "
+                 f"{friend.name}. It was a good day for {p.first}.")
+    return {"story": story}, p.name, {"person": p.name}
+
+
+def _extraction(world, people, rng):
+    p = rng.choice(people)
+    pet = rng.choice(PETS)
+    town = rng.choice(TOWNS)
+    sentence = rng.choice([f"Yesterday {p.first} walked a {pet} through {town}.",
+                           f"In {town}, a {pet} ran past the market.",
+                           f"A {pet} from {town} won a prize."])
+    if rng.random() < 0.5:
+        return {"sentence": sentence, "what": "town"}, town, {}
+    return {"sentence": sentence, "what": "animal"}, pet, {}
+
+
+#: cluster name -> (item generator, templates). A template is a format string over the
+#: item's fields. FLAN wrote about ten per data set; we write six or more per cluster.
+CLUSTERS: dict[str, tuple] = {
+    "fact_qa": (_fact_qa, [
+        "{question}",
+        "Answer the question: {question}",
+        "Question: {question}\nGive a short answer.",
+        "{question} Answer with one word.",
+        "I would like to know something. {question}",
+        "Please tell me: {question}",
+        "Quick question. {question}",
+    ]),
+    "arithmetic": (_arithmetic, [
+        "What is {a} {op} {b}?",
+        "Compute {a} {sym} {b}.",
+        "Calculate {a} {op} {b}.",
+        "What do you get from {a} {op} {b}?",
+        "Work out {a} {sym} {b} and give the number.",
+        "Solve: {a} {op} {b} =",
+        "Tell me the result of {a} {op} {b}.",
+    ]),
+    "sentiment": (_sentiment, [
+        "Is this review positive or negative?\n{review}" + options("positive", "negative"),
+        "{review}\nWhat is the sentiment of this review?" + options("positive", "negative"),
+        "Review: {review}\nDid the writer like the food?" + options("positive", "negative"),
+        "Classify the review as positive or negative.\n{review}" + options("positive", "negative"),
+        "How does this customer feel?\n{review}" + options("positive", "negative"),
+        "Read the review and say if it is positive or negative: {review}" + options("positive", "negative"),
+    ]),
+    "list_ops": (_list_ops, [
+        "Please {how} this list: {items}.",
+        "Here is a list: {items}. {how} it.",
+        "{how} the following words: {items}.",
+        "Take the list {items} and {how} it.",
+        "List: {items}\nInstruction: {how} the list.",
+        "Can you {how} these items? {items}",
+    ]),
+    "counting": (_counting, [
+        "How many times does {thing} appear in this list? {items}",
+        "Count the {thing} in: {items}.",
+        "In the list {items}, how often is {thing} named?",
+        "Here is a basket: {items}. How many {thing} are in it?",
+        "Count how many times the word {thing} occurs: {items}",
+        "List: {items}\nQuestion: how many {thing}?",
+    ]),
+    "fact_check": (_fact_check, [
+        "Does {name} live in {town}?" + options("yes", "no"),
+        "Is it true that {name} lives in {town}?" + options("yes", "no"),
+        "True or false: {name} lives in {town}." + options("yes", "no"),
+        "Check this claim: {name} lives in {town}." + options("yes", "no"),
+        "{name} lives in {town}. Correct?" + options("yes", "no"),
+        "Someone said {name} lives in {town}. Are they right?" + options("yes", "no"),
+    ]),
+    "story_character": (_story_character, [
+        "Who is the main character of this story?\n{story}",
+        "{story}\nWho is this story about?",
+        "Read the story and name its hero: {story}",
+        "Story: {story}\nQuestion: who is the main character?",
+        "Name the person the story follows.\n{story}",
+        "Tell me who the story is about. {story}",
+    ]),
+    "extraction": (_extraction, [
+        "Which {what} is mentioned in this sentence? {sentence}",
+        "Extract the {what} from the sentence: {sentence}",
+        "{sentence}\nWhat {what} does the sentence mention?",
+        "Sentence: {sentence}\nFind the {what}.",
+        "Pick out the {what} in: {sentence}",
+        "Read this and give the {what}: {sentence}",
+    ]),
+}
+
+CLUSTER_NAMES = tuple(CLUSTERS)
+
+
+def _capitalise(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def make_example(world: World, cluster: str, rng: random.Random, template: int | None = None,
+                 people=None) -> TaskExample:
+    """One instruction with its gold answer. `people` restricts whose facts may appear
+    (default: people who are not pretraining-only)."""
+    if cluster not in CLUSTERS:
+        raise ValueError(f"unknown task cluster {cluster!r}; valid clusters: {', '.join(CLUSTERS)}")
+    generate, templates = CLUSTERS[cluster]
+    people = world.instruction_people if people is None else people
+    fields, answer, meta = generate(world, people, rng)
+    t = rng.randrange(len(templates)) if template is None else template
+    return TaskExample(cluster, t, _capitalise(templates[t].format(**fields)), answer, meta)
+
+
+def sample_examples(world: World, n: int, seed: int, clusters=None, templates=None,
+                    people=None) -> list[TaskExample]:
+    """`n` examples spread evenly over `clusters` (default: all). `templates` maps a
+    cluster to the template indices allowed for it."""
+    rng = random.Random(seed)
+    clusters = list(CLUSTERS if clusters is None else clusters)
+    out = []
+    for i in range(n):
+        cluster = clusters[i % len(clusters)]
+        allowed = None if templates is None else templates.get(cluster)
+        t = None if allowed is None else rng.choice(list(allowed))
+        out.append(make_example(world, cluster, rng, template=t, people=people))
+    return out
