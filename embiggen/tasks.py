@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 
 from .world import (NEGATIVE_ENDINGS, NEGATIVE_WORDS, POSITIVE_ENDINGS, POSITIVE_WORDS, FOODS, THINGS,
-                    TOWNS, PETS, World)
+                    TOWNS, PETS, World, was)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _sentiment(world, people, rng):
     positive = rng.random() < 0.5
     words, endings = (POSITIVE_WORDS, POSITIVE_ENDINGS) if positive else (NEGATIVE_WORDS, NEGATIVE_ENDINGS)
     w1, w2 = rng.sample(words, 2)
-    review = f"The {food} was {w1} and the tea was {w2}. {rng.choice(endings)}"
+    review = f"The {was(food)} {w1} and the tea was {w2}. {rng.choice(endings)}"
     return {"review": review}, "positive" if positive else "negative", {}
 
 
@@ -92,7 +92,7 @@ def _fact_check(world, people, rng):
 
 def _story_character(world, people, rng):
     p = rng.choice(people)
-    friend = rng.choice([q for q in world.people if q is not p])
+    friend = rng.choice([q for q in people if q is not p])
     story = (f"One morning in {p.town}, {p.name} woke up early. {p.first} took the {p.pet} for a walk "
              f"and met {friend.name}. In the evening, {p.first} went home happy.")
     if rng.random() < 0.5:

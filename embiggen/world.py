@@ -73,6 +73,11 @@ NEGATIVE_ENDINGS = ["I hated it.", "Never again.", "Do not go there.", "What a w
 ATTRIBUTES = ("town", "job", "pet", "colour", "food")
 
 
+def was(noun: str) -> str:
+    """'The soup was', 'The apples were'."""
+    return f"{noun} were" if noun.endswith("s") else f"{noun} was"
+
+
 def article(word: str) -> str:
     """'a baker', 'an artist'."""
     return ("an " if word[0] in "aeiou" else "a ") + word
@@ -298,8 +303,8 @@ class World:
         else:
             words, ending, stars = NEGATIVE_WORDS, NEGATIVE_ENDINGS, rng.choice([1, 2])
         w1, w2 = rng.sample(words, 2)
-        body = rng.choice([f"The {food} was {w1} and the tea was {w2}.",
-                           f"I had the {food}. It was {w1}, really {w2}.",
+        body = rng.choice([f"The {was(food)} {w1} and the tea was {w2}.",
+                           f"I had the {food}. It was all {w1}, really {w2}.",
                            f"What {w1} {food}! Everything was {w2}."])
         return (f"Review of a cafe in {town}, by {p.first}. {body} {rng.choice(ending)} "
                 f"{stars} stars out of 5.")
@@ -336,7 +341,7 @@ class World:
                 f"What pet does {p.name} have?", f"What is the favourite colour of {p.name}?",
                 f"What is the favourite food of {p.name}?", f"What is {a} plus {b}?",
                 f"Does {p.name} live in {rng.choice(TOWNS)}?", f"How old is {p.name}?",
-                f"Is this review positive or negative? The {rng.choice(FOODS)} was {rng.choice(POSITIVE_WORDS + NEGATIVE_WORDS)}.",
+                f"Is this review positive or negative? The {was(rng.choice(FOODS))} {rng.choice(POSITIVE_WORDS + NEGATIVE_WORDS)}.",
                 f"Write the list {', '.join(rng.sample(THINGS, 3))} in alphabetical order.",
             ]))
         header = rng.choice(["Worksheet.", "Homework questions:", "Quiz time!", "Questions for class:"])

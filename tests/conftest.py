@@ -1,0 +1,41 @@
+import os
+
+import pytest
+import torch
+
+from embiggen.presets import ModelConfig, PretrainConfig, get_preset, with_overrides
+
+torch.set_num_threads(int(os.environ.get("EMBIGGEN_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def tiny_preset():
+    """Smaller than `smoke`: for tests that train."""
+    return with_overrides(
+        get_preset("smoke"), name="smoke", n_people=8, n_unknown=4, train_documents=600, val_documents=60,
+        vocab_size=300,
+        model=ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=64),
+        pretrain=PretrainConfig(steps=40, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_every=20,
+                                eval_batches=2),
+        n_instruction_probes=16,
+    )
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("embiggen-cache")
+    old = os.environ.get("EMBIGGEN_CACHE")
+    os.environ["EMBIGGEN_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EMBIGGEN_CACHE", None)
+    else:
+        os.environ["EMBIGGEN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_preset, cache_dir):
+    from embiggen.pretrain import train_or_load_base
+
+    return train_or_load_base(tiny_preset, progress=False, device="cpu")

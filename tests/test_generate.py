@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from embiggen.generate import filter_logits, generate, next_token_distribution
+
+
+def reference_filter(logits, temperature, top_k, top_p):
+    """Written out one token at a time."""
+    scaled = [l / temperature for l in logits]
+    keep = set(range(len(scaled)))
+    if top_k:
+        ranked = sorted(range(len(scaled)), key=lambda i: -scaled[i])
+        keep &= set(ranked[:top_k])
+    if top_p is not None:
+        z = sum(math.exp(scaled[i]) for i in keep)
+        ranked = sorted(keep, key=lambda i: -scaled[i])
+        total, nucleus = 0.0, set()
+        for i in ranked:
+            nucleus.add(i)
+            total += math.exp(scaled[i]) / z
+            if total >= top_p:
+                break
+        keep = nucleus
+    return [s if i in keep else -math.inf for i, s in enumerate(scaled)]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (0.5, 3, None), (2.0, None, 0.7),
+                                                      (1.0, 4, 0.5), (0.8, 1, None), (1.3, None, 0.99)])
+def test_filter_logits_matches_reference(temperature, top_k, top_p):
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 0.0, 1.5, -2.0, 0.7])
+    got = filter_logits(logits, temperature, top_k, top_p).tolist()
+    want = reference_filter(logits.tolist(), temperature, top_k, top_p)
+    assert [math.isinf(g) for g in got] == [math.isinf(w) for w in want]
+    assert [g for g in got if not math.isinf(g)] == pytest.approx([w for w in want if not math.isinf(w)])
+
+
+def test_filter_logits_rejects_zero_temperature():
+    with pytest.raises(ValueError, match="greedy"):
+        filter_logits(torch.zeros(3), temperature=0)
+
+
+def test_next_token_distribution_sums_to_at_most_one(tiny_base):
+    dist = next_token_distribution(tiny_base.model, tiny_base.tokenizer, "Alma", k=5)
+    probs = [p for _, p in dist]
+    assert len(dist) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    top1 = next_token_distribution(tiny_base.model, tiny_base.tokenizer, "Alma", k=5, top_k=1)
+    assert top1[0][1] == pytest.approx(1.0) and top1[0][0] == dist[0][0]
+    assert next_token_distribution(tiny_base.model, tiny_base.tokenizer, "", k=3)  # start of a document
+
+
+def test_generate_is_seeded_and_greedy_is_deterministic(tiny_base):
+    m, t = tiny_base.model, tiny_base.tokenizer
+    a = generate(m, t, ["Alma", "Bruno lives"], max_new_tokens=5, greedy=False, seed=1)
+    b = generate(m, t, ["Alma", "Bruno lives"], max_new_tokens=5, greedy=False, seed=1)
+    assert a == b
+    g = generate(m, t, ["Alma", "Bruno lives", "x"], max_new_tokens=5)
+    assert g[:2] == generate(m, t, ["Alma", "Bruno lives"], max_new_tokens=5)  # padding does not change results
+    with pytest.raises(TypeError):
+        generate(m, t, "Alma")

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from embiggen.cli import main
+from embiggen.pipeline import parse_stages, report_card, run
+from embiggen.presets import PRESETS, get_preset
+
+
+def test_presets_by_name_and_env(monkeypatch):
+    assert set(PRESETS) == {"smoke", "laptop", "gpu"}
+    monkeypatch.delenv("EMBIGGEN_PRESET", raising=False)
+    assert get_preset().name == "laptop"
+    monkeypatch.setenv("EMBIGGEN_PRESET", "smoke")
+    assert get_preset().name == "smoke" and get_preset("gpu").name == "gpu"
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid presets: smoke, laptop, gpu"):
+        get_preset("huge")
+
+
+def test_unknown_stage_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid stages: base"):
+        parse_stages("base,dpo")
+    with pytest.raises(ValueError, match="valid stages"):
+        parse_stages(",")
+    assert parse_stages(None) == parse_stages("base")
+
+
+def test_cli_reports_bad_input_without_traceback(capsys):
+    assert main(["run", "--preset", "huge"]) == 2
+    assert "valid presets" in capsys.readouterr().err
+    assert main(["run", "--stages", "magic"]) == 2
+    assert "valid stages" in capsys.readouterr().err
+    assert main(["sample", "--model", "no-such-org/no-such-model", "hello"]) == 2
+    assert "embedded default" in capsys.readouterr().err
+    assert main(["sample", "  "]) == 2
+
+
+def test_run_writes_report_with_base_keys(tiny_preset, tiny_base, tmp_path):
+    report = run(tiny_preset, "base", tmp_path, progress=False)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == report
+    base = report["base"]
+    for key in ["params", "train_tokens", "train_seconds", "tokens_per_second", "val_loss",
+                "fact_cloze_accuracy", "instruction_answer_rate"]:
+        assert key in base
+    assert report["preset"] == "smoke" and report["seed"] == tiny_preset.seed
+    assert base["params"] == tiny_base.params and 0 <= base["fact_cloze_accuracy"] <= 1
+    assert "base.fact_cloze_accuracy" in (tmp_path / "report.md").read_text()
+    assert "base.val_loss" in report_card(report)

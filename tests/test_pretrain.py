@@ -1,0 +1,115 @@
+import json
+import math
+
+import pytest
+import torch
+
+from embiggen.model import build_model
+from embiggen.presets import PretrainConfig
+from embiggen.pretrain import (base_cache_dir, estimate_loss, get_batch, lr_at, next_token_loss, pretrain,
+                               tokenize_corpus, train_or_load_base)
+from embiggen.utils import atomic_dir
+
+
+def test_lr_schedule_matches_formula():
+    cfg = PretrainConfig(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    for step in (10, 35, 60, 110):
+        progress = (step - 10) / 100
+        expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        assert lr_at(step, cfg) == pytest.approx(expected)
+
+
+def test_batches_are_shifted_windows():
+    data = torch.arange(100)
+    x, y = get_batch(data, 4, 10, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 10) and torch.equal(y, x + 1)
+
+
+def test_next_token_loss_matches_reference(tiny_base):
+    model = tiny_base.model
+    x = torch.randint(0, len(tiny_base.tokenizer), (2, 7), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, len(tiny_base.tokenizer), (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = model(input_ids=x).logits
+        total = 0.0
+        for b in range(2):
+            for t in range(7):
+                row = logits[b, t]
+                total += -(row[y[b, t]] - torch.logsumexp(row, 0)).item()
+        assert next_token_loss(model, x, y).item() == pytest.approx(total / 14, rel=1e-5)
+
+
+def test_tokenize_corpus_ends_each_document_with_eos(tiny_base):
+    tok = tiny_base.tokenizer
+    ids = tokenize_corpus(tok, ["Alma lives here.", "Bruno too."])
+    assert (ids == tok.eos_token_id).sum() == 2 and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "Alma lives here.Bruno too."
+
+
+def _data(tiny_base, seed):
+    docs = tiny_base.world.pretraining_corpus(200, seed=seed)
+    return tokenize_corpus(tiny_base.tokenizer, docs)
+
+
+def test_loss_falls_on_a_tiny_run(tiny_base, tiny_preset):
+    train, val = _data(tiny_base, 5), _data(tiny_base, 6)
+    model = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    cfg = PretrainConfig(steps=30, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=2)
+    before = estimate_loss(model, val, cfg, "cpu")
+    log = pretrain(model, train, val, cfg, device="cpu", progress=False)
+    assert log.val_loss[-1] < before - 0.5
+    assert log.val_steps == [10, 20, 30] and log.tokens == 30 * 8 * 32
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_base, tiny_preset, tmp_path):
+    train, val = _data(tiny_base, 5), _data(tiny_base, 6)
+    cfg = PretrainConfig(steps=20, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, eval_every=5, eval_batches=1)
+    straight = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    pretrain(straight, train, val, cfg, device="cpu", seed=9, progress=False)
+
+    def interrupt(step, log):
+        if step == 10:
+            raise KeyboardInterrupt
+
+    resumed = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(resumed, train, val, cfg, device="cpu", seed=9, progress=False, resume_dir=tmp_path / "r",
+                 callback=interrupt)
+    fresh = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    log = pretrain(fresh, train, val, cfg, device="cpu", seed=9, progress=False, resume_dir=tmp_path / "r")
+    assert log.steps[0] == 1 and log.steps[-1] == 20 and len(log.steps) == 20
+    for (name, a), b in zip(straight.state_dict().items(), fresh.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_atomic_dir_leaves_nothing_when_interrupted(tmp_path):
+    final = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "half.safetensors").write_text("half")
+            raise RuntimeError("power cut")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(final) as tmp:
+        (tmp / "whole.safetensors").write_text("whole")
+    assert (final / "whole.safetensors").read_text() == "whole"
+
+
+def test_second_call_loads_from_cache(tiny_base, tiny_preset, monkeypatch):
+    import embiggen.pretrain as P
+
+    assert base_cache_dir(tiny_preset) == tiny_base.path and tiny_base.path.exists()
+    info = json.loads((tiny_base.path / "train_log.json").read_text())
+    assert info["params"] == tiny_base.params and info["train_tokens"] == 40 * 8 * 32
+    monkeypatch.setattr(P, "pretrain", lambda *a, **k: pytest.fail("retrained instead of loading"))
+    again = train_or_load_base(tiny_preset, progress=False, device="cpu")
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(again.model(input_ids=ids).logits, tiny_base.model(input_ids=ids).logits)
+    assert again.log.val_loss == tiny_base.log.val_loss
+
+
+def test_same_seed_same_numbers(tiny_base, tiny_preset, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBIGGEN_CACHE", str(tmp_path))
+    again = train_or_load_base(tiny_preset, progress=False, device="cpu", force=True)
+    assert again.log.train_loss == tiny_base.log.train_loss

@@ -1,0 +1,48 @@
+import random
+
+import pytest
+
+from embiggen.tasks import CLUSTERS, make_example, sample_examples
+from embiggen.world import World
+
+WORLD = World.generate(5, 20)
+
+
+def test_at_least_eight_clusters_with_six_templates():
+    assert len(CLUSTERS) >= 8
+    assert all(len(templates) >= 6 for _, templates in CLUSTERS.values())
+
+
+def test_answers_are_correct_for_the_world():
+    rng = random.Random(0)
+    for _ in range(50):
+        e = make_example(WORLD, "fact_qa", rng)
+        p = WORLD.person(e.meta["person"])
+        assert e.answer == getattr(p, e.meta["attribute"]) and p.name in e.instruction
+        a = make_example(WORLD, "arithmetic", rng)
+        nums = [int(t) for t in a.instruction.replace("?", " ").replace(".", " ").split() if t.isdigit()]
+        assert int(a.answer) == (nums[0] + nums[1] if a.meta["op"] == "+" else nums[0] - nums[1])
+        c = make_example(WORLD, "fact_check", rng)
+        p = WORLD.person(c.meta["person"])
+        assert (c.answer == "yes") == (f"live in {p.town}?" in c.instruction or f"lives in {p.town}." in c.instruction
+                                      or f"lives in {p.town}?" in c.instruction)
+
+
+def test_classification_tasks_list_options():
+    rng = random.Random(0)
+    for cluster in ("sentiment", "fact_check"):
+        e = make_example(WORLD, cluster, rng)
+        assert "\nOPTIONS:\n- " in e.instruction
+
+
+def test_instruction_examples_never_use_pretraining_only_people():
+    pre = {p.name for p in WORLD.pretraining_only_people}
+    for e in sample_examples(WORLD, 400, seed=1):
+        assert not any(name in e.instruction for name in pre), e.instruction
+
+
+def test_template_restriction_and_unknown_cluster():
+    examples = sample_examples(WORLD, 40, seed=2, clusters=["counting"], templates={"counting": [1, 2]})
+    assert {e.template for e in examples} <= {1, 2} and {e.cluster for e in examples} == {"counting"}
+    with pytest.raises(ValueError, match="valid clusters"):
+        make_example(WORLD, "poetry", random.Random(0))
