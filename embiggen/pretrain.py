@@ -30,7 +30,7 @@ from .model import build_model, count_params
 from .presets import ModelConfig, PretrainConfig, Preset, get_preset
 from .tokenizer import train_tokenizer
 from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
-from .world import World
+from .world import WORLD_VERSION, World
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,6 +146,16 @@ def _load_resume_point(folder: Path, model, optimizer, generator):
     return state["step"], TrainLog(**state["log"])
 
 
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, grad_clip: float) -> torch.Tensor:
+    """One optimiser step on one batch: loss, gradients, clipping, update."""
+    loss = next_token_loss(model, x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: PretrainConfig,
              device=None, seed: int = 0, callback=None, progress: bool = True,
              resume_dir: Path | None = None, desc: str = "pretrain") -> TrainLog:
@@ -169,11 +179,7 @@ def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: Pretr
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, generator)
-        loss = next_token_loss(model, x.to(device), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        loss = train_step(model, optimizer, x.to(device), y.to(device), cfg.grad_clip)
         step += 1
         log.steps.append(step)
         log.train_loss.append(loss.item())
@@ -220,7 +226,7 @@ class BaseModel:
 def base_cache_dir(preset: Preset, model_cfg: ModelConfig | None = None, steps: int | None = None) -> Path:
     model_cfg = model_cfg or preset.model
     steps = preset.pretrain.steps if steps is None else steps
-    key = config_key("base-v1", preset.seed, preset.n_people, preset.n_unknown, preset.max_operand,
+    key = config_key("base", WORLD_VERSION, preset.seed, preset.n_people, preset.n_unknown, preset.max_operand,
                      preset.train_documents, preset.val_documents, preset.vocab_size,
                      asdict(model_cfg), asdict(preset.pretrain), steps)
     return cache_root() / "base" / f"{preset.name}-seed{preset.seed}-{key}"
@@ -270,3 +276,22 @@ def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfi
     import shutil
     shutil.rmtree(resume, ignore_errors=True)
     return BaseModel(model.eval(), tokenizer, world, preset, log, info, path)
+
+
+def size_sweep(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
+    """"Size matters": the preset's smaller model shapes and its own, all trained with the
+    same data and recipe; validation loss and fact recall for each (Kaplan et al. 2020,
+    https://arxiv.org/abs/2001.08361, found loss falls as a power law in parameters)."""
+    from .evaluate import fact_cloze
+
+    preset = get_preset(preset)
+    rows = []
+    for cfg in (*preset.size_sweep, preset.model):
+        base = train_or_load_base(preset, model_cfg=cfg, progress=progress, device=device)
+        rows.append({
+            "hidden_size": cfg.hidden_size, "layers": cfg.num_hidden_layers, "params": base.params,
+            "val_loss": base.log.val_loss[-1],
+            "fact_cloze_accuracy": fact_cloze(base.model, base.tokenizer, base.world.people)["accuracy"],
+            "train_seconds": base.info["train_seconds"],
+        })
+    return rows

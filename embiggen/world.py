@@ -28,6 +28,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+#: Bump when the generator changes, so cached models trained on older text are not reused.
+WORLD_VERSION = 3
+
 # ---------------------------------------------------------------------------------------
 # The vocabulary of the world
 # ---------------------------------------------------------------------------------------
@@ -149,6 +152,11 @@ HARMFUL_TEMPLATES = [
 ]
 
 
+#: How often each kind of document appears in the corpus (relative weights).
+DOCUMENT_WEIGHTS = {"encyclopedia": 6, "town page": 1, "story": 2, "arithmetic": 3, "review": 2, "list": 2,
+                    "worksheet": 2}
+
+
 @dataclass
 class World:
     """A seeded fictional world. Build one with `World.generate(seed, n_people)`."""
@@ -214,12 +222,16 @@ class World:
         """`n_documents` plain-prose documents. `seed` picks a different but reproducible
         sample of documents (use one seed for training text and another for validation)."""
         rng = random.Random(self.seed * 1_000_003 + (0 if seed is None else seed))
-        kinds = [
-            (self._encyclopedia, 6), (self._story, 2), (self._arithmetic, 3),
-            (self._review, 2), (self._list, 2), (self._worksheet, 2), (self._town_page, 1),
-        ]
-        makers, weights = zip(*kinds)
+        kinds = self.document_kinds()
+        makers = list(kinds.values())
+        weights = [DOCUMENT_WEIGHTS[k] for k in kinds]
         return [rng.choices(makers, weights)[0](rng) for _ in range(n_documents)]
+
+    def document_kinds(self) -> dict:
+        """Kind of document -> function(rng) that writes one."""
+        return {"encyclopedia": self._encyclopedia, "town page": self._town_page, "story": self._story,
+                "arithmetic": self._arithmetic, "review": self._review, "list": self._list,
+                "worksheet": self._worksheet}
 
     def _encyclopedia(self, rng: random.Random) -> str:
         p = rng.choice(self.people)
