@@ -78,10 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import transformers
+
     from .utils import set_threads
 
     args = build_parser().parse_args(argv)
     set_threads()
+    transformers.logging.disable_progress_bar()
     try:
         return args.func(args)
     except (ValueError, OSError) as exc:

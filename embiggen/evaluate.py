@@ -20,7 +20,7 @@ from collections import defaultdict
 
 from .generate import generate
 from .tasks import sample_examples
-from .world import World, cloze_items
+from .world import TOWNS, World, cloze_items
 
 
 def normalize(text: str) -> str:
@@ -94,7 +94,9 @@ def few_shot_prompt(shots: list[tuple[str, str]], question: str) -> str:
 
 
 def few_shot_accuracy(model, tokenizer, world: World, k: int, n: int = 60, seed: int = 11) -> dict:
-    """Accuracy on 'Where does X live?' with k solved examples in the prompt (k=0: zero-shot)."""
+    """Accuracy on 'Where does X live?' with k solved examples in the prompt (k=0: zero-shot),
+    and `format_rate`: the share of answers that name *some* town (the format picked up,
+    right or wrong)."""
     rng = random.Random(seed)
     people = world.people
     rows = []
@@ -107,7 +109,10 @@ def few_shot_accuracy(model, tokenizer, world: World, k: int, n: int = 60, seed:
         prompts.append(few_shot_prompt(shots, f"Where does {target.name} live?"))
         targets.append(target)
     responses = generate(model, tokenizer, prompts, max_new_tokens=6)
+    towns = {normalize(t) for t in TOWNS}
     for prompt, target, response in zip(prompts, targets, responses):
         ok = exact_match(response, target.town)
-        rows.append({"prompt": prompt, "answer": target.town, "response": response, "correct": ok})
-    return {"k": k, "accuracy": sum(r["correct"] for r in rows) / n, "rows": rows}
+        rows.append({"prompt": prompt, "answer": target.town, "response": response, "correct": ok,
+                     "a_town": normalize(first_line(response)) in towns})
+    return {"k": k, "accuracy": sum(r["correct"] for r in rows) / n,
+            "format_rate": sum(r["a_town"] for r in rows) / n, "rows": rows}

@@ -18,6 +18,7 @@ def setup(preset=None, seed: int | None = None):
     from . import __version__
 
     preset = get_preset(preset)
+    transformers.logging.disable_progress_bar()  # our own bars are enough
     threads = set_threads()
     set_seed(preset.seed if seed is None else seed)
     print(f"python {platform.python_version()} | torch {torch.__version__} | transformers {transformers.__version__}"

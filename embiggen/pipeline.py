@@ -91,6 +91,10 @@ def _flatten(report: dict) -> list[tuple[str, object]]:
     return rows
 
 
+def _fmt(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
 def _verdict(key: str, value, preset: str = "laptop") -> str:
     """'>= 0.95 ok' against the laptop target; other presets show the target only."""
     if key not in TARGETS:
@@ -105,12 +109,12 @@ def _verdict(key: str, value, preset: str = "laptop") -> str:
 def report_markdown(report: dict) -> str:
     lines = [f"# Embiggen report card — preset `{report.get('preset')}`, seed {report.get('seed')}", "",
              "| figure | value | laptop target |", "|---|---|---|"]
-    lines += [f"| `{k}` | {v:g} | {_verdict(k, v, report.get('preset'))} |" for k, v in _flatten(report)]
+    lines += [f"| `{k}` | {_fmt(v)} | {_verdict(k, v, report.get('preset'))} |" for k, v in _flatten(report)]
     return "\n".join(lines) + "\n"
 
 
 def report_card(report: dict) -> str:
-    rows = [(k, f"{v:g}", _verdict(k, v, report.get("preset"))) for k, v in _flatten(report)]
+    rows = [(k, _fmt(v), _verdict(k, v, report.get("preset"))) for k, v in _flatten(report)]
     width = max(len(r[0]) for r in rows) if rows else 10
     head = f"Embiggen report card — preset {report.get('preset')}, seed {report.get('seed')}"
     body = "\n".join(f"  {k:<{width}}  {v:>12}  {t}" for k, v, t in rows)

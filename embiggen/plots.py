@@ -34,7 +34,8 @@ def plot_loss_curves(log, ax=None, title="Pretraining loss"):
               for i in range(len(log.train_loss))]
     ax.plot(log.steps, smooth, color="#08519c", lw=1.5, label=f"train (mean of {window})")
     ax.plot(log.val_steps, log.val_loss, "o-", color="#e6550d", label="validation")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.set_yscale("log")  # the early plunge and the slow late gains both stay visible
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token, log scale)", title=title)
     ax.legend()
     return ax
 
@@ -52,17 +53,42 @@ def plot_next_token_bars(dist: list[tuple[str, float]], ax=None, title="next-tok
     return ax
 
 
-def plot_size_sweep(rows: list[dict], ax=None):
-    """Validation loss (and fact recall) against parameter count, one point per model size."""
-    ax = _axes(ax)
+def plot_size_sweep(rows: list[dict]):
+    """Validation loss and fact recall against parameter count, one point per model size."""
     rows = sorted(rows, key=lambda r: r["params"])
     params = [r["params"] for r in rows]
-    ax.plot(params, [r["val_loss"] for r in rows], "o-", color="#08519c")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(params, [r["val_loss"] for r in rows], "o-", color="#08519c")
+    right.plot(params, [r["fact_cloze_accuracy"] for r in rows], "o-", color="#31a354")
     for r in rows:
-        ax.annotate(f"{r['params'] / 1e6:.2f}M\nloss {r['val_loss']:.3f}\nfacts {r['fact_cloze_accuracy']:.0%}",
-                    (r["params"], r["val_loss"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set(xlabel="parameters (log scale)", ylabel="validation loss", title="Size matters: loss against model size")
+        left.annotate(f"{r['val_loss']:.3f}", (r["params"], r["val_loss"]), textcoords="offset points",
+                      xytext=(0, 8), ha="center", fontsize=9)
+        right.annotate(f"{r['fact_cloze_accuracy']:.0%}", (r["params"], r["fact_cloze_accuracy"]),
+                       textcoords="offset points", xytext=(0, -14), ha="center", fontsize=9)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (log scale)")
+        ax.margins(x=0.15, y=0.15)
+    left.set(ylabel="validation loss (nats/token)", title="held-out loss falls with size")
+    right.set(ylabel="facts recalled", ylim=(0, 1.1), title="fact cloze accuracy rises with size")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grouped_rates(labels: list[str], series: dict[str, list[float]], ax=None, title="", ylabel="share"):
+    """Side-by-side bars: one group per label, one bar per series."""
+    ax = _axes(ax)
+    width = 0.8 / len(series)
+    colors = ["#3182bd", "#31a354", "#e6550d", "#756bb1"]
+    for j, (name, values) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, values, width, label=name, color=colors[j % len(colors)])
+        for x, v in zip(xs, values):
+            ax.text(x, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylim(0, 1.1)
+    ax.set(title=title, ylabel=ylabel)
+    ax.legend()
     return ax
 
 
