@@ -17,7 +17,8 @@ import torch
 
 from embiggen.model import build_model, count_params
 from embiggen.presets import get_preset
-from embiggen.pretrain import build_corpus, build_world, get_batch, tokenize_corpus, train_step
+from embiggen.pretrain import build_corpus, build_world, get_batch, next_token_loss, tokenize_corpus
+from embiggen.training import optimizer_step
 from embiggen.tokenizer import train_tokenizer
 from embiggen.utils import pick_device, set_threads
 
@@ -61,7 +62,7 @@ def main():
 
     def step():
         x, y = get_batch(data, cfg.batch_size, cfg.seq_len, generator)
-        train_step(model, optimizer, x.to(device), y.to(device), cfg.grad_clip)
+        optimizer_step(model, optimizer, next_token_loss(model, x.to(device), y.to(device)), cfg.grad_clip)
 
     for _ in range(args.warmup):
         step()

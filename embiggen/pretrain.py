@@ -16,19 +16,17 @@ seconds once it has been trained.
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from .model import build_model, count_params
 from .presets import ModelConfig, PretrainConfig, Preset, get_preset
 from .tokenizer import train_tokenizer
+from .training import TrainLog, train_loop
 from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
 from .world import WORLD_VERSION, World
 
@@ -64,15 +62,6 @@ def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, generator: torc
     return x, y
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
-
-
 def next_token_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting y[t] from x[<=t]."""
     logits = model(input_ids=x).logits
@@ -101,107 +90,24 @@ def estimate_loss(model, data: torch.Tensor, cfg: PretrainConfig, device) -> flo
 # ---------------------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------------------
-@dataclass
-class TrainLog:
-    steps: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    val_steps: list[int] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    tokens: int = 0
-    seconds: float = 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-
-def _save_resume_point(folder: Path, model, optimizer, generator, step: int, log: TrainLog) -> None:
-    """Everything needed to continue after an interruption, as safetensors plus JSON."""
-    with atomic_dir(folder) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                   if k != "lm_head.weight" or not model.config.tie_word_embeddings},
-                  str(tmp / "model.safetensors"))
-        opt = {}
-        for i, p in enumerate(optimizer.param_groups[0]["params"]):
-            for name, value in optimizer.state.get(p, {}).items():
-                opt[f"{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        opt["generator_state"] = generator.get_state()
-        save_file(opt, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "log": asdict(log)}))
-
-
-def _load_resume_point(folder: Path, model, optimizer, generator):
-    state = json.loads((folder / "state.json").read_text())
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    if model.config.tie_word_embeddings:
-        model.tie_weights()
-    opt = load_file(str(folder / "optimizer.safetensors"))
-    generator.set_state(opt.pop("generator_state"))
-    params = optimizer.param_groups[0]["params"]
-    for key, value in opt.items():
-        i, name = key.split(".", 1)
-        p = params[int(i)]
-        optimizer.state[p][name] = value.to(p.device) if name != "step" else value
-    return state["step"], TrainLog(**state["log"])
-
-
-def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, grad_clip: float) -> torch.Tensor:
-    """One optimiser step on one batch: loss, gradients, clipping, update."""
-    loss = next_token_loss(model, x, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss.detach()
-
-
 def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: PretrainConfig,
              device=None, seed: int = 0, callback=None, progress: bool = True,
              resume_dir: Path | None = None, desc: str = "pretrain") -> TrainLog:
-    """Train `model` on `train_data` for cfg.steps steps; return the loss curves.
+    """Minimise the next-token loss on random windows of `train_data` for cfg.steps steps.
 
-    `callback(step, log)` runs after every evaluation (for live plots). With `resume_dir`,
-    a resume point is written at every evaluation and picked up by the next call, so an
-    interrupted run continues where it stopped."""
+    The loop (AdamW, warmup + cosine, clipping, resume) is `embiggen.training.train_loop`."""
     device = device or pick_device()
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                  weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    step, log = 0, TrainLog()
-    if resume_dir is not None and (Path(resume_dir) / "state.json").exists():
-        step, log = _load_resume_point(Path(resume_dir), model, optimizer, generator)
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, leave=True)
-    start = time.perf_counter() - log.seconds
-    while step < cfg.steps:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def next_batch(generator):
         x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, generator)
-        loss = train_step(model, optimizer, x.to(device), y.to(device), cfg.grad_clip)
-        step += 1
-        log.steps.append(step)
-        log.train_loss.append(loss.item())
-        log.lr.append(lr)
-        log.tokens += x.numel()
-        if not math.isfinite(log.train_loss[-1]):
-            raise FloatingPointError(f"training loss became {log.train_loss[-1]} at step {step}; "
-                                     f"try a lower learning rate than {cfg.lr}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            log.seconds = time.perf_counter() - start
-            log.val_steps.append(step)
-            log.val_loss.append(estimate_loss(model, val_data, cfg, device))
-            bar.set_postfix(train=f"{log.train_loss[-1]:.3f}", val=f"{log.val_loss[-1]:.3f}")
-            if resume_dir is not None and step < cfg.steps:
-                _save_resume_point(Path(resume_dir), model, optimizer, generator, step, log)
-            if callback is not None:
-                callback(step, log)
-        bar.update(1)
-    bar.close()
-    log.seconds = time.perf_counter() - start
-    model.eval()
-    return log
+        return {"x": x, "y": y}
+
+    def loss_fn(model, batch):
+        return next_token_loss(model, batch["x"], batch["y"]), batch["x"].numel()
+
+    return train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=lambda m: estimate_loss(m, val_data, cfg, device),
+                      device=device, seed=seed, callback=callback, progress=progress, resume_dir=resume_dir,
+                      desc=desc)
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import torch
 
 from embiggen.model import build_model
 from embiggen.presets import PretrainConfig
-from embiggen.pretrain import (base_cache_dir, estimate_loss, get_batch, lr_at, next_token_loss, pretrain,
-                               tokenize_corpus, train_or_load_base)
+from embiggen.pretrain import (base_cache_dir, estimate_loss, get_batch, next_token_loss, pretrain, tokenize_corpus,
+                               train_or_load_base)
+from embiggen.training import lr_at
 from embiggen.utils import atomic_dir
 
 
