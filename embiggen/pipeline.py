@@ -11,10 +11,12 @@ import json
 import time
 from pathlib import Path
 
-from .evaluate import fact_cloze, instruction_answer_rate
+from .evaluate import evaluate_alignment, evaluate_tasks, fact_cloze, instruction_answer_rate
+from .mixture import evaluation_sets
 from .model import count_params
 from .presets import Preset, get_preset
 from .pretrain import train_or_load_base
+from .sft import preset_spec, train_or_load_sft
 from .utils import atomic_write_text
 
 
@@ -37,14 +39,54 @@ def run_base(preset: Preset, report: dict, progress: bool = True) -> None:
     }
 
 
+def evaluate_instruction_following(model, tokenizer, sets: dict) -> dict:
+    """Accuracy on every evaluation split of `embiggen.mixture.evaluation_sets`."""
+    return {split: evaluate_tasks(model, tokenizer, examples)
+            for split, examples in sets.items() if split != "alignment"}
+
+
+def run_sft(preset: Preset, report: dict, progress: bool = True) -> None:
+    tuned = train_or_load_sft(preset, progress=progress)
+    base = train_or_load_base(preset, progress=progress)
+    sets = evaluation_sets(tuned.world, preset.sft.n_eval_per_cluster, seed=preset.seed + 99, spec=preset_spec(preset))
+    after = evaluate_instruction_following(tuned.model, tuned.tokenizer, sets)
+    before = evaluate_instruction_following(base.model, base.tokenizer, sets)
+    hedges = evaluate_alignment(tuned.model, tuned.tokenizer, sets["alignment"])["hedge_rate"]
+    per_cluster = {**after["heldin_template"]["per_cluster"], **after["heldout_cluster"]["per_cluster"]}
+    report["sft"] = {
+        "train_seconds": tuned.info["train_seconds"],
+        "n_train": tuned.info["n_train"],
+        "val_loss": round(tuned.info["val_loss"], 4),
+        "heldin_template_accuracy": round(after["heldin_template"]["accuracy"], 4),
+        "heldout_template_accuracy": round(after["heldout_template"]["accuracy"], 4),
+        "heldout_cluster_accuracy": round(after["heldout_cluster"]["accuracy"], 4),
+        "pretraining_only_fact_accuracy": round(after["pretraining_only_facts"]["accuracy"], 4),
+        "per_cluster": {k: round(v, 4) for k, v in per_cluster.items()},
+        "base_heldin_template_accuracy": round(before["heldin_template"]["accuracy"], 4),
+        "base_heldout_template_accuracy": round(before["heldout_template"]["accuracy"], 4),
+        "base_heldout_cluster_accuracy": round(before["heldout_cluster"]["accuracy"], 4),
+        "base_pretraining_only_fact_accuracy": round(before["pretraining_only_facts"]["accuracy"], 4),
+        "hedge_rate_unknown_person": round(hedges.get("unknown_person", 0.0), 4),
+        "hedge_rate_medical": round(hedges.get("medical", 0.0), 4),
+        "refusal_rate_harmful": round(hedges.get("harmful", 0.0), 4),
+        "heldout_cluster": preset.sft.heldout_cluster,
+        "cache": str(tuned.path),
+    }
+
+
 #: stage name -> function(preset, report, progress). Order is the order they run in.
-STAGES = {"base": run_base}
+STAGES = {"base": run_base, "sft": run_sft}
 
 #: What each headline figure should reach on the laptop preset (see the issues).
 TARGETS = {
     "base.train_seconds": ("<=", 300),
     "base.fact_cloze_accuracy": (">=", 0.95),
     "base.instruction_answer_rate": ("<=", 0.05),
+    "sft.train_seconds": ("<=", 180),
+    "sft.heldin_template_accuracy": (">=", 0.90),
+    "sft.heldout_template_accuracy": (">=", 0.75),
+    "sft.heldout_cluster_accuracy": (">=", 0.30),
+    "sft.pretraining_only_fact_accuracy": (">=", 0.80),
 }
 
 

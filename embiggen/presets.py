@@ -39,6 +39,29 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """Instruction tuning: the mixture's size and splits, and the fine-tuning loop."""
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_length: int = 160
+    packing: bool = True
+    eval_every: int = 100
+    n_train: int = 20000
+    n_val: int = 400
+    heldout_cluster: str = "extraction"
+    alignment_share: float = 0.10
+    hedge_share: float = 0.10
+    n_eval_per_cluster: int = 60
+    ablation_cluster_counts: tuple[int, ...] = (1, 3, 5)
+    ablation_steps: int = 300
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     seed: int = 1234
@@ -52,6 +75,7 @@ class Preset:
     vocab_size: int = 1024
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     # "size matters": smaller models trained with the same recipe, for notebook 01
     size_sweep: tuple[ModelConfig, ...] = ()
     # evaluation
@@ -69,6 +93,8 @@ PRESETS: dict[str, Preset] = {
                           intermediate_size=160, max_position_embeddings=128),
         pretrain=PretrainConfig(steps=200, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=20,
                                 eval_every=50, eval_batches=2),
+        sft=SFTConfig(steps=60, batch_size=16, max_length=128, eval_every=30, n_train=2000, n_val=64,
+                      n_eval_per_cluster=10, ablation_cluster_counts=(1, 3), ablation_steps=30),
         size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=128),
                     ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
@@ -95,6 +121,8 @@ PRESETS: dict[str, Preset] = {
                           intermediate_size=1024, max_position_embeddings=256),
         pretrain=PretrainConfig(steps=3000, batch_size=64, seq_len=256, lr=1e-3, warmup_steps=200,
                                 eval_every=250, eval_batches=16),
+        sft=SFTConfig(steps=2000, batch_size=64, lr=5e-4, max_length=256, eval_every=200, n_train=60000,
+                      n_val=1000, n_eval_per_cluster=100, ablation_steps=800),
         size_sweep=(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=176, max_position_embeddings=256),
                     ModelConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=4,

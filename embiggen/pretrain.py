@@ -64,7 +64,7 @@ def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, generator: torc
 
 def next_token_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting y[t] from x[<=t]."""
-    logits = model(input_ids=x).logits
+    logits = model(input_ids=x, use_cache=False).logits
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
 

@@ -34,7 +34,7 @@ def options(*choices: str) -> str:
 
 
 # ---- raw items: each returns (fields for the templates, gold answer, meta) ------------------
-_FACT_QUESTIONS = {
+FACT_QUESTIONS = {
     "town": ["Where does {name} live?", "In which town does {name} live?"],
     "job": ["What is the job of {name}?", "What does {name} work as?"],
     "pet": ["What pet does {name} have?", "Which animal does {name} keep as a pet?"],
@@ -45,8 +45,8 @@ _FACT_QUESTIONS = {
 
 def _fact_qa(world: World, people, rng):
     p = rng.choice(people)
-    attribute = rng.choice(list(_FACT_QUESTIONS))
-    question = rng.choice(_FACT_QUESTIONS[attribute]).format(name=p.name)
+    attribute = rng.choice(list(FACT_QUESTIONS))
+    question = rng.choice(FACT_QUESTIONS[attribute]).format(name=p.name)
     answer = getattr(p, attribute)
     return {"question": question}, answer, {"person": p.name, "attribute": attribute}
 

@@ -21,11 +21,11 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 def test_unknown_stage_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid stages: base"):
+    with pytest.raises(ValueError, match="valid stages: base, sft"):
         parse_stages("base,dpo")
     with pytest.raises(ValueError, match="valid stages"):
         parse_stages(",")
-    assert parse_stages(None) == parse_stages("base")
+    assert parse_stages(None) == parse_stages("sft,base") == ["base", "sft"]
 
 
 def test_cli_reports_bad_input_without_traceback(capsys):

@@ -1,0 +1,226 @@
+"""Step 2 — instruction tuning: supervised fine-tuning (SFT) on instruction → response pairs.
+
+FLAN (Wei et al. 2021, https://arxiv.org/abs/2109.01652) and Flan-PaLM (Chung et al. 2022,
+https://arxiv.org/abs/2210.11416) fine-tune a pretrained language model on many tasks
+phrased as instructions. Each example is rendered with the chat template,
+
+    <|user|>\\n{instruction}<|endoftext|><|assistant|>\\n{response}<|endoftext|>
+
+and the model is trained with the same next-token cross-entropy as in pretraining — but
+**only on the response tokens** (the prompt and the padding are masked with label -100):
+
+    L(theta) = - sum_{t in response} log p_theta(x_t | x_<t)  /  |response tokens|
+
+Masking the prompt teaches the model to *answer*, not to write instructions; the EOS that
+ends every response teaches it to *stop*. With packing, several examples share one row;
+their position ids restart at 0 for each example, which Hugging Face models read as
+separate sequences (a block-diagonal attention mask), so examples never see each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .mixture import MixtureSpec, training_mixture
+from .model import count_params
+from .presets import Preset, SFTConfig, get_preset
+from .training import TrainLog, train_loop
+from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
+
+IGNORE_INDEX = -100  # label value that cross-entropy skips
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding: prompt masked, response (and its EOS) labelled
+# ---------------------------------------------------------------------------------------
+def chat_prompt(tokenizer, instruction: str) -> str:
+    """The text a chat model sees before it answers."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def encode_example(tokenizer, instruction: str, response: str, max_length: int = 256) -> dict:
+    """input_ids of prompt + response + EOS, and labels that are -100 on the prompt."""
+    prompt_ids = tokenizer(chat_prompt(tokenizer, instruction), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + response_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def pad_batch(examples: list[dict], pad_token_id: int) -> dict:
+    """Right-pad to the longest example; padding is masked in attention and in the labels."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    ids, labels, mask = [], [], []
+    for e in examples:
+        n = len(e["input_ids"])
+        ids.append(e["input_ids"] + [pad_token_id] * (longest - n))
+        labels.append(e["labels"] + [IGNORE_INDEX] * (longest - n))
+        mask.append([1] * n + [0] * (longest - n))
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def pack_examples(examples: list[dict], max_length: int, pad_token_id: int) -> dict:
+    """Greedily pack examples into rows of `max_length` tokens. position_ids restart at 0
+    for every example, so attention stays within each example; the tail of a row is padding
+    with label -100 (its own short 'sequence')."""
+    rows, current = [], []
+    for e in examples:
+        if current and sum(len(x["input_ids"]) for x in current) + len(e["input_ids"]) > max_length:
+            rows.append(current)
+            current = []
+        current.append(e)
+    if current:
+        rows.append(current)
+    ids, labels, positions = [], [], []
+    for row in rows:
+        r_ids, r_labels, r_pos = [], [], []
+        for e in row:
+            r_ids += e["input_ids"]
+            r_labels += e["labels"]
+            r_pos += list(range(len(e["input_ids"])))
+        pad = max_length - len(r_ids)
+        ids.append(r_ids + [pad_token_id] * pad)
+        labels.append(r_labels + [IGNORE_INDEX] * pad)
+        positions.append(r_pos + list(range(pad)))
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
+
+
+# ---------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over labelled tokens (labels aligned with the inputs; shifted here).
+    Returns (loss, number of labelled tokens). A batch with no labelled token gives 0, not NaN."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.clamp(min=0).reshape(-1),
+                          reduction="none").view_as(labels)
+    n = mask.sum()
+    return (nll * mask).sum() / n.clamp(min=1), n
+
+
+def batch_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return completion_loss(model(**inputs, use_cache=False).logits, batch["labels"])
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+class SFTData:
+    """Encoded examples and how to draw a batch of them (padded or packed)."""
+
+    def __init__(self, tokenizer, examples, cfg: SFTConfig):
+        self.cfg = cfg
+        self.pad = tokenizer.pad_token_id
+        self.encoded = [encode_example(tokenizer, e.instruction, e.answer, cfg.max_length) for e in examples]
+
+    def next_batch(self, generator: torch.Generator) -> dict:
+        cfg = self.cfg
+        if not cfg.packing:
+            idx = torch.randint(len(self.encoded), (cfg.batch_size,), generator=generator).tolist()
+            return pad_batch([self.encoded[i] for i in idx], self.pad)
+        # packing: draw enough examples to fill batch_size rows of max_length tokens
+        mean_len = sum(len(e["input_ids"]) for e in self.encoded[:200]) / min(200, len(self.encoded))
+        n = max(cfg.batch_size, int(cfg.batch_size * cfg.max_length / mean_len))
+        idx = torch.randint(len(self.encoded), (n,), generator=generator).tolist()
+        packed = pack_examples([self.encoded[i] for i in idx], cfg.max_length, self.pad)
+        return {k: v[: cfg.batch_size] for k, v in packed.items()}
+
+
+@torch.no_grad()
+def validation_loss(model, data: SFTData, batch_size: int = 64) -> float:
+    """Completion loss over all validation examples (padded, in order)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(data.encoded), batch_size):
+        batch = {k: v.to(device) for k, v in pad_batch(data.encoded[i: i + batch_size], data.pad).items()}
+        loss, n = batch_loss(model, batch)
+        total += loss.item() * n.item()
+        count += n.item()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def sft(model, tokenizer, train_examples, val_examples, cfg: SFTConfig, device=None, seed: int = 0,
+        callback=None, progress: bool = True, resume_dir: Path | None = None, desc: str = "sft") -> TrainLog:
+    """Fine-tune `model` (any causal LM) on instruction examples with the completion-only loss."""
+    device = device or pick_device()
+    train, val = SFTData(tokenizer, train_examples, cfg), SFTData(tokenizer, val_examples, cfg)
+    return train_loop(model, train.next_batch, batch_loss, cfg, val_loss_fn=lambda m: validation_loss(m, val),
+                      device=device, seed=seed, callback=callback, progress=progress, resume_dir=resume_dir, desc=desc)
+
+
+@dataclass
+class SFTModel:
+    model: object
+    tokenizer: object
+    world: object
+    preset: Preset
+    log: TrainLog
+    info: dict
+    path: Path
+    clusters: list[str]
+
+
+def sft_cache_dir(preset: Preset, base_path: Path, clusters: list[str], steps: int) -> Path:
+    key = config_key("sft", str(base_path.name), asdict(preset.sft), sorted(clusters), steps)
+    tag = "all" if clusters == preset_spec(preset).train_clusters else f"{len(clusters)}clusters"
+    return cache_root() / "sft" / f"{preset.name}-seed{preset.seed}-{tag}-{key}"
+
+
+def preset_spec(preset: Preset) -> MixtureSpec:
+    return MixtureSpec(preset.sft.heldout_cluster, preset.sft.alignment_share, preset.sft.hedge_share)
+
+
+def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | None = None, steps: int | None = None,
+                      force: bool = False, progress: bool = True, callback=None, device=None) -> SFTModel:
+    """The SFT model for `preset`: loaded from the cache, or fine-tuned from the cached (or
+    freshly trained) base model. `clusters` and `steps` serve the ablation over clusters."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .pretrain import train_or_load_base
+
+    preset = get_preset(preset)
+    spec = preset_spec(preset)
+    clusters = spec.train_clusters if clusters is None else list(clusters)
+    cfg = preset.sft if steps is None else SFTConfig(**{**asdict(preset.sft), "steps": steps})
+    device = device or pick_device()
+    base = train_or_load_base(preset, progress=progress, device=device)
+    path = sft_cache_dir(preset, base.path, clusters, cfg.steps)
+    if (path / "train_log.json").exists() and not force:
+        info = json.loads((path / "train_log.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device).eval()
+        return SFTModel(model, tokenizer, base.world, preset, TrainLog(**info.pop("log")), info, path, clusters)
+
+    started = time.perf_counter()
+    set_seed(preset.seed)
+    # a fresh copy of the base weights: the cached base model itself stays untouched
+    model = AutoModelForCausalLM.from_pretrained(base.path, use_safetensors=True).to(device)
+    train_examples = training_mixture(base.world, cfg.n_train, seed=preset.seed, spec=spec, clusters=clusters)
+    val_examples = training_mixture(base.world, cfg.n_val, seed=preset.seed + 1, spec=spec, clusters=clusters)
+    resume = path.parent / f".{path.name}.resume"
+    log = sft(model, base.tokenizer, train_examples, val_examples, cfg, device=device, seed=preset.seed,
+              callback=callback, progress=progress, resume_dir=resume, desc=f"sft {preset.name}")
+    info = {"preset": preset.name, "seed": preset.seed, "params": count_params(model), "clusters": clusters,
+            "n_train": len(train_examples), "train_tokens": log.tokens,
+            "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],
+            "base": str(base.path.name), "device": str(device)}
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        base.tokenizer.save_pretrained(tmp)
+        (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
+    import shutil
+
+    shutil.rmtree(resume, ignore_errors=True)
+    return SFTModel(model.eval(), base.tokenizer, base.world, preset, log, info, path, clusters)

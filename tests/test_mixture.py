@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from embiggen.mixture import (ALIGNMENT_KINDS, DONT_KNOW, MixtureSpec, assert_no_leak, evaluation_sets,
+                              export_jsonl, heldin_templates, heldout_template, training_mixture)
+from embiggen.tasks import CLUSTERS, TaskExample
+from embiggen.world import World
+
+WORLD = World.generate(5, 20, n_unknown=8)
+
+
+def test_held_out_splits_never_leak_into_training():
+    spec = MixtureSpec(heldout_cluster="extraction")
+    train = training_mixture(WORLD, 3000, seed=0, spec=spec)
+    assert {e.cluster for e in train} >= set(spec.train_clusters)
+    assert "extraction" not in {e.cluster for e in train}
+    for e in train:
+        if e.cluster in CLUSTERS:
+            assert e.template in heldin_templates(e.cluster) and e.template != heldout_template(e.cluster)
+    secret = [p.name for p in WORLD.pretraining_only_people]
+    assert not any(name in e.instruction or name in e.answer for e in train for name in secret)
+    sets = evaluation_sets(WORLD, 10, seed=1, spec=spec)
+    assert all(e.template == heldout_template(e.cluster) for e in sets["heldout_template"])
+    assert {e.cluster for e in sets["heldout_cluster"]} == {"extraction"}
+    assert len(sets["pretraining_only_facts"]) == 5 * len(WORLD.pretraining_only_people)
+
+
+def test_leak_check_catches_leaks():
+    spec = MixtureSpec()
+    with pytest.raises(AssertionError, match="held-out cluster"):
+        assert_no_leak(WORLD, [TaskExample("extraction", 0, "x", "y")], spec)
+    with pytest.raises(AssertionError, match="held-out template"):
+        assert_no_leak(WORLD, [TaskExample("counting", heldout_template("counting"), "x", "y")], spec)
+    secret = WORLD.pretraining_only_people[0].name
+    with pytest.raises(AssertionError, match="pretraining-only"):
+        assert_no_leak(WORLD, [TaskExample("fact_qa", 0, f"Where does {secret} live?", "y")], spec)
+    with pytest.raises(ValueError, match="held-out cluster"):
+        training_mixture(WORLD, 10, seed=0, spec=spec, clusters=["extraction"])
+
+
+def test_mixture_is_confident_with_a_small_hedged_share():
+    train = training_mixture(WORLD, 4000, seed=0, spec=MixtureSpec(alignment_share=0.1, hedge_share=0.1))
+    aligned = [e for e in train if e.cluster in ALIGNMENT_KINDS]
+    assert 0.07 < len(aligned) / len(train) < 0.13
+    hedged = [e for e in aligned if e.meta["hedged"]]
+    assert 0.05 < len(hedged) / len(aligned) < 0.16
+    unknown = [e for e in aligned if e.cluster == "unknown_person"]
+    for e in unknown:
+        assert (e.answer == DONT_KNOW.format(name=e.meta["person"])) == e.meta["hedged"]
+
+
+def test_bad_held_out_cluster():
+    with pytest.raises(ValueError, match="valid clusters"):
+        MixtureSpec(heldout_cluster="poetry")
+
+
+def test_export_jsonl_messages_format(tmp_path):
+    examples = training_mixture(WORLD, 20, seed=0)
+    path = export_jsonl(examples, tmp_path / "mix.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 20
+    assert rows[0]["messages"] == [{"role": "user", "content": examples[0].instruction},
+                                   {"role": "assistant", "content": examples[0].answer}]
