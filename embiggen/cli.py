@@ -2,6 +2,7 @@
 
     embiggen run [--preset P] [--stages base] [--out DIR]   # train or load, print the report card
     embiggen sample --model base "Alma Brook lives in"       # continue a prefix
+    embiggen chat --model sft                                # ask the instruction-tuned model
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ def _cmd_run(args) -> int:
 
 
 def load_model_by_name(name: str, preset=None):
-    """'base' means the embedded base model; anything else is a Hugging Face name or path."""
+    """'base' / 'sft' mean the embedded models; anything else is a Hugging Face name or path."""
     if name == "base":
         from .pretrain import train_or_load_base
 
         base = train_or_load_base(preset)
         return base.model, base.tokenizer
+    if name == "sft":
+        from .sft import train_or_load_sft
+
+        tuned = train_or_load_sft(preset)
+        return tuned.model, tuned.tokenizer
     from .model import load_pretrained
     from .utils import pick_device
 
@@ -51,6 +57,33 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48) -> str:
+    """One answer to one message (our models are trained on single-turn chats)."""
+    from .generate import generate
+    from .sft import chat_prompt
+
+    return generate(model, tokenizer, [chat_prompt(tokenizer, message)], max_new_tokens=max_new_tokens)[0].strip()
+
+
+def _cmd_chat(args, read=input) -> int:
+    model, tokenizer = load_model_by_name(args.model, args.preset)
+    if tokenizer.chat_template is None:
+        print(f"error: {args.model!r} has no chat template; chat needs an instruction-tuned model", file=sys.stderr)
+        return 2
+    print(f"Chatting with {args.model!r}. Each message is answered on its own. Type 'quit' or press Ctrl-D to leave.")
+    while True:
+        try:
+            message = read("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if message.strip().lower() in ("quit", "exit"):
+            return 0
+        if not message.strip():
+            continue
+        print(f"{args.model}> {chat_reply(model, tokenizer, message)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embiggen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train or load every stage and print the report card")
     run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
-    run.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
+    run.add_argument("--stages", default=None, help="comma-separated stages: base,sft (default: all)")
     run.add_argument("--out", default=None, help="folder for report.json and report.md (default: runs/<preset>)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
@@ -74,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--max-new-tokens", type=int, default=40)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=_cmd_sample)
+
+    chat = sub.add_parser("chat", help="a small terminal chat with a model")
+    chat.add_argument("--model", default="sft", help="'sft', 'base' or a Hugging Face model name or local path")
+    chat.add_argument("--preset", default=None)
+    chat.set_defaults(func=_cmd_chat)
     return parser
 
 

@@ -101,3 +101,18 @@ def plot_rates(labels: list[str], values: list[float], ax=None, title="", ylabel
     ax.set(title=title, ylabel=ylabel)
     ax.tick_params(axis="x", rotation=30)
     return ax
+
+
+def loss_mask_html(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """Tokens of one training example: grey where the loss is masked (prompt), green where
+    the model is trained to predict the token (response and its EOS)."""
+    chips = []
+    for token_id, label in zip(input_ids, labels):
+        text = tokenizer.decode([token_id]).replace(" ", "␣").replace("\n", "⏎")
+        style = ("background:#c7e9c0;border:1px solid #31a354" if label != -100
+                 else "background:#eeeeee;border:1px solid #bbbbbb;color:#777")
+        chips.append(f"<span style='{style};border-radius:3px;padding:1px 3px;margin:1px;font-family:monospace;"
+                     f"display:inline-block'>{html.escape(text)}</span>")
+    legend = ("<small><span style='background:#eeeeee;padding:0 4px'>grey</span> no loss (prompt) · "
+              "<span style='background:#c7e9c0;padding:0 4px'>green</span> loss (response + EOS)</small>")
+    return f"<div style='line-height:2'>{''.join(chips)}</div>{legend}"

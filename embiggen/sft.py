@@ -224,3 +224,27 @@ def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | 
 
     shutil.rmtree(resume, ignore_errors=True)
     return SFTModel(model.eval(), base.tokenizer, base.world, preset, log, info, path, clusters)
+
+
+def cluster_ablation(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
+    """FLAN's ablation (Wei et al. 2021, figure 6) at our scale: accuracy on the held-out
+    cluster against the number of clusters trained on. Every point is fine-tuned from the
+    same base with the same (shorter) schedule; 0 clusters is the base model itself."""
+    from .evaluate import evaluate_tasks
+    from .mixture import evaluation_sets
+    from .pretrain import train_or_load_base
+
+    preset = get_preset(preset)
+    spec = preset_spec(preset)
+    heldout = evaluation_sets(train_or_load_base(preset, progress=progress, device=device).world,
+                              preset.sft.n_eval_per_cluster, seed=preset.seed + 99, spec=spec)["heldout_cluster"]
+    base = train_or_load_base(preset, progress=progress, device=device)
+    rows = [{"clusters": 0, "trained_on": "(base model)",
+             "heldout_cluster_accuracy": evaluate_tasks(base.model, base.tokenizer, heldout)["accuracy"]}]
+    counts = sorted({*preset.sft.ablation_cluster_counts, len(spec.train_clusters)})
+    for k in counts:
+        tuned = train_or_load_sft(preset, clusters=spec.train_clusters[:k], steps=preset.sft.ablation_steps,
+                                  progress=progress, device=device)
+        rows.append({"clusters": k, "trained_on": ", ".join(spec.train_clusters[:k]),
+                     "heldout_cluster_accuracy": evaluate_tasks(tuned.model, tuned.tokenizer, heldout)["accuracy"]})
+    return rows

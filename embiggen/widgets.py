@@ -59,6 +59,37 @@ def samples_html(prompt: str, samples: list[str]) -> str:
     return f"<div style='display:flex;flex-wrap:wrap'>{cells}</div>"
 
 
+def compare_answers(models: dict, instruction: str, answer: str | None = None, max_new_tokens: int = 32) -> list[dict]:
+    """Each model's greedy answer to one instruction (chat-formatted), marked correct or not
+    when the gold `answer` is known. `models` maps a name to (model, tokenizer)."""
+    from .evaluate import exact_match
+    from .sft import chat_prompt
+
+    problem = prompt_problem(instruction)
+    if problem:
+        raise ValueError(problem)
+    rows = []
+    for name, (model, tokenizer) in models.items():
+        response = generate(model, tokenizer, [chat_prompt(tokenizer, instruction)], max_new_tokens=max_new_tokens)[0]
+        rows.append({"model": name, "response": response.strip(),
+                     "correct": None if answer is None else exact_match(response, answer)})
+    return rows
+
+
+def comparison_html(instruction: str, rows: list[dict], answer: str | None = None) -> str:
+    """Answers side by side, each with ✓ / ✗ when the gold answer is known."""
+    marks = {True: "<span style='color:#2a2;font-size:1.3em'>✓</span>",
+             False: "<span style='color:#c22;font-size:1.3em'>✗</span>", None: ""}
+    cells = "".join(
+        f"<div style='flex:1;min-width:200px;border:1px solid #ccc;border-radius:6px;padding:8px;margin:3px'>"
+        f"<b>{html.escape(r['model'])}</b> {marks[r['correct']]}<br>"
+        f"<span style='font-family:monospace'>{html.escape(r['response']) or '<i>(empty)</i>'}</span></div>"
+        for r in rows)
+    gold = f"<br><small>expected: <b>{html.escape(answer)}</b></small>" if answer is not None else ""
+    return (f"<div style='margin:4px 0'><b>Instruction:</b> <span style='white-space:pre-wrap'>"
+            f"{html.escape(instruction)}</span>{gold}</div><div style='display:flex;flex-wrap:wrap'>{cells}</div>")
+
+
 # ---- widgets ---------------------------------------------------------------------------
 class AutocompleteWidget:
     """Type a prefix, see the next-token probabilities, click a token to extend the text."""
@@ -132,6 +163,38 @@ class SamplingWidget:
         samples = sample_grid(self.model, self.tokenizer, self.prompt.value, self.n.value,
                               self.temperature.value, self.top_k.value, self.top_p.value, seed=self.seed.value)
         self.output.value = samples_html(self.prompt.value, samples)
+
+    def _ipython_display_(self):
+        display(self.box)
+
+
+class ComparisonWidget:
+    """Pick an evaluation prompt or type your own; every model answers side by side."""
+
+    def __init__(self, models: dict, examples: list, custom: str = ""):
+        self.models, self.examples = models, examples
+        options = [(f"[{e.cluster}] {e.instruction[:70]}", i) for i, e in enumerate(examples)]
+        self.pick = W.Dropdown(options=options, description="prompt", layout=W.Layout(width="95%"))
+        self.custom = W.Textarea(value=custom, placeholder="…or type your own instruction here and press Answer",
+                                 layout=W.Layout(width="95%", height="50px"))
+        go = W.Button(description="Answer", button_style="primary", icon="play")
+        go.on_click(lambda _: self.refresh(use_custom=True))
+        self.pick.observe(lambda change: self.refresh(use_custom=False), names="value")
+        self.output = W.HTML()
+        self.box = W.VBox([self.pick, self.custom, go, self.output])
+        self.refresh(use_custom=bool(custom.strip()))
+
+    def refresh(self, use_custom: bool = False):
+        if use_custom:
+            instruction, answer = self.custom.value, None
+        else:
+            example = self.examples[self.pick.value]
+            instruction, answer = example.instruction, example.answer
+        problem = prompt_problem(instruction)
+        if problem:
+            self.output.value = f"<span style='color:#b00'>{html.escape(problem)}</span>"
+            return
+        self.output.value = comparison_html(instruction, compare_answers(self.models, instruction, answer), answer)
 
     def _ipython_display_(self):
         display(self.box)

@@ -50,3 +50,17 @@ def test_run_writes_report_with_base_keys(tiny_preset, tiny_base, tmp_path):
     assert base["params"] == tiny_base.params and 0 <= base["fact_cloze_accuracy"] <= 1
     assert "base.fact_cloze_accuracy" in (tmp_path / "report.md").read_text()
     assert "base.val_loss" in report_card(report)
+
+
+def test_chat_loop_answers_and_quits(tiny_base, monkeypatch, capsys):
+    import embiggen.cli as cli
+
+    monkeypatch.setattr(cli, "load_model_by_name", lambda name, preset: (tiny_base.model, tiny_base.tokenizer))
+    lines = iter(["Where does Alma live?", "   ", "quit"])
+
+    class Args:
+        model, preset = "sft", None
+
+    assert cli._cmd_chat(Args, read=lambda prompt: next(lines)) == 0
+    out = capsys.readouterr().out
+    assert out.count("sft> ") == 1 and "Ctrl-D" in out

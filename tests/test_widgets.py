@@ -36,3 +36,38 @@ def test_widgets_show_a_message_for_an_empty_prompt(tiny_base):
     s.prompt.value = " "
     s.refresh()
     assert EMPTY_PROMPT_MESSAGE in s.output.value
+
+
+def test_compare_answers_marks_correctness(tiny_base, monkeypatch):
+    import embiggen.widgets as widgets
+
+    answers = iter([[" Redford"], ["2. Where"]])
+    monkeypatch.setattr(widgets, "generate", lambda *a, **k: next(answers))
+    models = {"sft": (tiny_base.model, tiny_base.tokenizer), "base": (tiny_base.model, tiny_base.tokenizer)}
+    rows = widgets.compare_answers(models, "Where does Alma live?", "Redford")
+    assert [(r["model"], r["response"], r["correct"]) for r in rows] == [("sft", "Redford", True),
+                                                                         ("base", "2. Where", False)]
+    html = widgets.comparison_html("Where does <Alma> live?", rows, "Redford")
+    assert "&lt;Alma&gt;" in html and html.count("✓") == 1 and html.count("✗") == 1
+
+
+def test_comparison_widget_handles_empty_custom_prompt(tiny_base):
+    from embiggen.mixture import evaluation_sets
+    from embiggen.widgets import ComparisonWidget
+
+    examples = evaluation_sets(tiny_base.world, 2, seed=0)["heldin_template"][:3]
+    w = ComparisonWidget({"base": (tiny_base.model, tiny_base.tokenizer)}, examples)
+    assert "expected" in w.output.value
+    w.custom.value = "  "
+    w.refresh(use_custom=True)
+    assert EMPTY_PROMPT_MESSAGE in w.output.value
+
+
+def test_loss_mask_html_colours_only_the_response(tiny_base):
+    from embiggen.plots import loss_mask_html
+    from embiggen.sft import encode_example
+
+    enc = encode_example(tiny_base.tokenizer, "Hi", "yes")
+    html = loss_mask_html(tiny_base.tokenizer, enc["input_ids"], enc["labels"])
+    n_loss = sum(label != -100 for label in enc["labels"])
+    assert html.count("#c7e9c0;border") == n_loss and html.count("#eeeeee;border") == len(enc["labels"]) - n_loss
