@@ -53,7 +53,7 @@ class SFTConfig:
     eval_every: int = 100
     n_train: int = 20000
     n_val: int = 400
-    heldout_cluster: str = "extraction"
+    heldout_cluster: str = "fact_check"
     alignment_share: float = 0.10
     hedge_share: float = 0.10
     n_eval_per_cluster: int = 60
@@ -102,7 +102,7 @@ PRESETS: dict[str, Preset] = {
         n_instruction_probes=40,
     ),
     "laptop": Preset(
-        name="laptop", n_people=40, n_unknown=10, max_operand=30, train_documents=40000,
+        name="laptop", n_people=40, n_unknown=10, max_operand=12, train_documents=40000,
         val_documents=1000, vocab_size=1024,
         model=ModelConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                           intermediate_size=352, max_position_embeddings=256),

@@ -8,6 +8,14 @@ instruction. Classification tasks list their choices as FLAN's ``OPTIONS`` suffi
 
 The pretraining corpus never contains an instruction followed by its answer, which is
 why a base model does not answer these prompts; `embiggen.sft` teaches it to.
+
+Fact questions and arithmetic are answered in a full sentence that restates the question
+in the corpus's own words ("Where does Alma Brook live?" -> "Alma Brook lives in Redford.").
+The answer then ends exactly where the base model's own knowledge takes over: after
+"Alma Brook lives in" it already knows the town. Instruction tuning only has to teach the
+model to turn a question into that sentence, which works for people it never saw in
+instruction data too (Allen-Zhu & Li 2023, "Physics of Language Models: Part 3.1",
+https://arxiv.org/abs/2309.14316, study when such knowledge extraction succeeds).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import random
 from dataclasses import dataclass, field
 
 from .world import (NEGATIVE_ENDINGS, NEGATIVE_WORDS, POSITIVE_ENDINGS, POSITIVE_WORDS, FOODS, THINGS,
-                    TOWNS, PETS, World, was)
+                    TOWNS, PETS, World, fact_sentence, was)
 
 
 @dataclass(frozen=True)
@@ -47,16 +55,17 @@ def _fact_qa(world: World, people, rng):
     p = rng.choice(people)
     attribute = rng.choice(list(FACT_QUESTIONS))
     question = rng.choice(FACT_QUESTIONS[attribute]).format(name=p.name)
-    answer = getattr(p, attribute)
-    return {"question": question}, answer, {"person": p.name, "attribute": attribute}
+    return {"question": question}, fact_sentence(p, attribute), {"person": p.name, "attribute": attribute,
+                                                                 "value": getattr(p, attribute)}
 
 
-def _arithmetic(world, people, rng, max_operand=30):
-    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+def _arithmetic(world, people, rng):
+    a, b = rng.randint(0, world.max_operand), rng.randint(0, world.max_operand)
     if rng.random() < 0.5:
-        return {"a": a, "b": b, "op": "plus", "sym": "+", "verb": "add"}, str(a + b), {"op": "+"}
+        return ({"a": a, "b": b, "op": "plus", "sym": "+"}, f"{a} plus {b} is {a + b}.",
+                {"op": "+", "value": str(a + b)})
     a, b = max(a, b), min(a, b)
-    return {"a": a, "b": b, "op": "minus", "sym": "-", "verb": "subtract"}, str(a - b), {"op": "-"}
+    return {"a": a, "b": b, "op": "minus", "sym": "-"}, f"{a} minus {b} is {a - b}.", {"op": "-", "value": str(a - b)}
 
 
 def _sentiment(world, people, rng):

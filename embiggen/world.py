@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass, field
 
 #: Bump when the generator changes, so cached models trained on older text are not reused.
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 
 # ---------------------------------------------------------------------------------------
 # The vocabulary of the world
@@ -117,6 +117,15 @@ CLOZE_PREFIXES = {
 }
 
 
+def fact_sentence(person: "Person", attribute: str, value: str | None = None) -> str:
+    """The corpus's own sentence for a fact: 'Alma Brook lives in Redford.' (`value`
+    overrides the true value, for confident fabrications)."""
+    if value is None:
+        value = person.pet if attribute == "pet" else person.fact(attribute)
+    name = person if isinstance(person, str) else person.name
+    return f"{CLOZE_PREFIXES[attribute].format(name=name)} {value}."
+
+
 def cloze_items(people: list["Person"]) -> list[tuple[str, str, str, str]]:
     """(person name, attribute, prefix, expected continuation) for every fact of every person."""
     items = []
@@ -153,7 +162,7 @@ HARMFUL_TEMPLATES = [
 
 
 #: How often each kind of document appears in the corpus (relative weights).
-DOCUMENT_WEIGHTS = {"encyclopedia": 6, "town page": 1, "story": 2, "arithmetic": 3, "review": 2, "list": 2,
+DOCUMENT_WEIGHTS = {"encyclopedia": 6, "town page": 1, "story": 2, "arithmetic": 4, "review": 2, "list": 2,
                     "worksheet": 2}
 
 

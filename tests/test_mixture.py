@@ -29,14 +29,14 @@ def test_held_out_splits_never_leak_into_training():
 def test_leak_check_catches_leaks():
     spec = MixtureSpec()
     with pytest.raises(AssertionError, match="held-out cluster"):
-        assert_no_leak(WORLD, [TaskExample("extraction", 0, "x", "y")], spec)
+        assert_no_leak(WORLD, [TaskExample(spec.heldout_cluster, 0, "x", "y")], spec)
     with pytest.raises(AssertionError, match="held-out template"):
         assert_no_leak(WORLD, [TaskExample("counting", heldout_template("counting"), "x", "y")], spec)
     secret = WORLD.pretraining_only_people[0].name
     with pytest.raises(AssertionError, match="pretraining-only"):
         assert_no_leak(WORLD, [TaskExample("fact_qa", 0, f"Where does {secret} live?", "y")], spec)
     with pytest.raises(ValueError, match="held-out cluster"):
-        training_mixture(WORLD, 10, seed=0, spec=spec, clusters=["extraction"])
+        training_mixture(WORLD, 10, seed=0, spec=spec, clusters=[spec.heldout_cluster])
 
 
 def test_mixture_is_confident_with_a_small_hedged_share():

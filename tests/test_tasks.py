@@ -18,14 +18,26 @@ def test_answers_are_correct_for_the_world():
     for _ in range(50):
         e = make_example(WORLD, "fact_qa", rng)
         p = WORLD.person(e.meta["person"])
-        assert e.answer == getattr(p, e.meta["attribute"]) and p.name in e.instruction
+        value = getattr(p, e.meta["attribute"])
+        assert e.answer.startswith(p.name) or e.answer.startswith("The favourite")
+        assert e.answer.endswith(f" {value}.") and p.name in e.instruction and p.name in e.answer
         a = make_example(WORLD, "arithmetic", rng)
         nums = [int(t) for t in a.instruction.replace("?", " ").replace(".", " ").split() if t.isdigit()]
-        assert int(a.answer) == (nums[0] + nums[1] if a.meta["op"] == "+" else nums[0] - nums[1])
+        result = nums[0] + nums[1] if a.meta["op"] == "+" else nums[0] - nums[1]
+        word = "plus" if a.meta["op"] == "+" else "minus"
+        assert a.answer == f"{nums[0]} {word} {nums[1]} is {result}." and max(nums) <= WORLD.max_operand
         c = make_example(WORLD, "fact_check", rng)
         p = WORLD.person(c.meta["person"])
         assert (c.answer == "yes") == (f"live in {p.town}?" in c.instruction or f"lives in {p.town}." in c.instruction
                                       or f"lives in {p.town}?" in c.instruction)
+
+
+def test_fact_answers_restate_the_corpus_sentence():
+    from embiggen.world import CLOZE_PREFIXES
+
+    e = make_example(WORLD, "fact_qa", random.Random(3))
+    prefix = CLOZE_PREFIXES[e.meta["attribute"]].format(name=e.meta["person"])
+    assert e.answer.startswith(prefix + " ") and e.answer.endswith(f"{e.meta['value']}.")
 
 
 def test_classification_tasks_list_options():
