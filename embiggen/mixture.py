@@ -42,6 +42,9 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
 
 ALIGNMENT_KINDS = ("unknown_person", "medical", "harmful")
 
+#: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
+MIXTURE_VERSION = 2
+
 
 def heldout_template(cluster: str) -> int:
     """FLAN-style: the last template of each cluster is kept for evaluation only."""
@@ -113,17 +116,21 @@ def training_mixture(world: World, n: int, seed: int, spec: MixtureSpec = Mixtur
 
 
 def assert_no_leak(world: World, examples: list[TaskExample], spec: MixtureSpec) -> None:
-    """Raise if training data touches a held-out template, the held-out cluster or a
-    pretraining-only person."""
-    secret = [p.name for p in world.pretraining_only_people]
+    """Raise if training data touches a held-out template or the held-out cluster, or states
+    a fact of a pretraining-only person (their name alone may appear, e.g. as a story's hero)."""
+    secret = world.pretraining_only_people
     for e in examples:
         if e.cluster == spec.heldout_cluster:
             raise AssertionError(f"held-out cluster {e.cluster!r} leaked into training: {e.instruction!r}")
         if e.cluster in CLUSTERS and e.template == heldout_template(e.cluster):
             raise AssertionError(f"held-out template {e.template} of {e.cluster!r} leaked: {e.instruction!r}")
-        for name in secret:
-            if name in e.instruction or name in e.answer:
-                raise AssertionError(f"pretraining-only person {name} leaked into training: {e.instruction!r}")
+        text = f"{e.instruction}\n{e.answer}"
+        for p in secret:
+            if p.name in text or p.first in text.replace(p.name, ""):
+                stated = [getattr(p, a) for a in FACT_QUESTIONS if getattr(p, a) in text]
+                if stated:
+                    raise AssertionError(f"a fact of pretraining-only {p.name} ({', '.join(stated)}) leaked into "
+                                         f"training: {e.instruction!r} -> {e.answer!r}")
 
 
 def evaluation_sets(world: World, n_per_cluster: int, seed: int, spec: MixtureSpec = MixtureSpec()) -> dict:

@@ -116,3 +116,33 @@ def loss_mask_html(tokenizer, input_ids: list[int], labels: list[int]) -> str:
     legend = ("<small><span style='background:#eeeeee;padding:0 4px'>grey</span> no loss (prompt) · "
               "<span style='background:#c7e9c0;padding:0 4px'>green</span> loss (response + EOS)</small>")
     return f"<div style='line-height:2'>{''.join(chips)}</div>{legend}"
+
+
+def plot_cluster_accuracy(series: dict[str, dict[str, float]], heldout_cluster: str | None = None, ax=None,
+                          title="Exact-match accuracy by task cluster"):
+    """Grouped bars: one group per cluster, one bar per series (e.g. base / SFT held-in / SFT held-out).
+    The held-out cluster is labelled as such."""
+    ax = _axes(ax, figsize=(11, 3.8))
+    clusters = list(dict.fromkeys(c for values in series.values() for c in values))
+    labels = [f"{c}\n(held-out cluster)" if c == heldout_cluster else c for c in clusters]
+    plot_grouped_rates(labels, {name: [values.get(c, 0.0) for c in clusters] for name, values in series.items()},
+                       ax=ax, title=title, ylabel="accuracy")
+    ax.tick_params(axis="x", labelsize=8)
+    return ax
+
+
+def plot_ablation(rows: list[dict], chance: float | None = None, ax=None):
+    """Held-out-cluster accuracy against the number of clusters trained on (FLAN, figure 6)."""
+    ax = _axes(ax)
+    xs = [r["clusters"] for r in rows]
+    ys = [r["heldout_cluster_accuracy"] for r in rows]
+    ax.plot(xs, ys, "o-", color="#08519c", label="held-out cluster")
+    for x, y in zip(xs, ys):
+        ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=9)
+    if chance is not None:
+        ax.axhline(chance, ls="--", color="#999", label=f"chance ({chance:.0%})")
+    ax.set_xticks(xs)
+    ax.set(xlabel="number of task clusters in the instruction mixture (0 = base model)", ylabel="accuracy",
+           ylim=(0, 1.05), title="Does instruction tuning on more clusters help an unseen one?")
+    ax.legend()
+    return ax

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .mixture import MixtureSpec, training_mixture
+from .mixture import MIXTURE_VERSION, MixtureSpec, training_mixture
 from .model import count_params
 from .presets import Preset, SFTConfig, get_preset
 from .training import TrainLog, train_loop
@@ -173,7 +173,7 @@ class SFTModel:
 
 
 def sft_cache_dir(preset: Preset, base_path: Path, clusters: list[str], steps: int) -> Path:
-    key = config_key("sft", str(base_path.name), asdict(preset.sft), sorted(clusters), steps)
+    key = config_key("sft", MIXTURE_VERSION, str(base_path.name), asdict(preset.sft), sorted(clusters), steps)
     tag = "all" if clusters == preset_spec(preset).train_clusters else f"{len(clusters)}clusters"
     return cache_root() / "sft" / f"{preset.name}-seed{preset.seed}-{tag}-{key}"
 

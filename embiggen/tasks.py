@@ -100,14 +100,21 @@ def _fact_check(world, people, rng):
 
 
 def _story_character(world, people, rng):
-    p = rng.choice(people)
+    # The hero may be anyone in the world. Pretraining-only people get a story that states
+    # none of their facts: their *names* may appear in instruction data, their facts never.
+    p = rng.choice(world.people)
     friend = rng.choice([q for q in people if q is not p])
-    story = (f"One morning in {p.town}, {p.name} woke up early. {p.first} took the {p.pet} for a walk "
-             f"and met {friend.name}. In the evening, {p.first} went home happy.")
-    if rng.random() < 0.5:
+    if p.pretraining_only:
+        story = (f"This is a story about {p.name}. {p.first} woke up early and met {friend.name}. "
+                 f"It was a good day for {p.first}.")
+    elif rng.random() < 0.5:
+        story = (f"One morning in {p.town}, {p.name} woke up early. {p.first} took the {p.pet} for a walk "
+                 f"and met {friend.name}. In the evening, {p.first} went home happy.")
+    else:
         story = (f"This is a story about {p.name}. {p.first} baked {p.food} and shared it with "
                  f"{friend.name}. It was a good day for {p.first}.")
-    return {"story": story}, p.name, {"person": p.name}
+    choices = rng.sample([p.name, friend.name, rng.choice([q for q in people if q not in (p, friend)]).name], 3)
+    return {"story": story, "options": options(*choices)}, p.name, {"person": p.name}
 
 
 def _extraction(world, people, rng):
@@ -118,8 +125,10 @@ def _extraction(world, people, rng):
                            f"In {town}, a {pet} ran past the market.",
                            f"A {pet} from {town} won a prize."])
     if rng.random() < 0.5:
-        return {"sentence": sentence, "what": "town"}, town, {}
-    return {"sentence": sentence, "what": "animal"}, pet, {}
+        choices = rng.sample([town, *rng.sample([t for t in TOWNS if t != town], 2)], 3)
+        return {"sentence": sentence, "what": "town", "options": options(*choices)}, town, {}
+    choices = rng.sample([pet, *rng.sample([a for a in PETS if a != pet], 2)], 3)
+    return {"sentence": sentence, "what": "animal", "options": options(*choices)}, pet, {}
 
 
 #: cluster name -> (item generator, templates). A template is a format string over the
@@ -180,16 +189,16 @@ CLUSTERS: dict[str, tuple] = {
         "{story}\nWho is this story about?",
         "Read the story and name its hero: {story}",
         "Story: {story}\nQuestion: who is the main character?",
-        "Name the person the story follows.\n{story}",
-        "Tell me who the story is about. {story}",
+        "Name the person the story follows.\n{story}{options}",
+        "Tell me who the story is about. {story}{options}",
     ]),
     "extraction": (_extraction, [
         "Which {what} is mentioned in this sentence? {sentence}",
         "Extract the {what} from the sentence: {sentence}",
         "{sentence}\nWhat {what} does the sentence mention?",
         "Sentence: {sentence}\nFind the {what}.",
-        "Pick out the {what} in: {sentence}",
-        "Read this and give the {what}: {sentence}",
+        "Pick out the {what} in: {sentence}{options}",
+        "Read this and give the {what}: {sentence}{options}",
     ]),
 }
 

@@ -18,8 +18,11 @@ def test_held_out_splits_never_leak_into_training():
     for e in train:
         if e.cluster in CLUSTERS:
             assert e.template in heldin_templates(e.cluster) and e.template != heldout_template(e.cluster)
-    secret = [p.name for p in WORLD.pretraining_only_people]
-    assert not any(name in e.instruction or name in e.answer for e in train for name in secret)
+    for p in WORLD.pretraining_only_people:
+        for e in train:
+            if p.name in e.instruction or p.name in e.answer:  # allowed: a fact-free story about them
+                assert e.cluster == "story_character"
+                assert not any(getattr(p, a) in e.instruction + e.answer for a in ("town", "job", "pet", "colour", "food"))
     sets = evaluation_sets(WORLD, 10, seed=1, spec=spec)
     assert all(e.template == heldout_template(e.cluster) for e in sets["heldout_template"])
     assert {e.cluster for e in sets["heldout_cluster"]} == {"extraction"}
@@ -32,9 +35,10 @@ def test_leak_check_catches_leaks():
         assert_no_leak(WORLD, [TaskExample(spec.heldout_cluster, 0, "x", "y")], spec)
     with pytest.raises(AssertionError, match="held-out template"):
         assert_no_leak(WORLD, [TaskExample("counting", heldout_template("counting"), "x", "y")], spec)
-    secret = WORLD.pretraining_only_people[0].name
+    secret = WORLD.pretraining_only_people[0]
     with pytest.raises(AssertionError, match="pretraining-only"):
-        assert_no_leak(WORLD, [TaskExample("fact_qa", 0, f"Where does {secret} live?", "y")], spec)
+        assert_no_leak(WORLD, [TaskExample("fact_qa", 0, f"Where does {secret.name} live?", f"In {secret.town}.")], spec)
+    assert_no_leak(WORLD, [TaskExample("story_character", 0, f"A story about {secret.name}.", secret.name)], spec)
     with pytest.raises(ValueError, match="held-out cluster"):
         training_mixture(WORLD, 10, seed=0, spec=spec, clusters=[spec.heldout_cluster])
 
