@@ -43,7 +43,7 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
 ALIGNMENT_KINDS = ("unknown_person", "medical", "harmful")
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 2
+MIXTURE_VERSION = 3
 
 
 def heldout_template(cluster: str) -> int:

@@ -41,9 +41,9 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class SFTConfig:
     """Instruction tuning: the mixture's size and splits, and the fine-tuning loop."""
-    steps: int = 400
+    steps: int = 450
     batch_size: int = 32
-    lr: float = 1.5e-3
+    lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 30
     weight_decay: float = 0.0

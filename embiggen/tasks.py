@@ -74,7 +74,8 @@ def _sentiment(world, people, rng):
     words, endings = (POSITIVE_WORDS, POSITIVE_ENDINGS) if positive else (NEGATIVE_WORDS, NEGATIVE_ENDINGS)
     w1, w2 = rng.sample(words, 2)
     review = f"The {was(food)} {w1} and the tea was {w2}. {rng.choice(endings)}"
-    return {"review": review}, "positive" if positive else "negative", {}
+    answers = {"default": "positive" if positive else "negative", "yes_no": "yes" if positive else "no"}
+    return {"review": review}, answers, {}
 
 
 def _list_ops(world, people, rng):
@@ -132,7 +133,7 @@ def _extraction(world, people, rng):
 
 
 #: cluster name -> (item generator, templates). A template is a format string over the
-#: item's fields. FLAN wrote about ten per data set; we write six or more per cluster.
+#: item's fields, or (format string, answer key) where the answer depends on the phrasing. FLAN wrote about ten per data set; we write six or more per cluster.
 CLUSTERS: dict[str, tuple] = {
     "fact_qa": (_fact_qa, [
         "{question}",
@@ -155,9 +156,9 @@ CLUSTERS: dict[str, tuple] = {
     "sentiment": (_sentiment, [
         "Is this review positive or negative?\n{review}" + options("positive", "negative"),
         "{review}\nWhat is the sentiment of this review?" + options("positive", "negative"),
-        "Review: {review}\nDid the writer like the food?" + options("positive", "negative"),
+        ("Review: {review}\nDid the writer like the food?" + options("yes", "no"), "yes_no"),
         "Classify the review as positive or negative.\n{review}" + options("positive", "negative"),
-        "How does this customer feel?\n{review}" + options("positive", "negative"),
+        ("Was this customer happy?\n{review}" + options("yes", "no"), "yes_no"),
         "Read the review and say if it is positive or negative: {review}" + options("positive", "negative"),
     ]),
     "list_ops": (_list_ops, [
@@ -219,7 +220,12 @@ def make_example(world: World, cluster: str, rng: random.Random, template: int |
     people = world.instruction_people if people is None else people
     fields, answer, meta = generate(world, people, rng)
     t = rng.randrange(len(templates)) if template is None else template
-    return TaskExample(cluster, t, _capitalise(templates[t].format(**fields)), answer, meta)
+    # a template is a format string, or (format string, key) when the answer depends on the
+    # phrasing (e.g. "positive"/"negative" versus "yes"/"no")
+    text, key = templates[t] if isinstance(templates[t], tuple) else (templates[t], "default")
+    if isinstance(answer, dict):
+        answer = answer[key]
+    return TaskExample(cluster, t, _capitalise(text.format(**fields)), answer, meta)
 
 
 def sample_examples(world: World, n: int, seed: int, clusters=None, templates=None,

@@ -59,3 +59,11 @@ def test_template_restriction_and_unknown_cluster():
     assert {e.template for e in examples} <= {1, 2} and {e.cluster for e in examples} == {"counting"}
     with pytest.raises(ValueError, match="valid clusters"):
         make_example(WORLD, "poetry", random.Random(0))
+
+
+def test_answer_follows_the_templates_options():
+    rng = random.Random(4)
+    for _ in range(40):
+        e = make_example(WORLD, "sentiment", rng)
+        choices = [line[2:] for line in e.instruction.split("OPTIONS:\n")[1].splitlines()]
+        assert e.answer in choices
