@@ -115,24 +115,46 @@ def batch_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 # Training
 # ---------------------------------------------------------------------------------------
 class SFTData:
-    """Encoded examples and how to draw a batch of them (padded or packed)."""
+    """Encoded examples and how to draw a batch of them (padded or packed).
 
-    def __init__(self, tokenizer, examples, cfg: SFTConfig):
+    With `replay` (a 1-D tensor of pretraining token ids) and cfg.replay_share > 0, that
+    share of each batch's rows is plain pretraining text with the full next-token loss —
+    "replay", which keeps fine-tuning from overwriting what pretraining stored (the same
+    idea as InstructGPT's pretraining mix, Ouyang et al. 2022, section 3.5)."""
+
+    def __init__(self, tokenizer, examples, cfg: SFTConfig, replay: torch.Tensor | None = None):
         self.cfg = cfg
         self.pad = tokenizer.pad_token_id
         self.encoded = [encode_example(tokenizer, e.instruction, e.answer, cfg.max_length) for e in examples]
+        self.replay = replay if cfg.replay_share > 0 else None
+        self.n_replay = round(cfg.batch_size * cfg.replay_share) if self.replay is not None else 0
 
     def next_batch(self, generator: torch.Generator) -> dict:
         cfg = self.cfg
+        rows = cfg.batch_size - self.n_replay
         if not cfg.packing:
-            idx = torch.randint(len(self.encoded), (cfg.batch_size,), generator=generator).tolist()
-            return pad_batch([self.encoded[i] for i in idx], self.pad)
-        # packing: draw enough examples to fill batch_size rows of max_length tokens
-        mean_len = sum(len(e["input_ids"]) for e in self.encoded[:200]) / min(200, len(self.encoded))
-        n = max(cfg.batch_size, int(cfg.batch_size * cfg.max_length / mean_len))
-        idx = torch.randint(len(self.encoded), (n,), generator=generator).tolist()
-        packed = pack_examples([self.encoded[i] for i in idx], cfg.max_length, self.pad)
-        return {k: v[: cfg.batch_size] for k, v in packed.items()}
+            idx = torch.randint(len(self.encoded), (rows,), generator=generator).tolist()
+            batch = pad_batch([self.encoded[i] for i in idx], self.pad)
+        else:  # packing: draw enough examples to fill the rows with max_length tokens each
+            mean_len = sum(len(e["input_ids"]) for e in self.encoded[:200]) / min(200, len(self.encoded))
+            n = max(rows, int(rows * cfg.max_length / mean_len))
+            idx = torch.randint(len(self.encoded), (n,), generator=generator).tolist()
+            packed = pack_examples([self.encoded[i] for i in idx], cfg.max_length, self.pad)
+            batch = {k: v[:rows] for k, v in packed.items()}
+        if self.n_replay:
+            batch = self._add_replay(batch, generator)
+        return batch
+
+    def _add_replay(self, batch: dict, generator: torch.Generator) -> dict:
+        width = batch["input_ids"].shape[1]
+        starts = torch.randint(len(self.replay) - width, (self.n_replay,), generator=generator).tolist()
+        text = torch.stack([self.replay[s: s + width] for s in starts])
+        out = {"input_ids": torch.cat([batch["input_ids"], text]), "labels": torch.cat([batch["labels"], text])}
+        if "position_ids" in batch:
+            out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(width).expand(self.n_replay, -1)])
+        else:
+            out["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(text)])
+        return out
 
 
 @torch.no_grad()
@@ -152,10 +174,12 @@ def validation_loss(model, data: SFTData, batch_size: int = 64) -> float:
 
 
 def sft(model, tokenizer, train_examples, val_examples, cfg: SFTConfig, device=None, seed: int = 0,
-        callback=None, progress: bool = True, resume_dir: Path | None = None, desc: str = "sft") -> TrainLog:
-    """Fine-tune `model` (any causal LM) on instruction examples with the completion-only loss."""
+        callback=None, progress: bool = True, resume_dir: Path | None = None, desc: str = "sft",
+        replay: torch.Tensor | None = None) -> TrainLog:
+    """Fine-tune `model` (any causal LM) on instruction examples with the completion-only loss
+    (plus replayed pretraining text, if `replay` is given and cfg.replay_share > 0)."""
     device = device or pick_device()
-    train, val = SFTData(tokenizer, train_examples, cfg), SFTData(tokenizer, val_examples, cfg)
+    train, val = SFTData(tokenizer, train_examples, cfg, replay), SFTData(tokenizer, val_examples, cfg)
     return train_loop(model, train.next_batch, batch_loss, cfg, val_loss_fn=lambda m: validation_loss(m, val),
                       device=device, seed=seed, callback=callback, progress=progress, resume_dir=resume_dir, desc=desc)
 
@@ -209,9 +233,15 @@ def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | 
     model = AutoModelForCausalLM.from_pretrained(base.path, use_safetensors=True).to(device)
     train_examples = training_mixture(base.world, cfg.n_train, seed=preset.seed, spec=spec, clusters=clusters)
     val_examples = training_mixture(base.world, cfg.n_val, seed=preset.seed + 1, spec=spec, clusters=clusters)
+    replay = None
+    if cfg.replay_share > 0:
+        from .pretrain import build_corpus, tokenize_corpus
+
+        train_docs, _ = build_corpus(preset, base.world)
+        replay = tokenize_corpus(base.tokenizer, train_docs[: cfg.replay_documents])
     resume = path.parent / f".{path.name}.resume"
     log = sft(model, base.tokenizer, train_examples, val_examples, cfg, device=device, seed=preset.seed,
-              callback=callback, progress=progress, resume_dir=resume, desc=f"sft {preset.name}")
+              callback=callback, progress=progress, resume_dir=resume, desc=f"sft {preset.name}", replay=replay)
     info = {"preset": preset.name, "seed": preset.seed, "params": count_params(model), "clusters": clusters,
             "n_train": len(train_examples), "train_tokens": log.tokens,
             "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],

@@ -133,7 +133,8 @@ def _extraction(world, people, rng):
 
 
 #: cluster name -> (item generator, templates). A template is a format string over the
-#: item's fields, or (format string, answer key) where the answer depends on the phrasing. FLAN wrote about ten per data set; we write six or more per cluster.
+#: item's fields, or (format string, answer key) where the answer depends on the phrasing.
+#: FLAN wrote about ten per data set; we write six or more per cluster.
 CLUSTERS: dict[str, tuple] = {
     "fact_qa": (_fact_qa, [
         "{question}",

@@ -105,3 +105,23 @@ def test_sft_loss_falls(tiny_base):
     before = validation_loss(model, SFTData(tiny_base.tokenizer, val, cfg))
     log = sft(model, tiny_base.tokenizer, train, val, cfg, device="cpu", progress=False)
     assert log.val_loss[-1] < before - 0.3
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_replay_rows_are_plain_text_with_full_loss(tiny_base, packing):
+    from embiggen.mixture import training_mixture
+    from embiggen.pretrain import tokenize_corpus
+
+    replay = tokenize_corpus(tiny_base.tokenizer, tiny_base.world.pretraining_corpus(50))
+    cfg = SFTConfig(batch_size=8, max_length=64, packing=packing, replay_share=0.25)
+    data = SFTData(tiny_base.tokenizer, training_mixture(tiny_base.world, 40, seed=0), cfg, replay)
+    batch = data.next_batch(torch.Generator().manual_seed(0))
+    assert batch["input_ids"].shape[0] == 8
+    text_rows = batch["input_ids"][-2:]
+    assert torch.equal(batch["labels"][-2:], text_rows)  # every replayed token carries loss
+    width = text_rows.shape[1]
+    for row in text_rows:  # each row is a contiguous window of the corpus
+        hits = [s for s in range(len(replay) - width + 1) if torch.equal(replay[s: s + width], row)]
+        assert hits
+    loss, n = batch_loss(tiny_base.model, batch)
+    assert torch.isfinite(loss) and n >= 2 * (width - 1)
