@@ -43,7 +43,11 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
 ALIGNMENT_KINDS = ("unknown_person", "medical", "harmful")
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 3
+MIXTURE_VERSION = 4
+
+#: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
+#: tasks, which a small model learns slowest, a bigger share.
+CLUSTER_WEIGHTS = {"list_ops": 3, "counting": 3}
 
 
 def heldout_template(cluster: str) -> int:
@@ -104,12 +108,13 @@ def training_mixture(world: World, n: int, seed: int, spec: MixtureSpec = Mixtur
     if spec.heldout_cluster in clusters:
         raise ValueError(f"{spec.heldout_cluster!r} is the held-out cluster; it cannot be trained on")
     rng = random.Random(seed)
+    weights = [CLUSTER_WEIGHTS.get(c, 1) for c in clusters]
     out = []
-    for i in range(n):
+    for _ in range(n):
         if rng.random() < spec.alignment_share:
             out.append(alignment_example(world, rng.choice(ALIGNMENT_KINDS), rng, hedge=rng.random() < spec.hedge_share))
         else:
-            cluster = clusters[i % len(clusters)]
+            cluster = rng.choices(clusters, weights)[0]
             out.append(make_example(world, cluster, rng, template=rng.choice(heldin_templates(cluster))))
     assert_no_leak(world, out, spec)
     return out
