@@ -41,7 +41,7 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class SFTConfig:
     """Instruction tuning: the mixture's size and splits, and the fine-tuning loop."""
-    steps: int = 450
+    steps: int = 440
     batch_size: int = 32
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
@@ -60,7 +60,7 @@ class SFTConfig:
     hedge_share: float = 0.10
     n_eval_per_cluster: int = 60
     ablation_cluster_counts: tuple[int, ...] = (1, 3, 5)
-    ablation_steps: int = 300
+    ablation_steps: int = 200
 
 
 @dataclass(frozen=True)
