@@ -43,11 +43,11 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
 ALIGNMENT_KINDS = ("unknown_person", "medical", "harmful")
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 6
+MIXTURE_VERSION = 7
 
 #: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
 #: tasks, which a small model learns slowest, a bigger share.
-CLUSTER_WEIGHTS = {"list_ops": 3, "counting": 5}
+CLUSTER_WEIGHTS = {"list_ops": 3, "counting": 3}
 
 
 def heldout_template(cluster: str) -> int:
