@@ -41,7 +41,7 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class SFTConfig:
     """Instruction tuning: the mixture's size and splits, and the fine-tuning loop."""
-    steps: int = 420
+    steps: int = 450
     batch_size: int = 32
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
@@ -50,7 +50,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     max_length: int = 160
     packing: bool = True
-    replay_share: float = 0.1875   # share of each batch that is pretraining text (keeps knowledge)
+    replay_share: float = 0.125    # share of each batch that is pretraining text (keeps knowledge)
     replay_documents: int = 10000  # how many corpus documents to replay from
     eval_every: int = 100
     n_train: int = 20000
