@@ -8,6 +8,9 @@ reward model, PPO) works the same on any other causal LM loaded with `load_pretr
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -69,3 +72,35 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu"
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model.to(device), tokenizer
+
+
+# ---- the cache: one folder per trained stage ----------------------------------------------
+def save_checkpoint(path: Path, model, tokenizer, info: dict, log) -> None:
+    """Save weights (safetensors), tokenizer and `train_log.json` into `path`, atomically:
+    an interrupted save leaves no half-written folder. Also removes the run's resume point."""
+    from .utils import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
+    shutil.rmtree(resume_dir(path), ignore_errors=True)
+
+
+def resume_dir(path: Path) -> Path:
+    """Where an interrupted training run for `path` keeps its resume point."""
+    return path.parent / f".{path.name}.resume"
+
+
+def is_cached(path: Path) -> bool:
+    return (path / "train_log.json").exists()
+
+
+def load_checkpoint(path: Path, device="cpu"):
+    """(model, tokenizer, info, log) from a folder written by `save_checkpoint`."""
+    from .training import TrainLog
+
+    info = json.loads((path / "train_log.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device).eval()
+    return model, tokenizer, info, TrainLog(**info.pop("log"))

@@ -86,9 +86,10 @@ def plot_grouped_rates(labels: list[str], series: dict[str, list[float]], ax=Non
         for x, v in zip(xs, values):
             ax.text(x, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
     ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set(title=title, ylabel=ylabel)
-    ax.legend()
+    ax.legend(ncol=len(series), loc="upper center", fontsize=8, frameon=False)
     return ax
 
 

@@ -15,7 +15,6 @@ seconds once it has been trained.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,11 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .model import build_model, count_params
+from .model import build_model, count_params, is_cached, load_checkpoint, resume_dir, save_checkpoint
 from .presets import ModelConfig, PretrainConfig, Preset, get_preset
 from .tokenizer import train_tokenizer
 from .training import TrainLog, train_loop
-from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
+from .utils import cache_root, config_key, pick_device, set_seed
 from .world import WORLD_VERSION, World
 
 
@@ -145,19 +144,15 @@ def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfi
 
     `model_cfg` and `steps` override the preset's model shape and step count (the
     notebook's "size matters" sweep uses them)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     preset = get_preset(preset)
     model_cfg = model_cfg or preset.model
     cfg = preset.pretrain if steps is None else PretrainConfig(**{**asdict(preset.pretrain), "steps": steps})
     device = device or pick_device()
     world = build_world(preset)
     path = base_cache_dir(preset, model_cfg, cfg.steps)
-    if (path / "train_log.json").exists() and not force:
-        info = json.loads((path / "train_log.json").read_text())
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device).eval()
-        return BaseModel(model, tokenizer, world, preset, TrainLog(**info.pop("log")), info, path)
+    if is_cached(path) and not force:
+        model, tokenizer, info, log = load_checkpoint(path, device)
+        return BaseModel(model, tokenizer, world, preset, log, info, path)
 
     started = time.perf_counter()
     set_seed(preset.seed)
@@ -165,9 +160,8 @@ def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfi
     tokenizer = train_tokenizer(train_docs, preset.vocab_size)
     train_data, val_data = tokenize_corpus(tokenizer, train_docs), tokenize_corpus(tokenizer, val_docs)
     model = build_model(model_cfg, tokenizer, seed=preset.seed)
-    resume = path.parent / f".{path.name}.resume"
     log = pretrain(model, train_data, val_data, cfg, device=device, seed=preset.seed, callback=callback,
-                   progress=progress, resume_dir=resume, desc=f"pretrain {preset.name}")
+                   progress=progress, resume_dir=resume_dir(path), desc=f"pretrain {preset.name}")
     info = {
         "preset": preset.name, "seed": preset.seed, "params": count_params(model),
         "corpus_tokens": len(train_data), "val_tokens": len(val_data),
@@ -175,12 +169,7 @@ def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfi
         "loop_seconds": round(log.seconds, 2), "tokens_per_second": round(log.tokens_per_second, 1),
         "val_loss": log.val_loss[-1], "model_config": asdict(model_cfg), "device": str(device),
     }
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)  # safetensors
-        tokenizer.save_pretrained(tmp)
-        (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
-    import shutil
-    shutil.rmtree(resume, ignore_errors=True)
+    save_checkpoint(path, model, tokenizer, info, log)
     return BaseModel(model.eval(), tokenizer, world, preset, log, info, path)
 
 

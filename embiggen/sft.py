@@ -19,7 +19,6 @@ separate sequences (a block-diagonal attention mask), so examples never see each
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from .mixture import MIXTURE_VERSION, MixtureSpec, training_mixture
-from .model import count_params
+from .model import count_params, is_cached, load_checkpoint, resume_dir, save_checkpoint
 from .presets import Preset, SFTConfig, get_preset
 from .training import TrainLog, train_loop
-from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
+from .utils import cache_root, config_key, pick_device, set_seed
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 
@@ -210,7 +209,7 @@ def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | 
                       force: bool = False, progress: bool = True, callback=None, device=None) -> SFTModel:
     """The SFT model for `preset`: loaded from the cache, or fine-tuned from the cached (or
     freshly trained) base model. `clusters` and `steps` serve the ablation over clusters."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .pretrain import train_or_load_base
 
@@ -221,11 +220,9 @@ def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | 
     device = device or pick_device()
     base = train_or_load_base(preset, progress=progress, device=device)
     path = sft_cache_dir(preset, base.path, clusters, cfg.steps)
-    if (path / "train_log.json").exists() and not force:
-        info = json.loads((path / "train_log.json").read_text())
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device).eval()
-        return SFTModel(model, tokenizer, base.world, preset, TrainLog(**info.pop("log")), info, path, clusters)
+    if is_cached(path) and not force:
+        model, tokenizer, info, log = load_checkpoint(path, device)
+        return SFTModel(model, tokenizer, base.world, preset, log, info, path, clusters)
 
     started = time.perf_counter()
     set_seed(preset.seed)
@@ -239,20 +236,14 @@ def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | 
 
         train_docs, _ = build_corpus(preset, base.world)
         replay = tokenize_corpus(base.tokenizer, train_docs[: cfg.replay_documents])
-    resume = path.parent / f".{path.name}.resume"
     log = sft(model, base.tokenizer, train_examples, val_examples, cfg, device=device, seed=preset.seed,
-              callback=callback, progress=progress, resume_dir=resume, desc=f"sft {preset.name}", replay=replay)
+              callback=callback, progress=progress, resume_dir=resume_dir(path), desc=f"sft {preset.name}",
+              replay=replay)
     info = {"preset": preset.name, "seed": preset.seed, "params": count_params(model), "clusters": clusters,
             "n_train": len(train_examples), "train_tokens": log.tokens,
             "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],
             "base": str(base.path.name), "device": str(device)}
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        base.tokenizer.save_pretrained(tmp)
-        (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
-    import shutil
-
-    shutil.rmtree(resume, ignore_errors=True)
+    save_checkpoint(path, model, base.tokenizer, info, log)
     return SFTModel(model.eval(), base.tokenizer, base.world, preset, log, info, path, clusters)
 
 
