@@ -82,8 +82,9 @@ def plot_grouped_rates(labels: list[str], series: dict[str, list[float]], ax=Non
     colors = ["#3182bd", "#31a354", "#e6550d", "#756bb1"]
     for j, (name, values) in enumerate(series.items()):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))]
-        ax.bar(xs, values, width, label=name, color=colors[j % len(colors)])
-        for x, v in zip(xs, values):
+        drawn = [(x, v) for x, v in zip(xs, values) if v is not None]  # None: no such measurement
+        ax.bar([x for x, _ in drawn], [v for _, v in drawn], width, label=name, color=colors[j % len(colors)])
+        for x, v in drawn:
             ax.text(x, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylim(0, 1.3)
@@ -126,7 +127,7 @@ def plot_cluster_accuracy(series: dict[str, dict[str, float]], heldout_cluster: 
     ax = _axes(ax, figsize=(11, 3.8))
     clusters = list(dict.fromkeys(c for values in series.values() for c in values))
     labels = [f"{c}\n(held-out cluster)" if c == heldout_cluster else c for c in clusters]
-    plot_grouped_rates(labels, {name: [values.get(c, 0.0) for c in clusters] for name, values in series.items()},
+    plot_grouped_rates(labels, {name: [values.get(c) for c in clusters] for name, values in series.items()},
                        ax=ax, title=title, ylabel="accuracy")
     ax.tick_params(axis="x", labelsize=8)
     return ax
