@@ -52,7 +52,7 @@ class SFTConfig:
     packing: bool = True
     replay_share: float = 0.125    # share of each batch that is pretraining text (keeps knowledge)
     replay_documents: int = 10000  # how many corpus documents to replay from
-    eval_every: int = 100
+    eval_every: int = 150
     n_train: int = 20000
     n_val: int = 400
     heldout_cluster: str = "fact_check"
