@@ -257,9 +257,9 @@ def cluster_ablation(preset: str | Preset | None = None, progress: bool = True, 
 
     preset = get_preset(preset)
     spec = preset_spec(preset)
-    heldout = evaluation_sets(train_or_load_base(preset, progress=progress, device=device).world,
-                              preset.sft.n_eval_per_cluster, seed=preset.seed + 99, spec=spec)["heldout_cluster"]
     base = train_or_load_base(preset, progress=progress, device=device)
+    heldout = evaluation_sets(base.world, preset.sft.n_eval_per_cluster, seed=preset.seed + 99,
+                              spec=spec)["heldout_cluster"]
     rows = [{"clusters": 0, "trained_on": "(base model)",
              "heldout_cluster_accuracy": evaluate_tasks(base.model, base.tokenizer, heldout)["accuracy"]}]
     counts = sorted({*preset.sft.ablation_cluster_counts, len(spec.train_clusters)})
