@@ -43,7 +43,7 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
 ALIGNMENT_KINDS = ("unknown_person", "medical", "harmful")
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 8
+MIXTURE_VERSION = 9
 
 #: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
 #: tasks, which a small model learns slowest, a bigger share.

@@ -81,8 +81,9 @@ def _sentiment(world, people, rng):
 def _list_ops(world, people, rng):
     items = rng.sample(THINGS, rng.randint(3, 5))
     if rng.random() < 0.5:
-        return {"items": ", ".join(items), "how": "sort"}, ", ".join(sorted(items)), {"op": "sort"}
-    return {"items": ", ".join(items), "how": "reverse"}, ", ".join(reversed(items)), {"op": "reverse"}
+        return {"items": ", ".join(items), "how": "sort", "How": "Sort"}, ", ".join(sorted(items)), {"op": "sort"}
+    return ({"items": ", ".join(items), "how": "reverse", "How": "Reverse"}, ", ".join(reversed(items)),
+            {"op": "reverse"})
 
 
 def _counting(world, people, rng):
@@ -152,6 +153,10 @@ CLUSTERS: dict[str, tuple] = {
         "What do you get from {a} {op} {b}?",
         "Work out {a} {sym} {b} and give the number.",
         "Solve: {a} {op} {b} =",
+        "Give me the answer to {a} {op} {b}.",
+        "How much is {a} {op} {b}?",
+        "Please calculate {a} {sym} {b}.",
+        "Find {a} {op} {b}.",
         "Tell me the result of {a} {op} {b}.",
     ]),
     "sentiment": (_sentiment, [
@@ -164,10 +169,14 @@ CLUSTERS: dict[str, tuple] = {
     ]),
     "list_ops": (_list_ops, [
         "Please {how} this list: {items}.",
-        "Here is a list: {items}. {how} it.",
+        "Here is a list: {items}. {How} it.",
         "{how} the following words: {items}.",
         "Take the list {items} and {how} it.",
         "List: {items}\nInstruction: {how} the list.",
+        "I have a list: {items}. Please {how} it for me.",
+        "{how} this: {items}",
+        "Could you {how} the list {items}?",
+        "Items: {items}. Task: {how} them.",
         "Can you {how} these items? {items}",
     ]),
     "counting": (_counting, [
@@ -176,6 +185,10 @@ CLUSTERS: dict[str, tuple] = {
         "In the list {items}, how often is {thing} named?",
         "Here is a basket: {items}. How many {thing} are in it?",
         "Count how many times the word {thing} occurs: {items}",
+        "How many {thing} are there in this list? {items}",
+        "Look at this list: {items}. Count the {thing}.",
+        "Tell me how many times {thing} is in the list {items}.",
+        "Items: {items}\nHow many of them are {thing}?",
         "List: {items}\nQuestion: how many {thing}?",
     ]),
     "fact_check": (_fact_check, [
