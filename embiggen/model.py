@@ -9,6 +9,7 @@ reward model, PPO) works the same on any other causal LM loaded with `load_pretr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -54,8 +55,6 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu"
     Only safetensors weights are loaded, `trust_remote_code` stays off, and nothing is
     downloaded when the model is not already on disk or in the local Hugging Face cache
     (set ``HF_HUB_OFFLINE=0`` yourself if you do want downloads)."""
-    import os
-
     kwargs = dict(use_safetensors=True, trust_remote_code=False)
     offline = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
     if offline:

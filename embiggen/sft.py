@@ -127,6 +127,8 @@ class SFTData:
         self.encoded = [encode_example(tokenizer, e.instruction, e.answer, cfg.max_length) for e in examples]
         self.replay = replay if cfg.replay_share > 0 else None
         self.n_replay = round(cfg.batch_size * cfg.replay_share) if self.replay is not None else 0
+        sample = self.encoded[:200]  # for packing: how many examples fill a row, on average
+        self.mean_len = sum(len(e["input_ids"]) for e in sample) / max(1, len(sample))
 
     def next_batch(self, generator: torch.Generator) -> dict:
         cfg = self.cfg
@@ -135,8 +137,7 @@ class SFTData:
             idx = torch.randint(len(self.encoded), (rows,), generator=generator).tolist()
             batch = pad_batch([self.encoded[i] for i in idx], self.pad)
         else:  # packing: draw enough examples to fill the rows with max_length tokens each
-            mean_len = sum(len(e["input_ids"]) for e in self.encoded[:200]) / min(200, len(self.encoded))
-            n = max(rows, int(rows * cfg.max_length / mean_len))
+            n = max(rows, int(rows * cfg.max_length / self.mean_len))
             idx = torch.randint(len(self.encoded), (n,), generator=generator).tolist()
             packed = pack_examples([self.encoded[i] for i in idx], cfg.max_length, self.pad)
             batch = {k: v[:rows] for k, v in packed.items()}
