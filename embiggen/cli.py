@@ -3,6 +3,7 @@
     embiggen run [--preset P] [--stages base] [--out DIR]   # train or load, print the report card
     embiggen sample --model base "Alma Brook lives in"       # continue a prefix
     embiggen chat --model sft                                # ask the instruction-tuned model
+    embiggen chat --model ppo                                # ask the RLHF-aligned model
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _cmd_run(args) -> int:
 
 
 def load_model_by_name(name: str, preset=None):
-    """'base' / 'sft' mean the embedded models; anything else is a Hugging Face name or path."""
+    """'base' / 'sft' / 'ppo' mean the embedded models; anything else is a Hugging Face name or path."""
     if name == "base":
         from .pretrain import train_or_load_base
 
@@ -35,6 +36,11 @@ def load_model_by_name(name: str, preset=None):
 
         tuned = train_or_load_sft(preset)
         return tuned.model, tuned.tokenizer
+    if name == "ppo":
+        from .ppo import train_or_load_ppo
+
+        aligned = train_or_load_ppo(preset)
+        return aligned.model, aligned.tokenizer
     from .model import load_pretrained
     from .utils import pick_device
 
@@ -91,14 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train or load every stage and print the report card")
     run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
-    run.add_argument("--stages", default=None, help="comma-separated stages: base,sft (default: all)")
+    run.add_argument("--stages", default=None, help="comma-separated stages: base,sft,rm,ppo (default: all)")
     run.add_argument("--out", default=None, help="folder for report.json and report.md (default: runs/<preset>)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 
     sample = sub.add_parser("sample", help="continue a prefix with a model")
     sample.add_argument("prefix")
-    sample.add_argument("--model", default="base", help="'base' or a Hugging Face model name or local path")
+    sample.add_argument("--model", default="base",
+                        help="'base', 'sft', 'ppo' or a Hugging Face model name or local path")
     sample.add_argument("--preset", default=None)
     sample.add_argument("-n", type=int, default=3, help="number of samples (when sampling)")
     sample.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
@@ -109,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=_cmd_sample)
 
     chat = sub.add_parser("chat", help="a small terminal chat with a model")
-    chat.add_argument("--model", default="sft", help="'sft', 'base' or a Hugging Face model name or local path")
+    chat.add_argument("--model", default="sft",
+                      help="'sft', 'ppo', 'base' or a Hugging Face model name or local path")
     chat.add_argument("--preset", default=None)
     chat.set_defaults(func=_cmd_chat)
     return parser

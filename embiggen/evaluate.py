@@ -169,3 +169,55 @@ def evaluate_alignment(model, tokenizer, examples, max_new_tokens: int = 24) -> 
         rows.append({"kind": e.cluster, "instruction": e.instruction, "response": response.strip(), "hedged": hedged})
         by_kind[e.cluster].append(hedged)
     return {"hedge_rate": {k: sum(v) / len(v) for k, v in by_kind.items()}, "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------
+# Alignment tuning (notebook 03): the labeler judges greedy answers on held-out prompts
+# ---------------------------------------------------------------------------------------
+def judge_model(model, tokenizer, prompts, labeler, reward_model=None, max_new_tokens: int = 32) -> dict:
+    """Greedy answers to `prompts` (tasks and alignment prompts), each judged by `labeler`
+    and, if given, scored by `reward_model`; plus the rates of `alignment_rates`."""
+    from .generate import chat_responses
+
+    texts, finished = chat_responses(model, tokenizer, [e.instruction for e in prompts], max_new_tokens=max_new_tokens)
+    rm = (reward_model.score([e.instruction for e in prompts], texts).tolist() if reward_model is not None
+          else [None] * len(prompts))
+    rows = []
+    for e, text, done, score in zip(prompts, texts, finished, rm):
+        j = labeler.judge(e, text, done)
+        rows.append({"kind": e.cluster, "instruction": e.instruction, "answer": e.answer, "response": text,
+                     "finished": done, "gold": j.gold, "category": j.category, "rm_score": score})
+    n = max(1, len(rows))
+    out = {"rows": rows, "gold_score": sum(r["gold"] for r in rows) / n, **alignment_rates(rows)}
+    if reward_model is not None:
+        out["rm_score"] = sum(r["rm_score"] for r in rows) / n
+    return out
+
+
+def alignment_rates(rows: list[dict]) -> dict:
+    """honest_rate: "I don't know" / "I am not a doctor" on unknown people and medical
+    questions; refusal_rate_harmful: declining harmful requests; over_refusal_rate:
+    declining ordinary, answerable tasks (lower is better)."""
+    def rate(selected, categories):
+        return sum(r["category"] in categories for r in selected) / len(selected) if selected else float("nan")
+
+    honest = [r for r in rows if r["kind"] in ("unknown_person", "medical")]
+    harmful = [r for r in rows if r["kind"] == "harmful"]
+    tasks = [r for r in rows if r["kind"] not in ("unknown_person", "medical", "harmful")]
+    return {"honest_rate": rate(honest, {"hedged"}), "refusal_rate_harmful": rate(harmful, {"refused"}),
+            "over_refusal_rate": rate(tasks, {"declined"}), "task_correct_rate": rate(tasks, {"correct"})}
+
+
+def win_rate(labeler, prompts, rows_a: list[dict], rows_b: list[dict]) -> dict:
+    """How often the labeler prefers model A's answer to model B's, prompt by prompt.
+    win_rate counts decisive comparisons only (wins / (wins + losses)); win_tie_rate counts
+    a tie as half a win; both are reported because on most task prompts the answers tie."""
+    wins = losses = 0
+    for e, a, b in zip(prompts, rows_a, rows_b):
+        choice = labeler.prefer(e, a["response"], b["response"], finished=(a["finished"], b["finished"]))
+        wins += choice == 0
+        losses += choice == 1
+    n = max(1, len(prompts))
+    ties = len(prompts) - wins - losses
+    return {"wins": wins, "losses": losses, "ties": ties,
+            "win_rate": wins / (wins + losses) if wins + losses else 0.5, "win_tie_rate": (wins + ties / 2) / n}

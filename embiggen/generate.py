@@ -78,3 +78,22 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, gre
         outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=skip_special_tokens))
     model.train(was_training)
     return outputs
+
+
+def chat_responses(model, tokenizer, instructions: list[str], max_new_tokens: int = 32, greedy: bool = True,
+                   temperature: float = 1.0, seed: int | None = None,
+                   batch_size: int = 64) -> tuple[list[str], list[bool]]:
+    """Answers of a chat model to `instructions` (chat template applied), and whether each
+    answer ended with EOS (False: it hit `max_new_tokens` first)."""
+    from .sft import chat_prompt
+
+    raw = generate(model, tokenizer, [chat_prompt(tokenizer, x) for x in instructions], max_new_tokens=max_new_tokens,
+                   greedy=greedy, temperature=temperature, seed=seed, batch_size=batch_size,
+                   skip_special_tokens=False)
+    eos, pad = tokenizer.eos_token, tokenizer.pad_token
+    texts, finished = [], []
+    for r in raw:
+        done = eos in r
+        texts.append((r.split(eos)[0] if done else r).replace(pad, "").strip())
+        finished.append(done)
+    return texts, finished

@@ -74,14 +74,17 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu"
 
 
 # ---- the cache: one folder per trained stage ----------------------------------------------
-def save_checkpoint(path: Path, model, tokenizer, info: dict, log) -> None:
-    """Save weights (safetensors), tokenizer and `train_log.json` into `path`, atomically:
-    an interrupted save leaves no half-written folder. Also removes the run's resume point."""
+def save_checkpoint(path: Path, model, tokenizer, info: dict, log, extra_files: dict | None = None) -> None:
+    """Save weights (safetensors), tokenizer and `train_log.json` (plus `extra_files`, name ->
+    text) into `path`, atomically: an interrupted save leaves no half-written folder. Also
+    removes the run's resume point."""
     from .utils import atomic_dir
 
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
     shutil.rmtree(resume_dir(path), ignore_errors=True)
 

@@ -47,10 +47,14 @@ def table_html(rows: list[dict], columns: list[str] | None = None, max_rows: int
     return f"<table>{head}{body}</table>{more}"
 
 
-def show(rows: list[dict], columns: list[str] | None = None, max_rows: int = 20):
+def show(rows: list[dict], columns: list[str] | None = None, max_rows: int = 20, title: str | None = None):
+    """A list of dicts as an HTML table (with an optional title above it)."""
+    import html
+
     from IPython.display import HTML, display
 
-    display(HTML(table_html(rows, columns, max_rows)))
+    heading = f"<b style='white-space:pre-wrap'>{html.escape(title)}</b>" if title else ""
+    display(HTML(heading + table_html(rows, columns, max_rows)))
 
 
 def people_rows(world, n: int = 8) -> list[dict]:

@@ -64,6 +64,61 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class RewardConfig:
+    """Preference collection (InstructGPT: K samples per prompt, ranked) and reward-model training."""
+    n_prompts: int = 3000          # prompts whose K samples the labeler ranks
+    n_eval_prompts: int = 300      # held-out prompts, for held-out pairs
+    k: int = 4                     # samples per prompt (InstructGPT used 4 to 9)
+    task_share: float = 0.5        # share of ordinary task prompts; the rest are alignment prompts
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    label_noise: float = 0.1       # share of the labeler's preferences flipped at random
+    steps: int = 150               # about two epochs: reward models overfit fast (InstructGPT trains one)
+    batch_size: int = 32           # pairs per step
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eval_every: int = 50
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO with a KL penalty (Ziegler et al. 2019; Ouyang et al. 2022). Every knob of ppo.py."""
+    steps: int = 60                # PPO iterations: one rollout, then ppo_epochs of updates
+    batch_size: int = 64           # episodes (prompt + sampled response) per rollout
+    minibatch_size: int = 32
+    ppo_epochs: int = 4
+    lr: float = 3e-5
+    grad_clip: float = 1.0
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    kl_coef: float = 0.1           # beta in  r_t = -beta * KL_t  (+ the score at the last token)
+    kl_estimator: str = "k1"       # "k1": log p - log p_ref;  "k3": (r - 1) - log r, r = p_ref / p
+    adaptive_kl: bool = False      # Ziegler et al.'s proportional controller towards kl_target
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    ptx_coef: float = 1.0          # PPO-ptx: weight of the language-model loss on SFT task demonstrations
+    ptx_batch_size: int = 8        # packed rows of demonstrations per minibatch
+    missing_eos_penalty: float = 1.0  # taken off the score of a response that never ends
+    task_share: float = 0.5
+    n_prompts: int = 2000
+    n_eval_prompts: int = 300
+    kl_max: float = 100.0          # stop with an error above this sequence KL (divergence)
+    log_every: int = 10
+    best_of_n: tuple[int, ...] = (1, 2, 4, 8, 16)
+    kl_sweep: tuple[float, ...] = (0.0, 0.03, 0.1, 0.3)  # notebook 3's reward-hacking sweep
+    sweep_steps: int = 60
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     seed: int = 1234
@@ -78,6 +133,8 @@ class Preset:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     # "size matters": smaller models trained with the same recipe, for notebook 01
     size_sweep: tuple[ModelConfig, ...] = ()
     # evaluation
@@ -97,6 +154,9 @@ PRESETS: dict[str, Preset] = {
                                 eval_every=50, eval_batches=2),
         sft=SFTConfig(steps=60, batch_size=16, max_length=128, eval_every=30, n_train=2000, n_val=64,
                       n_eval_per_cluster=10, ablation_cluster_counts=(1, 3), ablation_steps=30),
+        reward=RewardConfig(n_prompts=120, n_eval_prompts=40, steps=40, batch_size=16, eval_every=20),
+        ppo=PPOConfig(steps=8, batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=24, n_prompts=200,
+                      n_eval_prompts=40, log_every=2, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05), sweep_steps=6),
         size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=128),
                     ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
@@ -125,6 +185,9 @@ PRESETS: dict[str, Preset] = {
                                 eval_every=250, eval_batches=16),
         sft=SFTConfig(steps=2000, batch_size=64, lr=5e-4, max_length=256, eval_every=200, n_train=60000,
                       n_val=1000, n_eval_per_cluster=100, ablation_steps=800),
+        reward=RewardConfig(n_prompts=4000, n_eval_prompts=500, steps=800, batch_size=64, lr=1e-4),
+        ppo=PPOConfig(steps=300, batch_size=128, minibatch_size=64, lr=1e-4, n_prompts=6000, n_eval_prompts=500,
+                      sweep_steps=300),
         size_sweep=(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=176, max_position_embeddings=256),
                     ModelConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=4,

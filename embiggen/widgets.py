@@ -198,3 +198,176 @@ class ComparisonWidget:
 
     def _ipython_display_(self):
         display(self.box)
+
+
+# ---- notebook 3: aligned models, judged ------------------------------------------------------
+#: Kinds a learner can give a typed prompt, so the labeler knows how to judge it.
+CUSTOM_KINDS = {"ordinary task (no gold answer)": "custom", "person who does not exist": "unknown_person",
+                "medical question": "medical", "harmful request": "harmful"}
+
+
+def judged_answers(models: dict, example, labeler, reward_model, max_new_tokens: int = 32,
+                   best_of: tuple | None = None) -> list[dict]:
+    """Each model's greedy answer to `example`, with the labeler's gold score and the reward
+    model's score. `best_of=(name, model, tokenizer, n)` adds the reward model's favourite of
+    n samples. A typed prompt (cluster 'custom') has no gold answer: its gold score is None."""
+    from .generate import chat_responses
+
+    problem = prompt_problem(example.instruction)
+    if problem:
+        raise ValueError(problem)
+    entries = []
+    for name, (model, tokenizer) in models.items():
+        texts, finished = chat_responses(model, tokenizer, [example.instruction], max_new_tokens=max_new_tokens)
+        entries.append((name, texts[0], finished[0]))
+    if best_of is not None:
+        name, model, tokenizer, n = best_of
+        texts, finished = chat_responses(model, tokenizer, [example.instruction] * n, max_new_tokens=max_new_tokens,
+                                         greedy=False, seed=0)
+        scores = reward_model.score([example.instruction] * n, texts) - torch_unfinished(finished)
+        i = int(scores.argmax())
+        entries.append((f"{name} (best of {n})", texts[i], finished[i]))
+    rm = reward_model.score([example.instruction] * len(entries), [t for _, t, _ in entries]).tolist()
+    rows = []
+    for (name, text, done), score in zip(entries, rm):
+        judged = example.cluster != "custom"
+        j = labeler.judge(example, text, done) if judged else None
+        rows.append({"model": name, "response": text, "finished": done, "rm_score": score,
+                     "gold": j.gold if judged else None, "category": j.category if judged else "—"})
+    return rows
+
+
+def torch_unfinished(finished: list[bool]):
+    import torch
+
+    return torch.tensor([0.0 if f else 1.0 for f in finished])
+
+
+def judged_html(instruction: str, rows: list[dict]) -> str:
+    """Answers side by side with gold and reward-model scores (green when gold > 0)."""
+    def gold_cell(r):
+        if r["gold"] is None:
+            return "gold: <i>n/a</i>"
+        colour = "#2a2" if r["gold"] > 0 else "#c22"
+        return f"gold: <b style='color:{colour}'>{r['gold']:+.2f}</b> ({html.escape(r['category'])})"
+
+    cells = "".join(
+        f"<div style='flex:1;min-width:190px;border:1px solid #ccc;border-radius:6px;padding:8px;margin:3px'>"
+        f"<b>{html.escape(r['model'])}</b><br><span style='font-family:monospace'>"
+        f"{html.escape(r['response']) or '<i>(empty)</i>'}</span>{'' if r['finished'] else ' <i>(never ended)</i>'}"
+        f"<hr style='margin:4px 0'><small>{gold_cell(r)} · reward model: <b>{r['rm_score']:+.2f}</b></small></div>"
+        for r in rows)
+    return (f"<div style='margin:4px 0'><b>Prompt:</b> <span style='white-space:pre-wrap'>{html.escape(instruction)}"
+            f"</span></div><div style='display:flex;flex-wrap:wrap'>{cells}</div>")
+
+
+class AlignmentComparisonWidget:
+    """Base / SFT / PPO (and best-of-n) on a chosen or typed prompt, with gold and reward-model scores."""
+
+    def __init__(self, models: dict, examples: list, labeler, reward_model, best_of: tuple | None = None):
+        self.models, self.examples, self.labeler, self.rm, self.best_of = models, examples, labeler, reward_model, best_of
+        options = [(f"[{e.cluster}] {e.instruction[:70]}", i) for i, e in enumerate(examples)]
+        self.pick = W.Dropdown(options=options, description="prompt", layout=W.Layout(width="95%"))
+        self.custom = W.Textarea(placeholder="…or type your own prompt, say what kind it is, and press Answer",
+                                 layout=W.Layout(width="95%", height="50px"))
+        self.kind = W.Dropdown(options=list(CUSTOM_KINDS), description="kind")
+        go = W.Button(description="Answer", button_style="primary", icon="play")
+        go.on_click(lambda _: self.refresh(use_custom=True))
+        self.pick.observe(lambda change: self.refresh(use_custom=False), names="value")
+        self.output = W.HTML()
+        self.box = W.VBox([self.pick, self.custom, W.HBox([self.kind, go]), self.output])
+        self.refresh(use_custom=False)
+
+    def refresh(self, use_custom: bool):
+        from .tasks import TaskExample
+
+        if use_custom:
+            problem = prompt_problem(self.custom.value)
+            if problem:
+                self.output.value = f"<span style='color:#b00'>{html.escape(problem)}</span>"
+                return
+            example = TaskExample(CUSTOM_KINDS[self.kind.value], 0, self.custom.value.strip(), "")
+        else:
+            example = self.examples[self.pick.value]
+        rows = judged_answers(self.models, example, self.labeler, self.rm, best_of=self.best_of)
+        self.output.value = judged_html(example.instruction, rows)
+
+    def _ipython_display_(self):
+        display(self.box)
+
+
+def inspect_reward(reward_model, labeler, example, response: str) -> dict:
+    """Reward-model score and gold score of any response a learner types."""
+    problem = prompt_problem(response)
+    if problem:
+        raise ValueError(problem.replace("prompt", "response").replace("a prefix to continue", "something to score"))
+    rm = reward_model.score([example.instruction], [response.strip()]).item()
+    j = labeler.judge(example, response)
+    return {"rm_score": rm, "gold": j.gold, "category": j.category}
+
+
+class RewardInspector:
+    """Type any response to a prompt and see the reward model's score next to the gold score:
+    can you find an answer the reward model loves and the labeler hates?"""
+
+    def __init__(self, reward_model, labeler, examples: list, response: str = "I cannot help with that."):
+        self.rm, self.labeler, self.examples = reward_model, labeler, examples
+        options = [(f"[{e.cluster}] {e.instruction[:70]}", i) for i, e in enumerate(examples)]
+        self.pick = W.Dropdown(options=options, description="prompt", layout=W.Layout(width="95%"))
+        self.response = W.Textarea(value=response, description="response", layout=W.Layout(width="95%", height="50px"))
+        go = W.Button(description="Score", button_style="primary", icon="balance-scale")
+        go.on_click(lambda _: self.refresh())
+        self.pick.observe(lambda change: self.refresh(), names="value")
+        self.output = W.HTML()
+        self.history: list[dict] = []
+        self.box = W.VBox([self.pick, self.response, go, self.output])
+        self.refresh()
+
+    def refresh(self):
+        example = self.examples[self.pick.value]
+        try:
+            out = inspect_reward(self.rm, self.labeler, example, self.response.value)
+        except ValueError as exc:
+            self.output.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
+            return
+        self.history.append({"prompt": example.instruction[:50], "response": self.response.value.strip()[:60], **out})
+        rows = "".join(f"<tr><td>{html.escape(h['prompt'])}</td><td><code>{html.escape(h['response'])}</code></td>"
+                       f"<td>{h['rm_score']:+.2f}</td><td>{h['gold']:+.2f} ({html.escape(h['category'])})</td></tr>"
+                       for h in reversed(self.history[-8:]))
+        expected = f"<small>gold answer: <b>{html.escape(example.answer)}</b></small><br>" if example.answer else ""
+        self.output.value = (f"{expected}<table><tr><th>prompt</th><th>response</th><th>reward model</th>"
+                             f"<th>gold</th></tr>{rows}</table>")
+
+    def _ipython_display_(self):
+        display(self.box)
+
+
+class KLSweepViewer:
+    """A slider over the runs of the KL-coefficient sweep: the chosen run is drawn bold on
+    the proxy-vs-gold plot, with a few of its answers underneath."""
+
+    def __init__(self, runs: list[dict]):
+        self.runs = runs
+        self.slider = W.SelectionSlider(options=[(f"beta = {r['kl_coef']:g}", i) for i, r in enumerate(runs)],
+                                        description="run", layout=W.Layout(width="60%"))
+        self.plot, self.samples = W.Output(), W.HTML()
+        self.slider.observe(lambda change: self.refresh(), names="value")
+        self.box = W.VBox([self.slider, self.plot, self.samples])
+        self.refresh()
+
+    def refresh(self):
+        from .plots import plot_kl_sweep
+
+        i = self.slider.value
+        self.plot.clear_output(wait=True)
+        with self.plot:
+            plot_kl_sweep(self.runs, highlight=i)
+            plt.show()
+        run = self.runs[i]
+        rows = "".join(f"<tr><td>{html.escape(r['instruction'][:60])}</td><td><code>{html.escape(r['response'])}</code>"
+                       f"</td><td>{r['gold']:+.2f}</td></tr>" for r in run.get("examples", [])[:6])
+        self.samples.value = (f"<b>beta = {run['kl_coef']:g}</b>: final KL {run['rows'][-1]['kl']:.2f} nats, "
+                              f"held-out gold {run.get('gold', float('nan')):+.2f}<table>{rows}</table>")
+
+    def _ipython_display_(self):
+        display(self.box)

@@ -21,11 +21,12 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 def test_unknown_stage_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid stages: base, sft"):
+    with pytest.raises(ValueError, match="valid stages: base, sft, rm, ppo"):
         parse_stages("base,dpo")
     with pytest.raises(ValueError, match="valid stages"):
         parse_stages(",")
-    assert parse_stages(None) == parse_stages("sft,base") == ["base", "sft"]
+    assert parse_stages("sft,base") == ["base", "sft"]
+    assert parse_stages(None) == parse_stages("ppo,rm,sft,base") == ["base", "sft", "rm", "ppo"]
 
 
 def test_cli_reports_bad_input_without_traceback(capsys):

@@ -1,0 +1,135 @@
+"""Preference data, collected the InstructGPT way.
+
+Ouyang et al. (2022, https://arxiv.org/abs/2203.02155, section 3.5) showed labelers a prompt
+and K model samples (K = 4 to 9) and had them rank the samples; every one of the
+K·(K-1)/2 pairs of a ranking became a training comparison for the reward model, and all the
+pairs of one prompt were kept together in one batch. We do the same with the SFT model and
+the simulated labeler of `embiggen.labeler`:
+
+    for each prompt x:  y_1 .. y_K ~ pi_SFT(. | x)          (sampling, temperature 1)
+                        rank them by the labeler's gold score
+                        every pair with different scores -> (x, chosen y_w, rejected y_l)
+
+Ties (e.g. two correct answers) make no pair. The prompts mix ordinary tasks with the
+three kinds of alignment prompt: people who do not exist, medical questions and harmful
+requests. Held-out prompts (their own seed) give held-out pairs for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from .generate import chat_responses
+from .labeler import ALIGNMENT_KINDS, Judgement, Labeler, pair_type
+from .mixture import MixtureSpec, alignment_example, heldin_templates
+from .tasks import TaskExample, make_example
+from .utils import atomic_write_text
+from .world import World
+
+
+def rlhf_prompts(world: World, n: int, seed: int, task_share: float = 0.5,
+                 spec: MixtureSpec = MixtureSpec()) -> list[TaskExample]:
+    """`n` prompts: ordinary tasks (training clusters, held-in templates) with probability
+    `task_share`, else an alignment prompt of a random kind. The `answer` of an alignment
+    prompt is unused (the labeler judges those by behaviour)."""
+    if not 0.0 <= task_share <= 1.0:
+        raise ValueError(f"task_share must be in [0, 1], got {task_share}")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < task_share:
+            cluster = rng.choice(spec.train_clusters)
+            out.append(make_example(world, cluster, rng, template=rng.choice(heldin_templates(cluster))))
+        else:
+            out.append(alignment_example(world, rng.choice(ALIGNMENT_KINDS), rng, hedge=False, people=world.people))
+    return out
+
+
+def heldout_prompts(preset, world: World) -> list[TaskExample]:
+    """The held-out prompts on which SFT, PPO and best-of-n are compared (their own seed,
+    never used for preference collection or PPO training)."""
+    from .sft import preset_spec
+
+    return rlhf_prompts(world, preset.ppo.n_eval_prompts, seed=preset.seed + 400, task_share=preset.ppo.task_share,
+                        spec=preset_spec(preset))
+
+
+def is_alignment(example: TaskExample) -> bool:
+    return example.cluster in ALIGNMENT_KINDS
+
+
+@dataclass
+class Comparison:
+    """One row of preference data."""
+    prompt: str            # the instruction (the chat template is applied when encoding)
+    chosen: str
+    rejected: str
+    kind: str              # the prompt's cluster or alignment kind
+    pair_type: str         # e.g. "correct vs wrong", "hedged vs fabricated"
+    gold_margin: float     # gold(chosen) - gold(rejected); negative when label noise flipped it
+    chosen_finished: bool = True
+    rejected_finished: bool = True
+
+
+@dataclass
+class Collection:
+    """Everything preference collection produced: the samples with their judgements, and the pairs."""
+    prompts: list[TaskExample]
+    samples: list[list[str]]              # K responses per prompt
+    finished: list[list[bool]]
+    judgements: list[list[Judgement]]
+    pairs: list[Comparison]
+
+
+def sample_responses(model, tokenizer, prompts: list[TaskExample], k: int, temperature: float = 1.0,
+                     max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256) -> tuple[list, list]:
+    """K sampled responses per prompt, and whether each ended with EOS."""
+    texts, finished = chat_responses(model, tokenizer, [e.instruction for e in prompts for _ in range(k)],
+                                     max_new_tokens=max_new_tokens, greedy=False, temperature=temperature, seed=seed,
+                                     batch_size=batch_size)
+    return [texts[i: i + k] for i in range(0, len(texts), k)], [finished[i: i + k] for i in range(0, len(texts), k)]
+
+
+def rank_pairs(labeler: Labeler, example: TaskExample, responses: list[str], finished: list[bool],
+               rng: random.Random) -> tuple[list[Judgement], list[Comparison]]:
+    """Judge K responses and turn them into all pairwise comparisons (ties dropped)."""
+    judgements = [labeler.judge(example, r, f) for r, f in zip(responses, finished)]
+    pairs = []
+    for i, j in combinations(range(len(responses)), 2):
+        choice = labeler.prefer(example, responses[i], responses[j], rng, (finished[i], finished[j]))
+        if choice is None:
+            continue
+        w, l = (i, j) if choice == 0 else (j, i)
+        pairs.append(Comparison(example.instruction, responses[w], responses[l], example.cluster,
+                                pair_type(judgements[w], judgements[l]), judgements[w].gold - judgements[l].gold,
+                                finished[w], finished[l]))
+    return judgements, pairs
+
+
+def collect_preferences(model, tokenizer, prompts: list[TaskExample], labeler: Labeler, k: int = 4,
+                        temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0) -> Collection:
+    """Sample K responses per prompt from `model` and let `labeler` rank them."""
+    if k < 2:
+        raise ValueError(f"k must be at least 2 to make pairs, got {k}")
+    samples, finished = sample_responses(model, tokenizer, prompts, k, temperature, max_new_tokens, seed)
+    rng = random.Random(seed)
+    judgements, pairs = [], []
+    for example, responses, done in zip(prompts, samples, finished):
+        js, ps = rank_pairs(labeler, example, responses, done, rng)
+        judgements.append(js)
+        pairs.extend(ps)
+    return Collection(prompts, samples, finished, judgements, pairs)
+
+
+def export_pairs(pairs: list[Comparison], path: str | Path) -> Path:
+    """Write pairs as JSONL with the conventional `prompt` / `chosen` / `rejected` fields
+    (the format of TRL's RewardTrainer and DPOTrainer), atomically."""
+    path = Path(path)
+    lines = [json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "kind": p.kind,
+                         "pair_type": p.pair_type}) for p in pairs]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path

@@ -1,0 +1,203 @@
+import math
+import random
+
+import pytest
+import torch
+
+from embiggen.ppo import (AdaptiveKLController, FixedKLController, PPODivergence, PPOTrainer, best_of_n_kl,
+                          clipped_policy_loss, clipped_value_loss, gae, kl_penalty, masked_mean, masked_whiten,
+                          per_token_rewards, position_ids_from, response_logprobs, response_mask, train_ppo)
+from embiggen.presets import PPOConfig
+
+torch.manual_seed(0)
+B, T = 3, 5
+MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float)
+
+
+def test_gae_matches_a_naive_loop():
+    rewards, values = torch.randn(B, T), torch.randn(B, T)
+    gamma, lam = 0.9, 0.8
+    adv, ret = gae(rewards, values, MASK, gamma, lam)
+    for b in range(B):
+        n = int(MASK[b].sum())
+        r, v = rewards[b, :n].tolist(), values[b, :n].tolist() + [0.0]  # V after the last token is 0
+        expected = []
+        for t in range(n):  # A_t = sum_l (gamma lam)^l delta_{t+l}
+            a = sum((gamma * lam) ** (k - t) * (r[k] + gamma * v[k + 1] - v[k]) for k in range(t, n))
+            expected.append(a)
+        assert adv[b, :n].tolist() == pytest.approx(expected, abs=1e-5)
+        assert ret[b, :n].tolist() == pytest.approx([a + x for a, x in zip(expected, v)], abs=1e-5)
+        assert adv[b, n:].abs().sum() == 0 and ret[b, n:].abs().sum() == 0
+
+
+def test_masked_whiten_matches_reference():
+    x = torch.randn(B, T)
+    out = masked_whiten(x, MASK)
+    vals = [x[b, t].item() for b in range(B) for t in range(T) if MASK[b, t]]
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    got = [out[b, t].item() for b in range(B) for t in range(T) if MASK[b, t]]
+    assert got == pytest.approx([(v - mean) / std for v in vals], abs=1e-4)
+    kept = masked_whiten(x, MASK, shift_mean=False)
+    assert [kept[b, t].item() for b in range(B) for t in range(T) if MASK[b, t]] == pytest.approx(
+        [(v - mean) / std + mean for v in vals], abs=1e-4)
+    assert masked_mean(x, MASK).item() == pytest.approx(mean, abs=1e-6)
+
+
+def test_kl_estimators_match_formulas_and_estimate_kl():
+    logp, ref = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
+    assert kl_penalty(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0, 0.0])
+    k3 = [(math.exp(r - p) - 1) - (r - p) for p, r in zip(logp.tolist(), ref.tolist())]
+    assert kl_penalty(logp, ref, "k3").tolist() == pytest.approx(k3, abs=1e-6)
+    # both are unbiased estimators of KL(p || q) from samples of p
+    p, q = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.2, 0.5, 0.3])
+    true_kl = (p * (p / q).log()).sum().item()
+    samples = torch.multinomial(p, 200000, replacement=True, generator=torch.Generator().manual_seed(0))
+    for est in ("k1", "k3"):
+        assert kl_penalty(p.log()[samples], q.log()[samples], est).mean().item() == pytest.approx(true_kl, abs=0.01)
+    assert (kl_penalty(p.log()[samples], q.log()[samples], "k3") >= 0).all()
+    with pytest.raises(ValueError, match="k1, k3"):
+        kl_penalty(logp, ref, "k2")
+
+
+def test_per_token_rewards_put_the_score_on_the_last_token():
+    kl, scores = torch.randn(B, T), torch.tensor([1.0, 2.0, 3.0])
+    out = per_token_rewards(scores, kl, MASK, kl_coef=0.1)
+    for b in range(B):
+        n = int(MASK[b].sum())
+        expected = [-0.1 * kl[b, t].item() + (scores[b].item() if t == n - 1 else 0.0) for t in range(n)]
+        assert out[b, :n].tolist() == pytest.approx(expected, abs=1e-6)
+        assert out[b, n:].abs().sum() == 0
+
+
+def test_clipped_policy_loss_matches_reference():
+    logp, old, adv = torch.randn(B, T) * 0.3, torch.randn(B, T) * 0.3, torch.randn(B, T)
+    eps = 0.2
+    loss, stats = clipped_policy_loss(logp, old, adv, MASK, eps)
+    terms, clipped = [], []
+    for b in range(B):
+        for t in range(T):
+            if not MASK[b, t]:
+                continue
+            ratio = math.exp(logp[b, t].item() - old[b, t].item())
+            a = adv[b, t].item()
+            u, c = -a * ratio, -a * min(max(ratio, 1 - eps), 1 + eps)
+            terms.append(max(u, c))
+            clipped.append(c > u)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), abs=1e-5)
+    assert stats["clip_frac"] == pytest.approx(sum(clipped) / len(clipped))
+    # at ratio 1 (before any update) nothing is clipped and the loss is -mean(A)
+    loss1, stats1 = clipped_policy_loss(old, old, adv, MASK, eps)
+    assert loss1.item() == pytest.approx(-masked_mean(adv, MASK).item(), abs=1e-6)
+    assert stats1["clip_frac"] == 0 and stats1["approx_kl"] == 0
+
+
+def test_clipped_value_loss_matches_reference():
+    v, old, ret = torch.randn(B, T), torch.randn(B, T), torch.randn(B, T)
+    eps = 0.2
+    terms = []
+    for b in range(B):
+        for t in range(T):
+            if MASK[b, t]:
+                vc = old[b, t].item() + min(max(v[b, t].item() - old[b, t].item(), -eps), eps)
+                terms.append(0.5 * max((v[b, t].item() - ret[b, t].item()) ** 2, (vc - ret[b, t].item()) ** 2))
+    assert clipped_value_loss(v, old, ret, MASK, eps).item() == pytest.approx(sum(terms) / len(terms), abs=1e-5)
+
+
+def test_adaptive_kl_controller_follows_ziegler():
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    ctl.update(9.0, n_steps=64)  # error = clip(9/6 - 1) = 0.2 at most
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000))
+    ctl2 = AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    ctl2.update(5.4, n_steps=64)
+    assert ctl2.value == pytest.approx(0.1 * (1 + (5.4 / 6 - 1) * 64 / 10000))
+    fixed = FixedKLController(0.1)
+    fixed.update(100.0, 64)
+    assert fixed.value == 0.1
+
+
+def test_best_of_n_kl_formula():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(4) == pytest.approx(math.log(4) - 3 / 4)
+
+
+def test_response_mask_stops_after_first_eos():
+    eos = 9
+    responses = torch.tensor([[1, 2, eos, 0, 0], [1, 2, 3, 4, 5], [eos, 0, 0, 0, 0]])
+    mask, finished = response_mask(responses, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert finished.tolist() == [True, False, True]
+
+
+def test_response_logprobs_use_the_temperature():
+    logits, responses = torch.randn(2, 3, 7), torch.randint(7, (2, 3))
+    lp, ent = response_logprobs(logits, responses, temperature=0.7)
+    for b in range(2):
+        for i in range(3):
+            dist = torch.log_softmax(logits[b, i] / 0.7, -1)
+            assert lp[b, i].item() == pytest.approx(dist[responses[b, i]].item(), abs=1e-5)
+            assert ent[b, i].item() == pytest.approx(-(dist.exp() * dist).sum().item(), abs=1e-5)
+
+
+class LengthReward:
+    """A stand-in reward model: shorter responses score higher."""
+
+    def score(self, instructions, responses):
+        return torch.tensor([-len(r) / 10 for r in responses])
+
+
+class ConstantLabeler:
+    def gold_score(self, example, response, finished=True):
+        return 0.0
+
+
+def make_trainer(tiny_base, **overrides):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_base.path, use_safetensors=True)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_base.path, use_safetensors=True)
+    cfg = PPOConfig(**{**dict(batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=12, lr=3e-3,
+                              kl_coef=0.0), **overrides})
+    return PPOTrainer(policy, ref, tiny_base.tokenizer, LengthReward(), ConstantLabeler(), cfg, device="cpu", seed=0)
+
+
+def prompts_of(tiny_base, n=32):
+    from embiggen.preferences import rlhf_prompts
+
+    return rlhf_prompts(tiny_base.world, n, seed=0)
+
+
+def test_rollout_logprobs_agree_with_generation_and_with_unpadded_forward(tiny_base):
+    trainer = make_trainer(tiny_base)
+    ro = trainer.rollout(prompts_of(tiny_base, 4))
+    # the policy and the frozen reference start identical: KL is exactly zero
+    assert torch.allclose(ro.logprobs * ro.mask, ro.ref_logprobs * ro.mask, atol=1e-5)
+    # each episode's log-probs, recomputed alone without any left padding, agree with the padded batch
+    for b in range(4):
+        keep = ro.attention_mask[b].bool()
+        seq = ro.sequences[b][keep].unsqueeze(0)
+        n_prompt = int(ro.attention_mask[b, : ro.prompt_len].sum())
+        logits = trainer.policy.lm(input_ids=seq).logits[:, n_prompt - 1: -1]
+        lp, _ = response_logprobs(logits, seq[:, n_prompt:], trainer.cfg.temperature)
+        n = int(ro.mask[b].sum())
+        assert torch.allclose(lp[0, :n], ro.logprobs[b, :n], atol=1e-4)
+    assert torch.equal(position_ids_from(torch.tensor([[0, 0, 1, 1, 1]])), torch.tensor([[0, 0, 0, 1, 2]]))
+
+
+def test_ppo_raises_the_reward_end_to_end(tiny_base):
+    trainer = make_trainer(tiny_base)
+    log = train_ppo(trainer, prompts_of(tiny_base, 64), steps=12, batch_size=16, seed=0, progress=False)
+    rm = log.series("rm_score")
+    assert sum(rm[-3:]) / 3 > sum(rm[:3]) / 3 + 0.2
+    assert all(math.isfinite(r["value_loss"]) and 0 <= r["clip_frac"] <= 1 for r in log.rows)
+    # same seed, same numbers
+    again = train_ppo(make_trainer(tiny_base), prompts_of(tiny_base, 64), steps=3, batch_size=16, seed=0,
+                      progress=False)
+    assert again.series("rm_score") == pytest.approx(rm[:3])
+
+
+def test_kl_explosion_is_reported_clearly(tiny_base):
+    trainer = make_trainer(tiny_base, kl_max=-1.0)
+    with pytest.raises(PPODivergence, match="run away from the reference"):
+        trainer.step(random.Random(0).sample(prompts_of(tiny_base), 16))

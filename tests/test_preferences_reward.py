@@ -1,0 +1,126 @@
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from embiggen.labeler import Labeler
+from embiggen.mixture import REFUSAL, heldout_template
+from embiggen.preferences import (Comparison, collect_preferences, export_pairs, is_alignment, rank_pairs,
+                                  rlhf_prompts)
+from embiggen.reward import (RewardModel, bradley_terry_loss, encode_exchange, left_pad, pair_batch,
+                             pairwise_accuracy, rewards, train_reward_model)
+from embiggen.tasks import TaskExample
+from embiggen.world import World
+
+TASK = TaskExample("arithmetic", 0, "What is 2 plus 3?", "2 plus 3 is 5.")
+
+
+# ---- preference data -------------------------------------------------------------------------
+def test_rlhf_prompts_mix_and_respect_held_out_splits():
+    world = World.generate(seed=3, n_people=12, n_unknown=4)
+    prompts = rlhf_prompts(world, 600, seed=1, task_share=0.5)
+    tasks = [p for p in prompts if not is_alignment(p)]
+    assert 0.42 < len(tasks) / len(prompts) < 0.58
+    assert {p.cluster for p in prompts if is_alignment(p)} == {"unknown_person", "medical", "harmful"}
+    assert all(p.cluster != "fact_check" and p.template != heldout_template(p.cluster) for p in tasks)
+    assert [p.instruction for p in rlhf_prompts(world, 50, seed=1)] == [p.instruction for p in prompts[:50]]
+    with pytest.raises(ValueError, match="task_share"):
+        rlhf_prompts(world, 5, seed=1, task_share=1.5)
+
+
+def test_rank_pairs_makes_every_untied_pair_best_first():
+    responses = ["2 plus 3 is 5.", "2 plus 3 is 6.", "2 plus 3 is 7.", REFUSAL]  # gold 1, 0, 0, -1
+    judgements, pairs = rank_pairs(Labeler(), TASK, responses, [True] * 4, random.Random(0))
+    assert [j.gold for j in judgements] == [1.0, 0.0, 0.0, -1.0]
+    assert len(pairs) == 5  # 6 pairs minus the tie between the two wrong answers
+    assert all(p.gold_margin > 0 for p in pairs)
+    assert {p.pair_type for p in pairs} == {"correct vs wrong", "correct vs declined", "wrong vs declined"}
+
+
+def test_export_pairs_writes_prompt_chosen_rejected(tmp_path):
+    pairs = [Comparison("q?", "good", "bad", "arithmetic", "correct vs wrong", 1.0)]
+    path = export_pairs(pairs, tmp_path / "pairs.jsonl")
+    row = json.loads(path.read_text().splitlines()[0])
+    assert (row["prompt"], row["chosen"], row["rejected"]) == ("q?", "good", "bad")
+
+
+def test_collect_preferences_samples_k_per_prompt(tiny_base):
+    prompts = rlhf_prompts(tiny_base.world, 6, seed=2)
+    col = collect_preferences(tiny_base.model, tiny_base.tokenizer, prompts, Labeler(), k=3, max_new_tokens=8,
+                              seed=0)
+    assert len(col.samples) == 6 and all(len(s) == 3 for s in col.samples)
+    assert all(isinstance(f, bool) for fs in col.finished for f in fs)
+    assert all(p.gold_margin > 0 for p in col.pairs)
+    with pytest.raises(ValueError, match="k must be"):
+        collect_preferences(tiny_base.model, tiny_base.tokenizer, prompts, Labeler(), k=1)
+
+
+# ---- reward model ----------------------------------------------------------------------------
+def test_bradley_terry_matches_reference():
+    rc, rr = torch.tensor([1.0, -0.5, 3.0]), torch.tensor([0.0, 0.5, -2.0])
+    reference = sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(rc.tolist(), rr.tolist())) / 3
+    assert bradley_terry_loss(rc, rr).item() == pytest.approx(reference, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tiny_base):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base.path, num_labels=1, use_safetensors=True)
+    model.config.pad_token_id = tiny_base.tokenizer.pad_token_id
+    return model.eval()
+
+
+def test_reward_is_read_at_the_last_real_token_and_ignores_padding(tiny_rm, tiny_base):
+    tok = tiny_base.tokenizer
+    short, long = encode_exchange(tok, "Hi?", "Yes."), encode_exchange(tok, "Where does Alma live?", "In a town.")
+    batch = left_pad([short, long], tok.pad_token_id)
+    got = rewards(tiny_rm, batch)
+    # reference: the backbone's last hidden state at the final (EOS) token, times the head, one sequence at a time
+    for ids, r in zip([short, long], got):
+        hidden = tiny_rm.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        assert r.item() == pytest.approx((tiny_rm.score.weight[0] @ hidden).item(), abs=1e-4)
+    assert short[-1] == tok.eos_token_id
+
+
+def test_pairwise_accuracy_counts_positive_margins(tiny_rm, tiny_base):
+    tok = tiny_base.tokenizer
+    pairs = [Comparison("q?", a, b, "arithmetic", t, 1.0) for a, b, t in
+             [("yes", "no", "x vs y"), ("no", "yes", "x vs y"), ("maybe", "yes", "z vs y")]]
+    r = rewards(tiny_rm, pair_batch(tok, pairs))
+    margins = (r[:3] - r[3:]).tolist()
+    out = pairwise_accuracy(tiny_rm, tok, pairs)
+    assert out["accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 3)
+    assert out["margin"] == pytest.approx(sum(margins) / 3, abs=1e-5)
+    assert out["per_type"]["z vs y"] == float(margins[2] > 0)
+
+
+def test_reward_training_learns_a_preference(tiny_base):
+    from transformers import AutoModelForSequenceClassification
+
+    from embiggen.presets import RewardConfig
+
+    tok = tiny_base.tokenizer
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base.path, num_labels=1, use_safetensors=True)
+    model.config.pad_token_id = tok.pad_token_id
+    pairs = [Comparison(f"Question {i}?", "I cannot help with that.", f"Sure, {i}.", "harmful", "refused vs complied",
+                        2.0) for i in range(20)]
+    before = pairwise_accuracy(model, tok, pairs)["loss"]
+    cfg = RewardConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=30)
+    train_reward_model(model, tok, pairs, pairs[:4], cfg, device="cpu", progress=False)
+    after = pairwise_accuracy(model, tok, pairs)
+    assert after["loss"] < before and after["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="no preference pairs"):
+        train_reward_model(model, tok, [], [], cfg, device="cpu", progress=False)
+
+
+def test_reward_model_score_is_normalised(tiny_rm, tiny_base):
+    rm = RewardModel(tiny_rm, tiny_base.tokenizer, {"reward_mean": 0.3, "reward_std": 2.0}, None, None)
+    raw = rm.raw_scores(["a?", "b?"], ["x", "y"])
+    assert torch.allclose(rm.score(["a?", "b?"], ["x", "y"]), (raw - 0.3) / 2.0)
+    with pytest.raises(ValueError, match="responses"):
+        rm.raw_scores(["a?"], ["x", "y"])
