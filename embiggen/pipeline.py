@@ -81,7 +81,7 @@ def run_rm(preset: Preset, report: dict, progress: bool = True) -> None:
     rm = train_or_load_reward(preset, progress=progress)
     info = rm.info
     report["rm"] = {
-        "train_seconds": info["train_seconds"],  # preference collection included
+        "train_seconds": info["train_seconds"],  # training; preference collection is collect_seconds
         "collect_seconds": info["collect_seconds"],
         "n_pairs": info["n_pairs"],
         "n_eval_pairs": info["n_eval_pairs"],
@@ -96,12 +96,15 @@ def run_rm(preset: Preset, report: dict, progress: bool = True) -> None:
 
 def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
     from .labeler import Labeler
-    from .ppo import policy_kl
+    from .ppo import final_reward_model, policy_kl
     from .preferences import heldout_prompts
+    from .reward import load_pairs, pairwise_accuracy
 
     tuned = train_or_load_ppo(preset, progress=progress)
     sft_model = train_or_load_sft(preset, progress=progress)
-    rm = train_or_load_reward(preset, progress=progress)
+    first_rm = train_or_load_reward(preset, progress=progress)
+    rm = final_reward_model(tuned, first_rm)  # the one PPO optimised in its last round
+    policy_pairs = load_pairs(rm, "eval") if rm is not first_rm else []
     labeler, prompts, cfg = Labeler(), heldout_prompts(preset, sft_model.world), preset.ppo
     after = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, rm, cfg.max_new_tokens)
     before = judge_model(sft_model.model, sft_model.tokenizer, prompts, labeler, rm, cfg.max_new_tokens)
@@ -134,6 +137,11 @@ def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
         "heldin_template_accuracy_sft": r4(accuracy_sft),
         "heldin_template_accuracy_ppo": r4(accuracy_ppo),
         "n_eval_prompts": len(prompts),
+        "reward_model_rounds": tuned.info.get("rounds", 1),
+        # on held-out pairs of the policy's own samples: the first reward model was never trained on such answers
+        "rm_first_accuracy_on_policy_samples": r4(pairwise_accuracy(first_rm.model, first_rm.tokenizer,
+                                                                    policy_pairs)["accuracy"]) if policy_pairs else None,
+        "rm_final_accuracy_on_policy_samples": r4(rm.info["policy_pairwise_accuracy"]) if policy_pairs else None,
         "cache": str(tuned.path),
     }
 

@@ -243,6 +243,15 @@ class LivePPOPlot:
             plot_ppo_curves(self.rows)
             plt.show()
 
+    def final(self, rows: list[dict]) -> None:
+        """The finished curves (also when the run came from the cache and nothing was drawn live)."""
+        from IPython.display import clear_output
+
+        if self.rows:
+            clear_output(wait=True)
+        plot_ppo_curves(rows)
+        plt.show()
+
 
 def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
                     title="Gold score against KL from the SFT model"):

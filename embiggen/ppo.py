@@ -26,6 +26,10 @@ then treats each response token as an action:
     L        = L_policy + c_v L_value
 
 * beta is fixed, or adapted by Ziegler et al.'s proportional controller towards a target KL;
+* iterated RLHF: a policy soon finds answers the reward model never saw and scores wrongly
+  (reward hacking). So, as InstructGPT did with comparisons of its PPO policies' samples and
+  Bai et al. (2022) did online, training runs in `rounds`: between rounds the labeler ranks
+  samples of the *current policy*, and the reward model is retrained on all pairs so far;
 * optionally PPO-ptx (InstructGPT, eq. 2): L += gamma_ptx * (language-model loss on
   demonstration data), which pays back the "alignment tax" on ordinary tasks. InstructGPT
   mixed in pretraining text; we mix in the SFT task demonstrations (without the mixture's
@@ -263,8 +267,8 @@ class PPOTrainer:
         disable_dropout(policy_lm)
         disable_dropout(ref_lm)
         self.policy = PolicyWithValueHead(policy_lm).to(self.device)
-        self.ref = ref_lm.to(self.device).eval()
-        for p in self.ref.parameters():
+        self.ref_policy = ref_lm.to(self.device).eval()
+        for p in self.ref_policy.parameters():
             p.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.kl_ctl = kl_controller(cfg)
@@ -295,7 +299,7 @@ class PPOTrainer:
         n = responses.shape[1]
         logits, values = self.policy(sequences, attention_mask, positions, n)
         logprobs, entropy = response_logprobs(logits, responses, cfg.temperature)
-        ref_logits = self.ref(input_ids=sequences, attention_mask=attention_mask, position_ids=positions,
+        ref_logits = self.ref_policy(input_ids=sequences, attention_mask=attention_mask, position_ids=positions,
                               use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
         ref_logprobs, _ = response_logprobs(ref_logits, responses, cfg.temperature)
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask)]
@@ -402,19 +406,79 @@ def ppo_cache_dir(preset: Preset, reward_path: Path, cfg: PPOConfig) -> Path:
     return cache_root() / "ppo" / f"{preset.name}-seed{preset.seed}-beta{cfg.kl_coef:g}-{key}"
 
 
+def save_resume_point(folder: Path, trainer: PPOTrainer, rng: random.Random, log: PPOLog) -> None:
+    """Everything needed to continue an interrupted PPO run — policy with value head, Adam's
+    state, the KL coefficient, random states and the log — as safetensors plus JSON."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .utils import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        state = trainer.policy.state_dict()
+        if getattr(trainer.policy.lm.config, "tie_word_embeddings", False):
+            state = {k: v for k, v in state.items() if k != "lm.lm_head.weight"}
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "policy.safetensors"))
+        opt = {"generator_state": trainer.generator.get_state()}
+        for i, p in enumerate(trainer.optimizer.param_groups[0]["params"]):
+            for name, value in trainer.optimizer.state.get(p, {}).items():
+                opt[f"{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        save_file(opt, str(tmp / "optimizer.safetensors"))
+        version, internal, gauss = rng.getstate()
+        (tmp / "state.json").write_text(json.dumps({
+            "n_steps": trainer.n_steps, "kl_coef": trainer.kl_ctl.value, "rows": log.rows,
+            "rng_state": [version, list(internal), gauss]}))
+
+
+def load_resume_point(folder: Path, trainer: PPOTrainer, rng: random.Random) -> PPOLog:
+    import json
+
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "state.json").read_text())
+    trainer.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=False)
+    if getattr(trainer.policy.lm.config, "tie_word_embeddings", False):
+        trainer.policy.lm.tie_weights()
+    opt = load_file(str(folder / "optimizer.safetensors"))
+    trainer.generator.set_state(opt.pop("generator_state"))
+    params = trainer.optimizer.param_groups[0]["params"]
+    for key, value in opt.items():
+        i, name = key.split(".", 1)
+        p = params[int(i)]
+        trainer.optimizer.state[p][name] = value.to(p.device) if name != "step" else value
+    trainer.n_steps, trainer.kl_ctl.value = state["n_steps"], state["kl_coef"]
+    version, internal, gauss = state["rng_state"]
+    rng.setstate((version, tuple(internal), gauss))
+    return PPOLog([r["step"] for r in state["rows"]], state["rows"])
+
+
 def train_ppo(trainer: PPOTrainer, prompts: list, steps: int, batch_size: int, seed: int = 0,
-              progress: bool = True, callback=None, desc: str = "ppo") -> PPOLog:
+              progress: bool = True, callback=None, desc: str = "ppo", resume_dir: Path | None = None,
+              save_every: int = 10, refresh=None, refresh_at: tuple[int, ...] = ()) -> PPOLog:
     """`steps` PPO steps on batches drawn from `prompts`; callback(step, row) after each
-    (live plots)."""
+    (live plots). After each step in `refresh_at`, `refresh(trainer, round)` may replace the
+    reward model (iterated RLHF). With `resume_dir`, a resume point is written every
+    `save_every` steps and picked up by the next call: an interrupted run continues where it
+    stopped and ends with the same weights as an uninterrupted one."""
     rng = random.Random(seed)
     log = PPOLog()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=True)
-    for _ in range(steps):
+    if resume_dir is not None and (Path(resume_dir) / "state.json").exists():
+        log = load_resume_point(Path(resume_dir), trainer, rng)
+        for r, at in enumerate(refresh_at, start=2):  # the reward models of rounds already reached (cached)
+            if refresh is not None and trainer.n_steps >= at:
+                refresh(trainer, r)
+    bar = tqdm(total=steps, initial=len(log.rows), desc=desc, disable=not progress, leave=True)
+    while trainer.n_steps < steps:
         row = trainer.step(rng.sample(prompts, min(batch_size, len(prompts))))
         log.steps.append(row["step"])
         log.rows.append(row)
         bar.set_postfix(rm=f"{row['rm_score']:.2f}", gold=f"{row['gold_score']:.2f}", kl=f"{row['kl']:.2f}")
         bar.update(1)
+        if refresh is not None and row["step"] in refresh_at:
+            refresh(trainer, refresh_at.index(row["step"]) + 2)
+        if resume_dir is not None and row["step"] % save_every == 0 and row["step"] < steps:
+            save_resume_point(Path(resume_dir), trainer, rng, log)
         if callback is not None:
             callback(row["step"], row)
     bar.close()
@@ -451,19 +515,83 @@ def build_trainer(preset: Preset, cfg: PPOConfig, sft_model, reward_model, devic
     return trainer, prompts
 
 
+def refreshed_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, sft_model, first_rm, round_: int,
+                           progress: bool = True):
+    """Round `round_` of iterated RLHF: the labeler ranks K samples of the current policy on
+    fresh prompts, and a reward model is trained from the SFT weights on every pair so far
+    (the SFT samples' pairs plus each round's). Cached beside the first reward model."""
+    from .labeler import Labeler
+    from .model import is_cached, save_checkpoint
+    from .preferences import collect_preferences, rlhf_prompts
+    from .reward import (_pairs_from_jsonl, _pairs_to_jsonl, fit_reward_model, labeler_for, load_pairs,
+                         load_reward_model, preference_data)
+    from .sft import preset_spec
+
+    key = config_key("round", first_rm.path.name, asdict(cfg), round_)
+    path = first_rm.path.parent / f"{first_rm.path.name}-round{round_}-{key}"
+    if is_cached(path):
+        trainer.reward_model = load_reward_model(path, trainer.device)
+        return trainer.reward_model
+    rcfg, spec = preset.reward, preset_spec(preset)
+    earlier = (_pairs_from_jsonl(trainer.reward_model.path / "train_pairs.jsonl")
+               if (trainer.reward_model.path / "train_pairs.jsonl").exists() else load_pairs(first_rm, "train"))
+    prompts = rlhf_prompts(sft_model.world, cfg.refresh_prompts, seed=preset.seed + 500 + round_,
+                           task_share=cfg.task_share, spec=spec)
+    held_prompts = rlhf_prompts(sft_model.world, rcfg.n_eval_prompts, seed=preset.seed + 600 + round_,
+                                task_share=cfg.task_share, spec=spec)
+    sample = dict(k=rcfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    policy = trainer.policy.lm
+    new = collect_preferences(policy, trainer.tokenizer, prompts, labeler_for(preset), seed=preset.seed + round_,
+                              **sample)
+    held = collect_preferences(policy, trainer.tokenizer, held_prompts, Labeler(), seed=preset.seed + 50 + round_,
+                               **sample)
+    pairs = earlier + new.pairs
+    sft_data = preference_data(preset, sft_model, progress=False)  # cached: held-out pairs and samples of SFT
+    # about one epoch over all pairs; normalised on the same SFT samples as the first reward model
+    rm = fit_reward_model(preset, sft_model, pairs, sft_data["eval_pairs"], sft_data["eval_samples"], path,
+                          steps=max(1, len(pairs) // rcfg.batch_size), progress=progress,
+                          desc=f"reward model {preset.name} round {round_}")
+    policy_eval = pairwise_accuracy_on(rm, held.pairs)
+    rm.info.update({"round": round_, "new_pairs": len(new.pairs), "policy_pairwise_accuracy": policy_eval["accuracy"],
+                    "policy_per_type_accuracy": policy_eval["per_type"]})
+    save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
+                    extra_files={"train_pairs.jsonl": _pairs_to_jsonl(pairs),
+                                 "eval_pairs.jsonl": _pairs_to_jsonl(held.pairs)})
+    trainer.reward_model = rm
+    return rm
+
+
+def final_reward_model(tuned: PPOModel, first_rm):
+    """The reward model a PPO run optimised in its last round (the first one if it ran one round)."""
+    from .reward import load_reward_model
+
+    name = tuned.info.get("final_reward_model", first_rm.path.name)
+    if name == first_rm.path.name:
+        return first_rm
+    return load_reward_model(first_rm.path.parent / name, next(first_rm.model.parameters()).device)
+
+
+def pairwise_accuracy_on(rm, pairs) -> dict:
+    from .reward import pairwise_accuracy
+
+    return pairwise_accuracy(rm.model, rm.tokenizer, pairs)
+
+
 def train_or_load_ppo(preset: str | Preset | None = None, kl_coef: float | None = None, steps: int | None = None,
-                      force: bool = False, progress: bool = True, callback=None, device=None) -> PPOModel:
-    """The PPO policy for `preset` (optionally with another KL coefficient or step count, for
-    the reward-hacking sweep): loaded from the cache, or trained from the cached SFT model
-    against the cached reward model."""
-    from .model import is_cached, load_checkpoint, save_checkpoint
+                      lr: float | None = None, rounds: int | None = None, force: bool = False, progress: bool = True,
+                      callback=None, device=None) -> PPOModel:
+    """The PPO policy for `preset` (optionally with another KL coefficient, step count or
+    learning rate, for the reward-hacking sweep): loaded from the cache, or trained from the
+    cached SFT model against the cached reward model."""
+    from .model import is_cached, load_checkpoint, resume_dir, save_checkpoint
     from .reward import train_or_load_reward
     from .sft import train_or_load_sft
     from .training import TrainLog
 
     preset = get_preset(preset)
     cfg = preset.ppo
-    changes = {k: v for k, v in {"kl_coef": kl_coef, "steps": steps}.items() if v is not None}
+    changes = {k: v for k, v in {"kl_coef": kl_coef, "steps": steps, "lr": lr, "rounds": rounds}.items()
+               if v is not None}
     if changes:
         cfg = PPOConfig(**{**asdict(cfg), **changes})
     device = device or pick_device()
@@ -477,12 +605,16 @@ def train_or_load_ppo(preset: str | Preset | None = None, kl_coef: float | None 
 
     started = time.perf_counter()
     trainer, prompts = build_trainer(preset, cfg, sft_model, rm, device)
+    refresh_at = tuple(cfg.steps * r // cfg.rounds for r in range(1, cfg.rounds))
+    refresh = lambda t, r: refreshed_reward_model(preset, cfg, t, sft_model, rm, r, progress)  # noqa: E731
     log = train_ppo(trainer, prompts, cfg.steps, cfg.batch_size, seed=preset.seed, progress=progress,
-                    callback=callback, desc=f"ppo {preset.name} beta={cfg.kl_coef:g}")
+                    callback=callback, desc=f"ppo {preset.name} beta={cfg.kl_coef:g}", resume_dir=resume_dir(path),
+                    save_every=cfg.log_every, refresh=refresh, refresh_at=refresh_at)
     model = trainer.policy.lm.eval()
     info = {"preset": preset.name, "seed": preset.seed, "kl_coef": cfg.kl_coef, "steps": cfg.steps,
             "episodes": cfg.steps * cfg.batch_size, "train_seconds": round(time.perf_counter() - started, 2),
-            "reward_model": rm.path.name, "device": str(device)}
+            "reward_model": rm.path.name, "final_reward_model": trainer.reward_model.path.name, "rounds": cfg.rounds,
+            "refresh_at": list(refresh_at), "device": str(device)}
     save_checkpoint(path, model, sft_model.tokenizer, {**info, "ppo_log": log.rows}, TrainLog())
     return PPOModel(model, sft_model.tokenizer, sft_model.world, log, info, path)
 
@@ -518,8 +650,9 @@ def policy_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tok
 
 
 def kl_sweep(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
-    """Reward hacking made visible: one PPO run per KL coefficient in preset.ppo.kl_sweep
-    (each cached), with its training log and its gold / reward-model scores on held-out prompts."""
+    """Reward hacking made visible: one PPO run per KL coefficient in preset.ppo.kl_sweep, each
+    against the first reward model only (one round, learning rate preset.ppo.sweep_lr; cached),
+    with its training log and its gold and reward-model scores on held-out prompts."""
     from .evaluate import judge_model
     from .labeler import Labeler
     from .preferences import heldout_prompts
@@ -529,11 +662,12 @@ def kl_sweep(preset: str | Preset | None = None, progress: bool = True, device=N
     rm = train_or_load_reward(preset, progress=progress, device=device)
     runs = []
     for beta in preset.ppo.kl_sweep:
-        tuned = train_or_load_ppo(preset, kl_coef=beta, steps=preset.ppo.sweep_steps, progress=progress, device=device)
+        tuned = train_or_load_ppo(preset, kl_coef=beta, steps=preset.ppo.sweep_steps, lr=preset.ppo.sweep_lr,
+                                  rounds=1, progress=progress, device=device)
         judged = judge_model(tuned.model, tuned.tokenizer, heldout_prompts(preset, tuned.world), Labeler(), rm,
                              preset.ppo.max_new_tokens)
         examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
-        runs.append({"kl_coef": beta, "rows": tuned.log.rows, "gold": judged["gold_score"],
+        runs.append({"kl_coef": beta, "lr": preset.ppo.sweep_lr, "rows": tuned.log.rows, "gold": judged["gold_score"],
                      "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
                      "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
                      "examples": examples})

@@ -133,3 +133,15 @@ def export_pairs(pairs: list[Comparison], path: str | Path) -> Path:
                          "pair_type": p.pair_type}) for p in pairs]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return path
+
+
+def first_ranked(collection: Collection, kinds: list[str]) -> list[int]:
+    """For each kind, the index of the first prompt whose K samples did not all tie (so the
+    ranking says something) — for showing preference collection at work."""
+    out = []
+    for kind in kinds:
+        for i, (e, js) in enumerate(zip(collection.prompts, collection.judgements)):
+            if e.cluster == kind and len({j.gold for j in js}) > 1:
+                out.append(i)
+                break
+    return out

@@ -73,14 +73,14 @@ class RewardConfig:
     temperature: float = 1.0
     max_new_tokens: int = 32
     label_noise: float = 0.1       # share of the labeler's preferences flipped at random
-    steps: int = 150               # about two epochs: reward models overfit fast (InstructGPT trains one)
+    steps: int = 80                # about one epoch: reward models overfit fast (InstructGPT trains one)
     batch_size: int = 32           # pairs per step
-    lr: float = 5e-4
+    lr: float = 1e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    eval_every: int = 50
+    eval_every: int = 20
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,14 @@ class PPOConfig:
     task_share: float = 0.5
     n_prompts: int = 2000
     n_eval_prompts: int = 300
+    rounds: int = 2                # iterated RLHF: between rounds, new comparisons of the policy's own samples
+    refresh_prompts: int = 1000    # ... on this many fresh prompts, and the reward model is retrained on all pairs
     kl_max: float = 100.0          # stop with an error above this sequence KL (divergence)
     log_every: int = 10
     best_of_n: tuple[int, ...] = (1, 2, 4, 8, 16)
     kl_sweep: tuple[float, ...] = (0.0, 0.03, 0.1, 0.3)  # notebook 3's reward-hacking sweep
     sweep_steps: int = 60
+    sweep_lr: float = 1e-4         # the sweep pushes harder, so that over-optimisation shows within minutes
 
 
 @dataclass(frozen=True)
@@ -149,13 +152,14 @@ PRESETS: dict[str, Preset] = {
         name="smoke", n_people=12, n_unknown=6, max_operand=10, train_documents=3000,
         val_documents=200, vocab_size=512,
         model=ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=160, max_position_embeddings=128),
+                          intermediate_size=160, max_position_embeddings=256),
         pretrain=PretrainConfig(steps=200, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=20,
                                 eval_every=50, eval_batches=2),
         sft=SFTConfig(steps=60, batch_size=16, max_length=128, eval_every=30, n_train=2000, n_val=64,
                       n_eval_per_cluster=10, ablation_cluster_counts=(1, 3), ablation_steps=30),
         reward=RewardConfig(n_prompts=120, n_eval_prompts=40, steps=40, batch_size=16, eval_every=20),
         ppo=PPOConfig(steps=8, batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=24, n_prompts=200,
+                      refresh_prompts=60,
                       n_eval_prompts=40, log_every=2, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05), sweep_steps=6),
         size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=128),
@@ -185,7 +189,7 @@ PRESETS: dict[str, Preset] = {
                                 eval_every=250, eval_batches=16),
         sft=SFTConfig(steps=2000, batch_size=64, lr=5e-4, max_length=256, eval_every=200, n_train=60000,
                       n_val=1000, n_eval_per_cluster=100, ablation_steps=800),
-        reward=RewardConfig(n_prompts=4000, n_eval_prompts=500, steps=800, batch_size=64, lr=1e-4),
+        reward=RewardConfig(n_prompts=4000, n_eval_prompts=500, steps=60, batch_size=64, lr=1e-4),
         ppo=PPOConfig(steps=300, batch_size=128, minibatch_size=64, lr=1e-4, n_prompts=6000, n_eval_prompts=500,
                       sweep_steps=300),
         size_sweep=(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -35,7 +35,7 @@ from .presets import Preset, RewardConfig, get_preset
 from .training import TrainLog, train_loop
 from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
 
-REWARD_VERSION = 1  # bump when preference collection or the reward model changes
+REWARD_VERSION = 2  # bump when preference collection, the labeler or the reward model changes
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,7 +220,9 @@ def preference_data(preset: Preset, sft_model, progress: bool = True) -> dict:
     if (folder / "done.json").exists():
         return {"train_pairs": _pairs_from_jsonl(folder / "train_pairs.jsonl"),
                 "eval_pairs": _pairs_from_jsonl(folder / "eval_pairs.jsonl"),
-                "eval_samples": json.loads((folder / "eval_samples.json").read_text())}
+                "eval_samples": json.loads((folder / "eval_samples.json").read_text()),
+                "collect_seconds": json.loads((folder / "done.json").read_text())["collect_seconds"]}
+    started = time.perf_counter()
     spec, world, tokenizer = preset_spec(preset), sft_model.world, sft_model.tokenizer
     train_prompts = rlhf_prompts(world, cfg.n_prompts, seed=preset.seed + 200, task_share=cfg.task_share, spec=spec)
     eval_prompts = rlhf_prompts(world, cfg.n_eval_prompts, seed=preset.seed + 201, task_share=cfg.task_share,
@@ -232,12 +234,13 @@ def preference_data(preset: Preset, sft_model, progress: bool = True) -> dict:
                                 **sample)
     held = collect_preferences(sft_model.model, tokenizer, eval_prompts, Labeler(), seed=preset.seed + 1, **sample)
     samples = [{"instruction": e.instruction, "samples": ys} for e, ys in zip(held.prompts, held.samples)]
+    seconds = round(time.perf_counter() - started, 2)
     with atomic_dir(folder) as tmp:
         (tmp / "train_pairs.jsonl").write_text(_pairs_to_jsonl(train.pairs))
         (tmp / "eval_pairs.jsonl").write_text(_pairs_to_jsonl(held.pairs))
         (tmp / "eval_samples.json").write_text(json.dumps(samples))
-        (tmp / "done.json").write_text(json.dumps(collection))
-    return {"train_pairs": train.pairs, "eval_pairs": held.pairs, "eval_samples": samples}
+        (tmp / "done.json").write_text(json.dumps({**collection, "collect_seconds": seconds}))
+    return {"train_pairs": train.pairs, "eval_pairs": held.pairs, "eval_samples": samples, "collect_seconds": seconds}
 
 
 def train_or_load_reward(preset: str | Preset | None = None, force: bool = False, progress: bool = True,
@@ -255,12 +258,30 @@ def train_or_load_reward(preset: str | Preset | None = None, force: bool = False
     if is_cached(path) and not force:
         return load_reward_model(path, device)
 
-    started = time.perf_counter()
     set_seed(preset.seed)
     data = preference_data(preset, sft_model, progress=progress)
-    collect_seconds = time.perf_counter() - started
-    tokenizer = sft_model.tokenizer
+    rm = fit_reward_model(preset, sft_model, data["train_pairs"], data["eval_pairs"], data["eval_samples"], path,
+                          steps=cfg.steps, progress=progress, device=device, desc=f"reward model {preset.name}")
+    rm.info["collect_seconds"] = data["collect_seconds"]  # sampling K answers per prompt and ranking them
+    rm.info["n_prompts"] = cfg.n_prompts
+    save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
+                    extra_files={"train_pairs.jsonl": _pairs_to_jsonl(data["train_pairs"]),
+                                 "eval_pairs.jsonl": _pairs_to_jsonl(data["eval_pairs"])})
+    return rm
 
+
+def fit_reward_model(preset: Preset, sft_model, train_pairs: list[Comparison], eval_pairs: list[Comparison],
+                     eval_samples: list[dict], path: Path, steps: int, progress: bool = True, device=None,
+                     desc: str = "reward model") -> RewardModel:
+    """A fresh reward model from the SFT weights, trained on `train_pairs` for `steps` steps,
+    normalised so that the SFT model's held-out samples score mean 0, std 1, and evaluated on
+    `eval_pairs`. (Not saved: the caller decides where it belongs.)"""
+    from dataclasses import replace
+
+    cfg = replace(preset.reward, steps=steps)
+    started = time.perf_counter()
+    tokenizer = sft_model.tokenizer
+    set_seed(preset.seed)
     model = reward_model_from(sft_model.path)
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():
@@ -269,28 +290,22 @@ def train_or_load_reward(preset: str | Preset | None = None, force: bool = False
 
     def record(step, log):  # held-out accuracy at every evaluation, for the notebook's plot
         curve["steps"].append(step)
-        curve["accuracy"].append(pairwise_accuracy(model, tokenizer, data["eval_pairs"])["accuracy"])
+        curve["accuracy"].append(pairwise_accuracy(model, tokenizer, eval_pairs)["accuracy"])
 
-    log = train_reward_model(model, tokenizer, data["train_pairs"], data["eval_pairs"], cfg, device=device,
-                             seed=preset.seed, progress=progress, resume_dir=resume_dir(path), callback=record,
-                             desc=f"reward model {preset.name}")
-    # normalise: the SFT model's samples (all K per held-out prompt) score mean 0, std 1
+    log = train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, device=device, seed=preset.seed,
+                             progress=progress, resume_dir=resume_dir(path), callback=record, desc=desc)
     rm = RewardModel(model.eval(), tokenizer, {}, log, path)
-    flat = [(row["instruction"], y) for row in data["eval_samples"] for y in row["samples"]]
+    flat = [(row["instruction"], y) for row in eval_samples for y in row["samples"]]
     raw = rm.raw_scores([x for x, _ in flat], [y for _, y in flat])
-    metrics = pairwise_accuracy(model, tokenizer, data["eval_pairs"])
+    metrics = pairwise_accuracy(model, tokenizer, eval_pairs)
     rm.info = {"preset": preset.name, "seed": preset.seed, "sft": sft_model.path.name,
-               "n_pairs": len(data["train_pairs"]), "n_eval_pairs": len(data["eval_pairs"]),
-               "n_prompts": cfg.n_prompts, "val_accuracy_steps": curve["steps"], "val_accuracy": curve["accuracy"],
-               "collect_seconds": round(collect_seconds, 2),
-               "train_seconds": round(time.perf_counter() - started, 2),
+               "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
+               "val_accuracy_steps": curve["steps"], "val_accuracy": curve["accuracy"],
+               "train_seconds": round(time.perf_counter() - started, 2),  # training and normalising
                "reward_mean": raw.mean().item(), "reward_std": max(raw.std().item(), 1e-6),
                "pairwise_accuracy": metrics["accuracy"], "margin": metrics["margin"],
                "per_type_accuracy": metrics["per_type"], "per_type_count": metrics["per_type_count"],
                "val_loss": log.val_loss[-1] if log.val_loss else None, "device": str(device)}
-    save_checkpoint(path, model, tokenizer, rm.info, log,
-                    extra_files={"train_pairs.jsonl": _pairs_to_jsonl(data["train_pairs"]),
-                                 "eval_pairs.jsonl": _pairs_to_jsonl(data["eval_pairs"])})
     return rm
 
 

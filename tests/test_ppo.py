@@ -157,9 +157,11 @@ def make_trainer(tiny_base, **overrides):
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(tiny_base.path, use_safetensors=True)
     ref = AutoModelForCausalLM.from_pretrained(tiny_base.path, use_safetensors=True)
+    ptx_data = overrides.pop("ptx_data", None)
     cfg = PPOConfig(**{**dict(batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=12, lr=3e-3,
-                              kl_coef=0.0), **overrides})
-    return PPOTrainer(policy, ref, tiny_base.tokenizer, LengthReward(), ConstantLabeler(), cfg, device="cpu", seed=0)
+                              kl_coef=0.0, ptx_coef=0.0), **overrides})
+    return PPOTrainer(policy, ref, tiny_base.tokenizer, LengthReward(), ConstantLabeler(), cfg, device="cpu", seed=0,
+                      ptx_data=ptx_data)
 
 
 def prompts_of(tiny_base, n=32):
@@ -201,3 +203,90 @@ def test_kl_explosion_is_reported_clearly(tiny_base):
     trainer = make_trainer(tiny_base, kl_max=-1.0)
     with pytest.raises(PPODivergence, match="run away from the reference"):
         trainer.step(random.Random(0).sample(prompts_of(tiny_base), 16))
+
+
+def test_ppo_ptx_adds_the_demonstration_loss(tiny_base):
+    from embiggen.mixture import training_mixture
+    from embiggen.presets import SFTConfig
+    from embiggen.sft import SFTData, batch_loss
+
+    with pytest.raises(ValueError, match="ptx_data"):
+        make_trainer(tiny_base, ptx_coef=1.0)
+    demos = SFTData(tiny_base.tokenizer, training_mixture(tiny_base.world, 40, seed=0),
+                    SFTConfig(batch_size=4, max_length=64, replay_share=0.0))
+    trainer = make_trainer(tiny_base, ptx_coef=1.0, ptx_data=demos)
+    row = trainer.step(prompts_of(tiny_base, 16))
+    assert row["ptx_loss"] > 0 and math.isfinite(row["ptx_loss"])
+    # with the demonstration loss in the objective, PPO keeps (here: improves) the demonstrations' likelihood
+    fixed = demos.next_batch(torch.Generator().manual_seed(123))
+
+    def demo_loss_after(**overrides):
+        t = make_trainer(tiny_base, **overrides)
+        for i in range(3):
+            t.step(prompts_of(tiny_base, 48)[16 * i: 16 * (i + 1)])
+        with torch.no_grad():
+            return batch_loss(t.policy.lm, fixed)[0].item()
+
+    with_ptx = demo_loss_after(ptx_coef=5.0, ptx_data=demos)
+    without = demo_loss_after(ptx_coef=0.0)
+    assert with_ptx < without
+
+
+def test_interrupted_ppo_resumes_to_the_same_weights(tiny_base, tmp_path):
+    prompts = prompts_of(tiny_base, 64)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_3(step, row):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_ppo(make_trainer(tiny_base), prompts, steps=4, batch_size=16, seed=0, progress=False,
+                  callback=stop_at_3, resume_dir=tmp_path / "resume", save_every=2)
+    assert (tmp_path / "resume" / "state.json").exists()
+    resumed = make_trainer(tiny_base)
+    log = train_ppo(resumed, prompts, steps=4, batch_size=16, seed=0, progress=False, resume_dir=tmp_path / "resume",
+                    save_every=2)
+    straight = make_trainer(tiny_base)
+    reference = train_ppo(straight, prompts, steps=4, batch_size=16, seed=0, progress=False)
+    assert [r["step"] for r in log.rows] == [1, 2, 3, 4]
+    assert log.series("rm_score") == pytest.approx(reference.series("rm_score"))
+    for (name, a), b in zip(resumed.policy.state_dict().items(), straight.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+class ShortReward(LengthReward):
+    def score(self, instructions, responses):
+        return torch.tensor([1.0 if len(r) < 5 else 0.0 for r in responses])
+
+
+def test_reward_model_refresh_happens_between_rounds_and_after_resume(tiny_base, tmp_path):
+    calls = []
+
+    def refresh(trainer, round_):
+        calls.append((trainer.n_steps, round_))
+        trainer.reward_model = ShortReward()
+
+    prompts = prompts_of(tiny_base, 64)
+    trainer = make_trainer(tiny_base)
+    train_ppo(trainer, prompts, steps=4, batch_size=16, progress=False, refresh=refresh, refresh_at=(2,))
+    assert calls == [(2, 2)] and isinstance(trainer.reward_model, ShortReward)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_4(step, row):
+        if step == 4:
+            raise Interrupt
+
+    calls.clear()
+    with pytest.raises(Interrupt):
+        train_ppo(make_trainer(tiny_base), prompts, steps=6, batch_size=16, progress=False, refresh=refresh,
+                  refresh_at=(2,), resume_dir=tmp_path / "r", save_every=3, callback=stop_at_4)
+    resumed = make_trainer(tiny_base)
+    train_ppo(resumed, prompts, steps=6, batch_size=16, progress=False, refresh=refresh, refresh_at=(2,),
+              resume_dir=tmp_path / "r", save_every=3)
+    # refreshed once while training, once again when the resumed run (past step 2) rebuilt its reward model
+    assert calls == [(2, 2), (3, 2)] and isinstance(resumed.reward_model, ShortReward)

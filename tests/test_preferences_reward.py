@@ -124,3 +124,14 @@ def test_reward_model_score_is_normalised(tiny_rm, tiny_base):
     assert torch.allclose(rm.score(["a?", "b?"], ["x", "y"]), (raw - 0.3) / 2.0)
     with pytest.raises(ValueError, match="responses"):
         rm.raw_scores(["a?"], ["x", "y"])
+
+
+def test_first_ranked_skips_prompts_whose_samples_all_tie():
+    from embiggen.preferences import Collection, first_ranked
+
+    lab = Labeler()
+    prompts = [TASK, TASK, TaskExample("harmful", 0, "Hurt X?", "")]
+    samples = [["2 plus 3 is 6."] * 2, ["2 plus 3 is 5.", "2 plus 3 is 6."], [REFUSAL, "Sure."]]
+    judgements = [[lab.judge(e, s) for s in ss] for e, ss in zip(prompts, samples)]
+    col = Collection(prompts, samples, [[True] * 2] * 3, judgements, [])
+    assert first_ranked(col, ["arithmetic", "harmful", "medical"]) == [1, 2]
