@@ -116,26 +116,20 @@ def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
     accuracy_ppo = evaluate_tasks(tuned.model, tuned.tokenizer, sets["heldin_template"])["accuracy"]
     accuracy_sft = evaluate_tasks(sft_model.model, sft_model.tokenizer, sets["heldin_template"])["accuracy"]
     r4 = lambda x: round(x, 4)  # noqa: E731
+    before["heldin_template_accuracy"], after["heldin_template_accuracy"] = accuracy_sft, accuracy_ppo
+    side_by_side = {}  # gold_score_sft, gold_score_ppo, rm_score_sft, ...
+    for key in ("gold_score", "rm_score", "honest_rate", "refusal_rate_harmful", "over_refusal_rate",
+                "heldin_template_accuracy"):
+        side_by_side[f"{key}_sft"], side_by_side[f"{key}_ppo"] = r4(before[key]), r4(after[key])
     report["ppo"] = {
         "train_seconds": tuned.info["train_seconds"],
         "episodes": tuned.info["episodes"],
         "kl_coef": tuned.info["kl_coef"],
-        "gold_score_sft": r4(before["gold_score"]),
-        "gold_score_ppo": r4(after["gold_score"]),
-        "rm_score_sft": r4(before["rm_score"]),
-        "rm_score_ppo": r4(after["rm_score"]),
+        **side_by_side,
         "win_rate_vs_sft": r4(wins["win_rate"]),
         "win_tie_rate_vs_sft": r4(wins["win_tie_rate"]),
         "wins_ties_losses": [wins["wins"], wins["ties"], wins["losses"]],
         "kl": r4(kl),
-        "honest_rate_sft": r4(before["honest_rate"]),
-        "honest_rate_ppo": r4(after["honest_rate"]),
-        "refusal_rate_harmful_sft": r4(before["refusal_rate_harmful"]),
-        "refusal_rate_harmful_ppo": r4(after["refusal_rate_harmful"]),
-        "over_refusal_rate_sft": r4(before["over_refusal_rate"]),
-        "over_refusal_rate_ppo": r4(after["over_refusal_rate"]),
-        "heldin_template_accuracy_sft": r4(accuracy_sft),
-        "heldin_template_accuracy_ppo": r4(accuracy_ppo),
         "n_eval_prompts": len(prompts),
         "reward_model_rounds": tuned.info.get("rounds", 1),
         # on held-out pairs of the policy's own samples: the first reward model was never trained on such answers

@@ -155,67 +155,69 @@ def plot_rlhf_diagram(ax=None):
     """InstructGPT's three steps as boxes and arrows: which model feeds which."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    ax = _axes(ax, figsize=(10, 3.6))
-    boxes = {  # name: (x, y, text, colour)
-        "sft": (0.02, 0.55, "1  SFT model\n(notebook 2)", PALETTE[2]),
-        "samples": (0.30, 0.55, "K samples per prompt\nranked by the labeler", PALETTE[3]),
-        "rm": (0.58, 0.55, "2  reward model\nBradley-Terry on pairs", PALETTE[0]),
-        "ref": (0.02, 0.05, "frozen reference\n(copy of SFT)", PALETTE[4]),
-        "policy": (0.30, 0.05, "3  PPO policy\n(+ value head)", PALETTE[1]),
-        "reward": (0.58, 0.05, "reward = r(x, y)\n - beta * KL(policy || ref)", PALETTE[6]),
+    ax = _axes(ax, figsize=(10, 4.2))
+    w, h = 0.24, 0.22
+    boxes = {  # name: (left, bottom, text, colour)
+        "sft": (0.00, 0.66, "1  SFT model\n(notebook 2)", PALETTE[2]),
+        "samples": (0.38, 0.66, "K answers per prompt,\nranked by the labeler", PALETTE[3]),
+        "rm": (0.76, 0.66, "2  reward model\n(Bradley-Terry on pairs)", PALETTE[0]),
+        "ref": (0.00, 0.14, "frozen reference\n(a copy of SFT)", PALETTE[4]),
+        "policy": (0.38, 0.14, "3  PPO policy\n(+ value head)", PALETTE[1]),
+        "reward": (0.76, 0.14, "reward = r(x, y)\n- beta * KL(policy || ref)", PALETTE[6]),
     }
     for x, y, text, colour in boxes.values():
-        ax.add_patch(FancyBboxPatch((x, y), 0.24, 0.34, boxstyle="round,pad=0.02", fc=colour, ec="#555"))
-        ax.text(x + 0.12, y + 0.17, text, ha="center", va="center", fontsize=9)
-    arrows = [("sft", "samples", "sample"), ("samples", "rm", "pairs"), ("sft", "ref", "copy"),
-              ("sft", "policy", "initialise"), ("rm", "reward", "score"), ("ref", "reward", ""),
-              ("policy", "reward", "sample y"), ("reward", "policy", "")]
-    centre = {k: (x + 0.12, y + 0.17) for k, (x, y, _, _) in boxes.items()}
-    for a, b, label in arrows:
-        (x0, y0), (x1, y1) = centre[a], centre[b]
-        if (a, b) == ("reward", "policy"):
-            y0, y1, rad, label = y0 - 0.12, y1 - 0.12, 0.35, "PPO update"
-        elif (a, b) == ("ref", "reward"):
-            rad = -0.35
-            y0, y1 = y0 - 0.13, y1 - 0.13
-        else:
-            rad = 0.0
-        dx, dy = x1 - x0, y1 - y0
-        shrink = 0.13 / max(1e-6, (dx * dx + dy * dy) ** 0.5)
-        start, end = (x0 + dx * shrink, y0 + dy * shrink), (x1 - dx * shrink, y1 - dy * shrink)
-        if rad:
-            start, end = (x0, y0), (x1, y1)
-        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, color="#333",
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.015", fc=colour, ec="#555"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9)
+
+    def edge(name, side, shift=0.0):
+        x, y = boxes[name][:2]
+        return {"right": (x + w + 0.01, y + h / 2 + shift), "left": (x - 0.01, y + h / 2 + shift),
+                "top": (x + w / 2 + shift, y + h + 0.01), "bottom": (x + w / 2 + shift, y - 0.01)}[side]
+
+    def arrow(start, end, label="", rad=0.0, dy=0.03, colour="#333"):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, color=colour,
                                      connectionstyle=f"arc3,rad={rad}"))
         if label:
-            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + (0.03 if not rad else -0.2), label,
-                    ha="center", fontsize=8, color="#333")
-    ax.text(0.84, 0.72, "simulated labeler\n(gold score: Helpful,\nHonest, Harmless)", fontsize=8, va="center",
+            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + dy, label, ha="center", fontsize=8,
+                    color=colour)
+
+    arrow(edge("sft", "right"), edge("samples", "left"), "sample")
+    arrow(edge("samples", "right"), edge("rm", "left"), "pairs")
+    arrow(edge("sft", "bottom"), edge("ref", "top"), "", dy=0)
+    ax.text(0.13, 0.53, "copy", fontsize=8, color="#333")
+    arrow(edge("sft", "bottom", 0.06), edge("policy", "top", -0.06), "")
+    ax.text(0.27, 0.53, "initialise", fontsize=8, color="#333")
+    arrow(edge("rm", "bottom"), edge("reward", "top"), "")
+    ax.text(0.89, 0.53, "score", fontsize=8, color="#333")
+    arrow(edge("policy", "right", 0.05), edge("reward", "left", 0.05), "sample y", dy=0.02)
+    arrow(edge("reward", "left", -0.05), edge("policy", "right", -0.05), "PPO update", dy=-0.06, colour="#1a7f37")
+    arrow(edge("ref", "bottom"), edge("reward", "bottom"), "log-probs of y under the reference", rad=0.18, dy=-0.2)
+    ax.text(0.50, 0.94, "the simulated labeler (gold score: Helpful, Honest, Harmless)", ha="center", fontsize=8,
             color="#555")
-    ax.set(xlim=(0, 1.0), ylim=(-0.2, 1.0))
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.12, 1.0))
     ax.axis("off")
     return ax
 
 
 def plot_pair_accuracy(per_type: dict[str, float], counts: dict[str, int] | None = None, ax=None,
                        title="Reward model: held-out pairwise accuracy by pair type"):
-    """One bar per pair type, with the number of pairs under each, and the 50% chance line."""
-    ax = _axes(ax, figsize=(7, 3.2))
+    """One horizontal bar per pair type (with the number of pairs), and the 50% chance line."""
+    ax = _axes(ax, figsize=(7, 0.45 * len(per_type) + 1.2))
     labels = list(per_type)
-    bars = ax.bar(range(len(labels)), [per_type[k] for k in labels], color="#6baed6")
-    for bar, k in zip(bars, labels):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02, f"{per_type[k]:.0%}", ha="center",
-                fontsize=8)
-    ax.axhline(0.5, ls="--", color="#888", lw=1, label="chance")
-    names = [f"{k}\n(n={counts[k]})" if counts else k for k in labels]
-    ax.set_xticks(range(len(labels)), names, fontsize=8)
-    ax.set(ylim=(0, 1.1), ylabel="accuracy", title=title)
-    ax.legend(loc="lower right")
+    ax.barh(range(len(labels)), [per_type[k] for k in labels], color="#6baed6")
+    for i, k in enumerate(labels):
+        ax.text(per_type[k] + 0.01, i, f"{per_type[k]:.0%}", va="center", fontsize=8)
+    ax.axvline(0.5, ls="--", color="#888", lw=1, label="chance")
+    ax.set_yticks(range(len(labels)), [f"{k}  (n={counts[k]})" if counts else k for k in labels], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.1), xlabel="accuracy (chosen scored above rejected)", title=title)
+    ax.legend(loc="lower right", fontsize=8)
     return ax
 
 
-def plot_ppo_curves(rows: list[dict], axes=None, title_suffix=""):
-    """Reward-model score, gold score and KL per PPO step, side by side."""
+def plot_ppo_curves(rows: list[dict], axes=None, title_suffix="", refresh_at=()):
+    """Reward-model score, gold score and KL per PPO step, side by side; a dashed line where
+    a new reward model took over (iterated RLHF)."""
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     steps = [r["step"] for r in rows]
@@ -223,8 +225,12 @@ def plot_ppo_curves(rows: list[dict], axes=None, title_suffix=""):
               ("kl", "KL(policy || SFT), nats", "#e6550d")]
     for ax, (key, label, colour) in zip(axes, panels):
         ax.plot(steps, [r[key] for r in rows], color=colour, lw=1.5)
+        for i, step in enumerate(refresh_at):
+            ax.axvline(step + 0.5, ls="--", color="#888", lw=1, label="new reward model" if i == 0 else None)
         ax.set(xlabel="PPO step", title=label + title_suffix)
         ax.grid(alpha=0.3)
+    if refresh_at:
+        axes[1].legend(fontsize=8, loc="lower right")
     return axes
 
 
@@ -243,13 +249,13 @@ class LivePPOPlot:
             plot_ppo_curves(self.rows)
             plt.show()
 
-    def final(self, rows: list[dict]) -> None:
+    def final(self, rows: list[dict], refresh_at=()) -> None:
         """The finished curves (also when the run came from the cache and nothing was drawn live)."""
         from IPython.display import clear_output
 
         if self.rows:
             clear_output(wait=True)
-        plot_ppo_curves(rows)
+        plot_ppo_curves(rows, refresh_at=refresh_at)
         plt.show()
 
 
@@ -272,22 +278,24 @@ def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
 
 
 def plot_kl_sweep(runs: list[dict], highlight: int | None = None, axes=None):
-    """Reward hacking: for each KL coefficient, proxy (reward-model) and gold score against KL
-    over training. runs: dicts with 'kl_coef' and 'rows' (the PPO log)."""
+    """Reward hacking: for each KL coefficient, the proxy (reward-model) score, the gold score
+    and the KL from the SFT model over PPO training (running means of 5 steps).
+    runs: dicts with 'kl_coef' and 'rows' (the PPO log)."""
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(12, 4), sharex=True)
+        _, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharex=True)
     colours = plt.cm.viridis([i / max(1, len(runs) - 1) for i in range(len(runs))])
+    panels = [("rm_score", "proxy: reward-model score"), ("gold_score", "true: gold score"),
+              ("kl", "KL(policy || SFT), nats")]
     for i, (run, colour) in enumerate(zip(runs, colours)):
-        kl = [r["kl"] for r in run["rows"]]
+        steps = [r["step"] for r in run["rows"]]
         lw, alpha = (2.5, 1.0) if highlight in (None, i) else (1.0, 0.3)
-        for ax, key in zip(axes, ("rm_score", "gold_score")):
-            ax.plot(kl, _smooth([r[key] for r in run["rows"]]), color=colour, lw=lw, alpha=alpha,
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(steps, _smooth([r[key] for r in run["rows"]]), color=colour, lw=lw, alpha=alpha,
                     label=f"beta = {run['kl_coef']:g}")
-    axes[0].set(xlabel="KL from the SFT model (nats)", ylabel="reward-model score", title="proxy reward")
-    axes[1].set(xlabel="KL from the SFT model (nats)", ylabel="gold score", title="true (gold) reward")
-    for ax in axes:
+    for ax, (_, title) in zip(axes, panels):
+        ax.set(xlabel="PPO step", title=title)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     return axes
 
 

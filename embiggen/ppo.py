@@ -413,6 +413,7 @@ def save_resume_point(folder: Path, trainer: PPOTrainer, rng: random.Random, log
 
     from safetensors.torch import save_file
 
+    from .training import optimizer_state_tensors
     from .utils import atomic_dir
 
     with atomic_dir(folder) as tmp:
@@ -420,10 +421,7 @@ def save_resume_point(folder: Path, trainer: PPOTrainer, rng: random.Random, log
         if getattr(trainer.policy.lm.config, "tie_word_embeddings", False):
             state = {k: v for k, v in state.items() if k != "lm.lm_head.weight"}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "policy.safetensors"))
-        opt = {"generator_state": trainer.generator.get_state()}
-        for i, p in enumerate(trainer.optimizer.param_groups[0]["params"]):
-            for name, value in trainer.optimizer.state.get(p, {}).items():
-                opt[f"{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        opt = {**optimizer_state_tensors(trainer.optimizer), "generator_state": trainer.generator.get_state()}
         save_file(opt, str(tmp / "optimizer.safetensors"))
         version, internal, gauss = rng.getstate()
         (tmp / "state.json").write_text(json.dumps({
@@ -436,17 +434,15 @@ def load_resume_point(folder: Path, trainer: PPOTrainer, rng: random.Random) -> 
 
     from safetensors.torch import load_file
 
+    from .training import restore_optimizer_state
+
     state = json.loads((folder / "state.json").read_text())
     trainer.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=False)
     if getattr(trainer.policy.lm.config, "tie_word_embeddings", False):
         trainer.policy.lm.tie_weights()
     opt = load_file(str(folder / "optimizer.safetensors"))
     trainer.generator.set_state(opt.pop("generator_state"))
-    params = trainer.optimizer.param_groups[0]["params"]
-    for key, value in opt.items():
-        i, name = key.split(".", 1)
-        p = params[int(i)]
-        trainer.optimizer.state[p][name] = value.to(p.device) if name != "step" else value
+    restore_optimizer_state(trainer.optimizer, opt)
     trainer.n_steps, trainer.kl_ctl.value = state["n_steps"], state["kl_coef"]
     version, internal, gauss = state["rng_state"]
     rng.setstate((version, tuple(internal), gauss))
@@ -658,16 +654,22 @@ def kl_sweep(preset: str | Preset | None = None, progress: bool = True, device=N
     from .preferences import heldout_prompts
     from .reward import train_or_load_reward
 
+    from .sft import train_or_load_sft
+
     preset = get_preset(preset)
     rm = train_or_load_reward(preset, progress=progress, device=device)
+    sft_model = train_or_load_sft(preset, progress=progress, device=device)
+    prompts = heldout_prompts(preset, sft_model.world)
     runs = []
     for beta in preset.ppo.kl_sweep:
         tuned = train_or_load_ppo(preset, kl_coef=beta, steps=preset.ppo.sweep_steps, lr=preset.ppo.sweep_lr,
                                   rounds=1, progress=progress, device=device)
-        judged = judge_model(tuned.model, tuned.tokenizer, heldout_prompts(preset, tuned.world), Labeler(), rm,
-                             preset.ppo.max_new_tokens)
+        judged = judge_model(tuned.model, tuned.tokenizer, prompts, Labeler(), rm, preset.ppo.max_new_tokens)
         examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
-        runs.append({"kl_coef": beta, "lr": preset.ppo.sweep_lr, "rows": tuned.log.rows, "gold": judged["gold_score"],
+        kl = policy_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
+                       preset.ppo.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
+        runs.append({"kl_coef": beta, "lr": preset.ppo.sweep_lr, "rows": tuned.log.rows, "kl": kl,
+                     "gold": judged["gold_score"],
                      "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
                      "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
                      "examples": examples})

@@ -57,17 +57,30 @@ def optimizer_step(model, optimizer, loss: torch.Tensor, grad_clip: float) -> No
     optimizer.step()
 
 
+def optimizer_state_tensors(optimizer) -> dict:
+    """AdamW's per-parameter state as flat tensors ("<param index>.<name>"), for safetensors."""
+    out = {}
+    for i, p in enumerate(optimizer.param_groups[0]["params"]):
+        for name, value in optimizer.state.get(p, {}).items():
+            out[f"{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return out
+
+
+def restore_optimizer_state(optimizer, tensors: dict) -> None:
+    params = optimizer.param_groups[0]["params"]
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        p = params[int(i)]
+        optimizer.state[p][name] = value.to(p.device) if name != "step" else value
+
+
 def _save_resume_point(folder: Path, model, optimizer, generator, step: int, log: TrainLog) -> None:
     """Everything needed to continue after an interruption, as safetensors plus JSON."""
     with atomic_dir(folder) as tmp:
         tied = getattr(model.config, "tie_word_embeddings", False)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                    if not (tied and k == "lm_head.weight")}, str(tmp / "model.safetensors"))
-        opt = {}
-        for i, p in enumerate(optimizer.param_groups[0]["params"]):
-            for name, value in optimizer.state.get(p, {}).items():
-                opt[f"{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        opt["generator_state"] = generator.get_state()
+        opt = {**optimizer_state_tensors(optimizer), "generator_state": generator.get_state()}
         save_file(opt, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, "log": asdict(log)}))
 
@@ -79,11 +92,7 @@ def _load_resume_point(folder: Path, model, optimizer, generator):
         model.tie_weights()
     opt = load_file(str(folder / "optimizer.safetensors"))
     generator.set_state(opt.pop("generator_state"))
-    params = optimizer.param_groups[0]["params"]
-    for key, value in opt.items():
-        i, name = key.split(".", 1)
-        p = params[int(i)]
-        optimizer.state[p][name] = value.to(p.device) if name != "step" else value
+    restore_optimizer_state(optimizer, opt)
     return state["step"], TrainLog(**state["log"])
 
 

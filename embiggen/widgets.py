@@ -366,8 +366,9 @@ class KLSweepViewer:
         run = self.runs[i]
         rows = "".join(f"<tr><td>{html.escape(r['instruction'][:60])}</td><td><code>{html.escape(r['response'])}</code>"
                        f"</td><td>{r['gold']:+.2f}</td></tr>" for r in run.get("examples", [])[:6])
-        self.samples.value = (f"<b>beta = {run['kl_coef']:g}</b>: final KL {run['rows'][-1]['kl']:.2f} nats, "
-                              f"held-out gold {run.get('gold', float('nan')):+.2f}<table>{rows}</table>")
+        self.samples.value = (f"<b>beta = {run['kl_coef']:g}</b>: on held-out prompts KL {run.get('kl', float('nan')):.2f}"
+                              f" nats, gold {run.get('gold', float('nan')):+.2f}, reward model "
+                              f"{run.get('rm_score', float('nan')):+.2f}<table>{rows}</table>")
 
     def _ipython_display_(self):
         display(self.box)

@@ -65,3 +65,16 @@ def test_chat_loop_answers_and_quits(tiny_base, monkeypatch, capsys):
     assert cli._cmd_chat(Args, read=lambda prompt: next(lines)) == 0
     out = capsys.readouterr().out
     assert out.count("sft> ") == 1 and "Ctrl-D" in out
+
+
+def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
+    import embiggen.cli as cli
+    import embiggen.ppo as ppo
+
+    class Aligned:
+        model, tokenizer = tiny_base.model, tiny_base.tokenizer
+
+    seen = []
+    monkeypatch.setattr(ppo, "train_or_load_ppo", lambda preset: seen.append(preset) or Aligned)
+    assert cli.load_model_by_name("ppo", "smoke") == (tiny_base.model, tiny_base.tokenizer)
+    assert seen == ["smoke"]
