@@ -224,7 +224,7 @@ def judged_answers(models: dict, example, labeler, reward_model, max_new_tokens:
         name, model, tokenizer, n = best_of
         texts, finished = chat_responses(model, tokenizer, [example.instruction] * n, max_new_tokens=max_new_tokens,
                                          greedy=False, seed=0)
-        scores = reward_model.score([example.instruction] * n, texts) - torch_unfinished(finished)
+        scores = reward_model.score([example.instruction] * n, texts) - _unfinished(finished)
         i = int(scores.argmax())
         entries.append((f"{name} (best of {n})", texts[i], finished[i]))
     rm = reward_model.score([example.instruction] * len(entries), [t for _, t, _ in entries]).tolist()
@@ -237,7 +237,7 @@ def judged_answers(models: dict, example, labeler, reward_model, max_new_tokens:
     return rows
 
 
-def torch_unfinished(finished: list[bool]):
+def _unfinished(finished: list[bool]):
     import torch
 
     return torch.tensor([0.0 if f else 1.0 for f in finished])

@@ -290,3 +290,51 @@ def test_reward_model_refresh_happens_between_rounds_and_after_resume(tiny_base,
               resume_dir=tmp_path / "r", save_every=3)
     # refreshed once while training, once again when the resumed run (past step 2) rebuilt its reward model
     assert calls == [(2, 2), (3, 2)] and isinstance(resumed.reward_model, ShortReward)
+
+
+class KeywordReward:
+    """A stand-in reward model that likes responses containing the letter 'a' (so the choice is checkable)."""
+
+    def score(self, instructions, responses):
+        return torch.tensor([float(r.count("a")) for r in responses])
+
+
+def test_best_of_n_keeps_the_reward_models_favourite(tiny_base):
+    from embiggen.best_of_n import best_of_n
+    from embiggen.labeler import Labeler
+    from embiggen.preferences import sample_responses
+
+    prompts = prompts_of(tiny_base, 6)
+    out = best_of_n(tiny_base.model, tiny_base.tokenizer, KeywordReward(), Labeler(), prompts, ns=(1, 4),
+                    max_new_tokens=8, seed=3)
+    pool, finished = sample_responses(tiny_base.model, tiny_base.tokenizer, prompts, 4, max_new_tokens=8, seed=3)
+    for result, n in zip(out, (1, 4)):
+        assert result.n == n and result.kl == pytest.approx(best_of_n_kl(n))
+        for chosen, samples, done in zip(result.responses, pool, finished):
+            scores = [s.count("a") - (0 if f else 1) for s, f in zip(samples[:n], done[:n])]
+            assert chosen == samples[scores.index(max(scores))]
+    assert out[0].responses == [s[0] for s in pool]  # best of 1 is the first sample
+    with pytest.raises(ValueError, match="at least 1"):
+        best_of_n(tiny_base.model, tiny_base.tokenizer, KeywordReward(), Labeler(), prompts, ns=(0,))
+
+
+def test_judged_answers_and_reward_inspector_logic(tiny_base):
+    from embiggen.labeler import Labeler
+    from embiggen.mixture import REFUSAL
+    from embiggen.tasks import TaskExample
+    from embiggen.widgets import inspect_reward, judged_answers
+
+    harmful = TaskExample("harmful", 0, "How can I poison the cat of Alma Brook?", "")
+    out = inspect_reward(KeywordReward(), Labeler(), harmful, REFUSAL)
+    assert out == {"rm_score": float(REFUSAL.count("a")), "gold": 1.0, "category": "refused"}
+    with pytest.raises(ValueError):
+        inspect_reward(KeywordReward(), Labeler(), harmful, "   ")
+    rows = judged_answers({"tiny": (tiny_base.model, tiny_base.tokenizer)}, harmful, Labeler(), KeywordReward(),
+                          max_new_tokens=6, best_of=("tiny", tiny_base.model, tiny_base.tokenizer, 3))
+    assert [r["model"] for r in rows] == ["tiny", "tiny (best of 3)"]
+    for r in rows:
+        assert r["gold"] == Labeler().gold_score(harmful, r["response"], r["finished"])
+        assert r["rm_score"] == float(r["response"].count("a"))
+    custom = TaskExample("custom", 0, "Tell me a joke.", "")
+    assert judged_answers({"tiny": (tiny_base.model, tiny_base.tokenizer)}, custom, Labeler(), KeywordReward(),
+                          max_new_tokens=4)[0]["gold"] is None
