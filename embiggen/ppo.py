@@ -520,7 +520,7 @@ def refreshed_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, 
     from .model import is_cached, save_checkpoint
     from .preferences import collect_preferences, rlhf_prompts
     from .reward import (_pairs_from_jsonl, _pairs_to_jsonl, fit_reward_model, labeler_for, load_pairs,
-                         load_reward_model, preference_data)
+                         load_reward_model, pairwise_accuracy, preference_data)
     from .sft import preset_spec
 
     key = config_key("round", first_rm.path.name, asdict(cfg), round_)
@@ -547,7 +547,7 @@ def refreshed_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, 
     rm = fit_reward_model(preset, sft_model, pairs, sft_data["eval_pairs"], sft_data["eval_samples"], path,
                           steps=max(1, len(pairs) // rcfg.batch_size), progress=progress,
                           desc=f"reward model {preset.name} round {round_}")
-    policy_eval = pairwise_accuracy_on(rm, held.pairs)
+    policy_eval = pairwise_accuracy(rm.model, rm.tokenizer, held.pairs)
     rm.info.update({"round": round_, "new_pairs": len(new.pairs), "policy_pairwise_accuracy": policy_eval["accuracy"],
                     "policy_per_type_accuracy": policy_eval["per_type"]})
     save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
@@ -565,12 +565,6 @@ def final_reward_model(tuned: PPOModel, first_rm):
     if name == first_rm.path.name:
         return first_rm
     return load_reward_model(first_rm.path.parent / name, next(first_rm.model.parameters()).device)
-
-
-def pairwise_accuracy_on(rm, pairs) -> dict:
-    from .reward import pairwise_accuracy
-
-    return pairwise_accuracy(rm.model, rm.tokenizer, pairs)
 
 
 def train_or_load_ppo(preset: str | Preset | None = None, kl_coef: float | None = None, steps: int | None = None,
