@@ -223,6 +223,36 @@ def response_mask(responses: torch.Tensor, eos_token_id: int) -> tuple[torch.Ten
     return (~after_eos).long(), is_eos.any(1)
 
 
+@torch.no_grad()
+def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int, temperature: float) -> dict:
+    """Sample one response per instruction (chat template, left padding, stop at EOS) and
+    return everything the log-prob passes need: sequences, attention mask and position ids
+    over prompt + response, the response tokens, their mask and whether each ended."""
+    from .sft import chat_prompt
+
+    tokenizer.padding_side = "left"
+    device = next(lm.parameters()).device
+    enc = tokenizer([chat_prompt(tokenizer, x) for x in instructions], return_tensors="pt", padding=True,
+                    add_special_tokens=False).to(device)
+    prompt_len = enc["input_ids"].shape[1]
+    sequences = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                            top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    responses = sequences[:, prompt_len:]
+    mask, finished = response_mask(responses, tokenizer.eos_token_id)
+    attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)
+    return {"sequences": sequences, "attention_mask": attention_mask, "position_ids": position_ids_from(attention_mask),
+            "prompt_len": prompt_len, "responses": responses, "mask": mask, "finished": finished}
+
+
+@torch.no_grad()
+def episode_logprobs(lm, episodes: dict, temperature: float) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the sampled response tokens under a (frozen) language model."""
+    n = episodes["responses"].shape[1]
+    logits = lm(input_ids=episodes["sequences"], attention_mask=episodes["attention_mask"],
+                position_ids=episodes["position_ids"], use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
+    return response_logprobs(logits, episodes["responses"], temperature)[0]
+
+
 # ---------------------------------------------------------------------------------------
 # Rollouts and one PPO step
 # ---------------------------------------------------------------------------------------
@@ -283,25 +313,14 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts) -> Rollout:
         cfg, tok = self.cfg, self.tokenizer
-        tok.padding_side = "left"
-        enc = tok([self.chat_prompt(e.instruction) for e in prompts], return_tensors="pt", padding=True,
-                  add_special_tokens=False).to(self.device)
-        prompt_len = enc["input_ids"].shape[1]
         self.policy.eval()
         torch.manual_seed(self.seed * 100003 + self.n_steps)
-        sequences = self.policy.lm.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=True,
-                                            temperature=cfg.temperature, top_k=0, top_p=1.0,
-                                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        responses = sequences[:, prompt_len:]
-        mask, finished = response_mask(responses, tok.eos_token_id)
-        attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)
-        positions = position_ids_from(attention_mask)
-        n = responses.shape[1]
-        logits, values = self.policy(sequences, attention_mask, positions, n)
+        ep = sample_episodes(self.policy.lm, tok, [e.instruction for e in prompts], cfg.max_new_tokens, cfg.temperature)
+        sequences, attention_mask, responses, mask = ep["sequences"], ep["attention_mask"], ep["responses"], ep["mask"]
+        finished, prompt_len, n = ep["finished"], ep["prompt_len"], ep["responses"].shape[1]
+        logits, values = self.policy(sequences, attention_mask, ep["position_ids"], n)
         logprobs, entropy = response_logprobs(logits, responses, cfg.temperature)
-        ref_logits = self.ref_policy(input_ids=sequences, attention_mask=attention_mask, position_ids=positions,
-                              use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
-        ref_logprobs, _ = response_logprobs(ref_logits, responses, cfg.temperature)
+        ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature)
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask)]
         instructions = [e.instruction for e in prompts]
         rm_scores = self.reward_model.score(instructions, texts).to(self.device)
@@ -614,28 +633,13 @@ def policy_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tok
               temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> float:
     """KL(pi || pi_ref) per response, estimated as in training (k1 summed over the tokens of
     responses sampled from pi) — on any prompts, e.g. held-out ones."""
-    from .sft import chat_prompt
-
     torch.manual_seed(seed)
-    device = next(policy_lm.parameters()).device
-    tokenizer.padding_side = "left"
     policy_lm.eval()
     total = 0.0
     for i in range(0, len(instructions), batch_size):
-        enc = tokenizer([chat_prompt(tokenizer, x) for x in instructions[i: i + batch_size]], return_tensors="pt",
-                        padding=True, add_special_tokens=False).to(device)
-        prompt_len = enc["input_ids"].shape[1]
-        seq = policy_lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                 top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-        responses = seq[:, prompt_len:]
-        mask, _ = response_mask(responses, tokenizer.eos_token_id)
-        attention = torch.cat([enc["attention_mask"], mask], 1)
-        inputs = {"input_ids": seq, "attention_mask": attention, "position_ids": position_ids_from(attention),
-                  "use_cache": False, "logits_to_keep": responses.shape[1] + 1}
-        lp, _ = response_logprobs(policy_lm(**inputs).logits[:, :-1], responses, temperature)
-        ref, _ = response_logprobs(ref_lm(**inputs).logits[:, :-1], responses, temperature)
-        total += ((lp - ref) * mask).sum().item()
+        ep = sample_episodes(policy_lm, tokenizer, instructions[i: i + batch_size], max_new_tokens, temperature)
+        log_ratio = episode_logprobs(policy_lm, ep, temperature) - episode_logprobs(ref_lm, ep, temperature)
+        total += (log_ratio * ep["mask"]).sum().item()
     return total / max(1, len(instructions))
 
 
