@@ -133,6 +133,25 @@ def plot_cluster_accuracy(series: dict[str, dict[str, float]], heldout_cluster: 
     return ax
 
 
+def plot_confusion(matrix: list[list[int]], labels: list[str], ax=None, title="Counting: what the model answers",
+                   xlabel="the model's answer", ylabel="true count"):
+    """A confusion matrix as a heat map, counts written in the cells; the diagonal is right.
+    The last column is 'other' (an answer that is none of the labels)."""
+    ax = _axes(ax, figsize=(5, 4))
+    columns = [*labels, "other"]
+    ax.imshow(matrix, cmap="Blues")
+    for i, row in enumerate(matrix):
+        for j, n in enumerate(row):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=9,
+                        color="white" if n > 0.6 * max(map(max, matrix)) else "black")
+        ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#31a354", lw=2))
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return ax
+
+
 def plot_ablation(rows: list[dict], chance: float | None = None, ax=None):
     """Held-out-cluster accuracy against the number of clusters trained on (FLAN, figure 6)."""
     ax = _axes(ax)

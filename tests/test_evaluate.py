@@ -1,3 +1,5 @@
+import pytest
+
 from embiggen.evaluate import (exact_match, fact_cloze, few_shot_prompt, first_line, instruction_answer_rate,
                                normalize, starts_with_answer)
 
@@ -40,3 +42,20 @@ def test_instruction_answer_rate_counts_exact_matches(tiny_base):
     result = instruction_answer_rate(tiny_base.model, tiny_base.tokenizer, tiny_base.world, n=16)
     assert len(result["rows"]) == 16 and len(result["per_cluster"]) == 8
     assert result["rate"] == sum(exact_match(r["response"], r["answer"]) for r in result["rows"]) / 16
+
+
+def test_confusion_matrix_counts_each_pair_and_others():
+    from embiggen.evaluate import confusion_matrix
+
+    rows = [{"answer": "1", "response": "1"}, {"answer": "1", "response": "2."}, {"answer": "2", "response": " 2\nmore"},
+            {"answer": "2", "response": "2"}, {"answer": "3", "response": "three"}, {"answer": "3", "response": "2"}]
+    labels = ["1", "2", "3"]
+    # the same matrix, counted by hand: rows are gold answers, columns the responses, last column "other"
+    expected = [[1, 1, 0, 0],
+                [0, 2, 0, 0],
+                [0, 1, 0, 1]]
+    assert confusion_matrix(rows, labels) == expected
+    # the diagonal agrees with exact_match
+    assert sum(expected[i][i] for i in range(3)) == sum(exact_match(r["response"], r["answer"]) for r in rows)
+    with pytest.raises(ValueError, match="not one of the labels"):
+        confusion_matrix([{"answer": "7", "response": "7"}], labels)
