@@ -167,12 +167,6 @@ def evaluation_sets(world: World, n_per_cluster: int, seed: int, spec: MixtureSp
     return sets
 
 
-def _fact_questions():
-    from .tasks import _FACT_QUESTIONS
-
-    return _FACT_QUESTIONS
-
-
 def to_messages(example: TaskExample) -> dict:
     """The conventional chat format that TRL and most trainers read."""
     return {"messages": [{"role": "user", "content": example.instruction},

@@ -286,11 +286,10 @@ def fit_reward_model(preset: Preset, sft_model, train_pairs: list[Comparison], e
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():
         model.score.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
-    curve = {"steps": [], "accuracy": []}
 
     def record(step, log):  # held-out accuracy at every evaluation, for the notebook's plot
-        curve["steps"].append(step)
-        curve["accuracy"].append(pairwise_accuracy(model, tokenizer, eval_pairs)["accuracy"])
+        log.metrics.setdefault("val_accuracy_steps", []).append(step)
+        log.metrics.setdefault("val_accuracy", []).append(pairwise_accuracy(model, tokenizer, eval_pairs)["accuracy"])
 
     log = train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, device=device, seed=preset.seed,
                              progress=progress, resume_dir=resume_dir(path), callback=record, desc=desc)
@@ -300,7 +299,8 @@ def fit_reward_model(preset: Preset, sft_model, train_pairs: list[Comparison], e
     metrics = pairwise_accuracy(model, tokenizer, eval_pairs)
     rm.info = {"preset": preset.name, "seed": preset.seed, "sft": sft_model.path.name,
                "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
-               "val_accuracy_steps": curve["steps"], "val_accuracy": curve["accuracy"],
+               "val_accuracy_steps": log.metrics.get("val_accuracy_steps", []),
+               "val_accuracy": log.metrics.get("val_accuracy", []),
                "train_seconds": round(time.perf_counter() - started, 2),  # training and normalising
                "reward_mean": raw.mean().item(), "reward_std": max(raw.std().item(), 1e-6),
                "pairwise_accuracy": metrics["accuracy"], "margin": metrics["margin"],

@@ -34,6 +34,9 @@ class TrainLog:
     val_loss: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    #: more curves a callback records, by name (e.g. the reward model's held-out accuracy);
+    #: they are saved with every resume point, so an interrupted run keeps them too
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -102,7 +105,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
 
     next_batch(generator) -> dict of tensors; loss_fn(model, batch) -> (loss, n_tokens);
     val_loss_fn(model) -> float, run every cfg.eval_every steps. `callback(step, log)` runs
-    after each evaluation (for live plots). With `resume_dir`, a resume point is written at
+    after each evaluation (for live plots, or to record more curves in `log.metrics`). With `resume_dir`, a resume point is written at
     every evaluation and picked up by the next call, so an interrupted run continues where
     it stopped and ends with the same weights as an uninterrupted one."""
     device = device or pick_device()
@@ -135,10 +138,10 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
                 log.val_steps.append(step)
                 log.val_loss.append(val_loss_fn(model))
                 bar.set_postfix(train=f"{log.train_loss[-1]:.3f}", val=f"{log.val_loss[-1]:.3f}")
+            if callback is not None:  # first, so that what it records goes into the resume point
+                callback(step, log)
             if resume_dir is not None and step < cfg.steps:
                 _save_resume_point(Path(resume_dir), model, optimizer, generator, step, log)
-            if callback is not None:
-                callback(step, log)
         bar.update(1)
     bar.close()
     log.seconds = time.perf_counter() - start

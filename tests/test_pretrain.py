@@ -114,3 +114,29 @@ def test_same_seed_same_numbers(tiny_base, tiny_preset, tmp_path, monkeypatch):
     monkeypatch.setenv("EMBIGGEN_CACHE", str(tmp_path))
     again = train_or_load_base(tiny_preset, progress=False, device="cpu", force=True)
     assert again.log.train_loss == tiny_base.log.train_loss
+
+
+def test_curves_a_callback_records_survive_an_interruption(tiny_base, tiny_preset, tmp_path):
+    """What a callback writes into log.metrics goes into the resume point, so a resumed run
+    ends with the whole curve, equal to an uninterrupted run's."""
+    train, val = _data(tiny_base, 5), _data(tiny_base, 6)
+    cfg = PretrainConfig(steps=12, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, eval_every=3, eval_batches=1)
+
+    def record(step, log):
+        log.metrics.setdefault("first_weight", []).append(float(next(model.parameters()).flatten()[0]))
+        log.metrics.setdefault("steps", []).append(step)
+        if interrupt_at == step:
+            raise KeyboardInterrupt
+
+    interrupt_at, model = None, build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    straight = pretrain(model, train, val, cfg, device="cpu", seed=9, progress=False, callback=record)
+    assert straight.metrics["steps"] == [3, 6, 9, 12]
+
+    interrupt_at, model = 9, build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(model, train, val, cfg, device="cpu", seed=9, progress=False, callback=record, resume_dir=tmp_path / "r")
+    interrupt_at, model = None, build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    resumed = pretrain(model, train, val, cfg, device="cpu", seed=9, progress=False, callback=record,
+                       resume_dir=tmp_path / "r")
+    assert resumed.metrics["steps"] == [3, 6, 9, 12]
+    assert resumed.metrics["first_weight"] == pytest.approx(straight.metrics["first_weight"], abs=1e-6)
