@@ -78,3 +78,18 @@ def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
     monkeypatch.setattr(ppo, "train_or_load_ppo", lambda preset: seen.append(preset) or Aligned)
     assert cli.load_model_by_name("ppo", "smoke") == (tiny_base.model, tiny_base.tokenizer)
     assert seen == ["smoke"]
+
+
+def test_report_card_judges_every_heldin_cluster_but_not_the_heldout_one():
+    report = {"preset": "laptop", "seed": 1,
+              "sft": {"heldout_cluster": "fact_check", "heldout_cluster_accuracy": 0.28,
+                      "per_cluster": {"fact_qa": 1.0, "counting": 0.47, "fact_check": 0.28}},
+              "rm": {"per_type_accuracy": {"correct vs wrong": 0.42}}}
+    lines = {line.split()[0]: line for line in report_card(report).splitlines()[2:]}
+    assert lines["sft.per_cluster.fact_qa"].endswith(">= 0.8 ok")
+    assert lines["sft.per_cluster.counting"].endswith(">= 0.8 MISSED")
+    assert lines["sft.per_cluster.fact_check"].endswith("0.28")  # the held-out cluster: no per-cluster target
+    assert lines["sft.heldout_cluster_accuracy"].endswith(">= 0.3 MISSED")
+    assert "rm.per_type_accuracy.correct vs wrong" in report_card(report)
+    smoke = report_card({**report, "preset": "smoke"})
+    assert "(>= 0.8 on laptop)" in smoke and "MISSED" not in smoke
