@@ -35,7 +35,7 @@ from .presets import Preset, RewardConfig, get_preset
 from .training import TrainLog, train_loop
 from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
 
-REWARD_VERSION = 2  # bump when preference collection, the labeler or the reward model changes
+REWARD_VERSION = 3  # bump when preference collection, the labeler or the reward model changes
 
 
 # ---------------------------------------------------------------------------------------
