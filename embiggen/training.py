@@ -105,9 +105,10 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
 
     next_batch(generator) -> dict of tensors; loss_fn(model, batch) -> (loss, n_tokens);
     val_loss_fn(model) -> float, run every cfg.eval_every steps. `callback(step, log)` runs
-    after each evaluation (for live plots, or to record more curves in `log.metrics`). With `resume_dir`, a resume point is written at
-    every evaluation and picked up by the next call, so an interrupted run continues where
-    it stopped and ends with the same weights as an uninterrupted one."""
+    after each evaluation (for live plots, or to record more curves in `log.metrics`). With
+    `resume_dir`, a resume point is written at every evaluation and picked up by the next
+    call, so an interrupted run continues where it stopped and ends with the same weights
+    as an uninterrupted one."""
     device = device or pick_device()
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
