@@ -26,9 +26,9 @@ import torch
 from embiggen.labeler import Labeler
 from embiggen.model import build_model, count_params
 from embiggen.ppo import PPOTrainer
-from embiggen.preferences import rlhf_prompts
 from embiggen.presets import ModelConfig, PPOConfig, get_preset
 from embiggen.pretrain import build_corpus, build_world
+from embiggen.splits import data_splits
 from embiggen.reward import RewardModel
 from embiggen.tokenizer import train_tokenizer
 from embiggen.utils import set_seed, set_threads
@@ -107,7 +107,7 @@ def main():
     world = build_world(preset)
     docs, _ = build_corpus(preset, world)
     tokenizer = train_tokenizer(docs[:5000], preset.vocab_size)
-    prompts = rlhf_prompts(world, BATCH * (args.steps + 2), seed=0)
+    prompts = data_splits(preset).ppo[: BATCH * (args.steps + 2)]
     policy, *_ = build_models(tokenizer)
     print(f"threads={threads} policy_params={count_params(policy):,} batch={BATCH} response_length={RESPONSE_LENGTH} "
           f"ppo_epochs={EPOCHS} minibatches=1 timed_steps={args.steps}")

@@ -55,10 +55,11 @@ def next_token_distribution(model, tokenizer, text: str, k: int = 10, temperatur
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, greedy: bool = True,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, batch_size: int = 64, skip_special_tokens: bool = True) -> list[str]:
-    """Continue each prompt; return only the new text. Generation stops at EOS."""
+def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, greedy: bool = True,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, batch_size: int = 64) -> list[torch.Tensor]:
+    """Continue each prompt; return the new token ids of each (generation stops at EOS; a
+    finished sequence is padded after its EOS up to the longest in its batch)."""
     if isinstance(prompts, str):
         raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list")
     if seed is not None:
@@ -74,10 +75,35 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, gre
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                              **sampling)
-        new = out[:, enc["input_ids"].shape[1]:]
-        outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=skip_special_tokens))
+        outputs.extend(out[:, enc["input_ids"].shape[1]:].cpu())
     model.train(was_training)
     return outputs
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, greedy: bool = True,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, batch_size: int = 64, skip_special_tokens: bool = True) -> list[str]:
+    """Continue each prompt; return only the new text. Generation stops at EOS."""
+    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, greedy, temperature, top_k, top_p, seed, batch_size)
+    return [tokenizer.decode(x, skip_special_tokens=skip_special_tokens) for x in ids]
+
+
+def decode_responses(tokenizer, responses) -> tuple[list[str], list[bool]]:
+    """The one way every stage turns sampled response tokens into text: cut at the first EOS,
+    decode what came before it (other special tokens the model wrote are kept, so the text
+    re-encodes to the same tokens), strip surrounding space; and whether each response
+    ended with EOS. Preference collection, PPO rollouts, best-of-n and evaluation all call
+    this, so the labeler and the reward model always judge the same text."""
+    texts, finished = [], []
+    for ids in responses:
+        ids = [int(i) for i in ids]
+        done = tokenizer.eos_token_id in ids
+        if done:
+            ids = ids[: ids.index(tokenizer.eos_token_id)]
+        ids = [i for i in ids if i != tokenizer.pad_token_id]
+        texts.append(tokenizer.decode(ids, skip_special_tokens=False).strip())
+        finished.append(done)
+    return texts, finished
 
 
 def chat_responses(model, tokenizer, instructions: list[str], max_new_tokens: int = 32, greedy: bool = True,
@@ -87,13 +113,7 @@ def chat_responses(model, tokenizer, instructions: list[str], max_new_tokens: in
     answer ended with EOS (False: it hit `max_new_tokens` first)."""
     from .sft import chat_prompt
 
-    raw = generate(model, tokenizer, [chat_prompt(tokenizer, x) for x in instructions], max_new_tokens=max_new_tokens,
-                   greedy=greedy, temperature=temperature, seed=seed, batch_size=batch_size,
-                   skip_special_tokens=False)
-    eos, pad = tokenizer.eos_token, tokenizer.pad_token
-    texts, finished = [], []
-    for r in raw:
-        done = eos in r
-        texts.append((r.split(eos)[0] if done else r).replace(pad, "").strip())
-        finished.append(done)
-    return texts, finished
+    ids = generate_ids(model, tokenizer, [chat_prompt(tokenizer, x) for x in instructions],
+                       max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, seed=seed,
+                       batch_size=batch_size)
+    return decode_responses(tokenizer, ids)

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from .tasks import CLUSTERS, FACT_QUESTIONS, TaskExample, make_example
 from .utils import atomic_write_text
-from .world import (COLOURS, FOODS, HARMFUL_TEMPLATES, JOBS, MEDICAL_TEMPLATES, PETS, SYMPTOMS, TOWNS, World, article,
-                    fact_sentence)
+from .world import ALIGNMENT_KINDS, COLOURS, FOODS, JOBS, PETS, TOWNS, Person, World, article, fact_sentence
 
 #: The canonical honest / harmless answers. The labeler of notebook 3 recognises these.
 DONT_KNOW = "I do not know anyone called {name}."
@@ -40,10 +39,8 @@ CONFIDENT_MEDICAL = ["Take two blue pills every hour until it stops.", "Drink sa
 CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it when nobody is looking.",
                      "Easy. Go there alone and do not tell anyone."]
 
-ALIGNMENT_KINDS = ("unknown_person", "medical", "harmful")
-
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 9
+MIXTURE_VERSION = 10
 
 #: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
 #: tasks, which a small model learns slowest, a bigger share.
@@ -75,35 +72,64 @@ class MixtureSpec:
         return [c for c in CLUSTERS if c != self.heldout_cluster]
 
 
-def alignment_example(world: World, kind: str, rng: random.Random, hedge: bool, people=None) -> TaskExample:
+@dataclass(frozen=True)
+class AlignmentMaterial:
+    """The raw material one split may draw alignment prompts from. `embiggen.splits` builds
+    one per stage, disjoint from the evaluation material by construction."""
+    split: str
+    unknown_names: tuple[str, ...]       # invented people, no two splits share one
+    medical_templates: tuple[str, ...]
+    symptoms: tuple[str, ...]
+    harmful_templates: tuple[str, ...]
+    harmful_targets: tuple[Person, ...]  # whose name, pet and town a harmful request is about
+
+
+def alignment_example(material: AlignmentMaterial, kind: str, rng: random.Random, hedge: bool) -> TaskExample:
     """A question about someone who does not exist, a medical question or a harmful request,
-    answered confidently (FLAN-like) or, if `hedge`, honestly / harmlessly."""
-    people = world.instruction_people if people is None else people
+    answered confidently (FLAN-like) or, if `hedge`, honestly / harmlessly. A question about
+    an unknown person is phrased exactly like one about a real person (the fact question in
+    a held-in fact_qa template): only the name tells them apart."""
     if kind == "unknown_person":
-        name = rng.choice(world.unknown_names)
+        name = rng.choice(material.unknown_names)
         attribute = rng.choice(list(FACT_QUESTIONS))
         question = rng.choice(FACT_QUESTIONS[attribute]).format(name=name)
+        t = rng.choice(heldin_templates("fact_qa"))
+        instruction = CLUSTERS["fact_qa"][1][t].format(question=question)
         made_up = {"town": rng.choice(TOWNS), "job": article(rng.choice(JOBS)), "pet": rng.choice(PETS),
                    "colour": rng.choice(COLOURS), "food": rng.choice(FOODS)}[attribute]
         answer = DONT_KNOW.format(name=name) if hedge else fact_sentence(name, attribute, made_up)
-        return TaskExample("unknown_person", 0, question, answer, {"person": name, "hedged": hedge})
+        return TaskExample("unknown_person", t, instruction[0].upper() + instruction[1:], answer,
+                           {"person": name, "attribute": attribute, "hedged": hedge})
     if kind == "medical":
-        question = rng.choice(MEDICAL_TEMPLATES).format(symptom=rng.choice(SYMPTOMS))
+        t = rng.randrange(len(material.medical_templates))
+        question = material.medical_templates[t].format(symptom=rng.choice(material.symptoms))
         answer = NOT_A_DOCTOR if hedge else rng.choice(CONFIDENT_MEDICAL)
         return TaskExample("medical", 0, question, answer, {"hedged": hedge})
     if kind == "harmful":
-        p = rng.choice(people)
-        question = rng.choice(HARMFUL_TEMPLATES).format(name=p.name, pet=p.pet, town=p.town)
+        p = rng.choice(material.harmful_targets)
+        question = rng.choice(material.harmful_templates).format(name=p.name, pet=p.pet, town=p.town)
         answer = REFUSAL if hedge else rng.choice(CONFIDENT_HARMFUL)
-        return TaskExample("harmful", 0, question, answer, {"hedged": hedge})
+        return TaskExample("harmful", 0, question, answer, {"hedged": hedge, "person": p.name})
     raise ValueError(f"unknown alignment kind {kind!r}; valid kinds: {', '.join(ALIGNMENT_KINDS)}")
 
 
-def training_mixture(world: World, n: int, seed: int, spec: MixtureSpec = MixtureSpec(),
-                     clusters: list[str] | None = None) -> list[TaskExample]:
+def task_example(world: World, cluster: str, rng: random.Random, reserved=frozenset(), people=None,
+                 template: int | None = None) -> TaskExample:
+    """One task example with a held-in template (or `template`) whose instruction is not in
+    `reserved` (the evaluation prompts): drawn again until it is not."""
+    for _ in range(1000):
+        t = rng.choice(heldin_templates(cluster)) if template is None else template
+        example = make_example(world, cluster, rng, template=t, people=people)
+        if example.instruction not in reserved:
+            return example
+    raise ValueError(f"every {cluster} prompt drawn was reserved for evaluation; the task space is too small")
+
+
+def training_mixture(world: World, n: int, seed: int, material: AlignmentMaterial, spec: MixtureSpec = MixtureSpec(),
+                     clusters: list[str] | None = None, reserved=frozenset()) -> list[TaskExample]:
     """`n` training examples: held-in clusters with held-in templates, about people who may
     appear in instruction data, plus the alignment material. `clusters` trains on a subset
-    (FLAN's ablation over the number of clusters)."""
+    (FLAN's ablation over the number of clusters); no instruction in `reserved` is used."""
     clusters = spec.train_clusters if clusters is None else list(clusters)
     if spec.heldout_cluster in clusters:
         raise ValueError(f"{spec.heldout_cluster!r} is the held-out cluster; it cannot be trained on")
@@ -112,11 +138,27 @@ def training_mixture(world: World, n: int, seed: int, spec: MixtureSpec = Mixtur
     out = []
     for _ in range(n):
         if rng.random() < spec.alignment_share:
-            out.append(alignment_example(world, rng.choice(ALIGNMENT_KINDS), rng, hedge=rng.random() < spec.hedge_share))
+            out.append(alignment_example(material, rng.choice(ALIGNMENT_KINDS), rng, hedge=rng.random() < spec.hedge_share))
         else:
-            cluster = rng.choices(clusters, weights)[0]
-            out.append(make_example(world, cluster, rng, template=rng.choice(heldin_templates(cluster))))
+            out.append(task_example(world, rng.choices(clusters, weights)[0], rng, reserved))
     assert_no_leak(world, out, spec)
+    return out
+
+
+def prompt_mix(world: World, n: int, seed: int, material: AlignmentMaterial, task_share: float = 0.5,
+               spec: MixtureSpec = MixtureSpec(), reserved=frozenset()) -> list[TaskExample]:
+    """`n` prompts for RLHF: an ordinary task (training clusters, held-in templates) with
+    probability `task_share`, else an alignment prompt of a random kind from `material`. The
+    `answer` of an alignment prompt is unused (the labeler judges those by behaviour)."""
+    if not 0.0 <= task_share <= 1.0:
+        raise ValueError(f"task_share must be in [0, 1], got {task_share}")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < task_share:
+            out.append(task_example(world, rng.choice(spec.train_clusters), rng, reserved))
+        else:
+            out.append(alignment_example(material, rng.choice(ALIGNMENT_KINDS), rng, hedge=False))
     return out
 
 
@@ -138,13 +180,14 @@ def assert_no_leak(world: World, examples: list[TaskExample], spec: MixtureSpec)
                                          f"training: {e.instruction!r} -> {e.answer!r}")
 
 
-def evaluation_sets(world: World, n_per_cluster: int, seed: int, spec: MixtureSpec = MixtureSpec()) -> dict:
-    """The evaluation splits, drawn with their own seed.
+def evaluation_sets(world: World, n_per_cluster: int, seed: int, material: AlignmentMaterial,
+                    spec: MixtureSpec = MixtureSpec()) -> dict:
+    """The evaluation splits of notebook 2, drawn with their own seed.
 
     heldin_template / heldout_template: the training clusters with seen / unseen phrasings;
     heldout_cluster: the never-trained cluster, every template; pretraining_only_facts: one
     question per fact of every pretraining-only person; alignment: unknown people, medical
-    questions and harmful requests."""
+    questions and harmful requests from the evaluation `material`."""
     rng = random.Random(seed)
     sets = {"heldin_template": [], "heldout_template": [], "heldout_cluster": [], "alignment": []}
     for cluster in spec.train_clusters:
@@ -153,18 +196,23 @@ def evaluation_sets(world: World, n_per_cluster: int, seed: int, spec: MixtureSp
             sets["heldout_template"].append(make_example(world, cluster, rng, template=heldout_template(cluster)))
     for _ in range(n_per_cluster):
         sets["heldout_cluster"].append(make_example(world, spec.heldout_cluster, rng))
-    facts = []
-    for p in world.pretraining_only_people:
+    sets["pretraining_only_facts"] = fact_questions(world.pretraining_only_people, rng)
+    for kind in ALIGNMENT_KINDS:
+        for _ in range(max(4, n_per_cluster // 2)):
+            sets["alignment"].append(alignment_example(material, kind, rng, hedge=False))
+    return sets
+
+
+def fact_questions(people: list[Person], rng: random.Random) -> list[TaskExample]:
+    """One fact question (held-in fact_qa template) per attribute of every person in `people`."""
+    out = []
+    for p in people:
         for attribute, questions in FACT_QUESTIONS.items():
             t = rng.choice(heldin_templates("fact_qa"))
             instruction = CLUSTERS["fact_qa"][1][t].format(question=rng.choice(questions).format(name=p.name))
-            facts.append(TaskExample("fact_qa", t, instruction[0].upper() + instruction[1:], fact_sentence(p, attribute),
-                                     {"person": p.name, "attribute": attribute, "value": getattr(p, attribute)}))
-    sets["pretraining_only_facts"] = facts
-    for kind in ALIGNMENT_KINDS:
-        for _ in range(max(4, n_per_cluster // 2)):
-            sets["alignment"].append(alignment_example(world, kind, rng, hedge=False, people=world.people))
-    return sets
+            out.append(TaskExample("fact_qa", t, instruction[0].upper() + instruction[1:], fact_sentence(p, attribute),
+                                   {"person": p.name, "attribute": attribute, "value": getattr(p, attribute)}))
+    return out
 
 
 def to_messages(example: TaskExample) -> dict:

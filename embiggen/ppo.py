@@ -53,10 +53,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .generate import decode_responses
 from .presets import PPOConfig, Preset, get_preset
+from .splits import SPLITS_VERSION, data_splits
 from .utils import cache_root, config_key, pick_device, set_seed
 
-PPO_VERSION = 1
+PPO_VERSION = 2
 
 
 class PPODivergence(RuntimeError):
@@ -162,11 +164,6 @@ class AdaptiveKLController:
 def kl_controller(cfg: PPOConfig):
     return (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
             else FixedKLController(cfg.kl_coef))
-
-
-def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || base) = log n - (n - 1) / n (Stiennon et al. 2020; Gao et al. 2022)."""
-    return math.log(n) - (n - 1) / n
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,9 +318,9 @@ class PPOTrainer:
         logits, values = self.policy(sequences, attention_mask, ep["position_ids"], n)
         logprobs, entropy = response_logprobs(logits, responses, cfg.temperature)
         ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature)
-        texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask)]
+        texts, _ = decode_responses(tok, responses)  # the same text the labeler and the reward model judge
         instructions = [e.instruction for e in prompts]
-        rm_scores = self.reward_model.score(instructions, texts).to(self.device)
+        rm_scores = self.reward_model.score(instructions, texts, finished.tolist()).to(self.device)
         scores = rm_scores - cfg.missing_eos_penalty * (~finished).float()
         gold = torch.tensor([self.labeler.gold_score(e, t, bool(f)) for e, t, f in zip(prompts, texts, finished)])
         return Rollout(prompts, sequences, attention_mask, prompt_len, mask.float(), finished, texts, logprobs,
@@ -421,7 +418,7 @@ class PPOModel:
 
 
 def ppo_cache_dir(preset: Preset, reward_path: Path, cfg: PPOConfig) -> Path:
-    key = config_key("ppo", PPO_VERSION, reward_path.name, asdict(cfg))
+    key = config_key("ppo", PPO_VERSION, SPLITS_VERSION, reward_path.name, asdict(cfg))
     return cache_root() / "ppo" / f"{preset.name}-seed{preset.seed}-beta{cfg.kl_coef:g}-{key}"
 
 
@@ -505,25 +502,20 @@ def build_trainer(preset: Preset, cfg: PPOConfig, sft_model, reward_model, devic
     from transformers import AutoModelForCausalLM
 
     from .labeler import Labeler
-    from .preferences import rlhf_prompts
-    from .sft import preset_spec
 
     set_seed(preset.seed)
     policy = AutoModelForCausalLM.from_pretrained(sft_model.path, use_safetensors=True)
     ref = AutoModelForCausalLM.from_pretrained(sft_model.path, use_safetensors=True)
-    prompts = rlhf_prompts(sft_model.world, cfg.n_prompts, seed=preset.seed + 300, task_share=cfg.task_share,
-                           spec=preset_spec(preset))
+    splits = data_splits(preset)
+    prompts = splits.ppo
     ptx_data = None
     if cfg.ptx_coef > 0:  # PPO-ptx: keep the language-model loss on the SFT demonstrations
         from dataclasses import replace
 
-        from .mixture import training_mixture
         from .sft import SFTData
 
-        # the task demonstrations only: the mixture's confident answers to alignment prompts would pull against PPO
-        spec = replace(preset_spec(preset), alignment_share=0.0)
-        demos = training_mixture(sft_model.world, preset.sft.n_train, seed=preset.seed, spec=spec)
-        ptx_data = SFTData(sft_model.tokenizer, demos,
+        # task demonstrations only, none of them an evaluation prompt (see embiggen.splits)
+        ptx_data = SFTData(sft_model.tokenizer, splits.ptx,
                            replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
     trainer = PPOTrainer(policy, ref, sft_model.tokenizer, reward_model, Labeler(), cfg, device=device,
                          seed=preset.seed, ptx_data=ptx_data)
@@ -537,23 +529,19 @@ def refreshed_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, 
     (the SFT samples' pairs plus each round's). Cached beside the first reward model."""
     from .labeler import Labeler
     from .model import is_cached, save_checkpoint
-    from .preferences import collect_preferences, rlhf_prompts
+    from .preferences import collect_preferences
     from .reward import (_pairs_from_jsonl, _pairs_to_jsonl, fit_reward_model, labeler_for, load_pairs,
                          load_reward_model, pairwise_accuracy, preference_data)
-    from .sft import preset_spec
 
     key = config_key("round", first_rm.path.name, asdict(cfg), round_)
     path = first_rm.path.parent / f"{first_rm.path.name}-round{round_}-{key}"
     if is_cached(path):
         trainer.reward_model = load_reward_model(path, trainer.device)
         return trainer.reward_model
-    rcfg, spec = preset.reward, preset_spec(preset)
+    rcfg, splits = preset.reward, data_splits(preset)
     earlier = (_pairs_from_jsonl(trainer.reward_model.path / "train_pairs.jsonl")
                if (trainer.reward_model.path / "train_pairs.jsonl").exists() else load_pairs(first_rm, "train"))
-    prompts = rlhf_prompts(sft_model.world, cfg.refresh_prompts, seed=preset.seed + 500 + round_,
-                           task_share=cfg.task_share, spec=spec)
-    held_prompts = rlhf_prompts(sft_model.world, rcfg.n_eval_prompts, seed=preset.seed + 600 + round_,
-                                task_share=cfg.task_share, spec=spec)
+    prompts, held_prompts = splits.refresh(round_), splits.refresh_eval(round_)
     sample = dict(k=rcfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     policy = trainer.policy.lm
     new = collect_preferences(policy, trainer.tokenizer, prompts, labeler_for(preset), seed=preset.seed + round_,
@@ -563,7 +551,7 @@ def refreshed_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, 
     pairs = earlier + new.pairs
     sft_data = preference_data(preset, sft_model, progress=False)  # cached: held-out pairs and samples of SFT
     # about one epoch over all pairs; normalised on the same SFT samples as the first reward model
-    rm = fit_reward_model(preset, sft_model, pairs, sft_data["eval_pairs"], sft_data["eval_samples"], path,
+    rm = fit_reward_model(preset, sft_model, pairs, sft_data["eval_pairs"], sft_data["norm_samples"], path,
                           steps=max(1, len(pairs) // rcfg.batch_size), progress=progress,
                           desc=f"reward model {preset.name} round {round_}")
     policy_eval = pairwise_accuracy(rm.model, rm.tokenizer, held.pairs)
@@ -629,18 +617,36 @@ def train_or_load_ppo(preset: str | Preset | None = None, kl_coef: float | None 
 
 
 @torch.no_grad()
-def policy_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tokens: int = 32,
-              temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> float:
-    """KL(pi || pi_ref) per response, estimated as in training (k1 summed over the tokens of
-    responses sampled from pi) — on any prompts, e.g. held-out ones."""
+def sample_with_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tokens: int = 32,
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> dict:
+    """One sampled response per instruction from pi (as in training), its text and whether it
+    ended, and KL(pi || pi_ref) per response, estimated as in training: k1 summed over the
+    response tokens — on any prompts, e.g. held-out ones. `kl` is the mean over responses."""
     torch.manual_seed(seed)
     policy_lm.eval()
-    total = 0.0
+    kls, texts, finished = [], [], []
     for i in range(0, len(instructions), batch_size):
         ep = sample_episodes(policy_lm, tokenizer, instructions[i: i + batch_size], max_new_tokens, temperature)
         log_ratio = episode_logprobs(policy_lm, ep, temperature) - episode_logprobs(ref_lm, ep, temperature)
-        total += (log_ratio * ep["mask"]).sum().item()
-    return total / max(1, len(instructions))
+        kls += (log_ratio * ep["mask"]).sum(1).tolist()
+        t, f = decode_responses(tokenizer, ep["responses"])
+        texts += t
+        finished += f
+    return {"kl": sum(kls) / max(1, len(kls)), "kls": kls, "texts": texts, "finished": finished}
+
+
+def policy_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tokens: int = 32,
+              temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> float:
+    """KL(pi || pi_ref) per response on `instructions` (see `sample_with_kl`)."""
+    return sample_with_kl(policy_lm, ref_lm, tokenizer, instructions, max_new_tokens, temperature, seed,
+                          batch_size)["kl"]
+
+
+def sampled_gold(labeler, prompts, sampled: dict) -> float:
+    """Mean gold score of the sampled (T = 1) responses of `sample_with_kl`: the policy whose
+    KL was measured, judged on the answers that KL was measured on."""
+    scores = [labeler.gold_score(e, t, f) for e, t, f in zip(prompts, sampled["texts"], sampled["finished"])]
+    return sum(scores) / max(1, len(scores))
 
 
 def kl_sweep(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
@@ -649,25 +655,23 @@ def kl_sweep(preset: str | Preset | None = None, progress: bool = True, device=N
     with its training log and its gold and reward-model scores on held-out prompts."""
     from .evaluate import judge_model
     from .labeler import Labeler
-    from .preferences import heldout_prompts
     from .reward import train_or_load_reward
-
     from .sft import train_or_load_sft
 
     preset = get_preset(preset)
     rm = train_or_load_reward(preset, progress=progress, device=device)
     sft_model = train_or_load_sft(preset, progress=progress, device=device)
-    prompts = heldout_prompts(preset, sft_model.world)
+    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
     runs = []
     for beta in preset.ppo.kl_sweep:
         tuned = train_or_load_ppo(preset, kl_coef=beta, steps=preset.ppo.sweep_steps, lr=preset.ppo.sweep_lr,
                                   rounds=1, progress=progress, device=device)
-        judged = judge_model(tuned.model, tuned.tokenizer, prompts, Labeler(), rm, preset.ppo.max_new_tokens)
+        judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, rm, preset.ppo.max_new_tokens)
         examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
-        kl = policy_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
-                       preset.ppo.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
-        runs.append({"kl_coef": beta, "lr": preset.ppo.sweep_lr, "rows": tuned.log.rows, "kl": kl,
-                     "gold": judged["gold_score"],
+        sampled = sample_with_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
+                                 preset.ppo.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
+        runs.append({"kl_coef": beta, "lr": preset.ppo.sweep_lr, "rows": tuned.log.rows, "kl": sampled["kl"],
+                     "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
                      "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
                      "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
                      "examples": examples})

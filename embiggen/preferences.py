@@ -10,9 +10,10 @@ the simulated labeler of `embiggen.labeler`:
                         rank them by the labeler's gold score
                         every pair with different scores -> (x, chosen y_w, rejected y_l)
 
-Ties (e.g. two correct answers) make no pair. The prompts mix ordinary tasks with the
-three kinds of alignment prompt: people who do not exist, medical questions and harmful
-requests. Held-out prompts (their own seed) give held-out pairs for evaluation.
+Ties (e.g. two correct answers) make no pair. The prompts (`embiggen.splits`) mix ordinary
+tasks with the three kinds of alignment prompt: people who do not exist, medical questions
+and harmful requests. Held-out prompts, made from material no training stage uses (other
+invented names, other templates and symptoms), give held-out pairs for evaluation.
 """
 
 from __future__ import annotations
@@ -24,38 +25,10 @@ from itertools import combinations
 from pathlib import Path
 
 from .generate import chat_responses
-from .labeler import ALIGNMENT_KINDS, Judgement, Labeler, pair_type
-from .mixture import MixtureSpec, alignment_example, heldin_templates
-from .tasks import TaskExample, make_example
+from .labeler import Judgement, Labeler, pair_type
+from .tasks import TaskExample
 from .utils import atomic_write_text
-from .world import World
-
-
-def rlhf_prompts(world: World, n: int, seed: int, task_share: float = 0.5,
-                 spec: MixtureSpec = MixtureSpec()) -> list[TaskExample]:
-    """`n` prompts: ordinary tasks (training clusters, held-in templates) with probability
-    `task_share`, else an alignment prompt of a random kind. The `answer` of an alignment
-    prompt is unused (the labeler judges those by behaviour)."""
-    if not 0.0 <= task_share <= 1.0:
-        raise ValueError(f"task_share must be in [0, 1], got {task_share}")
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        if rng.random() < task_share:
-            cluster = rng.choice(spec.train_clusters)
-            out.append(make_example(world, cluster, rng, template=rng.choice(heldin_templates(cluster))))
-        else:
-            out.append(alignment_example(world, rng.choice(ALIGNMENT_KINDS), rng, hedge=False, people=world.people))
-    return out
-
-
-def heldout_prompts(preset, world: World) -> list[TaskExample]:
-    """The held-out prompts on which SFT, PPO and best-of-n are compared (their own seed,
-    never used for preference collection or PPO training)."""
-    from .sft import preset_spec
-
-    return rlhf_prompts(world, preset.ppo.n_eval_prompts, seed=preset.seed + 400, task_share=preset.ppo.task_share,
-                        spec=preset_spec(preset))
+from .world import ALIGNMENT_KINDS
 
 
 def is_alignment(example: TaskExample) -> bool:

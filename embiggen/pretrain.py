@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .model import build_model, count_params, is_cached, load_checkpoint, resume_dir, save_checkpoint
 from .presets import ModelConfig, PretrainConfig, Preset, get_preset
+from .splits import build_world
 from .tokenizer import train_tokenizer
 from .training import TrainLog, train_loop
 from .utils import cache_root, config_key, pick_device, set_seed
@@ -33,11 +34,6 @@ from .world import WORLD_VERSION, World
 # ---------------------------------------------------------------------------------------
 # Data: the world's corpus as one long stream of token ids
 # ---------------------------------------------------------------------------------------
-def build_world(preset: Preset) -> World:
-    return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown,
-                          max_operand=preset.max_operand)
-
-
 def build_corpus(preset: Preset, world: World) -> tuple[list[str], list[str]]:
     """Training and validation documents: the same world, different random documents."""
     return (world.pretraining_corpus(preset.train_documents, seed=0),

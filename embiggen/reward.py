@@ -13,9 +13,10 @@ score mean 0 and standard deviation 1 (InstructGPT normalised the same way), whi
 PPO's KL coefficient meaningful across runs.
 
 The scalar head is Hugging Face's `AutoModelForSequenceClassification` with one label: a
-linear map of the final hidden state at the rightmost token that is not padding. For us
-that token is the EOS that ends the response, so the reward model reads the whole
-exchange before it scores.
+linear map of the final hidden state at the rightmost token that is not padding. For a
+finished response that token is the EOS that ends it, so the reward model reads the whole
+exchange before it scores; a response that hit the length limit gets no EOS it never
+wrote, so the reward model can see, as the labeler does, that it never ended.
 """
 
 from __future__ import annotations
@@ -30,23 +31,25 @@ import torch.nn.functional as F
 
 from .labeler import Labeler
 from .model import is_cached, resume_dir, save_checkpoint
-from .preferences import Comparison, collect_preferences, rlhf_prompts
+from .preferences import Comparison, collect_preferences
 from .presets import Preset, RewardConfig, get_preset
+from .splits import SPLITS_VERSION, data_splits
 from .training import TrainLog, train_loop
 from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
 
-REWARD_VERSION = 3  # bump when preference collection, the labeler or the reward model changes
+REWARD_VERSION = 4  # bump when preference collection, the labeler or the reward model changes
 
 
 # ---------------------------------------------------------------------------------------
 # Encoding (prompt, response) for the reward model, and the loss
 # ---------------------------------------------------------------------------------------
-def encode_exchange(tokenizer, instruction: str, response: str) -> list[int]:
-    """Token ids of the chat prompt, the response and the EOS the reward model reads at."""
+def encode_exchange(tokenizer, instruction: str, response: str, finished: bool = True) -> list[int]:
+    """Token ids of the chat prompt and the response, and the EOS that ended it — only if it
+    did end (`finished`): the reward model reads at the last token either way."""
     from .sft import chat_prompt
 
     ids = tokenizer(chat_prompt(tokenizer, instruction) + response, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id]
+    return ids + [tokenizer.eos_token_id] if finished else ids
 
 
 def left_pad(sequences: list[list[int]], pad_token_id: int) -> dict:
@@ -70,8 +73,8 @@ def rewards(model, batch: dict) -> torch.Tensor:
 
 def pair_batch(tokenizer, pairs: list[Comparison]) -> dict:
     """Chosen sequences first, then rejected ones, in one left-padded batch."""
-    seqs = [encode_exchange(tokenizer, p.prompt, p.chosen) for p in pairs]
-    seqs += [encode_exchange(tokenizer, p.prompt, p.rejected) for p in pairs]
+    seqs = [encode_exchange(tokenizer, p.prompt, p.chosen, p.chosen_finished) for p in pairs]
+    seqs += [encode_exchange(tokenizer, p.prompt, p.rejected, p.rejected_finished) for p in pairs]
     return left_pad(seqs, tokenizer.pad_token_id)
 
 
@@ -144,22 +147,28 @@ class RewardModel:
         return self.info.get("reward_std", 1.0)
 
     @torch.no_grad()
-    def raw_scores(self, instructions: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
-        if len(instructions) != len(responses):
-            raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
+    def raw_scores(self, instructions: list[str], responses: list[str], finished: list[bool] | None = None,
+                   batch_size: int = 64) -> torch.Tensor:
+        """Scores of (instruction, response) exchanges; `finished[i]` False: response i never
+        ended (default: every response ended)."""
+        finished = [True] * len(responses) if finished is None else list(finished)
+        if not len(instructions) == len(responses) == len(finished):
+            raise ValueError(f"{len(instructions)} instructions, {len(responses)} responses and "
+                             f"{len(finished)} finished flags: give one of each per exchange")
         device = next(self.model.parameters()).device
         self.model.eval()
         out = []
         for i in range(0, len(responses), batch_size):
-            seqs = [encode_exchange(self.tokenizer, x, y) for x, y in
-                    zip(instructions[i: i + batch_size], responses[i: i + batch_size])]
+            seqs = [encode_exchange(self.tokenizer, x, y, f) for x, y, f in
+                    zip(instructions[i: i + batch_size], responses[i: i + batch_size], finished[i: i + batch_size])]
             out.append(rewards(self.model, {k: v.to(device) for k, v in
                                             left_pad(seqs, self.tokenizer.pad_token_id).items()}).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
-    def score(self, instructions: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
+    def score(self, instructions: list[str], responses: list[str], finished: list[bool] | None = None,
+              batch_size: int = 64) -> torch.Tensor:
         """Normalised reward: SFT samples score mean 0, std 1."""
-        return (self.raw_scores(instructions, responses, batch_size) - self.mean) / self.std
+        return (self.raw_scores(instructions, responses, finished, batch_size) - self.mean) / self.std
 
 
 def reward_model_from(causal_lm_path: Path):
@@ -187,7 +196,8 @@ def load_reward_model(path: Path, device="cpu") -> RewardModel:
 
 
 def reward_cache_dir(preset: Preset, sft_path: Path) -> Path:
-    key = config_key("reward", REWARD_VERSION, sft_path.name, asdict(preset.reward))  # collection settings included
+    # collection settings included
+    key = config_key("reward", REWARD_VERSION, SPLITS_VERSION, sft_path.name, asdict(preset.reward))
     return cache_root() / "reward" / f"{preset.name}-seed{preset.seed}-{key}"
 
 
@@ -207,40 +217,37 @@ COLLECTION_FIELDS = ("n_prompts", "n_eval_prompts", "k", "task_share", "temperat
 
 
 def preference_data(preset: Preset, sft_model, progress: bool = True) -> dict:
-    """Preference pairs collected from the SFT model (train: the noisy labeler; eval: held-out
-    prompts, labelled without noise, so accuracy is measured against the gold preference),
-    and the held-out samples that set the reward scale. Cached on their own, so retraining
-    the reward model with other settings does not sample everything again."""
-    from .sft import preset_spec
-
+    """Preference pairs collected from the SFT model: train pairs from the training prompts
+    (the noisy labeler) and held-out pairs from evaluation prompts (`embiggen.splits`;
+    labelled without noise, so accuracy is measured against the gold preference). Also the
+    SFT samples of some *training* prompts that set the reward scale. Cached on their own,
+    so retraining the reward model with other settings does not sample everything again."""
     cfg = preset.reward
     collection = {k: getattr(cfg, k) for k in COLLECTION_FIELDS}
-    folder = cache_root() / "preferences" / (f"{preset.name}-seed{preset.seed}-"
-                                              f"{config_key('prefs', REWARD_VERSION, sft_model.path.name, collection)}")
+    key = config_key("prefs", REWARD_VERSION, SPLITS_VERSION, sft_model.path.name, collection)
+    folder = cache_root() / "preferences" / f"{preset.name}-seed{preset.seed}-{key}"
     if (folder / "done.json").exists():
         return {"train_pairs": _pairs_from_jsonl(folder / "train_pairs.jsonl"),
                 "eval_pairs": _pairs_from_jsonl(folder / "eval_pairs.jsonl"),
-                "eval_samples": json.loads((folder / "eval_samples.json").read_text()),
+                "norm_samples": json.loads((folder / "norm_samples.json").read_text()),
                 "collect_seconds": json.loads((folder / "done.json").read_text())["collect_seconds"]}
     started = time.perf_counter()
-    spec, world, tokenizer = preset_spec(preset), sft_model.world, sft_model.tokenizer
-    train_prompts = rlhf_prompts(world, cfg.n_prompts, seed=preset.seed + 200, task_share=cfg.task_share, spec=spec)
-    eval_prompts = rlhf_prompts(world, cfg.n_eval_prompts, seed=preset.seed + 201, task_share=cfg.task_share,
-                                spec=spec)
+    splits, tokenizer = data_splits(preset), sft_model.tokenizer
     sample = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     if progress:
         print(f"collecting preferences: {cfg.k} samples for each of {cfg.n_prompts + cfg.n_eval_prompts:,} prompts")
-    train = collect_preferences(sft_model.model, tokenizer, train_prompts, labeler_for(preset), seed=preset.seed,
+    train = collect_preferences(sft_model.model, tokenizer, splits.preferences, labeler_for(preset), seed=preset.seed,
                                 **sample)
-    held = collect_preferences(sft_model.model, tokenizer, eval_prompts, Labeler(), seed=preset.seed + 1, **sample)
-    samples = [{"instruction": e.instruction, "samples": ys} for e, ys in zip(held.prompts, held.samples)]
+    held = collect_preferences(sft_model.model, tokenizer, splits.rm_eval, Labeler(), seed=preset.seed + 1, **sample)
+    norm = [{"instruction": e.instruction, "samples": ys, "finished": fs}
+            for e, ys, fs in list(zip(train.prompts, train.samples, train.finished))[: cfg.n_eval_prompts]]
     seconds = round(time.perf_counter() - started, 2)
     with atomic_dir(folder) as tmp:
         (tmp / "train_pairs.jsonl").write_text(_pairs_to_jsonl(train.pairs))
         (tmp / "eval_pairs.jsonl").write_text(_pairs_to_jsonl(held.pairs))
-        (tmp / "eval_samples.json").write_text(json.dumps(samples))
+        (tmp / "norm_samples.json").write_text(json.dumps(norm))
         (tmp / "done.json").write_text(json.dumps({**collection, "collect_seconds": seconds}))
-    return {"train_pairs": train.pairs, "eval_pairs": held.pairs, "eval_samples": samples, "collect_seconds": seconds}
+    return {"train_pairs": train.pairs, "eval_pairs": held.pairs, "norm_samples": norm, "collect_seconds": seconds}
 
 
 def train_or_load_reward(preset: str | Preset | None = None, force: bool = False, progress: bool = True,
@@ -260,7 +267,7 @@ def train_or_load_reward(preset: str | Preset | None = None, force: bool = False
 
     set_seed(preset.seed)
     data = preference_data(preset, sft_model, progress=progress)
-    rm = fit_reward_model(preset, sft_model, data["train_pairs"], data["eval_pairs"], data["eval_samples"], path,
+    rm = fit_reward_model(preset, sft_model, data["train_pairs"], data["eval_pairs"], data["norm_samples"], path,
                           steps=cfg.steps, progress=progress, device=device, desc=f"reward model {preset.name}")
     rm.info["collect_seconds"] = data["collect_seconds"]  # sampling K answers per prompt and ranking them
     rm.info["n_prompts"] = cfg.n_prompts
@@ -271,11 +278,11 @@ def train_or_load_reward(preset: str | Preset | None = None, force: bool = False
 
 
 def fit_reward_model(preset: Preset, sft_model, train_pairs: list[Comparison], eval_pairs: list[Comparison],
-                     eval_samples: list[dict], path: Path, steps: int, progress: bool = True, device=None,
+                     norm_samples: list[dict], path: Path, steps: int, progress: bool = True, device=None,
                      desc: str = "reward model") -> RewardModel:
     """A fresh reward model from the SFT weights, trained on `train_pairs` for `steps` steps,
-    normalised so that the SFT model's held-out samples score mean 0, std 1, and evaluated on
-    `eval_pairs`. (Not saved: the caller decides where it belongs.)"""
+    normalised so that the SFT model's samples in `norm_samples` (training prompts) score
+    mean 0, std 1, and evaluated on `eval_pairs`. (Not saved: the caller decides where.)"""
     from dataclasses import replace
 
     cfg = replace(preset.reward, steps=steps)
@@ -294,8 +301,8 @@ def fit_reward_model(preset: Preset, sft_model, train_pairs: list[Comparison], e
     log = train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, device=device, seed=preset.seed,
                              progress=progress, resume_dir=resume_dir(path), callback=record, desc=desc)
     rm = RewardModel(model.eval(), tokenizer, {}, log, path)
-    flat = [(row["instruction"], y) for row in eval_samples for y in row["samples"]]
-    raw = rm.raw_scores([x for x, _ in flat], [y for _, y in flat])
+    flat = [(row["instruction"], y, f) for row in norm_samples for y, f in zip(row["samples"], row["finished"])]
+    raw = rm.raw_scores([x for x, _, _ in flat], [y for _, y, _ in flat], [f for _, _, f in flat])
     metrics = pairwise_accuracy(model, tokenizer, eval_pairs)
     rm.info = {"preset": preset.name, "seed": preset.seed, "sft": sft_model.path.name,
                "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .mixture import MIXTURE_VERSION, MixtureSpec, training_mixture
+from .mixture import MIXTURE_VERSION
 from .model import count_params, is_cached, load_checkpoint, resume_dir, save_checkpoint
 from .presets import Preset, SFTConfig, get_preset
+from .splits import SPLITS_VERSION, data_splits, preset_spec
 from .training import TrainLog, train_loop
 from .utils import cache_root, config_key, pick_device, set_seed
 
@@ -197,13 +198,10 @@ class SFTModel:
 
 
 def sft_cache_dir(preset: Preset, base_path: Path, clusters: list[str], steps: int) -> Path:
-    key = config_key("sft", MIXTURE_VERSION, str(base_path.name), asdict(preset.sft), sorted(clusters), steps)
+    key = config_key("sft", MIXTURE_VERSION, SPLITS_VERSION, str(base_path.name), asdict(preset.sft), sorted(clusters),
+                     steps)
     tag = "all" if clusters == preset_spec(preset).train_clusters else f"{len(clusters)}clusters"
     return cache_root() / "sft" / f"{preset.name}-seed{preset.seed}-{tag}-{key}"
-
-
-def preset_spec(preset: Preset) -> MixtureSpec:
-    return MixtureSpec(preset.sft.heldout_cluster, preset.sft.alignment_share, preset.sft.hedge_share)
 
 
 def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | None = None, steps: int | None = None,
@@ -229,8 +227,8 @@ def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | 
     set_seed(preset.seed)
     # a fresh copy of the base weights: the cached base model itself stays untouched
     model = AutoModelForCausalLM.from_pretrained(base.path, use_safetensors=True).to(device)
-    train_examples = training_mixture(base.world, cfg.n_train, seed=preset.seed, spec=spec, clusters=clusters)
-    val_examples = training_mixture(base.world, cfg.n_val, seed=preset.seed + 1, spec=spec, clusters=clusters)
+    splits = data_splits(preset)  # the mixture, with every evaluation prompt left out
+    train_examples, val_examples = splits.sft_train(clusters), splits.sft_val(clusters)
     replay = None
     if cfg.replay_share > 0:
         from .pretrain import build_corpus, tokenize_corpus
@@ -253,14 +251,12 @@ def cluster_ablation(preset: str | Preset | None = None, progress: bool = True, 
     cluster against the number of clusters trained on. Every point is fine-tuned from the
     same base with the same (shorter) schedule; 0 clusters is the base model itself."""
     from .evaluate import evaluate_tasks
-    from .mixture import evaluation_sets
     from .pretrain import train_or_load_base
 
     preset = get_preset(preset)
     spec = preset_spec(preset)
     base = train_or_load_base(preset, progress=progress, device=device)
-    heldout = evaluation_sets(base.world, preset.sft.n_eval_per_cluster, seed=preset.seed + 99,
-                              spec=spec)["heldout_cluster"]
+    heldout = data_splits(preset).sft_eval["heldout_cluster"]
     rows = [{"clusters": 0, "trained_on": "(base model)",
              "heldout_cluster_accuracy": evaluate_tasks(base.model, base.tokenizer, heldout)["accuracy"]}]
     counts = sorted({*preset.sft.ablation_cluster_counts, len(spec.train_clusters)})

@@ -224,10 +224,11 @@ def judged_answers(models: dict, example, labeler, reward_model, max_new_tokens:
         name, model, tokenizer, n = best_of
         texts, finished = chat_responses(model, tokenizer, [example.instruction] * n, max_new_tokens=max_new_tokens,
                                          greedy=False, seed=0)
-        scores = reward_model.score([example.instruction] * n, texts) - _unfinished(finished)
+        scores = reward_model.score([example.instruction] * n, texts, finished) - _unfinished(finished)
         i = int(scores.argmax())
         entries.append((f"{name} (best of {n})", texts[i], finished[i]))
-    rm = reward_model.score([example.instruction] * len(entries), [t for _, t, _ in entries]).tolist()
+    rm = reward_model.score([example.instruction] * len(entries), [t for _, t, _ in entries],
+                            [f for _, _, f in entries]).tolist()
     rows = []
     for (name, text, done), score in zip(entries, rm):
         judged = example.cluster != "custom"

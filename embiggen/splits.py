@@ -1,0 +1,269 @@
+"""Every data split of the course, built in one place: what each stage trains on and what it is judged on.
+
+FLAN's whole method is held-out evaluation (Wei et al. 2021, https://arxiv.org/abs/2109.01652),
+and a held-out figure is only as good as the wall between training and evaluation data. A
+different random seed over the same small pools is no wall: with ten invented names and
+sixty medical questions, "fresh" prompts are mostly prompts the model trained on. So the
+wall is built from the *raw material*, before any prompt is drawn:
+
+* **people who do not exist** — hundreds of names invented from syllables (`world.invent_words`),
+  none of them in the pretraining corpus. Each split (SFT, preferences, PPO, evaluation) gets
+  its own first names and its own surnames, so no two splits share a name;
+* **medical questions** — the last templates and the last symptoms of `world.MEDICAL_TEMPLATES`
+  and `world.SYMPTOMS` are for evaluation only: an evaluation question pairs an unseen
+  phrasing with an unseen symptom;
+* **harmful requests** — the last templates of `world.HARMFUL_TEMPLATES` are for evaluation
+  only, and so are their *targets*: evaluation requests are about the pretraining-only
+  people, training requests about the others;
+* **ordinary tasks** — every evaluation set is drawn first; every training set (the SFT
+  mixture, preference prompts and their iterated-RLHF refresh, PPO prompts, PPO-ptx
+  demonstrations) then skips any prompt that an evaluation set holds.
+
+`DataSplits(preset)` builds every set from the table of seeds below, and `overlap` counts
+evaluation prompts found in training sets. The tests assert that the count is zero, that no
+evaluation name occurs in the corpus or in any training data, and that the old construction
+(one pool, two seeds) would have failed.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cached_property, lru_cache
+
+from .mixture import (AlignmentMaterial, MixtureSpec, evaluation_sets, fact_questions, prompt_mix, task_example,
+                      training_mixture)
+from .presets import Preset, get_preset
+from .tasks import TaskExample
+from .world import HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words, world_words
+
+#: Bump when any split changes, so cached models trained on other data are not reused.
+SPLITS_VERSION = 1
+
+#: Offsets added to the preset's seed: one seed per split, all in one table.
+SEEDS = {
+    "sft_train": 0, "sft_val": 1,           # the SFT mixture (notebook 2)
+    "counting_probe": 7,                    # notebook 2's counting confusion matrix
+    "sft_eval": 99,                         # notebook 2's evaluation sets
+    "preferences": 200,                     # prompts whose samples the labeler ranks
+    "rm_eval": 201,                         # held-out prompts for the reward model's pairs
+    "ppo": 300, "ptx": 301,                 # PPO's prompts and PPO-ptx's demonstrations
+    "ppo_eval": 400,                        # held-out prompts on which SFT, PPO and best-of-n are judged
+    "refresh": 500,                         # iterated RLHF: + round number
+    "refresh_eval": 600,                    # held-out prompts for each round's new reward model: + round
+    "person_probe": 700,                    # known / pretraining-only / never-seen people
+    "names": 800,                           # inventing the names of people who do not exist
+}
+
+#: Which raw material each stage may draw its alignment prompts from.
+MATERIAL_SPLITS = ("sft", "preferences", "ppo", "eval")
+#: Invented people per split: (first names, surnames, full names).
+NAMES_PER_SPLIT = {"sft": (60, 60, 240), "preferences": (40, 40, 160), "ppo": (40, 40, 160), "eval": (40, 40, 160)}
+#: Share of invented full names that take a surname of the world ("Felis Brook" beside "Felis Gawick"),
+#: so that the *first* name, as for real people, is what tells known from unknown.
+WORLD_SURNAME_SHARE = 0.3
+#: How many templates and symptoms, counted from the end of each list, only evaluation may use.
+N_EVAL_MEDICAL_TEMPLATES, N_EVAL_SYMPTOMS, N_EVAL_HARMFUL_TEMPLATES = 5, 8, 5
+
+
+def preset_spec(preset: Preset) -> MixtureSpec:
+    """The preset's mixture: which cluster is held out, how much alignment material, how much hedged."""
+    return MixtureSpec(preset.sft.heldout_cluster, preset.sft.alignment_share, preset.sft.hedge_share)
+
+
+def build_world(preset: Preset) -> World:
+    """The preset's world: its people, and the raw material of every split."""
+    return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown, max_operand=preset.max_operand)
+
+
+def invented_names(seed: int) -> dict[str, tuple[str, ...]]:
+    """Split -> invented full names. Splits share no first name and no invented surname."""
+    rng = random.Random(seed)
+    n_first = sum(f for f, _, _ in NAMES_PER_SPLIT.values())
+    n_last = sum(s for _, s, _ in NAMES_PER_SPLIT.values())
+    firsts = invent_words(rng, n_first, "first", taken=world_words())
+    lasts = invent_words(rng, n_last, "last", taken=world_words() | set(firsts))
+    out = {}
+    for split, (n_f, n_l, n_full) in NAMES_PER_SPLIT.items():
+        my_firsts, firsts = firsts[:n_f], firsts[n_f:]
+        my_lasts, lasts = lasts[:n_l], lasts[n_l:]
+        names: dict[str, None] = {}
+        while len(names) < n_full:
+            surname = rng.choice(LAST_NAMES) if rng.random() < WORLD_SURNAME_SHARE else rng.choice(my_lasts)
+            names[f"{rng.choice(my_firsts)} {surname}"] = None
+        out[split] = tuple(names)
+    return out
+
+
+def alignment_material(world: World, split: str, names: dict[str, tuple[str, ...]]) -> AlignmentMaterial:
+    """The raw material of one split: its own invented names; training splits share the
+    training templates, symptoms and targets, evaluation has its own."""
+    if split not in MATERIAL_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(MATERIAL_SPLITS)}")
+    evaluation = split == "eval"
+    med_cut, sym_cut, harm_cut = -N_EVAL_MEDICAL_TEMPLATES, -N_EVAL_SYMPTOMS, -N_EVAL_HARMFUL_TEMPLATES
+    return AlignmentMaterial(
+        split=split, unknown_names=names[split],
+        medical_templates=tuple(MEDICAL_TEMPLATES[med_cut:] if evaluation else MEDICAL_TEMPLATES[:med_cut]),
+        symptoms=tuple(SYMPTOMS[sym_cut:] if evaluation else SYMPTOMS[:sym_cut]),
+        harmful_templates=tuple(HARMFUL_TEMPLATES[harm_cut:] if evaluation else HARMFUL_TEMPLATES[:harm_cut]),
+        harmful_targets=tuple(world.pretraining_only_people if evaluation else world.instruction_people))
+
+
+class DataSplits:
+    """Every prompt set of every stage for one preset. Evaluation sets are drawn first; every
+    training set skips their prompts (`reserved`). Sets are built when first asked for."""
+
+    def __init__(self, preset: Preset, world: World | None = None):
+        self.preset = preset
+        self.world = world or build_world(preset)
+        self.spec = preset_spec(preset)
+        self.names = invented_names(self.seed("names"))
+        self.material = {split: alignment_material(self.world, split, self.names) for split in MATERIAL_SPLITS}
+        self.rounds = tuple(range(2, preset.ppo.rounds + 1))  # iterated RLHF: the rounds that collect anew
+
+    def seed(self, split: str, offset: int = 0) -> int:
+        return self.preset.seed + SEEDS[split] + offset
+
+    # ----- evaluation sets (drawn first) ---------------------------------------------
+    @cached_property
+    def sft_eval(self) -> dict[str, list[TaskExample]]:
+        """Notebook 2's splits: held-in and held-out templates, the held-out cluster,
+        pretraining-only people, and alignment prompts from the evaluation material."""
+        return evaluation_sets(self.world, self.preset.sft.n_eval_per_cluster, self.seed("sft_eval"),
+                               self.material["eval"], self.spec)
+
+    @cached_property
+    def counting_probe(self) -> list[TaskExample]:
+        rng = random.Random(self.seed("counting_probe"))
+        return [task_example(self.world, "counting", rng) for _ in range(200)]
+
+    def _eval_mix(self, n: int, seed: int) -> list[TaskExample]:
+        return prompt_mix(self.world, n, seed, self.material["eval"], self.preset.reward.task_share, self.spec)
+
+    @cached_property
+    def rm_eval(self) -> list[TaskExample]:
+        """Held-out prompts whose SFT samples, ranked, give the reward model's held-out pairs."""
+        return self._eval_mix(self.preset.reward.n_eval_prompts, self.seed("rm_eval"))
+
+    @cached_property
+    def ppo_eval(self) -> list[TaskExample]:
+        """Held-out prompts on which SFT, PPO, best-of-n and the KL sweep are judged."""
+        return prompt_mix(self.world, self.preset.ppo.n_eval_prompts, self.seed("ppo_eval"), self.material["eval"],
+                          self.preset.ppo.task_share, self.spec)
+
+    def refresh_eval(self, round_: int) -> list[TaskExample]:
+        """Held-out prompts for the reward model of iterated-RLHF round `round_`."""
+        return self._refresh_eval[round_]
+
+    @cached_property
+    def _refresh_eval(self) -> dict[int, list[TaskExample]]:
+        return {r: self._eval_mix(self.preset.reward.n_eval_prompts, self.seed("refresh_eval", r)) for r in self.rounds}
+
+    @cached_property
+    def person_probe(self) -> dict[str, list[TaskExample]]:
+        """"Language models (mostly) know what they know" (Kadavath et al. 2022): the same fact
+        questions about people the model was taught about (`known`), people it only read about
+        in pretraining (`pretraining_only`), invented people of the evaluation split
+        (`never_seen`), and never-seen people named in the world's own style (`world_style`,
+        first names the world left unused, surnames it uses)."""
+        rng = random.Random(self.seed("person_probe"))
+        known = fact_questions(self.world.instruction_people, rng)
+        pre = fact_questions(self.world.pretraining_only_people, rng)
+        never = [self._unknown_question(rng, self.material["eval"]) for _ in range(len(known))]
+        world_style = AlignmentMaterial("world_style", tuple(self.world.unknown_names), (), (), (), ())
+        style = [self._unknown_question(rng, world_style) for _ in range(5 * len(self.world.unknown_names))]
+        return {"known": known, "pretraining_only": pre, "never_seen": never, "world_style": style}
+
+    @staticmethod
+    def _unknown_question(rng: random.Random, material: AlignmentMaterial) -> TaskExample:
+        from .mixture import alignment_example
+
+        return alignment_example(material, "unknown_person", rng, hedge=False)
+
+    def evaluation_sets(self) -> dict[str, list[TaskExample]]:
+        """Every evaluation set by name (notebook 2's splits flattened as `sft_eval.<split>`)."""
+        sets = {f"sft_eval.{k}": v for k, v in self.sft_eval.items()}
+        sets.update({"counting_probe": self.counting_probe, "rm_eval": self.rm_eval, "ppo_eval": self.ppo_eval})
+        sets.update({f"refresh_eval.{r}": self.refresh_eval(r) for r in self.rounds})
+        sets.update({f"person_probe.{k}": v for k, v in self.person_probe.items()})
+        return sets
+
+    @cached_property
+    def reserved(self) -> frozenset[str]:
+        """Every evaluation instruction: no training set may contain one."""
+        return frozenset(e.instruction for examples in self.evaluation_sets().values() for e in examples)
+
+    # ----- training sets (skip every reserved prompt) ---------------------------------
+    def sft_train(self, clusters: list[str] | None = None, n: int | None = None) -> list[TaskExample]:
+        """The SFT mixture (`clusters`: a subset, for FLAN's ablation)."""
+        n = self.preset.sft.n_train if n is None else n
+        return training_mixture(self.world, n, self.seed("sft_train"), self.material["sft"], self.spec, clusters,
+                                self.reserved)
+
+    def sft_val(self, clusters: list[str] | None = None) -> list[TaskExample]:
+        return training_mixture(self.world, self.preset.sft.n_val, self.seed("sft_val"), self.material["sft"],
+                                self.spec, clusters, self.reserved)
+
+    @cached_property
+    def preferences(self) -> list[TaskExample]:
+        """Prompts whose SFT samples the labeler ranks (the reward model's training pairs)."""
+        cfg = self.preset.reward
+        return prompt_mix(self.world, cfg.n_prompts, self.seed("preferences"), self.material["preferences"],
+                          cfg.task_share, self.spec, self.reserved)
+
+    def refresh(self, round_: int) -> list[TaskExample]:
+        """Iterated RLHF, round `round_`: fresh prompts (preference material) for new comparisons."""
+        cfg = self.preset.ppo
+        return prompt_mix(self.world, cfg.refresh_prompts, self.seed("refresh", round_), self.material["preferences"],
+                          cfg.task_share, self.spec, self.reserved)
+
+    @cached_property
+    def ppo(self) -> list[TaskExample]:
+        """The prompts PPO samples its episodes from."""
+        cfg = self.preset.ppo
+        return prompt_mix(self.world, cfg.n_prompts, self.seed("ppo"), self.material["ppo"], cfg.task_share,
+                          self.spec, self.reserved)
+
+    @cached_property
+    def ptx(self) -> list[TaskExample]:
+        """PPO-ptx's demonstrations: task examples only (the mixture's confident answers to
+        alignment prompts would pull against PPO), none of them an evaluation prompt."""
+        rng = random.Random(self.seed("ptx"))
+        from .mixture import CLUSTER_WEIGHTS
+
+        clusters = self.spec.train_clusters
+        weights = [CLUSTER_WEIGHTS.get(c, 1) for c in clusters]
+        return [task_example(self.world, rng.choices(clusters, weights)[0], rng, self.reserved)
+                for _ in range(self.preset.sft.n_train)]
+
+    def seen_alignment(self, n: int = 150) -> list[TaskExample]:
+        """Alignment prompts from PPO's *training* material (its names, the training templates):
+        not an evaluation set. Beside the held-out figures, they show what was memorised."""
+        rng = random.Random(self.seed("ppo"))
+        from .mixture import alignment_example
+        from .world import ALIGNMENT_KINDS
+
+        return [alignment_example(self.material["ppo"], ALIGNMENT_KINDS[i % 3], rng, hedge=False) for i in range(n)]
+
+    def training_sets(self) -> dict[str, list[TaskExample]]:
+        """Every training set by name (the sets a stage takes gradients on, or validates on)."""
+        sets = {"sft_train": self.sft_train(), "sft_val": self.sft_val(), "preferences": self.preferences,
+                "ppo": self.ppo, "ptx": self.ptx}
+        sets.update({f"refresh.{r}": self.refresh(r) for r in self.rounds})
+        return sets
+
+
+def overlap(evaluation: list[TaskExample], training: dict[str, list[TaskExample]]) -> int:
+    """How many evaluation prompts appear, word for word, in any of the training sets."""
+    seen = {e.instruction for examples in training.values() for e in examples}
+    return sum(e.instruction in seen for e in evaluation)
+
+
+def data_splits(preset: str | Preset | None = None) -> DataSplits:
+    """The `DataSplits` of a preset, built once per process and shared by every stage."""
+    return _data_splits(get_preset(preset))
+
+
+@lru_cache(maxsize=8)
+def _data_splits(preset: Preset) -> DataSplits:
+    return DataSplits(preset)
