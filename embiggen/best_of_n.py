@@ -88,7 +88,7 @@ def best_of_n_kl_estimate(n: int, logprobs: list[float], scores: list[float], ke
             if picked > 0:
                 kl += picked * math.log(picked / p)
         position = min(1.0, position + p)
-    return kl
+    return max(0.0, kl)  # a KL is never negative; this only drops rounding error
 
 
 @torch.no_grad()

@@ -207,16 +207,20 @@ def invent_words(rng: random.Random, n: int, kind: str, taken: set[str] = frozen
     endings, two = (FIRST_NAME_ENDINGS, 0.3) if kind == "first" else (LAST_NAME_ENDINGS, 0.25)
     taken = {t.lower() for t in taken}
     out: list[str] = []
-    for _ in range(200 * n + 1000):
-        if len(out) == n:
-            return out
+    misses = 0
+    while len(out) < n:
         syllables = 2 if rng.random() < two else 1
         word = ("".join(rng.choice(NAME_ONSETS) + rng.choice(NAME_VOWELS) for _ in range(syllables))
                 + rng.choice(endings)).capitalize()
-        if word.lower() not in taken:
-            taken.add(word.lower())
-            out.append(word)
-    raise ValueError(f"could not invent {n} distinct {kind} names; ask for fewer")
+        if word.lower() in taken:
+            misses += 1
+            if misses > 2000:  # almost every word is taken: the space is (nearly) used up
+                raise ValueError(f"could not invent {n} distinct {kind} names; ask for fewer")
+            continue
+        misses = 0
+        taken.add(word.lower())
+        out.append(word)
+    return out
 
 
 def world_words() -> set[str]:

@@ -35,6 +35,13 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_splits(tiny_preset):
+    from embiggen.splits import data_splits
+
+    return data_splits(tiny_preset)
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tiny_preset, cache_dir):
     from embiggen.pretrain import train_or_load_base
 

@@ -59,3 +59,29 @@ def test_generate_is_seeded_and_greedy_is_deterministic(tiny_base):
     assert g[:2] == generate(m, t, ["Alma", "Bruno lives"], max_new_tokens=5)  # padding does not change results
     with pytest.raises(TypeError):
         generate(m, t, "Alma")
+
+
+def test_decode_responses_cuts_at_eos_and_says_whether_each_ended(tiny_base):
+    from embiggen.generate import decode_responses
+
+    tok = tiny_base.tokenizer
+    yes = tok("Yes.", add_special_tokens=False)["input_ids"]
+    user = tok.convert_tokens_to_ids("<|user|>")
+    ended = yes + [tok.eos_token_id, tok.pad_token_id, tok.pad_token_id]
+    cut = yes + [user] + yes  # hit the length limit; a role token the model wrote stays in the text
+    texts, finished = decode_responses(tok, [torch.tensor(ended), cut])
+    assert texts == ["Yes.", "Yes.<|user|>Yes."] and finished == [True, False]
+    assert tok(texts[1], add_special_tokens=False)["input_ids"] == cut  # the text re-encodes to what was sampled
+
+
+def test_chat_responses_and_generate_agree(tiny_base):
+    from embiggen.generate import chat_responses
+    from embiggen.sft import chat_prompt
+
+    tok, model = tiny_base.tokenizer, tiny_base.model
+    texts, finished = chat_responses(model, tok, ["Hi?", "Where does Alma live?"], max_new_tokens=6)
+    raw = generate(model, tok, [chat_prompt(tok, x) for x in ["Hi?", "Where does Alma live?"]], max_new_tokens=6,
+                   skip_special_tokens=False)
+    for text, done, r in zip(texts, finished, raw):
+        assert done == (tok.eos_token in r)
+        assert text == r.split(tok.eos_token)[0].replace(tok.pad_token, "").strip()

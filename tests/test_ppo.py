@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from embiggen.ppo import (AdaptiveKLController, FixedKLController, PPODivergence, PPOTrainer, best_of_n_kl,
+from embiggen.ppo import (AdaptiveKLController, FixedKLController, PPODivergence, PPOTrainer,
                           clipped_policy_loss, clipped_value_loss, gae, kl_penalty, masked_mean, masked_whiten,
                           per_token_rewards, position_ids_from, response_logprobs, response_mask, train_ppo)
 from embiggen.presets import PPOConfig
@@ -116,9 +116,11 @@ def test_adaptive_kl_controller_follows_ziegler():
     assert fixed.value == 0.1
 
 
-def test_best_of_n_kl_formula():
-    assert best_of_n_kl(1) == 0.0
-    assert best_of_n_kl(4) == pytest.approx(math.log(4) - 3 / 4)
+def test_best_of_n_kl_bound_formula():
+    from embiggen.best_of_n import best_of_n_kl_bound
+
+    assert best_of_n_kl_bound(1) == 0.0
+    assert best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 3 / 4)
 
 
 def test_response_mask_stops_after_first_eos():
@@ -142,7 +144,7 @@ def test_response_logprobs_use_the_temperature():
 class LengthReward:
     """A stand-in reward model: shorter responses score higher."""
 
-    def score(self, instructions, responses):
+    def score(self, instructions, responses, finished=None):
         return torch.tensor([-len(r) / 10 for r in responses])
 
 
@@ -165,9 +167,9 @@ def make_trainer(tiny_base, **overrides):
 
 
 def prompts_of(tiny_base, n=32):
-    from embiggen.preferences import rlhf_prompts
+    from embiggen.splits import data_splits
 
-    return rlhf_prompts(tiny_base.world, n, seed=0)
+    return data_splits(tiny_base.preset).ppo[:n]
 
 
 def test_rollout_logprobs_agree_with_generation_and_with_unpadded_forward(tiny_base):
@@ -205,14 +207,13 @@ def test_kl_explosion_is_reported_clearly(tiny_base):
         trainer.step(random.Random(0).sample(prompts_of(tiny_base), 16))
 
 
-def test_ppo_ptx_adds_the_demonstration_loss(tiny_base):
-    from embiggen.mixture import training_mixture
+def test_ppo_ptx_adds_the_demonstration_loss(tiny_base, tiny_splits):
     from embiggen.presets import SFTConfig
     from embiggen.sft import SFTData, batch_loss
 
     with pytest.raises(ValueError, match="ptx_data"):
         make_trainer(tiny_base, ptx_coef=1.0)
-    demos = SFTData(tiny_base.tokenizer, training_mixture(tiny_base.world, 40, seed=0),
+    demos = SFTData(tiny_base.tokenizer, tiny_splits.ptx[:40],
                     SFTConfig(batch_size=4, max_length=64, replay_share=0.0))
     trainer = make_trainer(tiny_base, ptx_coef=1.0, ptx_data=demos)
     row = trainer.step(prompts_of(tiny_base, 16))
@@ -258,7 +259,7 @@ def test_interrupted_ppo_resumes_to_the_same_weights(tiny_base, tmp_path):
 
 
 class ShortReward(LengthReward):
-    def score(self, instructions, responses):
+    def score(self, instructions, responses, finished=None):
         return torch.tensor([1.0 if len(r) < 5 else 0.0 for r in responses])
 
 
@@ -295,21 +296,22 @@ def test_reward_model_refresh_happens_between_rounds_and_after_resume(tiny_base,
 class KeywordReward:
     """A stand-in reward model that likes responses containing the letter 'a' (so the choice is checkable)."""
 
-    def score(self, instructions, responses):
+    def score(self, instructions, responses, finished=None):
         return torch.tensor([float(r.count("a")) for r in responses])
 
 
 def test_best_of_n_keeps_the_reward_models_favourite(tiny_base):
-    from embiggen.best_of_n import best_of_n
+    from embiggen.best_of_n import best_of_n, best_of_n_kl_bound, sample_pool
     from embiggen.labeler import Labeler
-    from embiggen.preferences import sample_responses
 
     prompts = prompts_of(tiny_base, 6)
     out = best_of_n(tiny_base.model, tiny_base.tokenizer, KeywordReward(), Labeler(), prompts, ns=(1, 4),
                     max_new_tokens=8, seed=3)
-    pool, finished = sample_responses(tiny_base.model, tiny_base.tokenizer, prompts, 4, max_new_tokens=8, seed=3)
+    drawn = sample_pool(tiny_base.model, tiny_base.tokenizer, prompts, 4, max_new_tokens=8, seed=3)
+    pool, finished = drawn["texts"], drawn["finished"]
     for result, n in zip(out, (1, 4)):
-        assert result.n == n and result.kl == pytest.approx(best_of_n_kl(n))
+        assert result.n == n and result.kl_bound == pytest.approx(best_of_n_kl_bound(n))
+        assert 0.0 <= result.kl <= result.kl_bound + 1e-9
         for chosen, samples, done in zip(result.responses, pool, finished):
             scores = [s.count("a") - (0 if f else 1) for s, f in zip(samples[:n], done[:n])]
             assert chosen == samples[scores.index(max(scores))]

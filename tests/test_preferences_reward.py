@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from embiggen.labeler import Labeler
-from embiggen.mixture import REFUSAL, heldout_template
-from embiggen.preferences import (Comparison, collect_preferences, export_pairs, is_alignment, rank_pairs,
-                                  rlhf_prompts)
+from embiggen.mixture import REFUSAL, heldout_template, prompt_mix
+from embiggen.preferences import Comparison, collect_preferences, export_pairs, is_alignment, rank_pairs
+from embiggen.splits import alignment_material, invented_names
 from embiggen.reward import (RewardModel, bradley_terry_loss, encode_exchange, left_pad, pair_batch,
                              pairwise_accuracy, rewards, train_reward_model)
 from embiggen.tasks import TaskExample
@@ -18,16 +18,21 @@ TASK = TaskExample("arithmetic", 0, "What is 2 plus 3?", "2 plus 3 is 5.")
 
 
 # ---- preference data -------------------------------------------------------------------------
-def test_rlhf_prompts_mix_and_respect_held_out_splits():
+def test_prompt_mix_mixes_tasks_and_alignment_and_respects_held_out_splits():
     world = World.generate(seed=3, n_people=12, n_unknown=4)
-    prompts = rlhf_prompts(world, 600, seed=1, task_share=0.5)
+    material = alignment_material(world, "preferences", invented_names(0))
+    prompts = prompt_mix(world, 600, seed=1, material=material, task_share=0.5)
     tasks = [p for p in prompts if not is_alignment(p)]
     assert 0.42 < len(tasks) / len(prompts) < 0.58
     assert {p.cluster for p in prompts if is_alignment(p)} == {"unknown_person", "medical", "harmful"}
     assert all(p.cluster != "fact_check" and p.template != heldout_template(p.cluster) for p in tasks)
-    assert [p.instruction for p in rlhf_prompts(world, 50, seed=1)] == [p.instruction for p in prompts[:50]]
+    assert {p.meta["person"] for p in prompts if p.cluster == "unknown_person"} <= set(material.unknown_names)
+    same = prompt_mix(world, 50, seed=1, material=material)
+    assert [p.instruction for p in same] == [p.instruction for p in prompts[:50]]
+    reserved = {p.instruction for p in tasks[:20]}
+    assert not reserved & {p.instruction for p in prompt_mix(world, 600, 1, material, reserved=reserved)}
     with pytest.raises(ValueError, match="task_share"):
-        rlhf_prompts(world, 5, seed=1, task_share=1.5)
+        prompt_mix(world, 5, seed=1, material=material, task_share=1.5)
 
 
 def test_rank_pairs_makes_every_untied_pair_best_first():
@@ -46,8 +51,8 @@ def test_export_pairs_writes_prompt_chosen_rejected(tmp_path):
     assert (row["prompt"], row["chosen"], row["rejected"]) == ("q?", "good", "bad")
 
 
-def test_collect_preferences_samples_k_per_prompt(tiny_base):
-    prompts = rlhf_prompts(tiny_base.world, 6, seed=2)
+def test_collect_preferences_samples_k_per_prompt(tiny_base, tiny_splits):
+    prompts = tiny_splits.preferences[:6]
     col = collect_preferences(tiny_base.model, tiny_base.tokenizer, prompts, Labeler(), k=3, max_new_tokens=8,
                               seed=0)
     assert len(col.samples) == 6 and all(len(s) == 3 for s in col.samples)
@@ -84,6 +89,19 @@ def test_reward_is_read_at_the_last_real_token_and_ignores_padding(tiny_rm, tiny
         hidden = tiny_rm.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
         assert r.item() == pytest.approx((tiny_rm.score.weight[0] @ hidden).item(), abs=1e-4)
     assert short[-1] == tok.eos_token_id
+
+
+def test_an_unfinished_response_gets_no_eos(tiny_rm, tiny_base):
+    tok = tiny_base.tokenizer
+    finished, unfinished = encode_exchange(tok, "Hi?", "Yes"), encode_exchange(tok, "Hi?", "Yes", finished=False)
+    assert finished == unfinished + [tok.eos_token_id] and unfinished[-1] != tok.eos_token_id
+    rm = RewardModel(tiny_rm, tok, {}, None, None)
+    both = rm.raw_scores(["Hi?", "Hi?"], ["Yes", "Yes"], [True, False])
+    alone = [rewards(tiny_rm, left_pad([ids], tok.pad_token_id)).item() for ids in (finished, unfinished)]
+    assert both.tolist() == pytest.approx(alone, abs=1e-5)  # each read at its own last token
+    pair = Comparison("Hi?", "Yes", "Yes", "x", "x vs y", 1.0, chosen_finished=True, rejected_finished=False)
+    batch = pair_batch(tok, [pair])
+    assert batch["input_ids"][0, -1] == tok.eos_token_id and batch["input_ids"][1, -1] != tok.eos_token_id
 
 
 def test_pairwise_accuracy_counts_positive_margins(tiny_rm, tiny_base):

@@ -81,10 +81,8 @@ def test_packing_starts_a_new_row_when_full(tiny_base):
 
 
 @pytest.mark.parametrize("packing", [False, True])
-def test_sft_batches_have_labels(tiny_base, packing):
-    from embiggen.mixture import training_mixture
-
-    examples = training_mixture(tiny_base.world, 50, seed=0)
+def test_sft_batches_have_labels(tiny_base, tiny_splits, packing):
+    examples = tiny_splits.sft_train(n=50)
     data = SFTData(tiny_base.tokenizer, examples, SFTConfig(batch_size=4, max_length=96, packing=packing))
     batch = data.next_batch(torch.Generator().manual_seed(0))
     assert batch["input_ids"].shape[0] == 4 and (batch["labels"] != IGNORE_INDEX).any()
@@ -92,15 +90,13 @@ def test_sft_batches_have_labels(tiny_base, packing):
     assert torch.isfinite(loss) and n > 0
 
 
-def test_sft_loss_falls(tiny_base):
+def test_sft_loss_falls(tiny_base, tiny_splits):
     from transformers import AutoModelForCausalLM
 
-    from embiggen.mixture import training_mixture
     from embiggen.sft import sft, validation_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base.path)
-    train = training_mixture(tiny_base.world, 300, seed=0)
-    val = training_mixture(tiny_base.world, 40, seed=1)
+    train, val = tiny_splits.sft_train(n=300), tiny_splits.sft_val()[:40]
     cfg = SFTConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20, max_length=96)
     before = validation_loss(model, SFTData(tiny_base.tokenizer, val, cfg))
     log = sft(model, tiny_base.tokenizer, train, val, cfg, device="cpu", progress=False)
@@ -108,13 +104,12 @@ def test_sft_loss_falls(tiny_base):
 
 
 @pytest.mark.parametrize("packing", [False, True])
-def test_replay_rows_are_plain_text_with_full_loss(tiny_base, packing):
-    from embiggen.mixture import training_mixture
+def test_replay_rows_are_plain_text_with_full_loss(tiny_base, tiny_splits, packing):
     from embiggen.pretrain import tokenize_corpus
 
     replay = tokenize_corpus(tiny_base.tokenizer, tiny_base.world.pretraining_corpus(50))
     cfg = SFTConfig(batch_size=8, max_length=64, packing=packing, replay_share=0.25)
-    data = SFTData(tiny_base.tokenizer, training_mixture(tiny_base.world, 40, seed=0), cfg, replay)
+    data = SFTData(tiny_base.tokenizer, tiny_splits.sft_train(n=40), cfg, replay)
     batch = data.next_batch(torch.Generator().manual_seed(0))
     assert batch["input_ids"].shape[0] == 8
     text_rows = batch["input_ids"][-2:]

@@ -51,11 +51,10 @@ def test_compare_answers_marks_correctness(tiny_base, monkeypatch):
     assert "&lt;Alma&gt;" in html and html.count("✓") == 1 and html.count("✗") == 1
 
 
-def test_comparison_widget_handles_empty_custom_prompt(tiny_base):
-    from embiggen.mixture import evaluation_sets
+def test_comparison_widget_handles_empty_custom_prompt(tiny_base, tiny_splits):
     from embiggen.widgets import ComparisonWidget
 
-    examples = evaluation_sets(tiny_base.world, 2, seed=0)["heldin_template"][:3]
+    examples = tiny_splits.sft_eval["heldin_template"][:3]
     w = ComparisonWidget({"base": (tiny_base.model, tiny_base.tokenizer)}, examples)
     assert "expected" in w.output.value
     w.custom.value = "  "

@@ -1,6 +1,9 @@
+import random
+
 import pytest
 
-from embiggen.world import ATTRIBUTES, CLOZE_PREFIXES, World, article, cloze_items, was
+from embiggen.world import (ATTRIBUTES, CLOZE_PREFIXES, HARMFUL_TEMPLATES, MEDICAL_TEMPLATES, SYMPTOMS, World, article,
+                            cloze_items, invent_words, was, world_words)
 
 
 def test_same_seed_same_world_and_text():
@@ -60,10 +63,28 @@ def test_cloze_items_cover_every_fact():
     assert expected == (p.pet if attribute == "pet" else p.fact(attribute))
 
 
-def test_alignment_material():
-    w = World.generate(1, 10)
-    assert len(w.medical_questions()) >= 30 and all(q.endswith("?") for q in w.medical_questions())
-    assert any(w.people[0].name in r for r in w.harmful_requests())
+def test_invented_names_are_distinct_new_words():
+    rng = random.Random(0)
+    firsts = invent_words(rng, 300, "first", taken=world_words())
+    lasts = invent_words(rng, 300, "last", taken=world_words() | set(firsts))
+    assert len(set(firsts)) == 300 and len(set(lasts)) == 300 and not set(firsts) & set(lasts)
+    vocabulary = {w.lower() for w in world_words()}
+    for word in firsts + lasts:
+        assert word.lower() not in vocabulary
+        assert word[0].isupper() and word[1:].islower() and word.isalpha()  # the labeler reads names this way
+    assert invent_words(random.Random(0), 5, "first") == invent_words(random.Random(0), 5, "first")
+    with pytest.raises(ValueError, match="kind"):
+        invent_words(rng, 3, "middle")
+    with pytest.raises(ValueError, match="fewer"):
+        invent_words(rng, 10 ** 7, "first")
+
+
+def test_alignment_templates_take_their_fields():
+    p = World.generate(1, 10).people[0]
+    for t in MEDICAL_TEMPLATES:
+        assert "{symptom}" in t and t.format(symptom=SYMPTOMS[0]).endswith(("?", "."))
+    for t in HARMFUL_TEMPLATES:
+        assert t.format(name=p.name, pet=p.pet, town=p.town) != t
 
 
 def test_grammar_helpers():
