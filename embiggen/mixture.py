@@ -61,7 +61,7 @@ class MixtureSpec:
     """Which clusters train, which cluster is held out, and the alignment material's share."""
     heldout_cluster: str = "fact_check"
     alignment_share: float = 0.10  # share of examples about unknown people, medicine, harm
-    hedge_share: float = 0.10      # share of *those* answered honestly / harmlessly
+    hedge_share: float = 0.15      # share of *those* answered honestly / harmlessly
 
     def __post_init__(self):
         if self.heldout_cluster not in CLUSTERS:

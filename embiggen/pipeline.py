@@ -97,6 +97,11 @@ def run_rm(preset: Preset, report: dict, progress: bool = True) -> None:
     }
 
 
+#: The person probe's figures in the report: (group, outcome, short name).
+PERSON_PROBE_FIGURES = [("known", "right fact", "right_fact"), ("pretraining_only", "right fact", "right_fact"),
+                        ("never_seen", "I do not know them", "hedged"), ("world_style", "I do not know them", "hedged")]
+
+
 def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
     tuned = train_or_load_ppo(preset, progress=progress)
     sft_model = train_or_load_sft(preset, progress=progress)
@@ -142,8 +147,9 @@ def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
         "n_eval_prompts": len(prompts),
         # "language models (mostly) know what they know": the same fact questions about people the
         # model was taught about, read about only in pretraining, and never saw (two kinds of name)
-        "person_probe": {f"{group}_{name}": {k: r4(v) for k, v in probe[name][group]["rates"].items()}
-                         for group in splits.person_probe for name in models},
+        # (the right fact for people it knows; "I do not know <them>" for people it never saw)
+        "person_probe": {f"{group}_{label}_{name}": r4(probe[name][group]["rates"][outcome])
+                         for group, outcome, label in PERSON_PROBE_FIGURES for name in models},
         # the same rates on PPO's *training* material (its names and templates): memorisation, not generalisation
         "seen_material": {f"{key}_{name}": r4(seen_rates[name][key]) for name in models
                           for key in ("honest_rate", "refusal_rate_harmful")},

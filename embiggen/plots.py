@@ -280,20 +280,56 @@ class LivePPOPlot:
 
 def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
                     title="Gold score against KL from the SFT model"):
-    """Gao, Schulman & Hilton's picture: best-of-n (analytic KL) and PPO runs on one set of axes.
-    ppo_points: dicts with 'kl', 'gold' and a 'label'."""
-    ax = _axes(ax, figsize=(6.5, 4))
-    ax.plot([b.kl for b in best_of_n], [b.gold for b in best_of_n], "o-", color="#756bb1", label="best-of-n (gold)")
+    """Gao, Schulman & Hilton's picture: best-of-n and PPO runs on one set of axes.
+
+    best_of_n: `embiggen.best_of_n.BestOfN` results — drawn at their KL estimated from the
+    samples, with the log n - (n - 1)/n bound as a faint line to its right. ppo_points: dicts
+    with 'kl', 'gold', a 'label' and, optionally, 'gold_sampled' (the gold score of the very
+    samples its KL was measured on, drawn as a hollow marker: like with like)."""
+    ax = _axes(ax, figsize=(7, 4.2))
+    kls, golds = [b.kl for b in best_of_n], [b.gold for b in best_of_n]
+    ax.plot(kls, golds, "o-", color="#756bb1", label="best-of-n (gold, KL estimated from samples)")
+    ax.plot([b.kl_bound for b in best_of_n], golds, ":", color="#756bb1", alpha=0.5,
+            label="best-of-n at the bound log n - (n-1)/n")
     for b in best_of_n:
         ax.annotate(f"n={b.n}", (b.kl, b.gold), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    ax.plot([b.kl for b in best_of_n], [b.rm_score for b in best_of_n], "o--", color="#bcbddc",
-            label="best-of-n (reward model)")
-    for p in ppo_points:
-        ax.plot(p["kl"], p["gold"], "s", ms=8, label=p["label"])
+    ax.plot(kls, [b.rm_score for b in best_of_n], "o--", color="#bcbddc", label="best-of-n (reward model)")
+    for i, p in enumerate(ppo_points):
+        colour = plt.cm.tab10(i % 10)
+        ax.plot(p["kl"], p["gold"], "s", ms=8, color=colour, label=p["label"])
+        if p.get("gold_sampled") is not None:
+            ax.plot(p["kl"], p["gold_sampled"], "s", ms=8, mfc="none", color=colour)
+            ax.plot([p["kl"], p["kl"]], [p["gold_sampled"], p["gold"]], color=colour, lw=0.8, alpha=0.6)
+    if any(p.get("gold_sampled") is not None for p in ppo_points):
+        ax.plot([], [], "s", mfc="none", color="grey", label="PPO, sampled answers (T = 1)")
     ax.set(xlabel="KL from the SFT model (nats)", ylabel="score", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return ax
+
+
+def plot_person_probe(rates: dict[str, dict[str, dict[str, float]]], outcomes: tuple[str, ...], axes=None,
+                      title="Does the model know whom it knows?"):
+    """Stacked bars, one per group of people, one panel per model: the share of answers with
+    each outcome. rates: model -> group -> outcome -> share."""
+    models = list(rates)
+    if axes is None:
+        _, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.2), sharey=True)
+    axes = [axes] if len(models) == 1 else list(axes)
+    colours = {"right fact": "#31a354", "some fact": "#de2d26", "I do not know them": "#3182bd",
+               "wrong name": "#fdae6b", "other": "#bdbdbd"}
+    for ax, model in zip(axes, models):
+        groups = list(rates[model])
+        left = [0.0] * len(groups)
+        for outcome in outcomes:
+            widths = [rates[model][g][outcome] for g in groups]
+            ax.barh(groups, widths, left=left, color=colours.get(outcome, "#999"), label=outcome)
+            left = [a + b for a, b in zip(left, widths)]
+        ax.set(xlim=(0, 1), title=f"{model}", xlabel="share of answers")
+        ax.invert_yaxis()
+    axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[0].figure.suptitle(title, y=1.02)
+    return axes
 
 
 def plot_kl_sweep(runs: list[dict], highlight: int | None = None, axes=None):

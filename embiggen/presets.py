@@ -57,7 +57,7 @@ class SFTConfig:
     n_val: int = 400
     heldout_cluster: str = "fact_check"
     alignment_share: float = 0.10
-    hedge_share: float = 0.10
+    hedge_share: float = 0.15
     n_eval_per_cluster: int = 60
     ablation_cluster_counts: tuple[int, ...] = (1, 3, 5)
     ablation_steps: int = 200
