@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from embiggen.mixture import prompt_mix
+from embiggen.mixture import AlignmentMaterial, prompt_mix
 from embiggen.presets import get_preset
 from embiggen.splits import MATERIAL_SPLITS, DataSplits, alignment_material, data_splits, invented_names, overlap
-from embiggen.world import ALIGNMENT_KINDS
+from embiggen.world import ALIGNMENT_KINDS, HARMFUL_TEMPLATES, MEDICAL_TEMPLATES, SYMPTOMS
 
 
 @pytest.fixture(scope="module", params=["smoke", "laptop"])
@@ -71,17 +71,21 @@ def test_every_split_has_its_own_names_templates_symptoms_and_targets(splits):
 
 
 def test_the_landed_construction_would_fail_the_check():
-    """The construction this module replaced: one pool of alignment material and one task
-    generator for every stage, training and evaluation told apart only by the seed. The same
-    check that passes above finds it leaking."""
+    """The construction this module replaced: one small pool of alignment material (ten
+    world-style names, six medical templates over ten symptoms, six harmful templates over
+    every person) and one task generator for every stage, training and evaluation told apart
+    only by the seed. The same check that passes above finds it leaking."""
     preset = get_preset("laptop")
     splits = DataSplits(preset)
-    shared = splits.material["preferences"]  # one pool for everything, as before
-    train = prompt_mix(splits.world, preset.reward.n_prompts, seed=preset.seed + 200, material=shared)
-    held_out = prompt_mix(splits.world, preset.reward.n_eval_prompts, seed=preset.seed + 201, material=shared)
-    leaked = overlap(held_out, {"preferences": train})
-    assert leaked > 0.3 * len(held_out)
-    # ... while the split built from disjoint material, with training prompts reserved, has none
+    world = splits.world
+    shared = AlignmentMaterial("landed", tuple(world.unknown_names), tuple(MEDICAL_TEMPLATES[:6]), tuple(SYMPTOMS[:10]),
+                               tuple(HARMFUL_TEMPLATES[:6]), tuple(world.people))
+    train = prompt_mix(world, preset.reward.n_prompts, seed=preset.seed + 200, material=shared)
+    held_out = prompt_mix(world, preset.reward.n_eval_prompts, seed=preset.seed + 201, material=shared)
+    alignment = [e for e in held_out if e.cluster in ALIGNMENT_KINDS]
+    assert overlap(alignment, {"preferences": train}) > 0.5 * len(alignment)
+    assert overlap(held_out, {"preferences": train}) > 0
+    # ... while the split built from disjoint material, with evaluation prompts reserved, has none
     assert overlap(splits.rm_eval, {"preferences": splits.preferences}) == 0
 
 
