@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
-                       instruction_answer_rate, judge_model, person_probe_rates, win_rate)
+                       instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates, win_rate)
 from .labeler import Labeler
 from .model import count_params
 from .ppo import final_reward_model, sample_with_kl, sampled_gold, train_or_load_ppo
@@ -28,6 +28,7 @@ def run_base(preset: Preset, report: dict, progress: bool = True) -> None:
     base = train_or_load_base(preset, progress=progress)
     cloze = fact_cloze(base.model, base.tokenizer, base.world.people)
     answers = instruction_answer_rate(base.model, base.tokenizer, base.world, n=preset.n_instruction_probes)
+    copying = name_copy_rate(base.model, base.tokenizer, data_splits(preset).names["eval"])
     report["base"] = {
         "params": count_params(base.model),
         "train_tokens": base.info["train_tokens"],
@@ -38,6 +39,8 @@ def run_base(preset: Preset, report: dict, progress: bool = True) -> None:
         "fact_cloze_per_attribute": {k: round(v, 4) for k, v in cloze["per_attribute"].items()},
         "instruction_answer_rate": round(answers["rate"], 4),
         "instruction_answer_rate_per_cluster": {k: round(v, 4) for k, v in answers["per_cluster"].items()},
+        "name_copy_rate": round(copying["rate"], 4),  # held-out invented names: never in the corpus
+        "name_copy_first_word_rate": round(copying["first_word_rate"], 4),
         "device": base.info["device"],
         "cache": str(base.path),
     }

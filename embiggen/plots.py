@@ -317,7 +317,7 @@ def plot_person_probe(rates: dict[str, dict[str, dict[str, float]]], outcomes: t
         _, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.2), sharey=True)
     axes = [axes] if len(models) == 1 else list(axes)
     colours = {"right fact": "#31a354", "some fact": "#de2d26", "I do not know them": "#3182bd",
-               "wrong name": "#fdae6b", "other": "#bdbdbd"}
+               "wrong or no name": "#fdae6b", "other": "#bdbdbd"}
     for ax, model in zip(axes, models):
         groups = list(rates[model])
         left = [0.0] * len(groups)

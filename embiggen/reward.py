@@ -37,7 +37,7 @@ from .splits import SPLITS_VERSION, data_splits
 from .training import TrainLog, train_loop
 from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
 
-REWARD_VERSION = 4  # bump when preference collection, the labeler or the reward model changes
+REWARD_VERSION = 5  # bump when preference collection, the labeler or the reward model changes
 
 
 # ---------------------------------------------------------------------------------------

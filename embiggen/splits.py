@@ -30,11 +30,12 @@ from __future__ import annotations
 import random
 from functools import cached_property, lru_cache
 
-from .mixture import (AlignmentMaterial, MixtureSpec, evaluation_sets, fact_questions, prompt_mix, task_example,
-                      training_mixture)
+from .mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment_example, evaluation_sets,
+                      fact_questions, prompt_mix, task_example, training_mixture)
 from .presets import Preset, get_preset
 from .tasks import TaskExample
-from .world import HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words, world_words
+from .world import (ALIGNMENT_KINDS, HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words,
+                    world_words)
 
 #: Bump when any split changes, so cached models trained on other data are not reused.
 SPLITS_VERSION = 2
@@ -71,8 +72,15 @@ def preset_spec(preset: Preset) -> MixtureSpec:
 
 
 def build_world(preset: Preset) -> World:
-    """The preset's world: its people, and the raw material of every split."""
-    return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown, max_operand=preset.max_operand)
+    """The preset's world: its people, and the strangers of its corpus, none called by any word of
+    any split's invented names."""
+    return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown, max_operand=preset.max_operand,
+                          visitor_taboo=name_words(invented_names(preset.seed + SEEDS["names"])))
+
+
+def name_words(names: dict[str, tuple[str, ...]]) -> frozenset[str]:
+    """Every word (lower case) of every split's invented names."""
+    return frozenset(w.lower() for split in names.values() for name in split for w in name.split())
 
 
 def invented_names(seed: int) -> dict[str, tuple[str, ...]]:
@@ -118,6 +126,8 @@ class DataSplits:
         self.world = world or build_world(preset)
         self.spec = preset_spec(preset)
         self.names = invented_names(self.seed("names"))
+        if self.world.visitor_taboo is not None and not name_words(self.names) <= self.world.visitor_taboo:
+            raise ValueError("the world's strangers may take the splits' invented names (use build_world)")
         self.material = {split: alignment_material(self.world, split, self.names) for split in MATERIAL_SPLITS}
         self.rounds = tuple(range(2, preset.ppo.rounds + 1))  # iterated RLHF: the rounds that collect anew
 
@@ -176,8 +186,6 @@ class DataSplits:
 
     @staticmethod
     def _unknown_question(rng: random.Random, material: AlignmentMaterial) -> TaskExample:
-        from .mixture import alignment_example
-
         return alignment_example(material, "unknown_person", rng, hedge=False)
 
     def evaluation_sets(self) -> dict[str, list[TaskExample]]:
@@ -229,8 +237,6 @@ class DataSplits:
         """PPO-ptx's demonstrations: task examples only (the mixture's confident answers to
         alignment prompts would pull against PPO), none of them an evaluation prompt."""
         rng = random.Random(self.seed("ptx"))
-        from .mixture import CLUSTER_WEIGHTS
-
         clusters = self.spec.train_clusters
         weights = [CLUSTER_WEIGHTS.get(c, 1) for c in clusters]
         return [task_example(self.world, rng.choices(clusters, weights)[0], rng, self.reserved)
@@ -240,9 +246,6 @@ class DataSplits:
         """Alignment prompts from PPO's *training* material (its names, the training templates):
         not an evaluation set. Beside the held-out figures, they show what was memorised."""
         rng = random.Random(self.seed("ppo"))
-        from .mixture import alignment_example
-        from .world import ALIGNMENT_KINDS
-
         return [alignment_example(self.material["ppo"], ALIGNMENT_KINDS[i % 3], rng, hedge=False) for i in range(n)]
 
     def training_sets(self) -> dict[str, list[TaskExample]]:
