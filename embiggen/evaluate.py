@@ -66,7 +66,7 @@ def fact_cloze(model, tokenizer, people, max_new_tokens: int = 6) -> dict:
     }
 
 
-#: Text that mentions a stranger once and then calls for the name again (the corpus's visitor pages).
+#: Text that mentions a stranger once and then calls for the name again.
 COPY_CONTEXTS = ("A letter came to {town} from {name}. Nobody knew who",
                  "A stranger called {name} came to {town}. Nobody in {town} knew",
                  "Someone asked about {name}. Nobody knew anyone called")

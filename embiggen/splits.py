@@ -72,15 +72,9 @@ def preset_spec(preset: Preset) -> MixtureSpec:
 
 
 def build_world(preset: Preset) -> World:
-    """The preset's world: its people, and the strangers of its corpus, none called by any word of
-    any split's invented names."""
-    return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown, max_operand=preset.max_operand,
-                          visitor_taboo=name_words(invented_names(preset.seed + SEEDS["names"])))
-
-
-def name_words(names: dict[str, tuple[str, ...]]) -> frozenset[str]:
-    """Every word (lower case) of every split's invented names."""
-    return frozenset(w.lower() for split in names.values() for name in split for w in name.split())
+    """The preset's world: its people, facts and corpus (the invented names of every split are in
+    `DataSplits`; none of them occurs in the corpus)."""
+    return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown, max_operand=preset.max_operand)
 
 
 def invented_names(seed: int) -> dict[str, tuple[str, ...]]:
@@ -126,8 +120,6 @@ class DataSplits:
         self.world = world or build_world(preset)
         self.spec = preset_spec(preset)
         self.names = invented_names(self.seed("names"))
-        if self.world.visitor_taboo is not None and not name_words(self.names) <= self.world.visitor_taboo:
-            raise ValueError("the world's strangers may take the splits' invented names (use build_world)")
         self.material = {split: alignment_material(self.world, split, self.names) for split in MATERIAL_SPLITS}
         self.rounds = tuple(range(2, preset.ppo.rounds + 1))  # iterated RLHF: the rounds that collect anew
 

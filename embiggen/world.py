@@ -31,7 +31,7 @@ import random
 from dataclasses import dataclass, field
 
 #: Bump when the generator changes, so cached models trained on older text are not reused.
-WORLD_VERSION = 5
+WORLD_VERSION = 4
 
 # ---------------------------------------------------------------------------------------
 # The vocabulary of the world
@@ -230,26 +230,19 @@ LAST_NAME_ENDINGS = ["ley", "wick", "mont", "sen", "dard", "kins", "low", "der",
                      "rock", "well", "field", "more", "nes", "gard", "lund", "ner", "mark"]
 
 
-def invent_word(rng: random.Random, kind: str) -> str:
-    """One invented first name (`kind="first"`) or surname (`"last"`): one or two syllables and an ending."""
+def invent_words(rng: random.Random, n: int, kind: str, taken: set[str] = frozenset()) -> list[str]:
+    """`n` distinct invented first names (`kind="first"`) or surnames (`"last"`): one or two
+    syllables and an ending, none of them in `taken` (compared in lower case)."""
     if kind not in ("first", "last"):
         raise ValueError(f"kind must be 'first' or 'last', got {kind!r}")
     endings, two = (FIRST_NAME_ENDINGS, 0.3) if kind == "first" else (LAST_NAME_ENDINGS, 0.25)
-    syllables = 2 if rng.random() < two else 1
-    return ("".join(rng.choice(NAME_ONSETS) + rng.choice(NAME_VOWELS) for _ in range(syllables))
-            + rng.choice(endings)).capitalize()
-
-
-def invent_words(rng: random.Random, n: int, kind: str, taken: set[str] = frozenset()) -> list[str]:
-    """`n` distinct invented first names or surnames (see `invent_word`), none of them in `taken`
-    (compared in lower case)."""
-    if kind not in ("first", "last"):
-        raise ValueError(f"kind must be 'first' or 'last', got {kind!r}")
     taken = {t.lower() for t in taken}
     out: list[str] = []
     misses = 0
     while len(out) < n:
-        word = invent_word(rng, kind)
+        syllables = 2 if rng.random() < two else 1
+        word = ("".join(rng.choice(NAME_ONSETS) + rng.choice(NAME_VOWELS) for _ in range(syllables))
+                + rng.choice(endings)).capitalize()
         if word.lower() in taken:
             misses += 1
             if misses > 2000:  # almost every word is taken: the space is (nearly) used up
@@ -268,7 +261,7 @@ def world_words() -> set[str]:
 
 #: How often each kind of document appears in the corpus (relative weights).
 DOCUMENT_WEIGHTS = {"encyclopedia": 6, "town page": 1, "story": 2, "arithmetic": 4, "review": 2, "list": 2,
-                    "worksheet": 2, "visitor": 3}
+                    "worksheet": 2}
 
 
 @dataclass
@@ -281,14 +274,11 @@ class World:
     #: No stage trains on them; notebook 3 asks about them to see whether honesty generalises.
     unknown_names: list[str] = field(default_factory=list)
     max_operand: int = 30  # largest number in the world's arithmetic
-    #: Words (lower case) that no stranger of the corpus's "visitor" pages may be called: every name a
-    #: later stage uses (`embiggen.splits` passes them). None: the corpus has no visitor pages.
-    visitor_taboo: frozenset[str] | None = None
 
     # ----- construction ----------------------------------------------------------------
     @classmethod
     def generate(cls, seed: int = 1234, n_people: int = 40, pretraining_only_share: float = 0.25,
-                 n_unknown: int = 10, max_operand: int = 30, visitor_taboo: frozenset[str] | None = None) -> "World":
+                 n_unknown: int = 10, max_operand: int = 30) -> "World":
         if n_people < 4:
             raise ValueError(f"a world needs at least 4 people, got n_people={n_people}")
         max_people = len(FIRST_NAMES)  # first names are unique, so "Alma" means one person
@@ -307,10 +297,7 @@ class World:
             ))
         # People who do not exist: first names unused in this world with a surname.
         unknown = [f"{first} {rng.choice(LAST_NAMES)}" for first in firsts[n_people:]]
-        if visitor_taboo is not None:  # nobody of this world, real or "unknown", is a stranger either
-            visitor_taboo = frozenset(w.lower() for w in visitor_taboo) | {w.lower() for w in world_words()}
-        return cls(seed=seed, people=people, unknown_names=unknown, max_operand=max_operand,
-                   visitor_taboo=visitor_taboo)
+        return cls(seed=seed, people=people, unknown_names=unknown, max_operand=max_operand)
 
     # ----- views ---------------------------------------------------------------------
     @property
@@ -341,12 +328,9 @@ class World:
 
     def document_kinds(self) -> dict:
         """Kind of document -> function(rng) that writes one."""
-        kinds = {"encyclopedia": self._encyclopedia, "town page": self._town_page, "story": self._story,
-                 "arithmetic": self._arithmetic, "review": self._review, "list": self._list,
-                 "worksheet": self._worksheet, "visitor": self._visitor}
-        if self.visitor_taboo is None:  # a world built without a taboo list has no visitor pages
-            del kinds["visitor"]
-        return kinds
+        return {"encyclopedia": self._encyclopedia, "town page": self._town_page, "story": self._story,
+                "arithmetic": self._arithmetic, "review": self._review, "list": self._list,
+                "worksheet": self._worksheet}
 
     def _encyclopedia(self, rng: random.Random) -> str:
         p = rng.choice(self.people)
@@ -454,35 +438,6 @@ class World:
         rng.shuffle(seq)
         return (f"In the basket of {p.first} there were {', '.join(seq)}. "
                 f"That makes {count} {thing} in the basket.")
-
-    def _stranger(self, rng: random.Random) -> str:
-        """A name invented for this page alone, none of whose words is taboo."""
-        words = []
-        for kind in ("first", "last"):
-            word = invent_word(rng, kind)
-            while word.lower() in self.visitor_taboo:
-                word = invent_word(rng, kind)
-            words.append(word)
-        return " ".join(words)
-
-    def _visitor(self, rng: random.Random) -> str:
-        """A stranger passing through: a name invented for this page, said more than once, and no
-        facts about them. Since the name is new on every page, the only way to predict its second
-        mention is to copy the first: the "induction heads" of Olsson et al. 2022
-        (https://arxiv.org/abs/2209.11895). Notebook 3 needs that skill, to say
-        "I do not know anyone called <them>" about a person it has never read about."""
-        name, other = self._stranger(rng), self._stranger(rng)
-        first, town, local = name.split()[0], rng.choice(TOWNS), rng.choice(self.people)
-        return rng.choice([
-            f"A stranger called {name} came to {town}. Nobody in {town} knew {name}. {first} asked the way to the "
-            f"market and left the next day.",
-            f"Visitors' book of the inn at {town}: {name}, {other}. The first guest, {name}, stayed two nights.",
-            f"{local.name} met a traveller in {town}. \"My name is {name},\" said the traveller. {local.first} had "
-            f"never heard of {name} before.",
-            f"A letter came to {town} from {name}. Nobody knew who {name} was. It was signed: {name}.",
-            f"Two travellers, {name} and {other}, passed through {town}. {first} walked ahead of {other}.",
-            f"Someone asked about {name}. Nobody knew anyone called {name}.",
-        ])
 
     def _worksheet(self, rng: random.Random) -> str:
         """Questions without answers: the reason a base model answers a question with more
