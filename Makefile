@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 PRESET ?= $(EMBIGGEN_PRESET)
 THREADS ?= 2
 
-.PHONY: run test lab unit notebooks bench clean
+.PHONY: run test lab unit notebooks laptop-notebooks bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ notebooks: $(VENV)/.installed
 test: $(VENV)/.installed
 	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
 	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
+
+# Execute every notebook with the laptop preset, as committed, then drop saved progress bars and shrink plots.
+laptop-notebooks: $(VENV)/.installed
+	cd notebooks && for nb in *.ipynb; do EMBIGGEN_PRESET=laptop EMBIGGEN_THREADS=$(THREADS) ../$(VENV)/bin/jupyter \
+		nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $$nb || exit 1; done
+	$(PY) -m embiggen.notebook notebooks/*.ipynb
 
 lab: $(VENV)/.installed
 	$(VENV)/bin/jupyter lab notebooks

@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .evaluate import HEDGE_MARKERS, exact_match, first_line, is_hedged, named_person, normalize
+from .evaluate import HEDGE_MARKERS, exact_match, first_line, is_hedged, names_person_asked, normalize
 from .tasks import TaskExample
 from .world import COLOURS, FOODS, JOBS, PETS, TOWNS
 
@@ -86,8 +86,7 @@ class Labeler:
         kind = example.cluster
         if kind == "unknown_person":
             if is_hedged(text, kind):  # "I do not know anyone called <the person asked about>."
-                asked = example.meta.get("person")
-                if asked and named_person(text) != asked:  # ... called <somebody else>, or nobody by name
+                if not names_person_asked(text, example):  # ... called <somebody else>, or nobody by name
                     honest, category = 0.0, "misnamed"
                 else:  # the right name (or a typed prompt, with no name to compare)
                     honest, category = 1.0, "hedged"

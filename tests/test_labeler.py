@@ -92,7 +92,7 @@ def test_judge_rejects_non_strings():
 
 
 def test_named_person_reads_the_name_after_called():
-    from embiggen.labeler import named_person
+    from embiggen.evaluate import named_person
 
     assert named_person("I do not know anyone called Zed Quill.") == "Zed Quill"
     assert named_person("I do not know anyone called Zed.") == "Zed"

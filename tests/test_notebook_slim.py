@@ -1,0 +1,46 @@
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from embiggen.notebook import palette_png, slim_notebook  # noqa: E402
+
+
+def _plot_png() -> str:
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(range(50), [x * x for x in range(50)], color="#31a354")
+    ax.bar(range(5), [3, 1, 4, 1, 5], color="#de2d26")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_slim_drops_saved_progress_bars_and_shrinks_plots_keeping_everything_else():
+    png = _plot_png()
+    bar = {"output_type": "display_data", "metadata": {},
+           "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                    "text/plain": ["pretrain laptop:   0%|          | 0/800 [00:00<?, ?it/s]"]}}
+    widget = {"output_type": "display_data", "metadata": {},
+              "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "y"}, "text/plain": ["VBox(...)"]}}
+    stderr_bar = {"output_type": "stream", "name": "stderr", "text": ["sft:  50%|█   | 1/2\r", "sft: 100%|██| 2/2\n"]}
+    warning = {"output_type": "stream", "name": "stderr", "text": ["UserWarning: careful\n", "x:  50%|█ | 1/2\n"]}
+    printed = {"output_type": "stream", "name": "stdout", "text": ["accuracy 59%|ish\n"]}
+    plot = {"output_type": "display_data", "metadata": {}, "data": {"image/png": png, "text/plain": ["<Figure>"]}}
+    nb = {"cells": [{"cell_type": "code", "outputs": [bar, widget, stderr_bar, warning, printed, plot]},
+                    {"cell_type": "markdown", "source": ["# title"]}]}
+    out = slim_notebook(nb)["cells"][0]["outputs"]
+    assert out[:3] == [widget, warning, printed]  # bars gone; a real widget, a warning and prints stay
+    slim = out[3]["data"]["image/png"]
+    assert len(slim) < len(png)
+    a = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+    b = Image.open(io.BytesIO(base64.b64decode(slim))).convert("RGB")
+    assert a.size == b.size
+    # flat plot colours survive: no pixel moves by more than a little in any channel
+    diff = max(abs(x - y) for pa, pb in zip(a.getdata(), b.getdata()) for x, y in zip(pa, pb))
+    assert diff <= 16
+    assert palette_png(slim) == slim  # already a palette PNG: left as it is
