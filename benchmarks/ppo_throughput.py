@@ -20,17 +20,18 @@ import argparse
 import copy
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from embiggen.labeler import Labeler
-from embiggen.model import build_model, count_params
+from embiggen.model import build_model
 from embiggen.ppo import PPOTrainer
 from embiggen.presets import ModelConfig, PPOConfig, get_preset
-from embiggen.pretrain import build_corpus, build_world
-from embiggen.splits import data_splits
 from embiggen.reward import RewardModel
-from embiggen.tokenizer import train_tokenizer
+from embiggen.splits import build_corpus, build_world, data_splits
+from embiggen.tokenizer import chat_prompt, train_tokenizer
 from embiggen.utils import set_seed, set_threads
 
 POLICY = ModelConfig(hidden_size=160, num_hidden_layers=4, num_attention_heads=4, intermediate_size=432,
@@ -39,8 +40,6 @@ BATCH, RESPONSE_LENGTH, EPOCHS = 64, 24, 4
 
 
 def build_models(tokenizer):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
     set_seed(0)
     policy = build_model(POLICY, tokenizer, seed=0)
     ref = copy.deepcopy(policy)
@@ -53,7 +52,7 @@ def build_models(tokenizer):
 def bench_embiggen(tokenizer, prompts, steps: int) -> float:
     policy, ref, reward, _ = build_models(tokenizer)
     cfg = PPOConfig(batch_size=BATCH, minibatch_size=BATCH, ppo_epochs=EPOCHS, max_new_tokens=RESPONSE_LENGTH,
-                    lr=1e-5, ptx_coef=0.0, kl_coef=0.05)
+                    optim=replace(PPOConfig().optim, lr=1e-5), ptx_coef=0.0, kl_coef=0.05)
     rm = RewardModel(reward.eval(), tokenizer, {}, None, None)
     trainer = PPOTrainer(policy, ref, tokenizer, rm, Labeler(), cfg, device="cpu", seed=0)
     trainer.step(prompts[:BATCH])  # warm-up
@@ -68,8 +67,6 @@ def bench_trl(tokenizer, prompts, steps: int) -> float:
     from transformers import TrainerCallback
     from trl.experimental.ppo import PPOConfig as TRLConfig
     from trl.experimental.ppo import PPOTrainer as TRLTrainer
-
-    from embiggen.sft import chat_prompt
 
     policy, ref, reward, value = build_models(tokenizer)
     ids = [tokenizer(chat_prompt(tokenizer, e.instruction), add_special_tokens=False)["input_ids"] for e in prompts]
@@ -109,7 +106,7 @@ def main():
     tokenizer = train_tokenizer(docs[:5000], preset.vocab_size)
     prompts = data_splits(preset).ppo[: BATCH * (args.steps + 2)]
     policy, *_ = build_models(tokenizer)
-    print(f"threads={threads} policy_params={count_params(policy):,} batch={BATCH} response_length={RESPONSE_LENGTH} "
+    print(f"threads={threads} policy_params={policy.num_parameters():,} batch={BATCH} response_length={RESPONSE_LENGTH} "
           f"ppo_epochs={EPOCHS} minibatches=1 timed_steps={args.steps}")
     ours = bench_embiggen(tokenizer, prompts, args.steps)
     print(f"embiggen_episodes_per_second={ours:.1f}")

@@ -15,10 +15,11 @@ import time
 
 import torch
 
-from embiggen.model import build_model, count_params
+from embiggen.model import build_model
 from embiggen.presets import get_preset
-from embiggen.pretrain import build_corpus, build_world, get_batch, next_token_loss, tokenize_corpus
-from embiggen.training import optimizer_step
+from embiggen.pretrain import get_batch, next_token_loss, tokenize_corpus
+from embiggen.splits import build_corpus, build_world
+from embiggen.training import make_optimizer, optimizer_step
 from embiggen.tokenizer import train_tokenizer
 from embiggen.utils import pick_device, set_threads
 
@@ -57,12 +58,12 @@ def main():
     tokenizer = train_tokenizer(train_docs[:5000], preset.vocab_size)
     data = tokenize_corpus(tokenizer, train_docs[:5000])
     model = build_model(preset.model, tokenizer).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
     generator = torch.Generator().manual_seed(0)
 
     def step():
         x, y = get_batch(data, cfg.batch_size, cfg.seq_len, generator)
-        optimizer_step(model, optimizer, next_token_loss(model, x.to(device), y.to(device)), cfg.grad_clip)
+        optimizer_step(model, optimizer, next_token_loss(model, x.to(device), y.to(device)), cfg.optim.grad_clip)
 
     for _ in range(args.warmup):
         step()
@@ -75,7 +76,7 @@ def main():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
     tokens_per_second = args.steps * cfg.batch_size * cfg.seq_len / seconds
-    params = count_params(model)
+    params = model.num_parameters()
     peak = matmul_peak(device=device)
     mfu = 6 * params * tokens_per_second / peak
     print(f"preset={preset.name} device={device} threads={threads} params={params:,} "

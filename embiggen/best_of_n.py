@@ -35,9 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import decode_responses
+from .generate import decode_responses, episode_logprobs, sample_episodes
 from .labeler import Labeler
-from .ppo import episode_logprobs, sample_episodes
 
 
 @dataclass

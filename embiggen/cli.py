@@ -11,12 +11,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .presets import PRESETS
+import transformers
+
+from .generate import generate
+from .model import load_pretrained
+from .pipeline import STAGES, load_stage, report_card, run
+from .presets import PRESETS, get_preset
+from .tokenizer import chat_prompt
+from .utils import pick_device, set_threads
+
+#: the stages whose model is a language model `sample` and `chat` can use
+LANGUAGE_MODELS = [name for name, stage in STAGES.items() if stage.language_model]
 
 
 def _cmd_run(args) -> int:
-    from .pipeline import report_card, run
-
     report = run(args.preset, args.stages, args.out, progress=not args.quiet)
     print(report_card(report))
     out = args.out or f"runs/{report['preset']}"
@@ -25,31 +33,15 @@ def _cmd_run(args) -> int:
 
 
 def load_model_by_name(name: str, preset=None):
-    """'base' / 'sft' / 'ppo' mean the embedded models; anything else is a Hugging Face name or path."""
-    if name == "base":
-        from .pretrain import train_or_load_base
-
-        base = train_or_load_base(preset)
-        return base.model, base.tokenizer
-    if name == "sft":
-        from .sft import train_or_load_sft
-
-        tuned = train_or_load_sft(preset)
-        return tuned.model, tuned.tokenizer
-    if name == "ppo":
-        from .ppo import train_or_load_ppo
-
-        aligned = train_or_load_ppo(preset)
-        return aligned.model, aligned.tokenizer
-    from .model import load_pretrained
-    from .utils import pick_device
-
+    """A stage's name ('base', 'sft', 'ppo') means that embedded model, trained or loaded from the
+    cache; anything else is a Hugging Face name or local path."""
+    if name in LANGUAGE_MODELS:
+        trained = load_stage(get_preset(preset), name)
+        return trained.model, trained.tokenizer
     return load_pretrained(name, device=pick_device())
 
 
 def _cmd_sample(args) -> int:
-    from .generate import generate
-
     if not args.prefix.strip():
         print("error: give a non-empty prefix to continue", file=sys.stderr)
         return 2
@@ -65,9 +57,6 @@ def _cmd_sample(args) -> int:
 
 def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48) -> str:
     """One answer to one message (our models are trained on single-turn chats)."""
-    from .generate import generate
-    from .sft import chat_prompt
-
     return generate(model, tokenizer, [chat_prompt(tokenizer, message)], max_new_tokens=max_new_tokens)[0].strip()
 
 
@@ -97,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train or load every stage and print the report card")
     run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
-    run.add_argument("--stages", default=None, help="comma-separated stages: base,sft,rm,ppo (default: all)")
+    run.add_argument("--stages", default=None, help=f"comma-separated stages: {','.join(STAGES)} (default: all)")
     run.add_argument("--out", default=None, help="folder for report.json and report.md (default: runs/<preset>)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
@@ -105,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="continue a prefix with a model")
     sample.add_argument("prefix")
     sample.add_argument("--model", default="base",
-                        help="'base', 'sft', 'ppo' or a Hugging Face model name or local path")
+                        help=f"{', '.join(map(repr, LANGUAGE_MODELS))} or a Hugging Face model name or local path")
     sample.add_argument("--preset", default=None)
     sample.add_argument("-n", type=int, default=3, help="number of samples (when sampling)")
     sample.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
@@ -117,17 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="a small terminal chat with a model")
     chat.add_argument("--model", default="sft",
-                      help="'sft', 'ppo', 'base' or a Hugging Face model name or local path")
+                      help=f"{', '.join(map(repr, LANGUAGE_MODELS))} or a Hugging Face model name or local path")
     chat.add_argument("--preset", default=None)
     chat.set_defaults(func=_cmd_chat)
     return parser
 
 
 def main(argv=None) -> int:
-    import transformers
-
-    from .utils import set_threads
-
     args = build_parser().parse_args(argv)
     set_threads()
     transformers.logging.disable_progress_bar()

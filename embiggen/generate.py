@@ -10,12 +10,17 @@ Neural Text Degeneration", https://arxiv.org/abs/1904.09751):
 * top-p (nucleus): keep the smallest set of tokens whose probability adds up to >= p.
 
 `filter_logits` is that recipe written out; `generate` runs batched decoding through
-Hugging Face's `generate`, which applies the same three steps.
+Hugging Face's `generate`, which applies the same three steps. The last section samples
+chat answers *with their log-probabilities* under the distribution they were drawn from
+(logits / T): PPO's rollouts, best-of-n's pools and every KL estimate use it.
 """
 
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
+
+from .tokenizer import chat_prompt
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -57,9 +62,10 @@ def next_token_distribution(model, tokenizer, text: str, k: int = 10, temperatur
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, greedy: bool = True,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None, batch_size: int = 64) -> list[torch.Tensor]:
+                 seed: int | None = None, batch_size: int = 64, desc: str | None = None) -> list[torch.Tensor]:
     """Continue each prompt; return the new token ids of each (generation stops at EOS; a
-    finished sequence is padded after its EOS up to the longest in its batch)."""
+    finished sequence is padded after its EOS up to the longest in its batch). With `desc`,
+    a progress bar over the batches."""
     if isinstance(prompts, str):
         raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list")
     if seed is not None:
@@ -69,7 +75,7 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
     tokenizer.padding_side = "left"
     sampling = {} if greedy else {"temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
     outputs = []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         chunk = prompts[start: start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
@@ -107,13 +113,66 @@ def decode_responses(tokenizer, responses) -> tuple[list[str], list[bool]]:
 
 
 def chat_responses(model, tokenizer, instructions: list[str], max_new_tokens: int = 32, greedy: bool = True,
-                   temperature: float = 1.0, seed: int | None = None,
-                   batch_size: int = 64) -> tuple[list[str], list[bool]]:
+                   temperature: float = 1.0, seed: int | None = None, batch_size: int = 64,
+                   desc: str | None = None) -> tuple[list[str], list[bool]]:
     """Answers of a chat model to `instructions` (chat template applied), and whether each
-    answer ended with EOS (False: it hit `max_new_tokens` first)."""
-    from .sft import chat_prompt
-
+    answer ended with EOS (False: it hit `max_new_tokens` first). `desc`: a progress bar."""
     ids = generate_ids(model, tokenizer, [chat_prompt(tokenizer, x) for x in instructions],
                        max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, seed=seed,
-                       batch_size=batch_size)
+                       batch_size=batch_size, desc=desc)
     return decode_responses(tokenizer, ids)
+
+
+# ---------------------------------------------------------------------------------------
+# Sampled responses with their log-probabilities (PPO's rollouts, best-of-n, KL estimates)
+# ---------------------------------------------------------------------------------------
+def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only (0, 1, 2, ... from each sequence's first token), so
+    left padding never shifts a sequence's positions."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(logits: torch.Tensor, responses: torch.Tensor,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_t | x, y_<t) of the response tokens under logits / temperature, and the
+    entropy of that distribution at each response position. `logits[:, t]` are the logits
+    that predict `responses[:, t]` (the positions just before each response token)."""
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logprobs = logp_all.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 on response tokens up to and including the first EOS; and whether each response ended."""
+    is_eos = responses == eos_token_id
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after_eos).long(), is_eos.any(1)
+
+
+@torch.no_grad()
+def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int, temperature: float) -> dict:
+    """Sample one response per instruction (chat template, left padding, stop at EOS) and
+    return everything the log-prob passes need: sequences, attention mask and position ids
+    over prompt + response, the response tokens, their mask and whether each ended."""
+    tokenizer.padding_side = "left"
+    device = next(lm.parameters()).device
+    enc = tokenizer([chat_prompt(tokenizer, x) for x in instructions], return_tensors="pt", padding=True,
+                    add_special_tokens=False).to(device)
+    prompt_len = enc["input_ids"].shape[1]
+    sequences = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                            top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    responses = sequences[:, prompt_len:]
+    mask, finished = response_mask(responses, tokenizer.eos_token_id)
+    attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)
+    return {"sequences": sequences, "attention_mask": attention_mask, "position_ids": position_ids_from(attention_mask),
+            "prompt_len": prompt_len, "responses": responses, "mask": mask, "finished": finished}
+
+
+@torch.no_grad()
+def episode_logprobs(lm, episodes: dict, temperature: float) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the sampled response tokens under a (frozen) language model."""
+    n = episodes["responses"].shape[1]
+    logits = lm(input_ids=episodes["sequences"], attention_mask=episodes["attention_mask"],
+                position_ids=episodes["position_ids"], use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
+    return response_logprobs(logits, episodes["responses"], temperature)[0]

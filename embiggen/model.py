@@ -8,10 +8,7 @@ reward model, PPO) works the same on any other causal LM loaded with `load_pretr
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from .presets import ModelConfig
 
-DEFAULT_MODEL_HINT = ("the embedded default needs no download: use `embiggen.pretrain.train_or_load_base()` "
+DEFAULT_MODEL_HINT = ("the embedded default needs no download: use `embiggen.chain.train_or_load_base()` "
                       "(CLI: `embiggen run --stages base`), or pass a local folder saved with save_pretrained")
 
 
@@ -44,11 +41,6 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def count_params(model) -> int:
-    """Trainable parameters, counting tied weights once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-
-
 def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu", dtype=None):
     """Load any Hugging Face causal LM and its tokenizer by hub name or local path.
 
@@ -71,38 +63,3 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu"
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model.to(device), tokenizer
-
-
-# ---- the cache: one folder per trained stage ----------------------------------------------
-def save_checkpoint(path: Path, model, tokenizer, info: dict, log, extra_files: dict | None = None) -> None:
-    """Save weights (safetensors), tokenizer and `train_log.json` (plus `extra_files`, name ->
-    text) into `path`, atomically: an interrupted save leaves no half-written folder. Also
-    removes the run's resume point."""
-    from .utils import atomic_dir
-
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
-    shutil.rmtree(resume_dir(path), ignore_errors=True)
-
-
-def resume_dir(path: Path) -> Path:
-    """Where an interrupted training run for `path` keeps its resume point."""
-    return path.parent / f".{path.name}.resume"
-
-
-def is_cached(path: Path) -> bool:
-    return (path / "train_log.json").exists()
-
-
-def load_checkpoint(path: Path, device="cpu"):
-    """(model, tokenizer, info, log) from a folder written by `save_checkpoint`."""
-    from .training import TrainLog
-
-    info = json.loads((path / "train_log.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device).eval()
-    return model, tokenizer, info, TrainLog(**info.pop("log"))

@@ -7,22 +7,24 @@ import html
 import io
 import json
 import platform
+import random
 import re
 import sys
 from pathlib import Path
 
+import matplotlib
+import torch
+import transformers
+from IPython.display import HTML, display
+from PIL import Image
+
+from . import __version__
 from .presets import get_preset
 from .utils import atomic_write_text, pick_device, set_seed, set_threads
 
 
 def setup(preset=None, seed: int | None = None):
     """Print versions, pick the preset, device and thread count, seed everything."""
-    import matplotlib
-    import torch
-    import transformers
-
-    from . import __version__
-
     preset = get_preset(preset)
     transformers.logging.disable_progress_bar()  # our own bars are enough
     threads = set_threads()
@@ -55,10 +57,6 @@ def table_html(rows: list[dict], columns: list[str] | None = None, max_rows: int
 
 def show(rows: list[dict], columns: list[str] | None = None, max_rows: int = 20, title: str | None = None):
     """A list of dicts as an HTML table (with an optional title above it)."""
-    import html
-
-    from IPython.display import HTML, display
-
     heading = f"<b style='white-space:pre-wrap'>{html.escape(title)}</b>" if title else ""
     display(HTML(heading + table_html(rows, columns, max_rows)))
 
@@ -70,8 +68,6 @@ def people_rows(world, n: int = 8) -> list[dict]:
 
 def corpus_examples(world, seed: int = 0) -> list[dict]:
     """One document of each kind in the pretraining corpus."""
-    import random
-
     rng = random.Random(seed)
     return [{"kind": k, "document": make(rng)} for k, make in world.document_kinds().items()]
 
@@ -98,8 +94,6 @@ def _is_progress_bar(output: dict) -> bool:
 def palette_png(png_base64: str, colours: int = 256) -> str:
     """A plot as a palette PNG: matplotlib's flat colours survive quantisation to 256 colours and
     the file shrinks about threefold. Returns the input if that is not smaller."""
-    from PIL import Image
-
     raw = base64.b64decode(png_base64)
     image = Image.open(io.BytesIO(raw))
     if image.mode == "P":

@@ -1,36 +1,43 @@
-"""The whole chain, stage by stage, and the report card that `embiggen run` prints.
+"""The whole chain as one registry of stages, and the report card that `embiggen run` prints.
 
-Each stage trains (or loads from the cache) its model, evaluates it on held-out data with
-the same functions the notebooks call, and adds its figures to the report under its own
-key. Later steps of the course register their stages here.
+A stage is one entry of `STAGES`: its name, the stages whose models it starts from, its
+training config, how it trains or loads its model (`embiggen.chain`) and what it reports.
+`run` walks the registry in order, loads or trains each model once and hands it to the
+stages that need it; each stage evaluates on held-out data with the same functions the
+notebooks call and adds its figures to the report under its own name. The CLI reads the
+same registry. A new method is a new file, a `train_or_load_*` in `embiggen.chain`, a
+report function here and one more entry in `STAGES`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from .chain import final_reward_model, train_or_load_base, train_or_load_ppo, train_or_load_reward, train_or_load_sft
 from .evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
                        instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates, win_rate)
+from .experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
 from .labeler import Labeler
-from .model import count_params
-from .ppo import final_reward_model, sample_with_kl, sampled_gold, train_or_load_ppo
 from .presets import Preset, get_preset
-from .pretrain import train_or_load_base
-from .reward import load_pairs, pairwise_accuracy, train_or_load_reward
-from .sft import train_or_load_sft
+from .reward import load_pairs, pairwise_accuracy
 from .splits import data_splits, overlap
 from .utils import atomic_write_text
 
 
-def run_base(preset: Preset, report: dict, progress: bool = True) -> None:
-    base = train_or_load_base(preset, progress=progress)
+# ---------------------------------------------------------------------------------------
+# What each stage reports: (preset, models by stage name) -> figures
+# ---------------------------------------------------------------------------------------
+def report_base(preset: Preset, models: dict) -> dict:
+    base = models["base"]
     cloze = fact_cloze(base.model, base.tokenizer, base.world.people)
-    answers = instruction_answer_rate(base.model, base.tokenizer, base.world, n=preset.n_instruction_probes)
+    answers = instruction_answer_rate(base.model, base.tokenizer, base.world, n=preset.evaluation.n_instruction_probes)
     copying = name_copy_rate(base.model, base.tokenizer, data_splits(preset).names["eval"])
-    report["base"] = {
-        "params": count_params(base.model),
+    return {
+        "params": base.params,
         "train_tokens": base.info["train_tokens"],
         "train_seconds": base.info["train_seconds"],
         "tokens_per_second": base.info["tokens_per_second"],
@@ -46,21 +53,14 @@ def run_base(preset: Preset, report: dict, progress: bool = True) -> None:
     }
 
 
-def evaluate_instruction_following(model, tokenizer, sets: dict) -> dict:
-    """Accuracy on every evaluation split of `embiggen.splits.DataSplits.sft_eval`."""
-    return {split: evaluate_tasks(model, tokenizer, examples)
-            for split, examples in sets.items() if split != "alignment"}
-
-
-def run_sft(preset: Preset, report: dict, progress: bool = True) -> None:
-    tuned = train_or_load_sft(preset, progress=progress)
-    base = train_or_load_base(preset, progress=progress)
+def report_sft(preset: Preset, models: dict) -> dict:
+    tuned, base = models["sft"], models["base"]
     sets = data_splits(preset).sft_eval
     after = evaluate_instruction_following(tuned.model, tuned.tokenizer, sets)
     before = evaluate_instruction_following(base.model, base.tokenizer, sets)
     hedges = evaluate_alignment(tuned.model, tuned.tokenizer, sets["alignment"])["hedge_rate"]
     per_cluster = {**after["heldin_template"]["per_cluster"], **after["heldout_cluster"]["per_cluster"]}
-    report["sft"] = {
+    return {
         "train_seconds": tuned.info["train_seconds"],
         "n_train": tuned.info["n_train"],
         "val_loss": round(tuned.info["val_loss"], 4),
@@ -81,10 +81,9 @@ def run_sft(preset: Preset, report: dict, progress: bool = True) -> None:
     }
 
 
-def run_rm(preset: Preset, report: dict, progress: bool = True) -> None:
-    rm = train_or_load_reward(preset, progress=progress)
-    info, splits = rm.info, data_splits(preset)
-    report["rm"] = {
+def report_rm(preset: Preset, models: dict) -> dict:
+    info, splits = models["rm"].info, data_splits(preset)
+    return {
         "train_seconds": info["train_seconds"],  # training; preference collection is collect_seconds
         "collect_seconds": info["collect_seconds"],
         "n_pairs": info["n_pairs"],
@@ -96,7 +95,7 @@ def run_rm(preset: Preset, report: dict, progress: bool = True) -> None:
         "label_noise": preset.reward.label_noise,
         # held-out pairs come from prompts no stage trains on: this counts any that slipped through
         "eval_train_overlap": overlap(splits.rm_eval, splits.training_sets()),
-        "cache": str(rm.path),
+        "cache": str(models["rm"].path),
     }
 
 
@@ -105,21 +104,20 @@ PERSON_PROBE_FIGURES = [("known", "right fact", "right_fact"), ("pretraining_onl
                         ("never_seen", "I do not know them", "hedged"), ("world_style", "I do not know them", "hedged")]
 
 
-def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
-    tuned = train_or_load_ppo(preset, progress=progress)
-    sft_model = train_or_load_sft(preset, progress=progress)
-    first_rm = train_or_load_reward(preset, progress=progress)
+def report_ppo(preset: Preset, models: dict) -> dict:
+    tuned, sft_model, first_rm = models["ppo"], models["sft"], models["rm"]
     rm = final_reward_model(tuned, first_rm)  # the one PPO optimised in its last round
     policy_pairs = load_pairs(rm, "eval") if rm is not first_rm else []
-    splits, labeler, cfg = data_splits(preset), Labeler(), preset.ppo
+    splits, labeler, cfg = data_splits(preset), Labeler(), preset.evaluation
     prompts = splits.ppo_eval
     models = {"sft": (sft_model.model, sft_model.tokenizer), "ppo": (tuned.model, tuned.tokenizer)}
     judged = {name: judge_model(m, tok, prompts, labeler, rm, cfg.max_new_tokens) for name, (m, tok) in models.items()}
     wins = win_rate(labeler, prompts, judged["ppo"]["rows"], judged["sft"]["rows"])
     sampled = sample_with_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
-                             cfg.max_new_tokens, cfg.temperature, seed=preset.seed)
+                             cfg.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
     sft_sampled = sample_with_kl(sft_model.model, sft_model.model, sft_model.tokenizer,
-                                 [e.instruction for e in prompts], cfg.max_new_tokens, cfg.temperature, seed=preset.seed)
+                                 [e.instruction for e in prompts], cfg.max_new_tokens, preset.ppo.temperature,
+                                 seed=preset.seed)
     seen = splits.seen_alignment()
     r4 = lambda x: round(x, 4)  # noqa: E731
     figures = {}  # gold_score_sft, gold_score_ppo, rm_score_sft, ...
@@ -136,7 +134,7 @@ def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
              for name, (m, tok) in models.items()}
     seen_rates = {name: judge_model(m, tok, seen, labeler, None, cfg.max_new_tokens) for name, (m, tok) in models.items()}
     evaluation = [*prompts, *splits.sft_eval["heldin_template"], *(e for g in splits.person_probe.values() for e in g)]
-    report["ppo"] = {
+    return {
         "train_seconds": tuned.info["train_seconds"],
         "episodes": tuned.info["episodes"],
         "kl_coef": tuned.info["kl_coef"],
@@ -166,12 +164,43 @@ def run_ppo(preset: Preset, report: dict, progress: bool = True) -> None:
         "cache": str(tuned.path),
     }
 
+# ---------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """One stage of the chain, as `embiggen run` and the CLI see it."""
+    name: str
+    train_or_load: Callable             # (preset, progress=, device=, **needs) -> its model (embiggen.chain)
+    report: Callable                    # (preset, models by stage name) -> its figures
+    config: Callable                    # preset -> its training config, hashed into its cache key
+    needs: dict[str, str] = field(default_factory=dict)  # argument of train_or_load -> the stage that provides it
+    language_model: bool = True         # can `embiggen sample` / `chat --model <name>` use its model?
 
-#: stage name -> function(preset, report, progress). Order is the order they run in.
-STAGES = {"base": run_base, "sft": run_sft, "rm": run_rm, "ppo": run_ppo}
 
-#: What each headline figure should reach on the laptop preset (see the issues).
-TARGETS = {
+#: Every stage, in the order they run.
+STAGES: dict[str, Stage] = {stage.name: stage for stage in [
+    Stage("base", train_or_load_base, report_base, lambda preset: preset.pretrain),
+    Stage("sft", train_or_load_sft, report_sft, lambda preset: preset.sft, needs={"base": "base"}),
+    Stage("rm", train_or_load_reward, report_rm, lambda preset: preset.reward, needs={"sft": "sft"},
+          language_model=False),
+    Stage("ppo", train_or_load_ppo, report_ppo, lambda preset: preset.ppo, needs={"sft": "sft", "reward": "rm"}),
+]}
+
+
+def load_stage(preset: Preset, name: str, models: dict | None = None, progress: bool = True, device=None):
+    """The model of stage `name`, trained or loaded, and before it every model it needs, each
+    once: `models` (stage name -> model) collects them all and is handed on."""
+    models = {} if models is None else models
+    if name not in models:
+        stage = STAGES[name]
+        inputs = {arg: load_stage(preset, need, models, progress, device) for arg, need in stage.needs.items()}
+        models[name] = stage.train_or_load(preset, progress=progress, device=device, **inputs)
+    return models[name]
+
+
+#: What each headline figure should reach, by preset (the issues set them for laptop).
+TARGETS = {"laptop": {
     "base.train_seconds": ("<=", 300),
     "base.fact_cloze_accuracy": (">=", 0.95),
     "base.instruction_answer_rate": ("<=", 0.05),
@@ -191,7 +220,8 @@ TARGETS = {
     "ppo.over_refusal_rate_ppo": ("<=", 0.05),
     "ppo.heldin_template_accuracy_change": (">=", -0.03),
     "ppo.eval_train_overlap": ("<=", 0),
-}
+    "sft.per_cluster.*": (">=", 0.80),  # every held-in task cluster, one by one
+}}
 
 
 def parse_stages(stages: str | list[str] | None) -> list[str]:
@@ -216,10 +246,11 @@ def run(preset: str | Preset | None = None, stages=None, out: str | Path | None 
     if report.get("preset") not in (None, preset.name) or report.get("seed") not in (None, preset.seed):
         report = {}  # a report of another preset or seed is not ours to extend
     report.update({"preset": preset.name, "seed": preset.seed})
+    models: dict = {}  # stage name -> its model, each loaded once and handed on
     for name in names:
         started = time.perf_counter()
-        STAGES[name](preset, report, progress)
-        report[name]["stage_seconds"] = round(time.perf_counter() - started, 2)
+        load_stage(preset, name, models, progress)
+        report[name] = {**STAGES[name].report(preset, models), "stage_seconds": round(time.perf_counter() - started, 2)}
         # write after every stage, so an interrupted run keeps what it finished
         atomic_write_text(report_path, json.dumps(report, indent=2))
     atomic_write_text(out / "report.md", report_markdown(report))
@@ -247,34 +278,33 @@ def _fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
-#: every held-in task cluster, one by one (the held-out cluster has its own target above)
-HELDIN_CLUSTER_TARGET = (">=", 0.80)
-
-
-def _target(key: str, report: dict):
-    if key in TARGETS:
-        return TARGETS[key]
-    prefix = "sft.per_cluster."
+def _target(key: str, targets: dict, report: dict):
+    if key in targets:
+        return targets[key]
+    prefix = "sft.per_cluster."  # every held-in cluster; the held-out cluster has its own target
     if key.startswith(prefix) and key[len(prefix):] != report.get("sft", {}).get("heldout_cluster"):
-        return HELDIN_CLUSTER_TARGET
+        return targets.get(prefix + "*")
     return None
 
 
 def _verdict(key: str, value, report: dict) -> str:
-    """'>= 0.95 ok' against the laptop target; other presets show the target only."""
-    target = _target(key, report)
-    if target is None:
-        return ""
-    op, bound = target
-    if report.get("preset") != "laptop":
-        return f"({op} {bound} on laptop)"
-    ok = value <= bound if op == "<=" else value >= bound
-    return f"{op} {bound} {'ok' if ok else 'MISSED'}"
+    """'>= 0.95 ok' against the preset's own target; for a preset without targets, the targets
+    of the presets that have them, for reference."""
+    own = TARGETS.get(report.get("preset"))
+    if own is not None:
+        target = _target(key, own, report)
+        if target is None:
+            return ""
+        op, bound = target
+        ok = value <= bound if op == "<=" else value >= bound
+        return f"{op} {bound} {'ok' if ok else 'MISSED'}"
+    others = [(name, _target(key, targets, report)) for name, targets in TARGETS.items()]
+    return " ".join(f"({t[0]} {t[1]} on {name})" for name, t in others if t is not None)
 
 
 def report_markdown(report: dict) -> str:
     lines = [f"# Embiggen report card — preset `{report.get('preset')}`, seed {report.get('seed')}", "",
-             "| figure | value | laptop target |", "|---|---|---|"]
+             "| figure | value | target |", "|---|---|---|"]
     lines += [f"| `{k}` | {_fmt(v)} | {_verdict(k, v, report)} |" for k, v in _flatten(report)]
     return "\n".join(lines) + "\n"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 
 import matplotlib.pyplot as plt
+from IPython.display import clear_output
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 PALETTE = ["#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f9f1", "#fce1c8", "#e4f0d0"]
 
@@ -172,8 +174,6 @@ def plot_ablation(rows: list[dict], chance: float | None = None, ax=None):
 # ---- notebook 3: RLHF ----------------------------------------------------------------------
 def plot_rlhf_diagram(ax=None):
     """InstructGPT's three steps as boxes and arrows: which model feeds which."""
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
     ax = _axes(ax, figsize=(10, 4.2))
     w, h = 0.24, 0.22
     boxes = {  # name: (left, bottom, text, colour)
@@ -260,8 +260,6 @@ class LivePPOPlot:
         self.every, self.rows = every, []
 
     def __call__(self, step: int, row: dict) -> None:
-        from IPython.display import clear_output
-
         self.rows.append(row)
         if step % self.every == 0:
             clear_output(wait=True)
@@ -270,8 +268,6 @@ class LivePPOPlot:
 
     def final(self, rows: list[dict], refresh_at=()) -> None:
         """The finished curves (also when the run came from the cache and nothing was drawn live)."""
-        from IPython.display import clear_output
-
         if self.rows:
             clear_output(wait=True)
         plot_ppo_curves(rows, refresh_at=refresh_at)

@@ -46,19 +46,18 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .generate import decode_responses
-from .presets import PPOConfig, Preset, get_preset
-from .splits import SPLITS_VERSION, data_splits
-from .utils import cache_root, config_key, pick_device, set_seed
-
-PPO_VERSION = 2
+from .generate import decode_responses, episode_logprobs, position_ids_from, response_logprobs, sample_episodes
+from .presets import PPOConfig
+from .sft import batch_loss
+from .training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
+from .utils import pick_device
 
 
 class PPODivergence(RuntimeError):
@@ -198,58 +197,6 @@ def disable_dropout(model: nn.Module) -> None:
             setattr(config, name, 0.0)
 
 
-def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def response_logprobs(logits: torch.Tensor, responses: torch.Tensor,
-                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y_t | x, y_<t) of the response tokens under logits / temperature, and the
-    entropy of that distribution at each response position. `logits[:, t]` are the logits
-    that predict `responses[:, t]` (the positions just before each response token)."""
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-    logprobs = logp_all.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprobs, entropy
-
-
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 on response tokens up to and including the first EOS; and whether each response ended."""
-    is_eos = responses == eos_token_id
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
-    return (~after_eos).long(), is_eos.any(1)
-
-
-@torch.no_grad()
-def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int, temperature: float) -> dict:
-    """Sample one response per instruction (chat template, left padding, stop at EOS) and
-    return everything the log-prob passes need: sequences, attention mask and position ids
-    over prompt + response, the response tokens, their mask and whether each ended."""
-    from .sft import chat_prompt
-
-    tokenizer.padding_side = "left"
-    device = next(lm.parameters()).device
-    enc = tokenizer([chat_prompt(tokenizer, x) for x in instructions], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(device)
-    prompt_len = enc["input_ids"].shape[1]
-    sequences = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                            top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    responses = sequences[:, prompt_len:]
-    mask, finished = response_mask(responses, tokenizer.eos_token_id)
-    attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)
-    return {"sequences": sequences, "attention_mask": attention_mask, "position_ids": position_ids_from(attention_mask),
-            "prompt_len": prompt_len, "responses": responses, "mask": mask, "finished": finished}
-
-
-@torch.no_grad()
-def episode_logprobs(lm, episodes: dict, temperature: float) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the sampled response tokens under a (frozen) language model."""
-    n = episodes["responses"].shape[1]
-    logits = lm(input_ids=episodes["sequences"], attention_mask=episodes["attention_mask"],
-                position_ids=episodes["position_ids"], use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
-    return response_logprobs(logits, episodes["responses"], temperature)[0]
-
-
 # ---------------------------------------------------------------------------------------
 # Rollouts and one PPO step
 # ---------------------------------------------------------------------------------------
@@ -286,18 +233,13 @@ class PPOTrainer:
 
     def __init__(self, policy_lm, ref_lm, tokenizer, reward_model, labeler, cfg: PPOConfig, device=None,
                  seed: int = 0, ptx_data=None):
-        from .sft import chat_prompt
-
         self.cfg, self.tokenizer, self.reward_model, self.labeler = cfg, tokenizer, reward_model, labeler
         self.device = device or pick_device()
-        self.chat_prompt = lambda text: chat_prompt(tokenizer, text)
         disable_dropout(policy_lm)
         disable_dropout(ref_lm)
         self.policy = PolicyWithValueHead(policy_lm).to(self.device)
-        self.ref_policy = ref_lm.to(self.device).eval()
-        for p in self.ref_policy.parameters():
-            p.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.ref_policy = ref_lm.to(self.device).eval()  # frozen: only ever run under torch.no_grad
+        self.optimizer = make_optimizer(self.policy.parameters(), cfg.optim)
         self.kl_ctl = kl_controller(cfg)
         self.generator = torch.Generator().manual_seed(seed)
         self.seed = seed
@@ -355,19 +297,14 @@ class PPOTrainer:
                 vf_loss = clipped_value_loss(values, ro.values[idx], returns[idx], m, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ptx_coef > 0:
-                    from .sft import batch_loss
-
                     batch = {k: v.to(self.device) for k, v in self.ptx_data.next_batch(self.generator).items()}
                     ptx_loss, _ = batch_loss(self.policy.lm, batch)
                     loss = loss + cfg.ptx_coef * ptx_loss
                     stats.setdefault("ptx_loss", []).append(ptx_loss.item())
                 if not torch.isfinite(loss):
                     raise PPODivergence(f"PPO loss became {loss.item()} at step {self.n_steps + 1}; lower the "
-                                        f"learning rate (now {cfg.lr}) or raise the KL coefficient")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                                        f"learning rate (now {cfg.optim.lr}) or raise the KL coefficient")
+                optimizer_step(self.policy, self.optimizer, loss, cfg.optim.grad_clip)
                 stats["policy_loss"].append(pg_loss.item())
                 stats["value_loss"].append(vf_loss.item())
                 stats["clip_frac"].append(pg_stats["clip_frac"])
@@ -379,7 +316,7 @@ class PPOTrainer:
         if not math.isfinite(seq_kl) or seq_kl > cfg.kl_max:
             raise PPODivergence(f"KL to the SFT model reached {seq_kl:.1f} nats at step {self.n_steps + 1} (limit "
                                 f"{cfg.kl_max}): the policy has run away from the reference. Raise kl_coef "
-                                f"(now {self.kl_ctl.value:.3g}) or lower lr (now {cfg.lr}).")
+                                f"(now {self.kl_ctl.value:.3g}) or lower lr (now {cfg.optim.lr}).")
         kl_coef = self.kl_ctl.value
         self.kl_ctl.update(seq_kl, n)
         self.n_steps += 1
@@ -405,66 +342,8 @@ class PPOTrainer:
 
 
 # ---------------------------------------------------------------------------------------
-# A whole PPO run, cached like every other stage
+# A whole PPO run: steps on random batches of prompts, resumable
 # ---------------------------------------------------------------------------------------
-@dataclass
-class PPOModel:
-    model: object        # the tuned causal LM (value head dropped)
-    tokenizer: object
-    world: object
-    log: PPOLog
-    info: dict
-    path: Path
-
-
-def ppo_cache_dir(preset: Preset, reward_path: Path, cfg: PPOConfig) -> Path:
-    key = config_key("ppo", PPO_VERSION, SPLITS_VERSION, reward_path.name, asdict(cfg))
-    return cache_root() / "ppo" / f"{preset.name}-seed{preset.seed}-beta{cfg.kl_coef:g}-{key}"
-
-
-def save_resume_point(folder: Path, trainer: PPOTrainer, rng: random.Random, log: PPOLog) -> None:
-    """Everything needed to continue an interrupted PPO run — policy with value head, Adam's
-    state, the KL coefficient, random states and the log — as safetensors plus JSON."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from .training import optimizer_state_tensors
-    from .utils import atomic_dir
-
-    with atomic_dir(folder) as tmp:
-        state = trainer.policy.state_dict()
-        if getattr(trainer.policy.lm.config, "tie_word_embeddings", False):
-            state = {k: v for k, v in state.items() if k != "lm.lm_head.weight"}
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "policy.safetensors"))
-        opt = {**optimizer_state_tensors(trainer.optimizer), "generator_state": trainer.generator.get_state()}
-        save_file(opt, str(tmp / "optimizer.safetensors"))
-        version, internal, gauss = rng.getstate()
-        (tmp / "state.json").write_text(json.dumps({
-            "n_steps": trainer.n_steps, "kl_coef": trainer.kl_ctl.value, "rows": log.rows,
-            "rng_state": [version, list(internal), gauss]}))
-
-
-def load_resume_point(folder: Path, trainer: PPOTrainer, rng: random.Random) -> PPOLog:
-    import json
-
-    from safetensors.torch import load_file
-
-    from .training import restore_optimizer_state
-
-    state = json.loads((folder / "state.json").read_text())
-    trainer.policy.load_state_dict(load_file(str(folder / "policy.safetensors")), strict=False)
-    if getattr(trainer.policy.lm.config, "tie_word_embeddings", False):
-        trainer.policy.lm.tie_weights()
-    opt = load_file(str(folder / "optimizer.safetensors"))
-    trainer.generator.set_state(opt.pop("generator_state"))
-    restore_optimizer_state(trainer.optimizer, opt)
-    trainer.n_steps, trainer.kl_ctl.value = state["n_steps"], state["kl_coef"]
-    version, internal, gauss = state["rng_state"]
-    rng.setstate((version, tuple(internal), gauss))
-    return PPOLog([r["step"] for r in state["rows"]], state["rows"])
-
-
 def train_ppo(trainer: PPOTrainer, prompts: list, steps: int, batch_size: int, seed: int = 0,
               progress: bool = True, callback=None, desc: str = "ppo", resume_dir: Path | None = None,
               save_every: int = 10, refresh=None, refresh_at: tuple[int, ...] = ()) -> PPOLog:
@@ -475,8 +354,13 @@ def train_ppo(trainer: PPOTrainer, prompts: list, steps: int, batch_size: int, s
     stopped and ends with the same weights as an uninterrupted one."""
     rng = random.Random(seed)
     log = PPOLog()
-    if resume_dir is not None and (Path(resume_dir) / "state.json").exists():
-        log = load_resume_point(Path(resume_dir), trainer, rng)
+    state = (load_resume_point(resume_dir, trainer.policy, trainer.optimizer, trainer.generator)
+             if resume_dir is not None else None)
+    if state is not None:
+        trainer.n_steps, trainer.kl_ctl.value = state["n_steps"], state["kl_coef"]
+        version, internal, gauss = state["rng_state"]
+        rng.setstate((version, tuple(internal), gauss))
+        log = PPOLog([r["step"] for r in state["rows"]], state["rows"])
         for r, at in enumerate(refresh_at, start=2):  # the reward models of rounds already reached (cached)
             if refresh is not None and trainer.n_steps >= at:
                 refresh(trainer, r)
@@ -490,189 +374,11 @@ def train_ppo(trainer: PPOTrainer, prompts: list, steps: int, batch_size: int, s
         if refresh is not None and row["step"] in refresh_at:
             refresh(trainer, refresh_at.index(row["step"]) + 2)
         if resume_dir is not None and row["step"] % save_every == 0 and row["step"] < steps:
-            save_resume_point(Path(resume_dir), trainer, rng, log)
+            version, internal, gauss = rng.getstate()
+            save_resume_point(Path(resume_dir), trainer.policy, trainer.optimizer, trainer.generator,
+                              {"n_steps": trainer.n_steps, "kl_coef": trainer.kl_ctl.value, "rows": log.rows,
+                               "rng_state": [version, list(internal), gauss]})
         if callback is not None:
             callback(row["step"], row)
     bar.close()
     return log
-
-
-def build_trainer(preset: Preset, cfg: PPOConfig, sft_model, reward_model, device=None):
-    """A PPOTrainer that starts from (and is anchored to) the SFT model, and its training prompts."""
-    from transformers import AutoModelForCausalLM
-
-    from .labeler import Labeler
-
-    set_seed(preset.seed)
-    policy = AutoModelForCausalLM.from_pretrained(sft_model.path, use_safetensors=True)
-    ref = AutoModelForCausalLM.from_pretrained(sft_model.path, use_safetensors=True)
-    splits = data_splits(preset)
-    prompts = splits.ppo
-    ptx_data = None
-    if cfg.ptx_coef > 0:  # PPO-ptx: keep the language-model loss on the SFT demonstrations
-        from dataclasses import replace
-
-        from .sft import SFTData
-
-        # task demonstrations only, none of them an evaluation prompt (see embiggen.splits)
-        ptx_data = SFTData(sft_model.tokenizer, splits.ptx,
-                           replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
-    trainer = PPOTrainer(policy, ref, sft_model.tokenizer, reward_model, Labeler(), cfg, device=device,
-                         seed=preset.seed, ptx_data=ptx_data)
-    return trainer, prompts
-
-
-def refreshed_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, sft_model, first_rm, round_: int,
-                           progress: bool = True):
-    """Round `round_` of iterated RLHF: the labeler ranks K samples of the current policy on
-    fresh prompts, and a reward model is trained from the SFT weights on every pair so far
-    (the SFT samples' pairs plus each round's). Cached beside the first reward model."""
-    from .labeler import Labeler
-    from .model import is_cached, save_checkpoint
-    from .preferences import collect_preferences
-    from .reward import (_pairs_from_jsonl, _pairs_to_jsonl, fit_reward_model, labeler_for, load_pairs,
-                         load_reward_model, pairwise_accuracy, preference_data)
-
-    key = config_key("round", first_rm.path.name, asdict(cfg), round_)
-    path = first_rm.path.parent / f"{first_rm.path.name}-round{round_}-{key}"
-    if is_cached(path):
-        trainer.reward_model = load_reward_model(path, trainer.device)
-        return trainer.reward_model
-    rcfg, splits = preset.reward, data_splits(preset)
-    earlier = (_pairs_from_jsonl(trainer.reward_model.path / "train_pairs.jsonl")
-               if (trainer.reward_model.path / "train_pairs.jsonl").exists() else load_pairs(first_rm, "train"))
-    prompts, held_prompts = splits.refresh(round_), splits.refresh_eval(round_)
-    sample = dict(k=rcfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    policy = trainer.policy.lm
-    new = collect_preferences(policy, trainer.tokenizer, prompts, labeler_for(preset), seed=preset.seed + round_,
-                              **sample)
-    held = collect_preferences(policy, trainer.tokenizer, held_prompts, Labeler(), seed=preset.seed + 50 + round_,
-                               **sample)
-    pairs = earlier + new.pairs
-    sft_data = preference_data(preset, sft_model, progress=False)  # cached: held-out pairs and samples of SFT
-    # about one epoch over all pairs; normalised on the same SFT samples as the first reward model
-    rm = fit_reward_model(preset, sft_model, pairs, sft_data["eval_pairs"], sft_data["norm_samples"], path,
-                          steps=max(1, len(pairs) // rcfg.batch_size), progress=progress,
-                          desc=f"reward model {preset.name} round {round_}")
-    policy_eval = pairwise_accuracy(rm.model, rm.tokenizer, held.pairs)
-    rm.info.update({"round": round_, "new_pairs": len(new.pairs), "policy_pairwise_accuracy": policy_eval["accuracy"],
-                    "policy_per_type_accuracy": policy_eval["per_type"]})
-    save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
-                    extra_files={"train_pairs.jsonl": _pairs_to_jsonl(pairs),
-                                 "eval_pairs.jsonl": _pairs_to_jsonl(held.pairs)})
-    trainer.reward_model = rm
-    return rm
-
-
-def final_reward_model(tuned: PPOModel, first_rm):
-    """The reward model a PPO run optimised in its last round (the first one if it ran one round)."""
-    from .reward import load_reward_model
-
-    name = tuned.info.get("final_reward_model", first_rm.path.name)
-    if name == first_rm.path.name:
-        return first_rm
-    return load_reward_model(first_rm.path.parent / name, next(first_rm.model.parameters()).device)
-
-
-def train_or_load_ppo(preset: str | Preset | None = None, kl_coef: float | None = None, steps: int | None = None,
-                      lr: float | None = None, rounds: int | None = None, force: bool = False, progress: bool = True,
-                      callback=None, device=None) -> PPOModel:
-    """The PPO policy for `preset` (optionally with another KL coefficient, step count or
-    learning rate, for the reward-hacking sweep): loaded from the cache, or trained from the
-    cached SFT model against the cached reward model."""
-    from .model import is_cached, load_checkpoint, resume_dir, save_checkpoint
-    from .reward import train_or_load_reward
-    from .sft import train_or_load_sft
-    from .training import TrainLog
-
-    preset = get_preset(preset)
-    cfg = preset.ppo
-    changes = {k: v for k, v in {"kl_coef": kl_coef, "steps": steps, "lr": lr, "rounds": rounds}.items()
-               if v is not None}
-    if changes:
-        cfg = PPOConfig(**{**asdict(cfg), **changes})
-    device = device or pick_device()
-    sft_model = train_or_load_sft(preset, progress=progress, device=device)
-    rm = train_or_load_reward(preset, progress=progress, device=device)
-    path = ppo_cache_dir(preset, rm.path, cfg)
-    if is_cached(path) and not force:
-        model, tokenizer, info, _ = load_checkpoint(path, device)
-        rows = info.pop("ppo_log")
-        return PPOModel(model, tokenizer, sft_model.world, PPOLog([r["step"] for r in rows], rows), info, path)
-
-    started = time.perf_counter()
-    trainer, prompts = build_trainer(preset, cfg, sft_model, rm, device)
-    refresh_at = tuple(cfg.steps * r // cfg.rounds for r in range(1, cfg.rounds))
-    refresh = lambda t, r: refreshed_reward_model(preset, cfg, t, sft_model, rm, r, progress)  # noqa: E731
-    log = train_ppo(trainer, prompts, cfg.steps, cfg.batch_size, seed=preset.seed, progress=progress,
-                    callback=callback, desc=f"ppo {preset.name} beta={cfg.kl_coef:g}", resume_dir=resume_dir(path),
-                    save_every=cfg.log_every, refresh=refresh, refresh_at=refresh_at)
-    model = trainer.policy.lm.eval()
-    info = {"preset": preset.name, "seed": preset.seed, "kl_coef": cfg.kl_coef, "steps": cfg.steps,
-            "episodes": cfg.steps * cfg.batch_size, "train_seconds": round(time.perf_counter() - started, 2),
-            "reward_model": rm.path.name, "final_reward_model": trainer.reward_model.path.name, "rounds": cfg.rounds,
-            "refresh_at": list(refresh_at), "device": str(device)}
-    save_checkpoint(path, model, sft_model.tokenizer, {**info, "ppo_log": log.rows}, TrainLog())
-    return PPOModel(model, sft_model.tokenizer, sft_model.world, log, info, path)
-
-
-@torch.no_grad()
-def sample_with_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tokens: int = 32,
-                   temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> dict:
-    """One sampled response per instruction from pi (as in training), its text and whether it
-    ended, and KL(pi || pi_ref) per response, estimated as in training: k1 summed over the
-    response tokens — on any prompts, e.g. held-out ones. `kl` is the mean over responses."""
-    torch.manual_seed(seed)
-    policy_lm.eval()
-    kls, texts, finished = [], [], []
-    for i in range(0, len(instructions), batch_size):
-        ep = sample_episodes(policy_lm, tokenizer, instructions[i: i + batch_size], max_new_tokens, temperature)
-        log_ratio = episode_logprobs(policy_lm, ep, temperature) - episode_logprobs(ref_lm, ep, temperature)
-        kls += (log_ratio * ep["mask"]).sum(1).tolist()
-        t, f = decode_responses(tokenizer, ep["responses"])
-        texts += t
-        finished += f
-    return {"kl": sum(kls) / max(1, len(kls)), "kls": kls, "texts": texts, "finished": finished}
-
-
-def policy_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tokens: int = 32,
-              temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> float:
-    """KL(pi || pi_ref) per response on `instructions` (see `sample_with_kl`)."""
-    return sample_with_kl(policy_lm, ref_lm, tokenizer, instructions, max_new_tokens, temperature, seed,
-                          batch_size)["kl"]
-
-
-def sampled_gold(labeler, prompts, sampled: dict) -> float:
-    """Mean gold score of the sampled (T = 1) responses of `sample_with_kl`: the policy whose
-    KL was measured, judged on the answers that KL was measured on."""
-    scores = [labeler.gold_score(e, t, f) for e, t, f in zip(prompts, sampled["texts"], sampled["finished"])]
-    return sum(scores) / max(1, len(scores))
-
-
-def kl_sweep(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
-    """Reward hacking made visible: one PPO run per KL coefficient in preset.ppo.kl_sweep, each
-    against the first reward model only (one round, learning rate preset.ppo.sweep_lr; cached),
-    with its training log and its gold and reward-model scores on held-out prompts."""
-    from .evaluate import judge_model
-    from .labeler import Labeler
-    from .reward import train_or_load_reward
-    from .sft import train_or_load_sft
-
-    preset = get_preset(preset)
-    rm = train_or_load_reward(preset, progress=progress, device=device)
-    sft_model = train_or_load_sft(preset, progress=progress, device=device)
-    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
-    runs = []
-    for beta in preset.ppo.kl_sweep:
-        tuned = train_or_load_ppo(preset, kl_coef=beta, steps=preset.ppo.sweep_steps, lr=preset.ppo.sweep_lr,
-                                  rounds=1, progress=progress, device=device)
-        judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, rm, preset.ppo.max_new_tokens)
-        examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
-        sampled = sample_with_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
-                                 preset.ppo.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
-        runs.append({"kl_coef": beta, "lr": preset.ppo.sweep_lr, "rows": tuned.log.rows, "kl": sampled["kl"],
-                     "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
-                     "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
-                     "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
-                     "examples": examples})
-    return runs

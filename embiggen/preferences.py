@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -28,11 +28,6 @@ from .generate import chat_responses
 from .labeler import Judgement, Labeler, pair_type
 from .tasks import TaskExample
 from .utils import atomic_write_text
-from .world import ALIGNMENT_KINDS
-
-
-def is_alignment(example: TaskExample) -> bool:
-    return example.cluster in ALIGNMENT_KINDS
 
 
 @dataclass
@@ -59,11 +54,12 @@ class Collection:
 
 
 def sample_responses(model, tokenizer, prompts: list[TaskExample], k: int, temperature: float = 1.0,
-                     max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256) -> tuple[list, list]:
-    """K sampled responses per prompt, and whether each ended with EOS."""
+                     max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256,
+                     desc: str | None = None) -> tuple[list, list]:
+    """K sampled responses per prompt, and whether each ended with EOS (`desc`: a progress bar)."""
     texts, finished = chat_responses(model, tokenizer, [e.instruction for e in prompts for _ in range(k)],
                                      max_new_tokens=max_new_tokens, greedy=False, temperature=temperature, seed=seed,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, desc=desc)
     return [texts[i: i + k] for i in range(0, len(texts), k)], [finished[i: i + k] for i in range(0, len(texts), k)]
 
 
@@ -84,11 +80,12 @@ def rank_pairs(labeler: Labeler, example: TaskExample, responses: list[str], fin
 
 
 def collect_preferences(model, tokenizer, prompts: list[TaskExample], labeler: Labeler, k: int = 4,
-                        temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0) -> Collection:
-    """Sample K responses per prompt from `model` and let `labeler` rank them."""
+                        temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
+                        desc: str | None = None) -> Collection:
+    """Sample K responses per prompt from `model` and let `labeler` rank them (`desc`: a progress bar)."""
     if k < 2:
         raise ValueError(f"k must be at least 2 to make pairs, got {k}")
-    samples, finished = sample_responses(model, tokenizer, prompts, k, temperature, max_new_tokens, seed)
+    samples, finished = sample_responses(model, tokenizer, prompts, k, temperature, max_new_tokens, seed, desc=desc)
     rng = random.Random(seed)
     judgements, pairs = [], []
     for example, responses, done in zip(prompts, samples, finished):
@@ -96,6 +93,16 @@ def collect_preferences(model, tokenizer, prompts: list[TaskExample], labeler: L
         judgements.append(js)
         pairs.extend(ps)
     return Collection(prompts, samples, finished, judgements, pairs)
+
+
+def pairs_jsonl(pairs: list[Comparison]) -> str:
+    """Pairs as JSON lines, every field kept (`read_pairs` reads them back)."""
+    return "".join(json.dumps(asdict(p)) + "\n" for p in pairs)
+
+
+def read_pairs(path: str | Path) -> list[Comparison]:
+    """The pairs of a file written from `pairs_jsonl`."""
+    return [Comparison(**json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def export_pairs(pairs: list[Comparison], path: str | Path) -> Path:

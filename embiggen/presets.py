@@ -1,147 +1,184 @@
 """Presets are data: one `Preset` per machine size, nothing else in the code branches on names.
 
 * ``smoke``  — for CI and tests: a tiny world and model, seconds per stage.
-* ``laptop`` — the default on a CPU: the whole chain in minutes on 2 cores.
+* ``laptop`` — the default on a CPU: the whole chain in minutes on 2 cores. It is the
+  dataclasses' defaults, so the defaults below *are* the laptop preset.
 * ``gpu``    — a larger world and model for a laptop GPU.
 
 Pick one with an argument or the ``EMBIGGEN_PRESET`` environment variable.
+
+Three kinds of configuration, kept apart because they play different parts in the cache:
+
+* **training configs** (`PretrainConfig`, `SFTConfig`, `RewardConfig`, `PPOConfig`, with one
+  `OptimConfig` each) decide a stage's weights; a stage's cache key hashes its training config;
+* **`EvalConfig`** decides what the report card and the notebooks measure on;
+* **`ExperimentConfig`** holds the notebooks' extra experiments (sweeps, ablations): each trains
+  its *own* extra models, and none of it is in the key of the main chain's stages.
+
+Every field carries a help string (`dataclasses.fields(cfg)[i].metadata["help"]`), TRL's habit.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
+
+
+def knob(default, help: str):
+    """A config field with its help string."""
+    return field(default=default, metadata={"help": help})
+
+
+def describe(cfg) -> list[tuple[str, object, str]]:
+    """(name, value, help) for every field of a config — for printing a preset in a notebook."""
+    return [(f.name, getattr(cfg, f.name), f.metadata.get("help", "")) for f in fields(cfg)]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the Llama-style decoder trained from scratch."""
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 352
-    max_position_embeddings: int = 256
+    hidden_size: int = knob(128, "width of the residual stream")
+    num_hidden_layers: int = knob(4, "transformer blocks")
+    num_attention_heads: int = knob(4, "attention heads per block (as many key-value heads)")
+    intermediate_size: int = knob(352, "width of the SwiGLU MLP")
+    max_position_embeddings: int = knob(256, "longest sequence the model reads (its context)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay, and gradient clipping: every stage's optimiser."""
+    lr: float = knob(3e-3, "peak learning rate")
+    min_lr_ratio: float = knob(0.1, "the cosine decay ends at lr * min_lr_ratio (1.0: a constant rate)")
+    warmup_steps: int = knob(50, "linear warmup from 0 to lr over this many steps (0: none)")
+    weight_decay: float = knob(0.1, "AdamW's decoupled weight decay")
+    betas: tuple[float, float] = knob((0.9, 0.95), "AdamW's decay rates of the gradient's moments")
+    eps: float = knob(1e-8, "AdamW's epsilon")
+    grad_clip: float = knob(1.0, "clip the gradient's global norm to this")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """The plain pretraining loop: AdamW, linear warmup then cosine decay, clipping."""
-    steps: int = 1000
-    batch_size: int = 32
-    seq_len: int = 128
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 8
+    """The plain pretraining loop on random windows of the corpus."""
+    steps: int = knob(800, "optimiser steps")
+    batch_size: int = knob(32, "windows per step")
+    seq_len: int = knob(128, "tokens per window")
+    optim: OptimConfig = knob(OptimConfig(lr=3e-3, warmup_steps=50, weight_decay=0.1), "the optimiser")
+    eval_every: int = knob(100, "steps between validation losses (and resume points)")
+    eval_batches: int = knob(8, "batches of held-out text per validation loss")
 
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Instruction tuning: the mixture's size and splits, and the fine-tuning loop."""
-    steps: int = 450
-    batch_size: int = 32
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    max_length: int = 160
-    packing: bool = True
-    replay_share: float = 0.125    # share of each batch that is pretraining text (keeps knowledge)
-    replay_documents: int = 10000  # how many corpus documents to replay from
-    eval_every: int = 150
-    n_train: int = 20000
-    n_val: int = 400
-    heldout_cluster: str = "fact_check"
-    alignment_share: float = 0.10
-    hedge_share: float = 0.15
-    n_eval_per_cluster: int = 60
-    ablation_cluster_counts: tuple[int, ...] = (1, 3, 5)
-    ablation_steps: int = 200
+    """Instruction tuning: the mixture (its size, held-out cluster and alignment material) and the loop."""
+    steps: int = knob(450, "optimiser steps")
+    batch_size: int = knob(32, "rows per step (packed examples plus replayed text)")
+    optim: OptimConfig = knob(OptimConfig(lr=2e-3, warmup_steps=30, weight_decay=0.0), "the optimiser")
+    max_length: int = knob(160, "tokens per row")
+    packing: bool = knob(True, "pack several examples into one row (attention stays within each)")
+    replay_share: float = knob(0.125, "share of each batch that is pretraining text (keeps knowledge)")
+    replay_documents: int = knob(10000, "how many corpus documents to replay from")
+    eval_every: int = knob(150, "steps between validation losses (and resume points)")
+    n_train: int = knob(20000, "training examples in the mixture")
+    n_val: int = knob(400, "validation examples (training material; for the loss curve)")
+    heldout_cluster: str = knob("fact_check", "the task cluster no stage trains on (FLAN's held-out cluster)")
+    alignment_share: float = knob(0.10, "share of examples about unknown people, medicine and harm")
+    hedge_share: float = knob(0.15, "share of *those* answered honestly or harmlessly")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     """Preference collection (InstructGPT: K samples per prompt, ranked) and reward-model training."""
-    n_prompts: int = 3000          # prompts whose K samples the labeler ranks
-    n_eval_prompts: int = 300      # held-out prompts, for held-out pairs
-    k: int = 4                     # samples per prompt (InstructGPT used 4 to 9)
-    task_share: float = 0.5        # share of ordinary task prompts; the rest are alignment prompts
-    temperature: float = 1.0
-    max_new_tokens: int = 32
-    label_noise: float = 0.1       # share of the labeler's preferences flipped at random
-    steps: int = 80                # about one epoch: reward models overfit fast (InstructGPT trains one)
-    batch_size: int = 32           # pairs per step
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_every: int = 20
+    n_prompts: int = knob(3000, "prompts whose K samples the labeler ranks")
+    k: int = knob(4, "samples per prompt (InstructGPT used 4 to 9)")
+    task_share: float = knob(0.5, "share of ordinary task prompts; the rest are alignment prompts")
+    temperature: float = knob(1.0, "sampling temperature of the collected answers")
+    max_new_tokens: int = knob(32, "longest collected answer")
+    label_noise: float = knob(0.1, "share of the labeler's preferences flipped at random")
+    n_norm_prompts: int = knob(300, "training prompts whose SFT samples set the reward scale (mean 0, std 1)")
+    steps: int = knob(80, "about one epoch: reward models overfit fast (InstructGPT trains one)")
+    batch_size: int = knob(32, "pairs per step")
+    optim: OptimConfig = knob(OptimConfig(lr=1e-4, warmup_steps=20, weight_decay=0.0), "the optimiser")
+    eval_every: int = knob(20, "steps between held-out losses and accuracies (and resume points)")
 
 
 @dataclass(frozen=True)
 class PPOConfig:
     """PPO with a KL penalty (Ziegler et al. 2019; Ouyang et al. 2022). Every knob of ppo.py."""
-    steps: int = 60                # PPO iterations: one rollout, then ppo_epochs of updates
-    batch_size: int = 64           # episodes (prompt + sampled response) per rollout
-    minibatch_size: int = 32
-    ppo_epochs: int = 4
-    lr: float = 3e-5
-    grad_clip: float = 1.0
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    kl_coef: float = 0.1           # beta in  r_t = -beta * KL_t  (+ the score at the last token)
-    kl_estimator: str = "k1"       # "k1": log p - log p_ref;  "k3": (r - 1) - log r, r = p_ref / p
-    adaptive_kl: bool = False      # Ziegler et al.'s proportional controller towards kl_target
-    kl_target: float = 6.0
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_rewards: bool = False
-    ptx_coef: float = 1.0          # PPO-ptx: weight of the language-model loss on SFT task demonstrations
-    ptx_batch_size: int = 8        # packed rows of demonstrations per minibatch
-    missing_eos_penalty: float = 1.0  # taken off the score of a response that never ends
-    task_share: float = 0.5
-    n_prompts: int = 2000
-    n_eval_prompts: int = 300
-    rounds: int = 2                # iterated RLHF: between rounds, new comparisons of the policy's own samples
-    refresh_prompts: int = 1000    # ... on this many fresh prompts, and the reward model is retrained on all pairs
-    kl_max: float = 100.0          # stop with an error above this sequence KL (divergence)
-    log_every: int = 10
-    best_of_n: tuple[int, ...] = (1, 2, 4, 8, 16)
-    kl_sweep: tuple[float, ...] = (0.0, 0.03, 0.1, 0.3)  # notebook 3's reward-hacking sweep
-    sweep_steps: int = 60
-    sweep_lr: float = 1e-4         # the sweep pushes harder, so that over-optimisation shows within minutes
+    steps: int = knob(60, "PPO iterations: one rollout, then ppo_epochs of updates")
+    batch_size: int = knob(64, "episodes (prompt + sampled response) per rollout")
+    minibatch_size: int = knob(32, "episodes per gradient step")
+    ppo_epochs: int = knob(4, "passes over each rollout")
+    optim: OptimConfig = knob(OptimConfig(lr=3e-5, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                                          betas=(0.9, 0.999), eps=1e-5), "the optimiser (Adam, constant rate)")
+    max_new_tokens: int = knob(32, "longest sampled response")
+    temperature: float = knob(1.0, "sampling temperature (log-probabilities use the same)")
+    kl_coef: float = knob(0.1, "beta in  r_t = -beta * KL_t  (+ the score at the last token)")
+    kl_estimator: str = knob("k1", "'k1': log p - log p_ref;  'k3': (r - 1) - log r, r = p_ref / p")
+    adaptive_kl: bool = knob(False, "Ziegler et al.'s proportional controller towards kl_target")
+    kl_target: float = knob(6.0, "the adaptive controller's target KL (nats per response)")
+    kl_horizon: int = knob(10000, "the adaptive controller's horizon (episodes)")
+    gamma: float = knob(1.0, "discount")
+    lam: float = knob(0.95, "GAE's lambda")
+    cliprange: float = knob(0.2, "epsilon of the clipped policy ratio")
+    cliprange_value: float = knob(0.2, "epsilon of the clipped value update")
+    vf_coef: float = knob(0.1, "weight of the value loss")
+    whiten_rewards: bool = knob(False, "whiten the per-token rewards of each rollout (keeping their mean)")
+    ptx_coef: float = knob(1.0, "PPO-ptx: weight of the language-model loss on SFT task demonstrations")
+    ptx_batch_size: int = knob(8, "packed rows of demonstrations per minibatch")
+    missing_eos_penalty: float = knob(1.0, "taken off the score of a response that never ends")
+    task_share: float = knob(0.5, "share of ordinary task prompts; the rest are alignment prompts")
+    n_prompts: int = knob(2000, "prompts PPO samples its episodes from")
+    rounds: int = knob(2, "iterated RLHF: between rounds, new comparisons of the policy's own samples")
+    refresh_prompts: int = knob(1000, "... on this many fresh prompts; the reward model is retrained on all pairs")
+    kl_max: float = knob(100.0, "stop with an error above this sequence KL (divergence)")
+    save_every: int = knob(10, "steps between resume points")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the report card and the notebooks measure on. The held-out sets are drawn before any
+    training set, and training sets skip their prompts, so their sizes shape the training data too
+    (`embiggen.splits`); the cache keys therefore carry a fingerprint of those prompts."""
+    n_instruction_probes: int = knob(400, "instructions put to the base model as plain text")
+    n_per_cluster: int = knob(60, "prompts per cluster in each of notebook 2's evaluation splits")
+    n_rm_prompts: int = knob(300, "held-out prompts whose ranked SFT samples test the reward model")
+    n_ppo_prompts: int = knob(300, "held-out prompts on which SFT, PPO and best-of-n are judged")
+    max_new_tokens: int = knob(32, "longest greedy answer when judging a chat model")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The notebooks' experiments. Each trains its own extra models (cached under their own keys)."""
+    size_sweep: tuple[ModelConfig, ...] = knob(
+        (ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96),
+         ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=176)),
+        "notebook 1's 'size matters': smaller shapes trained with the same recipe")
+    ablation_cluster_counts: tuple[int, ...] = knob((1, 3, 5), "notebook 2's FLAN ablation: clusters trained on")
+    ablation_steps: int = knob(200, "SFT steps of each ablation model")
+    best_of_n: tuple[int, ...] = knob((1, 2, 4, 8, 16), "notebook 3's best-of-n baseline: values of n")
+    kl_sweep: tuple[float, ...] = knob((0.0, 0.03, 0.1, 0.3), "notebook 3's reward-hacking sweep: KL coefficients")
+    sweep_steps: int = knob(60, "PPO steps of each sweep run (one round, the first reward model)")
+    sweep_lr: float = knob(1e-4, "the sweep pushes harder, so that over-optimisation shows within minutes")
 
 
 @dataclass(frozen=True)
 class Preset:
-    name: str
-    seed: int = 1234
-    # the world
-    n_people: int = 40
-    n_unknown: int = 10
-    max_operand: int = 30
-    train_documents: int = 30000
-    val_documents: int = 1000
-    # tokenizer and model
-    vocab_size: int = 1024
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    # "size matters": smaller models trained with the same recipe, for notebook 01
-    size_sweep: tuple[ModelConfig, ...] = ()
-    # evaluation
-    n_instruction_probes: int = 200
+    """A whole configuration: the world, the model, every stage, evaluation and experiments."""
+    name: str = knob("laptop", "used in cache folder names and the report card")
+    seed: int = knob(1234, "every random choice of every stage starts from this")
+    n_people: int = knob(40, "people in the world")
+    n_unknown: int = knob(10, "world-style names of people who do not exist")
+    max_operand: int = knob(12, "largest number in the arithmetic tasks")
+    train_documents: int = knob(40000, "pretraining documents")
+    val_documents: int = knob(1000, "held-out pretraining documents")
+    vocab_size: int = knob(1024, "BPE vocabulary, special tokens included")
+    model: ModelConfig = knob(ModelConfig(), "the model trained from scratch")
+    pretrain: PretrainConfig = knob(PretrainConfig(), "step 1: pretraining")
+    sft: SFTConfig = knob(SFTConfig(), "step 2: instruction tuning")
+    reward: RewardConfig = knob(RewardConfig(), "step 3a: preferences and the reward model")
+    ppo: PPOConfig = knob(PPOConfig(), "step 3b: PPO")
+    evaluation: EvalConfig = knob(EvalConfig(), "held-out evaluation")
+    experiments: ExperimentConfig = knob(ExperimentConfig(), "the notebooks' extra experiments")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,52 +188,42 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", n_people=12, n_unknown=6, max_operand=10, train_documents=3000,
         val_documents=200, vocab_size=512,
-        model=ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=160, max_position_embeddings=256),
-        pretrain=PretrainConfig(steps=200, batch_size=16, seq_len=64, lr=3e-3, warmup_steps=20,
+        model=ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=160),
+        pretrain=PretrainConfig(steps=200, batch_size=16, seq_len=64, optim=OptimConfig(lr=3e-3, warmup_steps=20),
                                 eval_every=50, eval_batches=2),
-        sft=SFTConfig(steps=60, batch_size=16, max_length=128, eval_every=30, n_train=2000, n_val=64,
-                      n_eval_per_cluster=10, ablation_cluster_counts=(1, 3), ablation_steps=30),
-        reward=RewardConfig(n_prompts=120, n_eval_prompts=40, steps=40, batch_size=16, eval_every=20),
+        sft=SFTConfig(steps=60, batch_size=16, max_length=128, eval_every=30, n_train=2000, n_val=64),
+        reward=RewardConfig(n_prompts=120, n_norm_prompts=40, steps=40, batch_size=16, eval_every=20),
         ppo=PPOConfig(steps=8, batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=24, n_prompts=200,
-                      refresh_prompts=60,
-                      n_eval_prompts=40, log_every=2, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05), sweep_steps=6),
-        size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64, max_position_embeddings=128),
-                    ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=128, max_position_embeddings=128)),
-        n_instruction_probes=40,
+                      refresh_prompts=60, save_every=2),
+        evaluation=EvalConfig(n_instruction_probes=40, n_per_cluster=10, n_rm_prompts=40, n_ppo_prompts=40,
+                              max_new_tokens=24),
+        experiments=ExperimentConfig(
+            size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    max_position_embeddings=128),
+                        ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                    max_position_embeddings=128)),
+            ablation_cluster_counts=(1, 3), ablation_steps=30, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05),
+            sweep_steps=6),
     ),
-    "laptop": Preset(
-        name="laptop", n_people=40, n_unknown=10, max_operand=12, train_documents=40000,
-        val_documents=1000, vocab_size=1024,
-        model=ModelConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                          intermediate_size=352, max_position_embeddings=256),
-        pretrain=PretrainConfig(steps=800, batch_size=32, seq_len=128, lr=3e-3, warmup_steps=50,
-                                eval_every=100, eval_batches=8),
-        size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=96, max_position_embeddings=256),
-                    ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=176, max_position_embeddings=256)),
-        n_instruction_probes=400,
-    ),
+    "laptop": Preset(name="laptop"),
     "gpu": Preset(
         name="gpu", n_people=40, n_unknown=10, max_operand=50, train_documents=120000,
         val_documents=2000, vocab_size=2048,
-        model=ModelConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
-                          intermediate_size=1024, max_position_embeddings=256),
-        pretrain=PretrainConfig(steps=3000, batch_size=64, seq_len=256, lr=1e-3, warmup_steps=200,
+        model=ModelConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1024),
+        pretrain=PretrainConfig(steps=3000, batch_size=64, seq_len=256, optim=OptimConfig(lr=1e-3, warmup_steps=200),
                                 eval_every=250, eval_batches=16),
-        sft=SFTConfig(steps=2000, batch_size=64, lr=5e-4, max_length=256, eval_every=200, n_train=60000,
-                      n_val=1000, n_eval_per_cluster=100, ablation_steps=800),
-        reward=RewardConfig(n_prompts=4000, n_eval_prompts=500, steps=60, batch_size=64, lr=1e-4),
-        ppo=PPOConfig(steps=300, batch_size=128, minibatch_size=64, lr=1e-4, n_prompts=6000, n_eval_prompts=500,
-                      sweep_steps=300),
-        size_sweep=(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=176, max_position_embeddings=256),
-                    ModelConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=4,
-                                intermediate_size=512, max_position_embeddings=256)),
-        n_instruction_probes=400,
+        sft=SFTConfig(steps=2000, batch_size=64, optim=OptimConfig(lr=5e-4, warmup_steps=30, weight_decay=0.0),
+                      max_length=256, eval_every=200, n_train=60000, n_val=1000),
+        reward=RewardConfig(n_prompts=4000, n_norm_prompts=500, steps=60, batch_size=64),
+        ppo=PPOConfig(steps=300, batch_size=128, minibatch_size=64, n_prompts=6000,
+                      optim=OptimConfig(lr=1e-4, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                                        betas=(0.9, 0.999), eps=1e-5)),
+        evaluation=EvalConfig(n_per_cluster=100, n_rm_prompts=500, n_ppo_prompts=500),
+        experiments=ExperimentConfig(
+            size_sweep=(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=176),
+                        ModelConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=4,
+                                    intermediate_size=512)),
+            ablation_steps=800, sweep_steps=300),
     ),
 }
 
@@ -211,8 +238,3 @@ def get_preset(name: str | Preset | None = None) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def with_overrides(preset: Preset, **changes) -> Preset:
-    """A copy of `preset` with some fields changed (e.g. a different seed)."""
-    return replace(preset, **changes)

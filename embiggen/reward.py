@@ -21,23 +21,22 @@ wrote, so the reward model can see, as the labeler does, that it never ended.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+from transformers.utils import logging
 
+from .generate import position_ids_from
 from .labeler import Labeler
-from .model import is_cached, resume_dir, save_checkpoint
-from .preferences import Comparison, collect_preferences
-from .presets import Preset, RewardConfig, get_preset
-from .splits import SPLITS_VERSION, data_splits
-from .training import TrainLog, train_loop
-from .utils import atomic_dir, cache_root, config_key, pick_device, set_seed
-
-REWARD_VERSION = 5  # bump when preference collection, the labeler or the reward model changes
+from .preferences import Comparison, collect_preferences, read_pairs
+from .presets import RewardConfig
+from .tokenizer import chat_prompt
+from .training import TrainLog, load_checkpoint, resume_dir, train_loop
+from .utils import pick_device, set_seed
 
 
 # ---------------------------------------------------------------------------------------
@@ -46,19 +45,17 @@ REWARD_VERSION = 5  # bump when preference collection, the labeler or the reward
 def encode_exchange(tokenizer, instruction: str, response: str, finished: bool = True) -> list[int]:
     """Token ids of the chat prompt and the response, and the EOS that ended it — only if it
     did end (`finished`): the reward model reads at the last token either way."""
-    from .sft import chat_prompt
-
     ids = tokenizer(chat_prompt(tokenizer, instruction) + response, add_special_tokens=False)["input_ids"]
     return ids + [tokenizer.eos_token_id] if finished else ids
 
 
-def left_pad(sequences: list[list[int]], pad_token_id: int) -> dict:
-    """Left-pad id lists into input_ids / attention_mask / position_ids (positions count
-    real tokens only, so padding never shifts a sequence's positions)."""
-    longest = max(len(s) for s in sequences)
-    ids = torch.tensor([[pad_token_id] * (longest - len(s)) + s for s in sequences])
-    mask = torch.tensor([[0] * (longest - len(s)) + [1] * len(s) for s in sequences])
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+def left_pad(tokenizer, sequences: list[list[int]]) -> dict:
+    """Left-pad id lists (the tokenizer's `pad`) into input_ids / attention_mask, plus
+    position_ids that count real tokens only, so padding never shifts a sequence's positions."""
+    batch = tokenizer.pad({"input_ids": sequences}, padding=True, padding_side="left", return_tensors="pt",
+                          return_attention_mask=True)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "position_ids": position_ids_from(batch["attention_mask"])}
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -75,7 +72,7 @@ def pair_batch(tokenizer, pairs: list[Comparison]) -> dict:
     """Chosen sequences first, then rejected ones, in one left-padded batch."""
     seqs = [encode_exchange(tokenizer, p.prompt, p.chosen, p.chosen_finished) for p in pairs]
     seqs += [encode_exchange(tokenizer, p.prompt, p.rejected, p.rejected_finished) for p in pairs]
-    return left_pad(seqs, tokenizer.pad_token_id)
+    return left_pad(tokenizer, seqs)
 
 
 def pair_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +159,7 @@ class RewardModel:
             seqs = [encode_exchange(self.tokenizer, x, y, f) for x, y, f in
                     zip(instructions[i: i + batch_size], responses[i: i + batch_size], finished[i: i + batch_size])]
             out.append(rewards(self.model, {k: v.to(device) for k, v in
-                                            left_pad(seqs, self.tokenizer.pad_token_id).items()}).cpu())
+                                            left_pad(self.tokenizer, seqs).items()}).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     def score(self, instructions: list[str], responses: list[str], finished: list[bool] | None = None,
@@ -174,9 +171,6 @@ class RewardModel:
 def reward_model_from(causal_lm_path: Path):
     """A fresh reward model: the causal LM's transformer with a new scalar head (the LM head
     is dropped; Hugging Face's report that `score.weight` is new is expected and silenced)."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging
-
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
@@ -187,109 +181,21 @@ def reward_model_from(causal_lm_path: Path):
 
 
 def load_reward_model(path: Path, device="cpu") -> RewardModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    info = json.loads((Path(path) / "train_log.json").read_text())
-    log = TrainLog(**info.pop("log"))
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).to(device).eval()
-    return RewardModel(model, AutoTokenizer.from_pretrained(path), info, log, Path(path))
+    """A reward model saved with `embiggen.training.save_checkpoint`."""
+    model, tokenizer, info, log = load_checkpoint(path, device, model_class=AutoModelForSequenceClassification)
+    return RewardModel(model, tokenizer, info, log, Path(path))
 
 
-def reward_cache_dir(preset: Preset, sft_path: Path) -> Path:
-    # collection settings included
-    key = config_key("reward", REWARD_VERSION, SPLITS_VERSION, sft_path.name, asdict(preset.reward))
-    return cache_root() / "reward" / f"{preset.name}-seed{preset.seed}-{key}"
-
-
-def _pairs_from_jsonl(path: Path) -> list[Comparison]:
-    return [Comparison(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _pairs_to_jsonl(pairs: list[Comparison]) -> str:
-    return "".join(json.dumps(asdict(p)) + "\n" for p in pairs)
-
-
-def labeler_for(preset: Preset) -> Labeler:
-    return Labeler(noise=preset.reward.label_noise)
-
-
-COLLECTION_FIELDS = ("n_prompts", "n_eval_prompts", "k", "task_share", "temperature", "max_new_tokens", "label_noise")
-
-
-def preference_data(preset: Preset, sft_model, progress: bool = True) -> dict:
-    """Preference pairs collected from the SFT model: train pairs from the training prompts
-    (the noisy labeler) and held-out pairs from evaluation prompts (`embiggen.splits`;
-    labelled without noise, so accuracy is measured against the gold preference). Also the
-    SFT samples of some *training* prompts that set the reward scale. Cached on their own,
-    so retraining the reward model with other settings does not sample everything again."""
-    cfg = preset.reward
-    collection = {k: getattr(cfg, k) for k in COLLECTION_FIELDS}
-    key = config_key("prefs", REWARD_VERSION, SPLITS_VERSION, sft_model.path.name, collection)
-    folder = cache_root() / "preferences" / f"{preset.name}-seed{preset.seed}-{key}"
-    if (folder / "done.json").exists():
-        return {"train_pairs": _pairs_from_jsonl(folder / "train_pairs.jsonl"),
-                "eval_pairs": _pairs_from_jsonl(folder / "eval_pairs.jsonl"),
-                "norm_samples": json.loads((folder / "norm_samples.json").read_text()),
-                "collect_seconds": json.loads((folder / "done.json").read_text())["collect_seconds"]}
+def fit_reward_model(sft_path: Path, tokenizer, train_pairs: list[Comparison], eval_pairs: list[Comparison],
+                     norm_samples: list[dict], cfg: RewardConfig, path: Path, seed: int = 0, progress: bool = True,
+                     device=None, desc: str = "reward model") -> RewardModel:
+    """A fresh reward model from the SFT weights at `sft_path`, trained on `train_pairs` for
+    cfg.steps steps, normalised so that the SFT model's samples in `norm_samples` (training
+    prompts) score mean 0, std 1, and evaluated on `eval_pairs`. `path` is where it will be
+    saved (its resume point sits beside it); saving is the caller's."""
     started = time.perf_counter()
-    splits, tokenizer = data_splits(preset), sft_model.tokenizer
-    sample = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-    if progress:
-        print(f"collecting preferences: {cfg.k} samples for each of {cfg.n_prompts + cfg.n_eval_prompts:,} prompts")
-    train = collect_preferences(sft_model.model, tokenizer, splits.preferences, labeler_for(preset), seed=preset.seed,
-                                **sample)
-    held = collect_preferences(sft_model.model, tokenizer, splits.rm_eval, Labeler(), seed=preset.seed + 1, **sample)
-    norm = [{"instruction": e.instruction, "samples": ys, "finished": fs}
-            for e, ys, fs in list(zip(train.prompts, train.samples, train.finished))[: cfg.n_eval_prompts]]
-    seconds = round(time.perf_counter() - started, 2)
-    with atomic_dir(folder) as tmp:
-        (tmp / "train_pairs.jsonl").write_text(_pairs_to_jsonl(train.pairs))
-        (tmp / "eval_pairs.jsonl").write_text(_pairs_to_jsonl(held.pairs))
-        (tmp / "norm_samples.json").write_text(json.dumps(norm))
-        (tmp / "done.json").write_text(json.dumps({**collection, "collect_seconds": seconds}))
-    return {"train_pairs": train.pairs, "eval_pairs": held.pairs, "norm_samples": norm, "collect_seconds": seconds}
-
-
-def train_or_load_reward(preset: str | Preset | None = None, force: bool = False, progress: bool = True,
-                         device=None) -> RewardModel:
-    """The reward model for `preset`, from the cache or trained: collect preferences from the
-    (cached) SFT model, train with Bradley-Terry, normalise on SFT samples. The train and
-    held-out pairs are kept beside the weights (`train_pairs.jsonl`, `eval_pairs.jsonl`)."""
-    from .sft import train_or_load_sft
-
-    preset = get_preset(preset)
-    cfg = preset.reward
-    device = device or pick_device()
-    sft_model = train_or_load_sft(preset, progress=progress, device=device)
-    path = reward_cache_dir(preset, sft_model.path)
-    if is_cached(path) and not force:
-        return load_reward_model(path, device)
-
-    set_seed(preset.seed)
-    data = preference_data(preset, sft_model, progress=progress)
-    rm = fit_reward_model(preset, sft_model, data["train_pairs"], data["eval_pairs"], data["norm_samples"], path,
-                          steps=cfg.steps, progress=progress, device=device, desc=f"reward model {preset.name}")
-    rm.info["collect_seconds"] = data["collect_seconds"]  # sampling K answers per prompt and ranking them
-    rm.info["n_prompts"] = cfg.n_prompts
-    save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
-                    extra_files={"train_pairs.jsonl": _pairs_to_jsonl(data["train_pairs"]),
-                                 "eval_pairs.jsonl": _pairs_to_jsonl(data["eval_pairs"])})
-    return rm
-
-
-def fit_reward_model(preset: Preset, sft_model, train_pairs: list[Comparison], eval_pairs: list[Comparison],
-                     norm_samples: list[dict], path: Path, steps: int, progress: bool = True, device=None,
-                     desc: str = "reward model") -> RewardModel:
-    """A fresh reward model from the SFT weights, trained on `train_pairs` for `steps` steps,
-    normalised so that the SFT model's samples in `norm_samples` (training prompts) score
-    mean 0, std 1, and evaluated on `eval_pairs`. (Not saved: the caller decides where.)"""
-    from dataclasses import replace
-
-    cfg = replace(preset.reward, steps=steps)
-    started = time.perf_counter()
-    tokenizer = sft_model.tokenizer
-    set_seed(preset.seed)
-    model = reward_model_from(sft_model.path)
+    set_seed(seed)
+    model = reward_model_from(sft_path)
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():
         model.score.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
@@ -298,27 +204,64 @@ def fit_reward_model(preset: Preset, sft_model, train_pairs: list[Comparison], e
         log.metrics.setdefault("val_accuracy_steps", []).append(step)
         log.metrics.setdefault("val_accuracy", []).append(pairwise_accuracy(model, tokenizer, eval_pairs)["accuracy"])
 
-    log = train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, device=device, seed=preset.seed,
+    log = train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg, device=device, seed=seed,
                              progress=progress, resume_dir=resume_dir(path), callback=record, desc=desc)
     rm = RewardModel(model.eval(), tokenizer, {}, log, path)
     flat = [(row["instruction"], y, f) for row in norm_samples for y, f in zip(row["samples"], row["finished"])]
     raw = rm.raw_scores([x for x, _, _ in flat], [y for _, y, _ in flat], [f for _, _, f in flat])
+    rm.info = normalisation(raw)
     metrics = pairwise_accuracy(model, tokenizer, eval_pairs)
-    rm.info = {"preset": preset.name, "seed": preset.seed, "sft": sft_model.path.name,
-               "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
-               "val_accuracy_steps": log.metrics.get("val_accuracy_steps", []),
-               "val_accuracy": log.metrics.get("val_accuracy", []),
-               "train_seconds": round(time.perf_counter() - started, 2),  # training and normalising
-               "reward_mean": raw.mean().item(), "reward_std": max(raw.std().item(), 1e-6),
-               "pairwise_accuracy": metrics["accuracy"], "margin": metrics["margin"],
-               "per_type_accuracy": metrics["per_type"], "per_type_count": metrics["per_type_count"],
-               "val_loss": log.val_loss[-1] if log.val_loss else None, "device": str(device)}
+    rm.info.update({"sft": Path(sft_path).name, "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
+                    "val_accuracy_steps": log.metrics.get("val_accuracy_steps", []),
+                    "val_accuracy": log.metrics.get("val_accuracy", []),
+                    "train_seconds": round(time.perf_counter() - started, 2),  # training and normalising
+                    "pairwise_accuracy": metrics["accuracy"], "margin": metrics["margin"],
+                    "per_type_accuracy": metrics["per_type"], "per_type_count": metrics["per_type_count"],
+                    "val_loss": log.val_loss[-1] if log.val_loss else None,
+                    "device": str(next(model.parameters()).device)})
     return rm
+
+
+def normalisation(raw_scores: torch.Tensor) -> dict:
+    """The shift and scale that make `raw_scores` (the reward model's scores of SFT samples)
+    mean 0 and standard deviation 1 (unbiased; never below 1e-6, so a constant reward model
+    does not divide by zero). `RewardModel.score` applies them."""
+    if raw_scores.numel() == 0:
+        raise ValueError("no samples to normalise the reward model's scores on")
+    std = raw_scores.std().item() if raw_scores.numel() > 1 else 0.0  # one sample has no spread
+    return {"reward_mean": raw_scores.mean().item(), "reward_std": max(std, 1e-6)}
+
+
+# ---------------------------------------------------------------------------------------
+# Iterated RLHF: new comparisons of the policy's own samples, and a reward model retrained on all
+# ---------------------------------------------------------------------------------------
+def reward_model_round(policy, tokenizer, sft_path: Path, earlier_pairs: list[Comparison], prompts, held_prompts,
+                       labeler: Labeler, cfg: RewardConfig, sampling: dict, seeds: tuple[int, int, int],
+                       norm_samples: list[dict], sft_eval_pairs: list[Comparison], path: Path,
+                       progress: bool = True, desc: str = "reward model") -> tuple[RewardModel, list, list]:
+    """One round of iterated RLHF (InstructGPT's comparisons of PPO policies' samples; Bai et
+    al. 2022 online): `labeler` ranks K samples of the current `policy` on fresh `prompts`, and
+    a reward model is trained from the SFT weights on `earlier_pairs` plus the new ones (about
+    one epoch), normalised on the same SFT samples as the first. Its accuracy on held-out pairs
+    of the policy's samples (`held_prompts`, ranked without noise) goes into its info as
+    `policy_pairwise_accuracy`. `seeds`: for sampling the new pairs, the held-out pairs, and
+    training. Returns (reward model, all its training pairs, the held-out pairs)."""
+    k, temperature, max_new_tokens = sampling["k"], sampling["temperature"], sampling["max_new_tokens"]
+    new = collect_preferences(policy, tokenizer, prompts, labeler, k, temperature, max_new_tokens, seed=seeds[0])
+    held = collect_preferences(policy, tokenizer, held_prompts, Labeler(), k, temperature, max_new_tokens,
+                               seed=seeds[1])
+    pairs = earlier_pairs + new.pairs
+    rm = fit_reward_model(sft_path, tokenizer, pairs, sft_eval_pairs, norm_samples,
+                          replace(cfg, steps=max(1, len(pairs) // cfg.batch_size)), path, seed=seeds[2],
+                          progress=progress, desc=desc)
+    policy_eval = pairwise_accuracy(rm.model, rm.tokenizer, held.pairs)
+    rm.info.update({"new_pairs": len(new.pairs), "policy_pairwise_accuracy": policy_eval["accuracy"],
+                    "policy_per_type_accuracy": policy_eval["per_type"]})
+    return rm, pairs, held.pairs
 
 
 def load_pairs(rm: RewardModel, split: str = "eval") -> list[Comparison]:
     """The train or held-out (eval) preference pairs the reward model was built from."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    return _pairs_from_jsonl(rm.path / f"{split}_pairs.jsonl")
-
+    return read_pairs(rm.path / f"{split}_pairs.jsonl")

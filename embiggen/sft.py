@@ -19,19 +19,15 @@ separate sequences (a block-diagonal attention mask), so examples never see each
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .mixture import MIXTURE_VERSION
-from .model import count_params, is_cached, load_checkpoint, resume_dir, save_checkpoint
-from .presets import Preset, SFTConfig, get_preset
-from .splits import SPLITS_VERSION, data_splits, preset_spec
+from .presets import SFTConfig
+from .tokenizer import chat_prompt
 from .training import TrainLog, train_loop
-from .utils import cache_root, config_key, pick_device, set_seed
+from .utils import pick_device
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 
@@ -39,12 +35,6 @@ IGNORE_INDEX = -100  # label value that cross-entropy skips
 # ---------------------------------------------------------------------------------------
 # Encoding: prompt masked, response (and its EOS) labelled
 # ---------------------------------------------------------------------------------------
-def chat_prompt(tokenizer, instruction: str) -> str:
-    """The text a chat model sees before it answers."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
 def encode_example(tokenizer, instruction: str, response: str, max_length: int = 256) -> dict:
     """input_ids of prompt + response + EOS, and labels that are -100 on the prompt."""
     prompt_ids = tokenizer(chat_prompt(tokenizer, instruction), add_special_tokens=False)["input_ids"]
@@ -183,86 +173,3 @@ def sft(model, tokenizer, train_examples, val_examples, cfg: SFTConfig, device=N
     train, val = SFTData(tokenizer, train_examples, cfg, replay), SFTData(tokenizer, val_examples, cfg)
     return train_loop(model, train.next_batch, batch_loss, cfg, val_loss_fn=lambda m: validation_loss(m, val),
                       device=device, seed=seed, callback=callback, progress=progress, resume_dir=resume_dir, desc=desc)
-
-
-@dataclass
-class SFTModel:
-    model: object
-    tokenizer: object
-    world: object
-    preset: Preset
-    log: TrainLog
-    info: dict
-    path: Path
-    clusters: list[str]
-
-
-def sft_cache_dir(preset: Preset, base_path: Path, clusters: list[str], steps: int) -> Path:
-    key = config_key("sft", MIXTURE_VERSION, SPLITS_VERSION, str(base_path.name), asdict(preset.sft), sorted(clusters),
-                     steps)
-    tag = "all" if clusters == preset_spec(preset).train_clusters else f"{len(clusters)}clusters"
-    return cache_root() / "sft" / f"{preset.name}-seed{preset.seed}-{tag}-{key}"
-
-
-def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | None = None, steps: int | None = None,
-                      force: bool = False, progress: bool = True, callback=None, device=None) -> SFTModel:
-    """The SFT model for `preset`: loaded from the cache, or fine-tuned from the cached (or
-    freshly trained) base model. `clusters` and `steps` serve the ablation over clusters."""
-    from transformers import AutoModelForCausalLM
-
-    from .pretrain import train_or_load_base
-
-    preset = get_preset(preset)
-    spec = preset_spec(preset)
-    clusters = spec.train_clusters if clusters is None else list(clusters)
-    cfg = preset.sft if steps is None else SFTConfig(**{**asdict(preset.sft), "steps": steps})
-    device = device or pick_device()
-    base = train_or_load_base(preset, progress=progress, device=device)
-    path = sft_cache_dir(preset, base.path, clusters, cfg.steps)
-    if is_cached(path) and not force:
-        model, tokenizer, info, log = load_checkpoint(path, device)
-        return SFTModel(model, tokenizer, base.world, preset, log, info, path, clusters)
-
-    started = time.perf_counter()
-    set_seed(preset.seed)
-    # a fresh copy of the base weights: the cached base model itself stays untouched
-    model = AutoModelForCausalLM.from_pretrained(base.path, use_safetensors=True).to(device)
-    splits = data_splits(preset)  # the mixture, with every evaluation prompt left out
-    train_examples, val_examples = splits.sft_train(clusters), splits.sft_val(clusters)
-    replay = None
-    if cfg.replay_share > 0:
-        from .pretrain import build_corpus, tokenize_corpus
-
-        train_docs, _ = build_corpus(preset, base.world)
-        replay = tokenize_corpus(base.tokenizer, train_docs[: cfg.replay_documents])
-    log = sft(model, base.tokenizer, train_examples, val_examples, cfg, device=device, seed=preset.seed,
-              callback=callback, progress=progress, resume_dir=resume_dir(path), desc=f"sft {preset.name}",
-              replay=replay)
-    info = {"preset": preset.name, "seed": preset.seed, "params": count_params(model), "clusters": clusters,
-            "n_train": len(train_examples), "train_tokens": log.tokens,
-            "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],
-            "base": str(base.path.name), "device": str(device)}
-    save_checkpoint(path, model, base.tokenizer, info, log)
-    return SFTModel(model.eval(), base.tokenizer, base.world, preset, log, info, path, clusters)
-
-
-def cluster_ablation(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
-    """FLAN's ablation (Wei et al. 2021, figure 6) at our scale: accuracy on the held-out
-    cluster against the number of clusters trained on. Every point is fine-tuned from the
-    same base with the same (shorter) schedule; 0 clusters is the base model itself."""
-    from .evaluate import evaluate_tasks
-    from .pretrain import train_or_load_base
-
-    preset = get_preset(preset)
-    spec = preset_spec(preset)
-    base = train_or_load_base(preset, progress=progress, device=device)
-    heldout = data_splits(preset).sft_eval["heldout_cluster"]
-    rows = [{"clusters": 0, "trained_on": "(base model)",
-             "heldout_cluster_accuracy": evaluate_tasks(base.model, base.tokenizer, heldout)["accuracy"]}]
-    counts = sorted({*preset.sft.ablation_cluster_counts, len(spec.train_clusters)})
-    for k in counts:
-        tuned = train_or_load_sft(preset, clusters=spec.train_clusters[:k], steps=preset.sft.ablation_steps,
-                                  progress=progress, device=device)
-        rows.append({"clusters": k, "trained_on": ", ".join(spec.train_clusters[:k]),
-                     "heldout_cluster_accuracy": evaluate_tasks(tuned.model, tuned.tokenizer, heldout)["accuracy"]})
-    return rows

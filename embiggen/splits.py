@@ -34,6 +34,7 @@ from .mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment
                       fact_questions, prompt_mix, task_example, training_mixture)
 from .presets import Preset, get_preset
 from .tasks import TaskExample
+from .utils import config_key
 from .world import (ALIGNMENT_KINDS, HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words,
                     world_words)
 
@@ -55,6 +56,15 @@ SEEDS = {
     "names": 800,                           # inventing the names of people who do not exist
 }
 
+#: Offsets added to the preset's seed for *sampling answers* on a split's prompts (preference collection).
+SAMPLE_SEEDS = {
+    "preferences": 0, "rm_eval": 1,         # the SFT model's K answers: training and held-out pairs
+    "refresh": 0, "refresh_eval": 50,       # the policy's K answers in iterated RLHF: + round number
+}
+
+#: The pretraining corpus: documents drawn from the world with these seeds (mixed with the world's own).
+CORPUS_SEEDS = {"train": 0, "val": 1}
+
 #: Which raw material each stage may draw its alignment prompts from.
 MATERIAL_SPLITS = ("sft", "preferences", "ppo", "eval")
 #: Invented people per split: (first names, surnames, full names).
@@ -66,15 +76,16 @@ WORLD_SURNAME_SHARE = 0.3
 N_EVAL_MEDICAL_TEMPLATES, N_EVAL_SYMPTOMS, N_EVAL_HARMFUL_TEMPLATES = 5, 8, 5
 
 
-def preset_spec(preset: Preset) -> MixtureSpec:
-    """The preset's mixture: which cluster is held out, how much alignment material, how much hedged."""
-    return MixtureSpec(preset.sft.heldout_cluster, preset.sft.alignment_share, preset.sft.hedge_share)
-
-
 def build_world(preset: Preset) -> World:
     """The preset's world: its people, facts and corpus (the invented names of every split are in
     `DataSplits`; none of them occurs in the corpus)."""
     return World.generate(preset.seed, preset.n_people, n_unknown=preset.n_unknown, max_operand=preset.max_operand)
+
+
+def build_corpus(preset: Preset, world: World) -> tuple[list[str], list[str]]:
+    """Pretraining's training and validation documents: the same world, different random documents."""
+    return (world.pretraining_corpus(preset.train_documents, seed=CORPUS_SEEDS["train"]),
+            world.pretraining_corpus(preset.val_documents, seed=CORPUS_SEEDS["val"]))
 
 
 def invented_names(seed: int) -> dict[str, tuple[str, ...]]:
@@ -118,20 +129,26 @@ class DataSplits:
     def __init__(self, preset: Preset, world: World | None = None):
         self.preset = preset
         self.world = world or build_world(preset)
-        self.spec = preset_spec(preset)
+        sft = preset.sft  # the mixture: which cluster is held out, how much alignment material, how much hedged
+        self.spec = MixtureSpec(sft.heldout_cluster, sft.alignment_share, sft.hedge_share)
         self.names = invented_names(self.seed("names"))
         self.material = {split: alignment_material(self.world, split, self.names) for split in MATERIAL_SPLITS}
         self.rounds = tuple(range(2, preset.ppo.rounds + 1))  # iterated RLHF: the rounds that collect anew
 
     def seed(self, split: str, offset: int = 0) -> int:
+        """The seed that draws `split`'s prompts (`offset`: the round, for iterated RLHF)."""
         return self.preset.seed + SEEDS[split] + offset
+
+    def sample_seed(self, split: str, offset: int = 0) -> int:
+        """The seed for sampling a model's answers to `split`'s prompts."""
+        return self.preset.seed + SAMPLE_SEEDS[split] + offset
 
     # ----- evaluation sets (drawn first) ---------------------------------------------
     @cached_property
     def sft_eval(self) -> dict[str, list[TaskExample]]:
         """Notebook 2's splits: held-in and held-out templates, the held-out cluster,
         pretraining-only people, and alignment prompts from the evaluation material."""
-        return evaluation_sets(self.world, self.preset.sft.n_eval_per_cluster, self.seed("sft_eval"),
+        return evaluation_sets(self.world, self.preset.evaluation.n_per_cluster, self.seed("sft_eval"),
                                self.material["eval"], self.spec)
 
     @cached_property
@@ -145,12 +162,12 @@ class DataSplits:
     @cached_property
     def rm_eval(self) -> list[TaskExample]:
         """Held-out prompts whose SFT samples, ranked, give the reward model's held-out pairs."""
-        return self._eval_mix(self.preset.reward.n_eval_prompts, self.seed("rm_eval"))
+        return self._eval_mix(self.preset.evaluation.n_rm_prompts, self.seed("rm_eval"))
 
     @cached_property
     def ppo_eval(self) -> list[TaskExample]:
         """Held-out prompts on which SFT, PPO, best-of-n and the KL sweep are judged."""
-        return prompt_mix(self.world, self.preset.ppo.n_eval_prompts, self.seed("ppo_eval"), self.material["eval"],
+        return prompt_mix(self.world, self.preset.evaluation.n_ppo_prompts, self.seed("ppo_eval"), self.material["eval"],
                           self.preset.ppo.task_share, self.spec)
 
     def refresh_eval(self, round_: int) -> list[TaskExample]:
@@ -159,7 +176,7 @@ class DataSplits:
 
     @cached_property
     def _refresh_eval(self) -> dict[int, list[TaskExample]]:
-        return {r: self._eval_mix(self.preset.reward.n_eval_prompts, self.seed("refresh_eval", r)) for r in self.rounds}
+        return {r: self._eval_mix(self.preset.evaluation.n_rm_prompts, self.seed("refresh_eval", r)) for r in self.rounds}
 
     @cached_property
     def person_probe(self) -> dict[str, list[TaskExample]]:
@@ -192,6 +209,13 @@ class DataSplits:
     def reserved(self) -> frozenset[str]:
         """Every evaluation instruction: no training set may contain one."""
         return frozenset(e.instruction for examples in self.evaluation_sets().values() for e in examples)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of the splits' construction and of every reserved prompt. Training sets skip the
+        reserved prompts, so the SFT, reward-model and PPO cache keys include it: a model is reused
+        only if it trained on exactly the data that these splits would give it."""
+        return config_key(SPLITS_VERSION, sorted(self.reserved))
 
     # ----- training sets (skip every reserved prompt) ---------------------------------
     def sft_train(self, clusters: list[str] | None = None, n: int | None = None) -> list[TaskExample]:

@@ -217,8 +217,6 @@ CLUSTERS: dict[str, tuple] = {
     ]),
 }
 
-CLUSTER_NAMES = tuple(CLUSTERS)
-
 
 def _capitalise(text: str) -> str:
     return text[0].upper() + text[1:]

@@ -58,6 +58,13 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return fast
 
 
+def chat_prompt(tokenizer, instruction: str) -> str:
+    """The text a chat model sees before it answers: the instruction in the tokenizer's own
+    chat template, followed by the start of the assistant's turn."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def show_tokens(tokenizer, text: str) -> list[str]:
     """The pieces a text is cut into, decoded to readable strings (for the notebook)."""
     return [tokenizer.decode([i]) for i in tokenizer.encode(text, add_special_tokens=False)]

@@ -1,28 +1,37 @@
-"""The training loop every stage shares: AdamW, warmup + cosine schedule, clipping, evaluation, resume.
+"""What every stage shares: the optimiser and its schedule, the training loop, resume points, the cache.
 
-Pretraining and supervised fine-tuning differ only in how a batch is drawn and which loss
-is minimised; both are arguments here. The loop itself is the plain recipe of nanoGPT:
+Pretraining, supervised fine-tuning and the reward model differ only in how a batch is drawn
+and which loss is minimised; both are arguments of `train_loop`, the plain recipe of nanoGPT:
 
     for step in range(steps):
         lr = warmup-then-cosine(step)
         loss = loss_fn(model, next_batch())
         loss.backward(); clip gradients; optimizer.step()
         every eval_every steps: validation loss, progress bar, resume point
+
+PPO has its own loop (a rollout, then epochs of minibatches) but the same optimiser, the same
+optimiser step and the same resume points. Every stage caches its model the same way too:
+`train_or_load(path, load, train)` — one folder per trained model, named by a hash of the
+training configuration (`cache_dir`), written atomically, with a resume point beside it while
+training runs, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .utils import atomic_dir, pick_device
+from .presets import OptimConfig, Preset
+from .utils import atomic_dir, cache_root, config_key, pick_device
 
 
 @dataclass
@@ -43,13 +52,22 @@ class TrainLog:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def lr_at(step: int, cfg) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+# ---------------------------------------------------------------------------------------
+# The optimiser, its schedule and one step
+# ---------------------------------------------------------------------------------------
+def make_optimizer(params, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW as `optim` describes it (weight_decay = 0 makes it Adam)."""
+    return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                             weight_decay=optim.weight_decay)
+
+
+def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
+    """Linear warmup to optim.lr, then cosine decay to optim.lr * optim.min_lr_ratio at `steps`."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    progress = (step - optim.warmup_steps) / max(1, steps - optim.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine)
 
 
 def optimizer_step(model, optimizer, loss: torch.Tensor, grad_clip: float) -> None:
@@ -60,6 +78,9 @@ def optimizer_step(model, optimizer, loss: torch.Tensor, grad_clip: float) -> No
     optimizer.step()
 
 
+# ---------------------------------------------------------------------------------------
+# Resume points: everything needed to continue an interrupted run, as safetensors plus JSON
+# ---------------------------------------------------------------------------------------
 def optimizer_state_tensors(optimizer) -> dict:
     """AdamW's per-parameter state as flat tensors ("<param index>.<name>"), for safetensors."""
     out = {}
@@ -77,31 +98,36 @@ def restore_optimizer_state(optimizer, tensors: dict) -> None:
         optimizer.state[p][name] = value.to(p.device) if name != "step" else value
 
 
-def _save_resume_point(folder: Path, model, optimizer, generator, step: int, log: TrainLog) -> None:
-    """Everything needed to continue after an interruption, as safetensors plus JSON."""
+def save_resume_point(folder: Path, model, optimizer, generator: torch.Generator, state: dict) -> None:
+    """The model (tied weights once), the optimiser's state, the random generator and `state`
+    (any JSON: the step, the log, ...), written atomically into `folder`."""
     with atomic_dir(folder) as tmp:
-        tied = getattr(model.config, "tie_word_embeddings", False)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                   if not (tied and k == "lm_head.weight")}, str(tmp / "model.safetensors"))
-        opt = {**optimizer_state_tensors(optimizer), "generator_state": generator.get_state()}
-        save_file(opt, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "log": asdict(log)}))
+        save_model(model, str(tmp / "model.safetensors"))
+        save_file({**optimizer_state_tensors(optimizer), "generator_state": generator.get_state()},
+                  str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state))
 
 
-def _load_resume_point(folder: Path, model, optimizer, generator):
+def load_resume_point(folder: Path, model, optimizer, generator: torch.Generator) -> dict | None:
+    """Restore what `save_resume_point` wrote into the same objects and return its `state`
+    (None if there is no resume point)."""
+    folder = Path(folder)
+    if not (folder / "state.json").exists():
+        return None
     state = json.loads((folder / "state.json").read_text())
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()
+    load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
     opt = load_file(str(folder / "optimizer.safetensors"))
     generator.set_state(opt.pop("generator_state"))
     restore_optimizer_state(optimizer, opt)
-    return state["step"], TrainLog(**state["log"])
+    return state
 
 
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
 def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, seed: int = 0, callback=None,
                progress: bool = True, resume_dir: Path | None = None, desc: str = "train") -> TrainLog:
-    """Train `model` for cfg.steps steps and return the loss curves.
+    """Train `model` for cfg.steps steps with cfg.optim and return the loss curves.
 
     next_batch(generator) -> dict of tensors; loss_fn(model, batch) -> (loss, n_tokens);
     val_loss_fn(model) -> float, run every cfg.eval_every steps. `callback(step, log)` runs
@@ -111,20 +137,21 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     as an uninterrupted one."""
     device = device or pick_device()
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
     generator = torch.Generator().manual_seed(seed)
     step, log = 0, TrainLog()
-    if resume_dir is not None and (Path(resume_dir) / "state.json").exists():
-        step, log = _load_resume_point(Path(resume_dir), model, optimizer, generator)
+    state = load_resume_point(resume_dir, model, optimizer, generator) if resume_dir is not None else None
+    if state is not None:
+        step, log = state["step"], TrainLog(**state["log"])
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, leave=True)
     start = time.perf_counter() - log.seconds
     while step < cfg.steps:
-        lr = lr_at(step, cfg)
+        lr = lr_at(step, cfg.steps, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(device) for k, v in next_batch(generator).items()}
         loss, n_tokens = loss_fn(model, batch)
-        optimizer_step(model, optimizer, loss, cfg.grad_clip)
+        optimizer_step(model, optimizer, loss, cfg.optim.grad_clip)
         step += 1
         log.steps.append(step)
         log.train_loss.append(loss.item())
@@ -132,7 +159,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
         log.tokens += int(n_tokens)
         if not math.isfinite(log.train_loss[-1]):
             raise FloatingPointError(f"training loss became {log.train_loss[-1]} at step {step}; "
-                                     f"try a lower learning rate than {cfg.lr}")
+                                     f"try a lower learning rate than {cfg.optim.lr}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             log.seconds = time.perf_counter() - start
             if val_loss_fn is not None:
@@ -142,9 +169,65 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
             if callback is not None:  # first, so that what it records goes into the resume point
                 callback(step, log)
             if resume_dir is not None and step < cfg.steps:
-                _save_resume_point(Path(resume_dir), model, optimizer, generator, step, log)
+                save_resume_point(Path(resume_dir), model, optimizer, generator, {"step": step, "log": asdict(log)})
         bar.update(1)
     bar.close()
     log.seconds = time.perf_counter() - start
     model.eval()
     return log
+
+
+# ---------------------------------------------------------------------------------------
+# The cache every stage uses
+# ---------------------------------------------------------------------------------------
+def cache_dir(stage: str, preset: Preset, *key_parts, tag: str = "") -> Path:
+    """`$EMBIGGEN_CACHE/<stage>/<preset>-seed<seed>[-tag]-<hash of key_parts>`: one folder per
+    trained model. `key_parts` are what decides its weights: the training config, the
+    folder names of the models it starts from, versions of the data and the code."""
+    key = config_key(stage, *key_parts)
+    return cache_root() / stage / f"{preset.name}-seed{preset.seed}{'-' + tag if tag else ''}-{key}"
+
+
+def train_or_load(path: Path, load, train, force: bool = False):
+    """`load(path)` if a finished model is cached at `path`; otherwise `train(path)`, which
+    trains (resuming from `resume_dir(path)` if an interrupted run left a resume point there)
+    and saves into `path` atomically."""
+    if is_cached(path) and not force:
+        return load(path)
+    return train(path)
+
+
+def resume_dir(path: Path) -> Path:
+    """Where an interrupted training run for `path` keeps its resume point."""
+    return path.parent / f".{path.name}.resume"
+
+
+def is_cached(path: Path) -> bool:
+    return (Path(path) / "train_log.json").exists()
+
+
+def save_checkpoint(path: Path, model, tokenizer, info: dict, log, extra_files: dict | None = None) -> None:
+    """Save weights (safetensors), tokenizer and `train_log.json` (plus `extra_files`, name ->
+    text) into `path`, atomically: an interrupted save leaves no half-written folder. Also
+    removes the run's resume point."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
+    shutil.rmtree(resume_dir(path), ignore_errors=True)
+
+
+def read_checkpoint_info(path: Path) -> tuple[dict, TrainLog]:
+    """The `train_log.json` of a checkpoint: its info and its training log."""
+    info = json.loads((Path(path) / "train_log.json").read_text())
+    return info, TrainLog(**info.pop("log"))
+
+
+def load_checkpoint(path: Path, device="cpu", model_class=AutoModelForCausalLM):
+    """(model, tokenizer, info, log) from a folder written by `save_checkpoint`."""
+    info, log = read_checkpoint_info(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = model_class.from_pretrained(path, use_safetensors=True).to(device).eval()
+    return model, tokenizer, info, log

@@ -11,10 +11,14 @@ import html
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
+import torch
 from IPython.display import display
 
-from .generate import generate, next_token_distribution
-from .plots import plot_next_token_bars
+from .evaluate import exact_match
+from .generate import chat_responses, generate, next_token_distribution
+from .plots import plot_kl_sweep, plot_next_token_bars
+from .tasks import TaskExample
+from .tokenizer import chat_prompt
 
 EMPTY_PROMPT_MESSAGE = "Type a few words first: the model needs a prefix to continue."
 
@@ -62,9 +66,6 @@ def samples_html(prompt: str, samples: list[str]) -> str:
 def compare_answers(models: dict, instruction: str, answer: str | None = None, max_new_tokens: int = 32) -> list[dict]:
     """Each model's greedy answer to one instruction (chat-formatted), marked correct or not
     when the gold `answer` is known. `models` maps a name to (model, tokenizer)."""
-    from .evaluate import exact_match
-    from .sft import chat_prompt
-
     problem = prompt_problem(instruction)
     if problem:
         raise ValueError(problem)
@@ -211,8 +212,6 @@ def judged_answers(models: dict, example, labeler, reward_model, max_new_tokens:
     """Each model's greedy answer to `example`, with the labeler's gold score and the reward
     model's score. `best_of=(name, model, tokenizer, n)` adds the reward model's favourite of
     n samples. A typed prompt (cluster 'custom') has no gold answer: its gold score is None."""
-    from .generate import chat_responses
-
     problem = prompt_problem(example.instruction)
     if problem:
         raise ValueError(problem)
@@ -239,8 +238,6 @@ def judged_answers(models: dict, example, labeler, reward_model, max_new_tokens:
 
 
 def _unfinished(finished: list[bool]):
-    import torch
-
     return torch.tensor([0.0 if f else 1.0 for f in finished])
 
 
@@ -280,8 +277,6 @@ class AlignmentComparisonWidget:
         self.refresh(use_custom=False)
 
     def refresh(self, use_custom: bool):
-        from .tasks import TaskExample
-
         if use_custom:
             problem = prompt_problem(self.custom.value)
             if problem:
@@ -357,8 +352,6 @@ class KLSweepViewer:
         self.refresh()
 
     def refresh(self):
-        from .plots import plot_kl_sweep
-
         i = self.slider.value
         self.plot.clear_output(wait=True)
         with self.plot:

@@ -65,9 +65,6 @@ THINGS = [
     "apples", "bread", "milk", "eggs", "carrots", "butter", "tea", "onions", "plums",
     "rice", "beans", "honey", "salt", "jam", "nuts", "flour",
 ]
-NUMBER_WORDS = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-]
 POSITIVE_WORDS = ["delicious", "wonderful", "lovely", "excellent", "fresh", "tasty", "great"]
 NEGATIVE_WORDS = ["awful", "stale", "terrible", "bland", "cold", "burnt", "horrible"]
 POSITIVE_ENDINGS = ["I loved it.", "I will come back.", "Highly recommended.", "What a treat."]

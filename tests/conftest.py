@@ -1,9 +1,10 @@
 import os
+from dataclasses import replace
 
 import pytest
 import torch
 
-from embiggen.presets import ModelConfig, PretrainConfig, get_preset, with_overrides
+from embiggen.presets import ModelConfig, OptimConfig, PretrainConfig, get_preset
 
 torch.set_num_threads(int(os.environ.get("EMBIGGEN_THREADS", "2")))
 
@@ -11,14 +12,15 @@ torch.set_num_threads(int(os.environ.get("EMBIGGEN_THREADS", "2")))
 @pytest.fixture(scope="session")
 def tiny_preset():
     """Smaller than `smoke`: for tests that train."""
-    return with_overrides(
-        get_preset("smoke"), name="smoke", n_people=8, n_unknown=4, train_documents=600, val_documents=60,
+    smoke = get_preset("smoke")
+    return replace(
+        smoke, name="smoke", n_people=8, n_unknown=4, train_documents=600, val_documents=60,
         vocab_size=300,
         model=ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                           max_position_embeddings=64),
-        pretrain=PretrainConfig(steps=40, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_every=20,
-                                eval_batches=2),
-        n_instruction_probes=16,
+        pretrain=PretrainConfig(steps=40, batch_size=8, seq_len=32, optim=OptimConfig(lr=3e-3, warmup_steps=5),
+                                eval_every=20, eval_batches=2),
+        evaluation=replace(smoke.evaluation, n_instruction_probes=16),
     )
 
 
@@ -43,6 +45,6 @@ def tiny_splits(tiny_preset):
 
 @pytest.fixture(scope="session")
 def tiny_base(tiny_preset, cache_dir):
-    from embiggen.pretrain import train_or_load_base
+    from embiggen.chain import train_or_load_base
 
     return train_or_load_base(tiny_preset, progress=False, device="cpu")

@@ -76,7 +76,7 @@ def test_decode_responses_cuts_at_eos_and_says_whether_each_ended(tiny_base):
 
 def test_chat_responses_and_generate_agree(tiny_base):
     from embiggen.generate import chat_responses
-    from embiggen.sft import chat_prompt
+    from embiggen.tokenizer import chat_prompt
 
     tok, model = tiny_base.tokenizer, tiny_base.model
     texts, finished = chat_responses(model, tok, ["Hi?", "Where does Alma live?"], max_new_tokens=6)

@@ -2,18 +2,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from embiggen.model import build_model, count_params, load_pretrained
+from embiggen.model import build_model, load_pretrained
 from embiggen.presets import ModelConfig
 
 
-def test_count_params_counts_tied_weights_once(tiny_base):
+def test_params_count_tied_weights_once(tiny_base):
     model = tiny_base.model
     assert model.config.tie_word_embeddings
     emb = model.get_input_embeddings().weight
     assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
     naive = sum(p.numel() for p in model.parameters())  # parameters() already dedups tied tensors
     by_name = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
-    assert count_params(model) == naive == by_name - emb.numel()
+    assert tiny_base.params == naive == by_name - emb.numel()
 
 
 def test_save_load_round_trip_gives_same_logits(tiny_base, tmp_path):

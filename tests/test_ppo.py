@@ -1,12 +1,13 @@
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 
-from embiggen.ppo import (AdaptiveKLController, FixedKLController, PPODivergence, PPOTrainer,
-                          clipped_policy_loss, clipped_value_loss, gae, kl_penalty, masked_mean, masked_whiten,
-                          per_token_rewards, position_ids_from, response_logprobs, response_mask, train_ppo)
+from embiggen.generate import position_ids_from, response_logprobs, response_mask
+from embiggen.ppo import (AdaptiveKLController, FixedKLController, PPODivergence, PPOTrainer, clipped_policy_loss,
+                          clipped_value_loss, gae, kl_penalty, masked_mean, masked_whiten, per_token_rewards, train_ppo)
 from embiggen.presets import PPOConfig
 
 torch.manual_seed(0)
@@ -160,8 +161,8 @@ def make_trainer(tiny_base, **overrides):
     policy = AutoModelForCausalLM.from_pretrained(tiny_base.path, use_safetensors=True)
     ref = AutoModelForCausalLM.from_pretrained(tiny_base.path, use_safetensors=True)
     ptx_data = overrides.pop("ptx_data", None)
-    cfg = PPOConfig(**{**dict(batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=12, lr=3e-3,
-                              kl_coef=0.0, ptx_coef=0.0), **overrides})
+    cfg = PPOConfig(**{**dict(batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=12,
+                              optim=replace(PPOConfig().optim, lr=3e-3), kl_coef=0.0, ptx_coef=0.0), **overrides})
     return PPOTrainer(policy, ref, tiny_base.tokenizer, LengthReward(), ConstantLabeler(), cfg, device="cpu", seed=0,
                       ptx_data=ptx_data)
 

@@ -7,12 +7,12 @@ import torch
 
 from embiggen.labeler import Labeler
 from embiggen.mixture import REFUSAL, heldout_template, prompt_mix
-from embiggen.preferences import Comparison, collect_preferences, export_pairs, is_alignment, rank_pairs
+from embiggen.preferences import Comparison, collect_preferences, export_pairs, rank_pairs
 from embiggen.splits import alignment_material, invented_names
 from embiggen.reward import (RewardModel, bradley_terry_loss, encode_exchange, left_pad, pair_batch,
                              pairwise_accuracy, rewards, train_reward_model)
 from embiggen.tasks import TaskExample
-from embiggen.world import World
+from embiggen.world import ALIGNMENT_KINDS, World
 
 TASK = TaskExample("arithmetic", 0, "What is 2 plus 3?", "2 plus 3 is 5.")
 
@@ -22,9 +22,9 @@ def test_prompt_mix_mixes_tasks_and_alignment_and_respects_held_out_splits():
     world = World.generate(seed=3, n_people=12, n_unknown=4)
     material = alignment_material(world, "preferences", invented_names(0))
     prompts = prompt_mix(world, 600, seed=1, material=material, task_share=0.5)
-    tasks = [p for p in prompts if not is_alignment(p)]
+    tasks = [p for p in prompts if not p.cluster in ALIGNMENT_KINDS]
     assert 0.42 < len(tasks) / len(prompts) < 0.58
-    assert {p.cluster for p in prompts if is_alignment(p)} == {"unknown_person", "medical", "harmful"}
+    assert {p.cluster for p in prompts if p.cluster in ALIGNMENT_KINDS} == {"unknown_person", "medical", "harmful"}
     assert all(p.cluster != "fact_check" and p.template != heldout_template(p.cluster) for p in tasks)
     assert {p.meta["person"] for p in prompts if p.cluster == "unknown_person"} <= set(material.unknown_names)
     same = prompt_mix(world, 50, seed=1, material=material)
@@ -82,7 +82,7 @@ def tiny_rm(tiny_base):
 def test_reward_is_read_at_the_last_real_token_and_ignores_padding(tiny_rm, tiny_base):
     tok = tiny_base.tokenizer
     short, long = encode_exchange(tok, "Hi?", "Yes."), encode_exchange(tok, "Where does Alma live?", "In a town.")
-    batch = left_pad([short, long], tok.pad_token_id)
+    batch = left_pad(tok, [short, long])
     got = rewards(tiny_rm, batch)
     # reference: the backbone's last hidden state at the final (EOS) token, times the head, one sequence at a time
     for ids, r in zip([short, long], got):
@@ -97,7 +97,7 @@ def test_an_unfinished_response_gets_no_eos(tiny_rm, tiny_base):
     assert finished == unfinished + [tok.eos_token_id] and unfinished[-1] != tok.eos_token_id
     rm = RewardModel(tiny_rm, tok, {}, None, None)
     both = rm.raw_scores(["Hi?", "Hi?"], ["Yes", "Yes"], [True, False])
-    alone = [rewards(tiny_rm, left_pad([ids], tok.pad_token_id)).item() for ids in (finished, unfinished)]
+    alone = [rewards(tiny_rm, left_pad(tok, [ids])).item() for ids in (finished, unfinished)]
     assert both.tolist() == pytest.approx(alone, abs=1e-5)  # each read at its own last token
     pair = Comparison("Hi?", "Yes", "Yes", "x", "x vs y", 1.0, chosen_finished=True, rejected_finished=False)
     batch = pair_batch(tok, [pair])
@@ -119,7 +119,7 @@ def test_pairwise_accuracy_counts_positive_margins(tiny_rm, tiny_base):
 def test_reward_training_learns_a_preference(tiny_base):
     from transformers import AutoModelForSequenceClassification
 
-    from embiggen.presets import RewardConfig
+    from embiggen.presets import OptimConfig, RewardConfig
 
     tok = tiny_base.tokenizer
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def test_reward_training_learns_a_preference(tiny_base):
     pairs = [Comparison(f"Question {i}?", "I cannot help with that.", f"Sure, {i}.", "harmful", "refused vs complied",
                         2.0) for i in range(20)]
     before = pairwise_accuracy(model, tok, pairs)["loss"]
-    cfg = RewardConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=30)
+    cfg = RewardConfig(steps=30, batch_size=8, eval_every=30, optim=OptimConfig(lr=3e-3, warmup_steps=2))
     train_reward_model(model, tok, pairs, pairs[:4], cfg, device="cpu", progress=False)
     after = pairwise_accuracy(model, tok, pairs)
     assert after["loss"] < before and after["accuracy"] == 1.0

@@ -68,16 +68,20 @@ def test_chat_loop_answers_and_quits(tiny_base, monkeypatch, capsys):
 
 
 def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
+    """`--model ppo` goes through the stage registry: every model PPO needs is loaded once and handed in."""
     import embiggen.cli as cli
-    import embiggen.ppo as ppo
-
-    class Aligned:
-        model, tokenizer = tiny_base.model, tiny_base.tokenizer
+    from embiggen.pipeline import STAGES
 
     seen = []
-    monkeypatch.setattr(ppo, "train_or_load_ppo", lambda preset: seen.append(preset) or Aligned)
-    assert cli.load_model_by_name("ppo", "smoke") == (tiny_base.model, tiny_base.tokenizer)
-    assert seen == ["smoke"]
+    for name, stage in STAGES.items():
+        def fake(preset, progress=True, device=None, _name=name, **needs):
+            seen.append((_name, preset.name, {arg: model.name for arg, model in needs.items()}))
+            return type("Trained", (), {"name": _name, "model": f"{_name} model", "tokenizer": "tokenizer"})
+        monkeypatch.setattr(stage, "train_or_load", fake)
+    assert cli.load_model_by_name("ppo", "smoke") == ("ppo model", "tokenizer")
+    assert seen == [("base", "smoke", {}), ("sft", "smoke", {"base": "base"}), ("rm", "smoke", {"sft": "sft"}),
+                    ("ppo", "smoke", {"sft": "sft", "reward": "rm"})]
+    assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo"]
 
 
 def test_report_card_judges_every_heldin_cluster_but_not_the_heldout_one():

@@ -4,21 +4,22 @@ import math
 import pytest
 import torch
 
+import embiggen.chain as chain
+from embiggen.chain import train_or_load_base
 from embiggen.model import build_model
-from embiggen.presets import PretrainConfig
-from embiggen.pretrain import (base_cache_dir, estimate_loss, get_batch, next_token_loss, pretrain, tokenize_corpus,
-                               train_or_load_base)
+from embiggen.presets import OptimConfig, PretrainConfig
+from embiggen.pretrain import estimate_loss, get_batch, next_token_loss, pretrain, tokenize_corpus
 from embiggen.training import lr_at
 from embiggen.utils import atomic_dir
 
 
 def test_lr_schedule_matches_formula():
-    cfg = PretrainConfig(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    cfg = PretrainConfig(steps=110, optim=OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1))
+    assert lr_at(0, cfg.steps, cfg.optim) == pytest.approx(0.1) and lr_at(9, cfg.steps, cfg.optim) == pytest.approx(1.0)
     for step in (10, 35, 60, 110):
         progress = (step - 10) / 100
         expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-        assert lr_at(step, cfg) == pytest.approx(expected)
+        assert lr_at(step, cfg.steps, cfg.optim) == pytest.approx(expected)
 
 
 def test_batches_are_shifted_windows():
@@ -56,7 +57,8 @@ def _data(tiny_base, seed):
 def test_loss_falls_on_a_tiny_run(tiny_base, tiny_preset):
     train, val = _data(tiny_base, 5), _data(tiny_base, 6)
     model = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
-    cfg = PretrainConfig(steps=30, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=2)
+    cfg = PretrainConfig(steps=30, batch_size=8, seq_len=32, eval_every=10, eval_batches=2,
+                         optim=OptimConfig(lr=3e-3, warmup_steps=3))
     before = estimate_loss(model, val, cfg, "cpu")
     log = pretrain(model, train, val, cfg, device="cpu", progress=False)
     assert log.val_loss[-1] < before - 0.5
@@ -65,7 +67,8 @@ def test_loss_falls_on_a_tiny_run(tiny_base, tiny_preset):
 
 def test_interrupted_run_resumes_to_identical_weights(tiny_base, tiny_preset, tmp_path):
     train, val = _data(tiny_base, 5), _data(tiny_base, 6)
-    cfg = PretrainConfig(steps=20, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, eval_every=5, eval_batches=1)
+    cfg = PretrainConfig(steps=20, batch_size=4, seq_len=16, eval_every=5, eval_batches=1,
+                         optim=OptimConfig(lr=3e-3, warmup_steps=2))
     straight = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
     pretrain(straight, train, val, cfg, device="cpu", seed=9, progress=False)
 
@@ -97,12 +100,10 @@ def test_atomic_dir_leaves_nothing_when_interrupted(tmp_path):
 
 
 def test_second_call_loads_from_cache(tiny_base, tiny_preset, monkeypatch):
-    import embiggen.pretrain as P
-
-    assert base_cache_dir(tiny_preset) == tiny_base.path and tiny_base.path.exists()
+    assert tiny_base.path.parent.name == "base" and tiny_base.path.exists()
     info = json.loads((tiny_base.path / "train_log.json").read_text())
     assert info["params"] == tiny_base.params and info["train_tokens"] == 40 * 8 * 32
-    monkeypatch.setattr(P, "pretrain", lambda *a, **k: pytest.fail("retrained instead of loading"))
+    monkeypatch.setattr(chain, "pretrain", lambda *a, **k: pytest.fail("retrained instead of loading"))
     again = train_or_load_base(tiny_preset, progress=False, device="cpu")
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
@@ -120,7 +121,8 @@ def test_curves_a_callback_records_survive_an_interruption(tiny_base, tiny_prese
     """What a callback writes into log.metrics goes into the resume point, so a resumed run
     ends with the whole curve, equal to an uninterrupted run's."""
     train, val = _data(tiny_base, 5), _data(tiny_base, 6)
-    cfg = PretrainConfig(steps=12, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, eval_every=3, eval_batches=1)
+    cfg = PretrainConfig(steps=12, batch_size=4, seq_len=16, eval_every=3, eval_batches=1,
+                         optim=OptimConfig(lr=3e-3, warmup_steps=2))
 
     def record(step, log):
         log.metrics.setdefault("first_weight", []).append(float(next(model.parameters()).flatten()[0]))

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embiggen.sft import (IGNORE_INDEX, SFTData, batch_loss, chat_prompt, completion_loss, encode_example,
-                          pack_examples, pad_batch)
-from embiggen.presets import SFTConfig
+from embiggen.presets import OptimConfig, SFTConfig
+from embiggen.sft import IGNORE_INDEX, SFTData, batch_loss, completion_loss, encode_example, pack_examples, pad_batch
+from embiggen.tokenizer import chat_prompt
 
 
 def test_completion_only_masking_on_a_hand_built_example(tiny_base):
@@ -97,7 +97,8 @@ def test_sft_loss_falls(tiny_base, tiny_splits):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base.path)
     train, val = tiny_splits.sft_train(n=300), tiny_splits.sft_val()[:40]
-    cfg = SFTConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20, max_length=96)
+    cfg = SFTConfig(steps=40, batch_size=8, eval_every=20, max_length=96,
+                    optim=OptimConfig(lr=3e-3, warmup_steps=4))
     before = validation_loss(model, SFTData(tiny_base.tokenizer, val, cfg))
     log = sft(model, tiny_base.tokenizer, train, val, cfg, device="cpu", progress=False)
     assert log.val_loss[-1] < before - 0.3

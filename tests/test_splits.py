@@ -81,7 +81,7 @@ def test_the_landed_construction_would_fail_the_check():
     shared = AlignmentMaterial("landed", tuple(world.unknown_names), tuple(MEDICAL_TEMPLATES[:6]), tuple(SYMPTOMS[:10]),
                                tuple(HARMFUL_TEMPLATES[:6]), tuple(world.people))
     train = prompt_mix(world, preset.reward.n_prompts, seed=preset.seed + 200, material=shared)
-    held_out = prompt_mix(world, preset.reward.n_eval_prompts, seed=preset.seed + 201, material=shared)
+    held_out = prompt_mix(world, preset.evaluation.n_rm_prompts, seed=preset.seed + 201, material=shared)
     alignment = [e for e in held_out if e.cluster in ALIGNMENT_KINDS]
     assert overlap(alignment, {"preferences": train}) > 0.5 * len(alignment)
     assert overlap(held_out, {"preferences": train}) > 0
@@ -94,7 +94,7 @@ def test_splits_are_deterministic_and_follow_the_preset():
     assert [e.instruction for e in a.ppo_eval] == [e.instruction for e in b.ppo_eval]
     assert [e.instruction for e in a.sft_train(n=200)] == [e.instruction for e in b.sft_train(n=200)]
     assert invented_names(5) == invented_names(5) and invented_names(5) != invented_names(6)
-    assert len(a.ppo_eval) == get_preset("smoke").ppo.n_eval_prompts
+    assert len(a.ppo_eval) == get_preset("smoke").evaluation.n_ppo_prompts
     assert data_splits("smoke") is data_splits(get_preset("smoke"))  # built once per process
 
 

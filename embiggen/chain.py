@@ -1,0 +1,316 @@
+"""The chain — pretraining → SFT → reward model → PPO — each stage's model trained once and cached.
+
+Every stage follows one pattern (`embiggen.training`):
+
+    path  = cache_dir(stage, preset, <everything that decides the weights>)
+    model = train_or_load(path, load, train)
+
+The key holds the stage's *training* config, the folder names of the models it starts from,
+and, from SFT on, `DataSplits.fingerprint` (the held-out prompts that training skips). The
+preset's `evaluation` and `experiments` configs are in no key: changing what is measured
+never retrains anything.
+
+A stage receives the models it starts from (`base=`, `sft=`, `reward=`); given none, it asks
+for them with the same functions, so every notebook can start anywhere, in any order, and
+`embiggen run` loads each model once and hands it on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+
+from .labeler import Labeler
+from .mixture import MIXTURE_VERSION
+from .model import build_model
+from .ppo import PPOLog, PPOTrainer, train_ppo
+from .preferences import collect_preferences, pairs_jsonl, read_pairs
+from .presets import ModelConfig, PPOConfig, Preset, get_preset
+from .pretrain import pretrain, tokenize_corpus
+from .reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
+from .sft import SFTData, sft
+from .splits import build_corpus, build_world, data_splits
+from .tokenizer import train_tokenizer
+from .training import TrainLog, cache_dir, load_checkpoint, resume_dir, save_checkpoint, train_or_load
+from .utils import atomic_dir, pick_device, set_seed
+from .world import WORLD_VERSION, World
+
+#: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
+REWARD_VERSION = 5  # preference collection, the labeler or the reward model
+PPO_VERSION = 2
+
+
+@dataclass
+class StageModel:
+    """A trained language model of the chain, with what it was made from."""
+    model: object        # a Hugging Face causal LM
+    tokenizer: object
+    world: World
+    preset: Preset
+    log: object          # TrainLog (PPO: PPOLog, one row of statistics per step)
+    info: dict           # what train_log.json holds: timings, sizes, where it came from
+    path: Path           # its folder in the cache
+
+    @property
+    def params(self) -> int:
+        return self.model.num_parameters()
+
+
+# ---------------------------------------------------------------------------------------
+# Step 1: the base model
+# ---------------------------------------------------------------------------------------
+def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfig | None = None,
+                       steps: int | None = None, force: bool = False, progress: bool = True, callback=None,
+                       device=None) -> StageModel:
+    """The base model of `preset`: a tokenizer and a model trained from scratch on the world's
+    corpus. `model_cfg` and `steps` change the shape and step count (notebook 1's size sweep)."""
+    preset = get_preset(preset)
+    model_cfg = model_cfg or preset.model
+    cfg = preset.pretrain if steps is None else replace(preset.pretrain, steps=steps)
+    device = device or pick_device()
+    world = build_world(preset)
+    path = cache_dir("base", preset, WORLD_VERSION, preset.seed, preset.n_people, preset.n_unknown, preset.max_operand,
+                     preset.train_documents, preset.val_documents, preset.vocab_size, asdict(model_cfg), asdict(cfg))
+
+    def load(path):
+        model, tokenizer, info, log = load_checkpoint(path, device)
+        return StageModel(model, tokenizer, world, preset, log, info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        set_seed(preset.seed)
+        train_docs, val_docs = build_corpus(preset, world)
+        tokenizer = train_tokenizer(train_docs, preset.vocab_size)
+        train_data, val_data = tokenize_corpus(tokenizer, train_docs), tokenize_corpus(tokenizer, val_docs)
+        model = build_model(model_cfg, tokenizer, seed=preset.seed)
+        log = pretrain(model, train_data, val_data, cfg, device=device, seed=preset.seed, callback=callback,
+                       progress=progress, resume_dir=resume_dir(path), desc=f"pretrain {preset.name}")
+        info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(),
+                "corpus_tokens": len(train_data), "val_tokens": len(val_data),
+                "train_tokens": log.tokens, "train_seconds": round(time.perf_counter() - started, 2),
+                "loop_seconds": round(log.seconds, 2), "tokens_per_second": round(log.tokens_per_second, 1),
+                "val_loss": log.val_loss[-1], "model_config": asdict(model_cfg), "device": str(device)}
+        save_checkpoint(path, model, tokenizer, info, log)
+        return StageModel(model.eval(), tokenizer, world, preset, log, info, path)
+
+    return train_or_load(path, load, train, force)
+
+
+# ---------------------------------------------------------------------------------------
+# Step 2: instruction tuning
+# ---------------------------------------------------------------------------------------
+def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | None = None, steps: int | None = None,
+                      base: StageModel | None = None, force: bool = False, progress: bool = True, callback=None,
+                      device=None) -> StageModel:
+    """The SFT model of `preset`, fine-tuned from a copy of the base model on the instruction
+    mixture (every evaluation prompt left out). `clusters` and `steps` serve FLAN's ablation."""
+    preset = get_preset(preset)
+    device = device or pick_device()
+    splits = data_splits(preset)
+    everything = splits.spec.train_clusters
+    clusters = everything if clusters is None else list(clusters)
+    cfg = preset.sft if steps is None else replace(preset.sft, steps=steps)
+    base = base or train_or_load_base(preset, progress=progress, device=device)
+    path = cache_dir("sft", preset, MIXTURE_VERSION, splits.fingerprint, base.path.name, asdict(cfg), sorted(clusters),
+                     tag="all" if clusters == everything else f"{len(clusters)}clusters")
+
+    def load(path):
+        model, tokenizer, info, log = load_checkpoint(path, device)
+        return StageModel(model, tokenizer, base.world, preset, log, info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        set_seed(preset.seed)
+        model = copy.deepcopy(base.model).to(device)  # the base model itself stays untouched
+        train_examples, val_examples = splits.sft_train(clusters), splits.sft_val(clusters)
+        replay = None
+        if cfg.replay_share > 0:  # pretraining text mixed into each batch
+            train_docs, _ = build_corpus(preset, base.world)
+            replay = tokenize_corpus(base.tokenizer, train_docs[: cfg.replay_documents])
+        log = sft(model, base.tokenizer, train_examples, val_examples, cfg, device=device, seed=preset.seed,
+                  callback=callback, progress=progress, resume_dir=resume_dir(path), desc=f"sft {preset.name}",
+                  replay=replay)
+        info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), "clusters": clusters,
+                "n_train": len(train_examples), "train_tokens": log.tokens,
+                "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],
+                "base": base.path.name, "device": str(device)}
+        save_checkpoint(path, model, base.tokenizer, info, log)
+        return StageModel(model.eval(), base.tokenizer, base.world, preset, log, info, path)
+
+    return train_or_load(path, load, train, force)
+
+
+# ---------------------------------------------------------------------------------------
+# Step 3a: preferences and the reward model
+# ---------------------------------------------------------------------------------------
+def labeler_for(preset: Preset) -> Labeler:
+    """The labeler whose rankings train reward models: the gold labeler with the preset's noise."""
+    return Labeler(noise=preset.reward.label_noise)
+
+
+#: The reward config's fields that decide the collected preferences (the rest only train on them).
+COLLECTION_FIELDS = ("n_prompts", "k", "task_share", "temperature", "max_new_tokens", "label_noise", "n_norm_prompts")
+
+
+def preference_data(preset: str | Preset | None, sft_model: StageModel, progress: bool = True) -> dict:
+    """Preference pairs collected from the SFT model: train pairs from the training prompts
+    (the noisy labeler) and held-out pairs from evaluation prompts (`embiggen.splits`; labelled
+    without noise, so accuracy is measured against the gold preference), and the SFT samples
+    of some *training* prompts that set the reward scale. Cached on their own, so retraining
+    the reward model with other settings does not sample everything again."""
+    preset = get_preset(preset)
+    cfg, splits = preset.reward, data_splits(preset)
+    collection = {k: getattr(cfg, k) for k in COLLECTION_FIELDS}
+    folder = cache_dir("preferences", preset, REWARD_VERSION, splits.fingerprint, sft_model.path.name, collection)
+    if (folder / "done.json").exists():
+        return {"train_pairs": read_pairs(folder / "train_pairs.jsonl"),
+                "eval_pairs": read_pairs(folder / "eval_pairs.jsonl"),
+                "norm_samples": json.loads((folder / "norm_samples.json").read_text()),
+                "collect_seconds": json.loads((folder / "done.json").read_text())["collect_seconds"]}
+    started = time.perf_counter()
+    sample = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    train = collect_preferences(sft_model.model, sft_model.tokenizer, splits.preferences, labeler_for(preset),
+                                seed=splits.sample_seed("preferences"), **sample,
+                                desc=f"preferences: {cfg.k} answers to each of {len(splits.preferences):,} prompts"
+                                if progress else None)
+    held = collect_preferences(sft_model.model, sft_model.tokenizer, splits.rm_eval, Labeler(),
+                               seed=splits.sample_seed("rm_eval"), **sample,
+                               desc="held-out preferences" if progress else None)
+    norm = [{"instruction": e.instruction, "samples": ys, "finished": fs}
+            for e, ys, fs in list(zip(train.prompts, train.samples, train.finished))[: cfg.n_norm_prompts]]
+    seconds = round(time.perf_counter() - started, 2)
+    with atomic_dir(folder) as tmp:
+        (tmp / "train_pairs.jsonl").write_text(pairs_jsonl(train.pairs))
+        (tmp / "eval_pairs.jsonl").write_text(pairs_jsonl(held.pairs))
+        (tmp / "norm_samples.json").write_text(json.dumps(norm))
+        (tmp / "done.json").write_text(json.dumps({**collection, "collect_seconds": seconds}))
+    return {"train_pairs": train.pairs, "eval_pairs": held.pairs, "norm_samples": norm, "collect_seconds": seconds}
+
+
+def train_or_load_reward(preset: str | Preset | None = None, sft: StageModel | None = None, force: bool = False,
+                         progress: bool = True, device=None) -> RewardModel:
+    """The reward model of `preset`: preferences collected from the SFT model, Bradley-Terry
+    training from the SFT weights, scores normalised on SFT samples. The train and held-out
+    pairs are kept beside the weights (`train_pairs.jsonl`, `eval_pairs.jsonl`)."""
+    preset = get_preset(preset)
+    cfg = preset.reward
+    device = device or pick_device()
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    path = cache_dir("reward", preset, REWARD_VERSION, data_splits(preset).fingerprint, sft.path.name, asdict(cfg))
+
+    def train(path):
+        set_seed(preset.seed)
+        data = preference_data(preset, sft, progress=progress)
+        rm = fit_reward_model(sft.path, sft.tokenizer, data["train_pairs"], data["eval_pairs"], data["norm_samples"],
+                              cfg, path, seed=preset.seed, progress=progress, device=device,
+                              desc=f"reward model {preset.name}")
+        rm.info.update({"preset": preset.name, "seed": preset.seed, "n_prompts": cfg.n_prompts,
+                        "collect_seconds": data["collect_seconds"]})  # sampling K answers per prompt and ranking them
+        save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
+                        extra_files={"train_pairs.jsonl": pairs_jsonl(data["train_pairs"]),
+                                     "eval_pairs.jsonl": pairs_jsonl(data["eval_pairs"])})
+        return rm
+
+    return train_or_load(path, lambda path: load_reward_model(path, device), train, force)
+
+
+# ---------------------------------------------------------------------------------------
+# Step 3b: PPO, with the reward model retrained between rounds (iterated RLHF)
+# ---------------------------------------------------------------------------------------
+def ppo_config(preset: Preset, kl_coef: float | None = None, steps: int | None = None, lr: float | None = None,
+               rounds: int | None = None) -> PPOConfig:
+    """The preset's PPO config with some knobs changed (the reward-hacking sweep's)."""
+    cfg = preset.ppo
+    changes = {k: v for k, v in {"kl_coef": kl_coef, "steps": steps, "rounds": rounds}.items() if v is not None}
+    if lr is not None:
+        changes["optim"] = replace(cfg.optim, lr=lr)
+    return replace(cfg, **changes)
+
+
+def ppo_trainer(preset: Preset, cfg: PPOConfig, sft_model: StageModel, reward_model: RewardModel,
+                device=None) -> PPOTrainer:
+    """A PPOTrainer whose policy starts as a copy of the SFT model, anchored to the SFT model itself
+    (the frozen reference), with PPO-ptx's task demonstrations if cfg.ptx_coef > 0."""
+    set_seed(preset.seed)
+    ptx_data = None
+    if cfg.ptx_coef > 0:  # task demonstrations only, none of them an evaluation prompt (see embiggen.splits)
+        ptx_data = SFTData(sft_model.tokenizer, data_splits(preset).ptx,
+                           replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
+    return PPOTrainer(copy.deepcopy(sft_model.model), sft_model.model, sft_model.tokenizer, reward_model, Labeler(),
+                      cfg, device=device, seed=preset.seed, ptx_data=ptx_data)
+
+
+def refresh_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, sft_model: StageModel,
+                         first_rm: RewardModel, round_: int, progress: bool = True) -> RewardModel:
+    """Round `round_` of iterated RLHF (`reward.reward_model_round`) for the policy `trainer`
+    holds, cached beside the first reward model; the trainer optimises the new one from now on."""
+    splits, rcfg = data_splits(preset), preset.reward
+    path = cache_dir("reward", preset, "round", first_rm.path.name, asdict(cfg), round_, tag=f"round{round_}")
+
+    def train(path):
+        sft_data = preference_data(preset, sft_model, progress=False)  # cached: held-out pairs and SFT samples
+        rm, pairs, held = reward_model_round(
+            trainer.policy.lm, trainer.tokenizer, sft_model.path, load_pairs(trainer.reward_model, "train"),
+            splits.refresh(round_), splits.refresh_eval(round_), labeler_for(preset), rcfg,
+            sampling=dict(k=rcfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens),
+            seeds=(splits.sample_seed("refresh", round_), splits.sample_seed("refresh_eval", round_), preset.seed),
+            norm_samples=sft_data["norm_samples"], sft_eval_pairs=sft_data["eval_pairs"], path=path,
+            progress=progress, desc=f"reward model {preset.name} round {round_}")
+        rm.info.update({"preset": preset.name, "seed": preset.seed, "round": round_})
+        save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
+                        extra_files={"train_pairs.jsonl": pairs_jsonl(pairs), "eval_pairs.jsonl": pairs_jsonl(held)})
+        return rm
+
+    trainer.reward_model = train_or_load(path, lambda path: load_reward_model(path, trainer.device), train)
+    return trainer.reward_model
+
+
+def train_or_load_ppo(preset: str | Preset | None = None, kl_coef: float | None = None, steps: int | None = None,
+                      lr: float | None = None, rounds: int | None = None, sft: StageModel | None = None,
+                      reward: RewardModel | None = None, force: bool = False, progress: bool = True, callback=None,
+                      device=None) -> StageModel:
+    """The PPO policy of `preset` (optionally with another KL coefficient, step count, learning
+    rate or number of rounds, for the reward-hacking sweep), trained from the SFT model against
+    the reward model, which is retrained between rounds on the policy's own samples."""
+    preset = get_preset(preset)
+    cfg = ppo_config(preset, kl_coef, steps, lr, rounds)
+    device = device or pick_device()
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
+    path = cache_dir("ppo", preset, PPO_VERSION, data_splits(preset).fingerprint, reward.path.name, asdict(cfg),
+                     tag=f"beta{cfg.kl_coef:g}")
+
+    def load(path):
+        model, tokenizer, info, _ = load_checkpoint(path, device)
+        rows = info.pop("ppo_log")
+        return StageModel(model, tokenizer, sft.world, preset, PPOLog([r["step"] for r in rows], rows), info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        trainer = ppo_trainer(preset, cfg, sft, reward, device)
+        refresh_at = tuple(cfg.steps * r // cfg.rounds for r in range(1, cfg.rounds))
+        log = train_ppo(trainer, data_splits(preset).ppo, cfg.steps, cfg.batch_size, seed=preset.seed,
+                        progress=progress, callback=callback, desc=f"ppo {preset.name} beta={cfg.kl_coef:g}",
+                        resume_dir=resume_dir(path), save_every=cfg.save_every, refresh_at=refresh_at,
+                        refresh=lambda t, r: refresh_reward_model(preset, cfg, t, sft, reward, r, progress))
+        model = trainer.policy.lm.eval()
+        info = {"preset": preset.name, "seed": preset.seed, "kl_coef": cfg.kl_coef, "steps": cfg.steps,
+                "episodes": cfg.steps * cfg.batch_size, "train_seconds": round(time.perf_counter() - started, 2),
+                "reward_model": reward.path.name, "final_reward_model": trainer.reward_model.path.name,
+                "rounds": cfg.rounds, "refresh_at": list(refresh_at), "device": str(device)}
+        save_checkpoint(path, model, sft.tokenizer, {**info, "ppo_log": log.rows}, TrainLog())
+        return StageModel(model, sft.tokenizer, sft.world, preset, log, info, path)
+
+    return train_or_load(path, load, train, force)
+
+
+def final_reward_model(tuned: StageModel, first_rm: RewardModel) -> RewardModel:
+    """The reward model a PPO run optimised in its last round (the first one if it ran one round)."""
+    name = tuned.info.get("final_reward_model", first_rm.path.name)
+    if name == first_rm.path.name:
+        return first_rm
+    return load_reward_model(first_rm.path.parent / name, next(first_rm.model.parameters()).device)

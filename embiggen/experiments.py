@@ -1,0 +1,132 @@
+"""Experiments: what the notebooks and the report card measure, above the methods and the chain.
+
+* notebook 1 — "size matters": smaller models trained with the same recipe (`size_sweep`);
+* notebook 2 — accuracy on every held-out split (`evaluate_instruction_following`) and FLAN's
+  ablation over the number of training clusters (`cluster_ablation`);
+* notebook 3 — a policy's KL from the SFT model on held-out prompts (`sample_with_kl`), the
+  gold score of those very samples (`sampled_gold`), and reward hacking made visible, one PPO
+  run per KL coefficient (`kl_sweep`).
+
+Each experiment trains its extra models through `embiggen.chain` (cached under their own
+keys) and takes its settings from the preset's `experiments` and `evaluation` configs, which
+no stage of the main chain hashes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .chain import StageModel, train_or_load_base, train_or_load_ppo, train_or_load_reward, train_or_load_sft
+from .evaluate import evaluate_tasks, fact_cloze, judge_model
+from .generate import decode_responses, episode_logprobs, sample_episodes
+from .labeler import Labeler
+from .presets import Preset, get_preset
+from .reward import RewardModel
+from .splits import data_splits
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 1
+# ---------------------------------------------------------------------------------------
+def size_sweep(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
+    """"Size matters": the preset's smaller model shapes and its own, all trained with the
+    same data and recipe; validation loss and fact recall for each (Kaplan et al. 2020,
+    https://arxiv.org/abs/2001.08361, found loss falls as a power law in parameters)."""
+    preset = get_preset(preset)
+    rows = []
+    for cfg in (*preset.experiments.size_sweep, preset.model):
+        base = train_or_load_base(preset, model_cfg=cfg, progress=progress, device=device)
+        rows.append({
+            "hidden_size": cfg.hidden_size, "layers": cfg.num_hidden_layers, "params": base.params,
+            "val_loss": base.log.val_loss[-1],
+            "fact_cloze_accuracy": fact_cloze(base.model, base.tokenizer, base.world.people)["accuracy"],
+            "train_seconds": base.info["train_seconds"],
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 2
+# ---------------------------------------------------------------------------------------
+def evaluate_instruction_following(model, tokenizer, sets: dict) -> dict:
+    """Accuracy on every evaluation split of `embiggen.splits.DataSplits.sft_eval` (the
+    alignment prompts are judged by `evaluate.evaluate_alignment` instead)."""
+    return {split: evaluate_tasks(model, tokenizer, examples)
+            for split, examples in sets.items() if split != "alignment"}
+
+
+def cluster_ablation(preset: str | Preset | None = None, base: StageModel | None = None, progress: bool = True,
+                     device=None) -> list[dict]:
+    """FLAN's ablation (Wei et al. 2021, figure 6) at our scale: accuracy on the held-out
+    cluster against the number of clusters trained on. Every point is fine-tuned from the
+    same base with the same (shorter) schedule; 0 clusters is the base model itself."""
+    preset = get_preset(preset)
+    splits, cfg = data_splits(preset), preset.experiments
+    trained = splits.spec.train_clusters
+    base = base or train_or_load_base(preset, progress=progress, device=device)
+    heldout = splits.sft_eval["heldout_cluster"]
+    rows = [{"clusters": 0, "trained_on": "(base model)",
+             "heldout_cluster_accuracy": evaluate_tasks(base.model, base.tokenizer, heldout)["accuracy"]}]
+    for k in sorted({*cfg.ablation_cluster_counts, len(trained)}):
+        tuned = train_or_load_sft(preset, clusters=trained[:k], steps=cfg.ablation_steps, base=base,
+                                  progress=progress, device=device)
+        rows.append({"clusters": k, "trained_on": ", ".join(trained[:k]),
+                     "heldout_cluster_accuracy": evaluate_tasks(tuned.model, tuned.tokenizer, heldout)["accuracy"]})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 3
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_with_kl(policy_lm, ref_lm, tokenizer, instructions: list[str], max_new_tokens: int = 32,
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> dict:
+    """One sampled response per instruction from pi (as in training), its text and whether it
+    ended, and KL(pi || pi_ref) per response, estimated as in training — k1, log pi(y_t) -
+    log pi_ref(y_t), summed over the response tokens (EOS included) — on any prompts, e.g.
+    held-out ones. `kl` is the mean over responses: an unbiased estimate of the sequence KL."""
+    torch.manual_seed(seed)
+    policy_lm.eval()
+    ref_lm.eval()  # no dropout in either: the KL of the distributions, not of dropout noise
+    kls, texts, finished = [], [], []
+    for i in range(0, len(instructions), batch_size):
+        ep = sample_episodes(policy_lm, tokenizer, instructions[i: i + batch_size], max_new_tokens, temperature)
+        log_ratio = episode_logprobs(policy_lm, ep, temperature) - episode_logprobs(ref_lm, ep, temperature)
+        kls += (log_ratio * ep["mask"]).sum(1).tolist()
+        t, f = decode_responses(tokenizer, ep["responses"])
+        texts += t
+        finished += f
+    return {"kl": sum(kls) / max(1, len(kls)), "kls": kls, "texts": texts, "finished": finished}
+
+
+def sampled_gold(labeler, prompts, sampled: dict) -> float:
+    """Mean gold score of the sampled (T = 1) responses of `sample_with_kl`: the policy whose
+    KL was measured, judged on the answers that KL was measured on."""
+    scores = [labeler.gold_score(e, t, f) for e, t, f in zip(prompts, sampled["texts"], sampled["finished"])]
+    return sum(scores) / max(1, len(scores))
+
+
+def kl_sweep(preset: str | Preset | None = None, sft: StageModel | None = None, reward: RewardModel | None = None,
+             progress: bool = True, device=None) -> list[dict]:
+    """Reward hacking made visible: one PPO run per KL coefficient in preset.experiments.kl_sweep,
+    each against the first reward model only (one round, learning rate experiments.sweep_lr;
+    cached), with its training log and its gold and reward-model scores on held-out prompts."""
+    preset = get_preset(preset)
+    cfg, evaluation = preset.experiments, preset.evaluation
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
+    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
+    runs = []
+    for beta in cfg.kl_sweep:
+        tuned = train_or_load_ppo(preset, kl_coef=beta, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1, sft=sft,
+                                  reward=reward, progress=progress, device=device)
+        judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, reward, evaluation.max_new_tokens)
+        examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
+        sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
+                                 evaluation.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
+        runs.append({"kl_coef": beta, "lr": cfg.sweep_lr, "rows": tuned.log.rows, "kl": sampled["kl"],
+                     "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
+                     "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
+                     "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
+                     "examples": examples})
+    return runs

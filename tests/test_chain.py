@@ -1,0 +1,76 @@
+"""The chain's cache keys and the presets as data."""
+
+from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import embiggen.chain as chain
+from embiggen.presets import PRESETS, Preset, get_preset
+
+
+@pytest.fixture
+def stage_paths(monkeypatch):
+    """The cache folder each stage would use for a preset — the real key computation, no training
+    (`train_or_load` hands back the path instead of loading or training)."""
+    monkeypatch.setattr(chain, "train_or_load", lambda path, load, train, force=False: path)
+
+    def paths(preset: Preset) -> dict[str, Path]:
+        model = lambda name: SimpleNamespace(path=Path("/cache") / name, world=None)  # noqa: E731
+        return {"base": chain.train_or_load_base(preset, device="cpu"),
+                "sft": chain.train_or_load_sft(preset, base=model("base"), device="cpu"),
+                "rm": chain.train_or_load_reward(preset, sft=model("sft"), device="cpu"),
+                "ppo": chain.train_or_load_ppo(preset, sft=model("sft"), reward=model("rm"), device="cpu")}
+    return paths
+
+
+def test_evaluation_and_experiment_knobs_are_in_no_cache_key(stage_paths):
+    smoke = get_preset("smoke")
+    before = stage_paths(smoke)
+    changed = [
+        replace(smoke, experiments=replace(smoke.experiments, best_of_n=(1, 32), kl_sweep=(0.5,), sweep_steps=99,
+                                           sweep_lr=1e-2, ablation_cluster_counts=(2,), ablation_steps=7,
+                                           size_sweep=())),
+        replace(smoke, evaluation=replace(smoke.evaluation, n_instruction_probes=3, max_new_tokens=5)),
+    ]
+    for preset in changed:
+        assert stage_paths(preset) == before
+
+
+def test_training_knobs_retrain_their_stage_and_the_stages_after_it(stage_paths):
+    smoke = get_preset("smoke")
+    before = stage_paths(smoke)
+    sft = stage_paths(replace(smoke, sft=replace(smoke.sft, steps=61)))
+    assert sft["base"] == before["base"] and sft["sft"] != before["sft"]
+    ppo = stage_paths(replace(smoke, ppo=replace(smoke.ppo, kl_coef=0.2)))
+    assert [ppo[s] == before[s] for s in ("base", "sft", "rm", "ppo")] == [True, True, True, False]
+    lr = stage_paths(replace(smoke, reward=replace(smoke.reward, optim=replace(smoke.reward.optim, lr=1e-3))))
+    assert [lr[s] == before[s] for s in ("base", "sft", "rm")] == [True, True, False]
+
+
+def test_held_out_set_sizes_change_the_training_data_and_so_the_keys(stage_paths):
+    """Training sets skip every held-out prompt, so a larger held-out set means other training
+    data: the stages that train on the splits get new keys (through the splits' fingerprint)."""
+    smoke = get_preset("smoke")
+    before = stage_paths(smoke)
+    after = stage_paths(replace(smoke, evaluation=replace(smoke.evaluation, n_ppo_prompts=41)))
+    assert after["base"] == before["base"]
+    assert all(after[s] != before[s] for s in ("sft", "rm", "ppo"))
+
+
+def test_the_defaults_are_the_laptop_preset():
+    assert Preset() == PRESETS["laptop"] and get_preset(None).name in PRESETS
+
+
+def test_every_config_field_has_a_help_string():
+    def check(cfg, where):
+        for f in fields(cfg):
+            assert f.metadata.get("help"), f"{where}.{f.name} has no help string"
+            value = getattr(cfg, f.name)
+            for inner in (value if isinstance(value, tuple) else (value,)):
+                if is_dataclass(inner):
+                    check(inner, f"{where}.{f.name}")
+
+    for name, preset in PRESETS.items():
+        check(preset, name)
