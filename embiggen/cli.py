@@ -4,19 +4,21 @@
     embiggen sample --model base "Alma Brook lives in"       # continue a prefix
     embiggen chat --model sft                                # ask the instruction-tuned model
     embiggen chat --model ppo                                # ask the RLHF-aligned model
+    embiggen config --stage ppo                              # every knob of a stage, its value and what it does
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import is_dataclass
 
 import transformers
 
 from .generate import generate
 from .model import load_pretrained
 from .pipeline import STAGES, load_stage, report_card, run
-from .presets import PRESETS, get_preset
+from .presets import PRESETS, describe, get_preset
 from .tokenizer import chat_prompt
 from .utils import pick_device, set_threads
 
@@ -79,6 +81,28 @@ def _cmd_chat(args, read=input) -> int:
         print(f"{args.model}> {chat_reply(model, tokenizer, message)}")
 
 
+def config_lines(cfg, indent: str = "  ") -> list[str]:
+    """Every field of a config (nested ones indented), its value and its help string."""
+    lines = []
+    for name, value, help_ in describe(cfg):
+        if is_dataclass(value):
+            lines += [f"{indent}{name}:  # {help_}", *config_lines(value, indent + "  ")]
+        else:
+            lines.append(f"{indent}{name} = {value!r}  # {help_}")
+    return lines
+
+
+def _cmd_config(args) -> int:
+    preset = get_preset(args.preset)
+    if args.stage is not None and args.stage not in STAGES:
+        raise ValueError(f"unknown stage {args.stage!r}; valid stages: {', '.join(STAGES)}")
+    for name in [args.stage] if args.stage else STAGES:
+        for field_name, cfg in STAGES[name].config(preset).items():
+            print(f"[{name}] preset.{field_name} of {preset.name!r}")
+            print("\n".join(config_lines(cfg)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embiggen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--max-new-tokens", type=int, default=40)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=_cmd_sample)
+
+    config = sub.add_parser("config", help="show a stage's training config: every field, its value and what it does")
+    config.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
+    config.add_argument("--stage", default=None, help=f"one of {', '.join(STAGES)} (default: every stage)")
+    config.set_defaults(func=_cmd_config)
 
     chat = sub.add_parser("chat", help="a small terminal chat with a model")
     chat.add_argument("--model", default="sft",

@@ -173,18 +173,19 @@ class Stage:
     name: str
     train_or_load: Callable             # (preset, progress=, device=, **needs) -> its model (embiggen.chain)
     report: Callable                    # (preset, models by stage name) -> its figures
-    config: Callable                    # preset -> its training config, hashed into its cache key
+    config: Callable                    # preset -> its training configs by name, hashed into its cache key
     needs: dict[str, str] = field(default_factory=dict)  # argument of train_or_load -> the stage that provides it
     language_model: bool = True         # can `embiggen sample` / `chat --model <name>` use its model?
 
 
 #: Every stage, in the order they run.
 STAGES: dict[str, Stage] = {stage.name: stage for stage in [
-    Stage("base", train_or_load_base, report_base, lambda preset: preset.pretrain),
-    Stage("sft", train_or_load_sft, report_sft, lambda preset: preset.sft, needs={"base": "base"}),
-    Stage("rm", train_or_load_reward, report_rm, lambda preset: preset.reward, needs={"sft": "sft"},
+    Stage("base", train_or_load_base, report_base, lambda preset: {"model": preset.model, "pretrain": preset.pretrain}),
+    Stage("sft", train_or_load_sft, report_sft, lambda preset: {"sft": preset.sft}, needs={"base": "base"}),
+    Stage("rm", train_or_load_reward, report_rm, lambda preset: {"reward": preset.reward}, needs={"sft": "sft"},
           language_model=False),
-    Stage("ppo", train_or_load_ppo, report_ppo, lambda preset: preset.ppo, needs={"sft": "sft", "reward": "rm"}),
+    Stage("ppo", train_or_load_ppo, report_ppo, lambda preset: {"ppo": preset.ppo},
+          needs={"sft": "sft", "reward": "rm"}),
 ]}
 
 

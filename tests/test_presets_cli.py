@@ -97,3 +97,16 @@ def test_report_card_judges_every_heldin_cluster_but_not_the_heldout_one():
     assert "rm.per_type_accuracy.correct vs wrong" in report_card(report)
     smoke = report_card({**report, "preset": "smoke"})
     assert "(>= 0.8 on laptop)" in smoke and "MISSED" not in smoke
+
+
+def test_config_command_prints_every_knob_with_its_help(capsys):
+    from dataclasses import fields
+
+    from embiggen.presets import PPOConfig
+
+    assert main(["config", "--preset", "smoke", "--stage", "ppo"]) == 0
+    out = capsys.readouterr().out
+    smoke = get_preset("smoke").ppo
+    assert f"kl_coef = {smoke.kl_coef!r}  # beta in" in out and f"lr = {smoke.optim.lr!r}" in out
+    assert all(f"\n  {f.name} = " in out or f"\n  {f.name}:" in out for f in fields(PPOConfig))
+    assert main(["config", "--stage", "nope"]) == 2
