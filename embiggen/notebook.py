@@ -107,9 +107,32 @@ def palette_png(png_base64: str, colours: int = 256) -> str:
     return base64.b64encode(smaller).decode() if len(smaller) < len(raw) else png_base64
 
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_REFERENCE = re.compile(r"IPY_MODEL_(\w+)")
+
+
+def _used_widget_state(nb: dict) -> None:
+    """Keep only the saved widget models that a remaining output shows, and the models those
+    refer to (layouts, styles, children): a dropped progress bar leaves its models behind."""
+    state = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state")
+    if not state:
+        return
+    todo = [out["data"][WIDGET_VIEW]["model_id"] for cell in nb["cells"] for out in cell.get("outputs", [])
+            if WIDGET_VIEW in out.get("data", {})]
+    keep = set()
+    while todo:
+        model_id = todo.pop()
+        if model_id in keep or model_id not in state:
+            continue
+        keep.add(model_id)
+        todo += WIDGET_REFERENCE.findall(json.dumps(state[model_id]))
+    for model_id in [m for m in state if m not in keep]:
+        del state[model_id]
+
+
 def slim_notebook(nb: dict) -> dict:
-    """Ready an executed notebook for committing: drop saved progress bars, store plots as
-    palette PNGs. Changes `nb` in place and returns it."""
+    """Ready an executed notebook for committing: drop saved progress bars (and the widget
+    models only they used), store plots as palette PNGs. Changes `nb` in place and returns it."""
     for cell in nb["cells"]:
         if "outputs" not in cell:
             continue
@@ -117,6 +140,7 @@ def slim_notebook(nb: dict) -> dict:
         for out in cell["outputs"]:
             if "image/png" in out.get("data", {}):
                 out["data"]["image/png"] = palette_png(out["data"]["image/png"])
+    _used_widget_state(nb)
     return nb
 
 

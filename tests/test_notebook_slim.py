@@ -44,3 +44,25 @@ def test_slim_drops_saved_progress_bars_and_shrinks_plots_keeping_everything_els
     diff = max(abs(x - y) for pa, pb in zip(a.getdata(), b.getdata()) for x, y in zip(pa, pb))
     assert diff <= 16
     assert palette_png(slim) == slim  # already a palette PNG: left as it is
+
+
+def test_slim_drops_the_widget_models_only_a_dropped_bar_used():
+    view = "application/vnd.jupyter.widget-view+json"
+
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls", "state": state}
+
+    state = {
+        "bar": model("HBoxModel", children=["IPY_MODEL_barprogress"], layout="IPY_MODEL_barlayout"),
+        "barprogress": model("FloatProgressModel", value=800.0), "barlayout": model("LayoutModel"),
+        "box": model("VBoxModel", children=["IPY_MODEL_dd", "IPY_MODEL_out"], layout="IPY_MODEL_boxlayout"),
+        "dd": model("DropdownModel", style="IPY_MODEL_ddstyle"), "ddstyle": model("DescriptionStyleModel"),
+        "out": model("HTMLModel", value="<b>answer</b>"), "boxlayout": model("LayoutModel"),
+    }
+    nb = {"metadata": {"widgets": {"application/vnd.jupyter.widget-state+json": {"state": state, "version_major": 2}}},
+          "cells": [{"cell_type": "code", "outputs": [
+              {"output_type": "display_data", "data": {view: {"model_id": "bar"}, "text/plain": ["ppo:   0%| | 0/60"]}},
+              {"output_type": "display_data", "data": {view: {"model_id": "box"}, "text/plain": ["VBox(...)"]}}]}]}
+    slim_notebook(nb)
+    kept = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert sorted(kept) == ["box", "boxlayout", "dd", "ddstyle", "out"]
