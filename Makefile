@@ -33,11 +33,13 @@ test: $(VENV)/.installed
 	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
 	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
 
-# Execute every notebook with the laptop preset, as committed, then drop saved progress bars and shrink plots.
+# Execute every notebook (and the exercises' solutions) with the laptop preset, as committed, then drop saved
+# progress bars and timestamps and shrink plots.
 laptop-notebooks: $(VENV)/.installed
-	cd notebooks && for nb in *.ipynb; do EMBIGGEN_PRESET=laptop EMBIGGEN_THREADS=$(THREADS) ../$(VENV)/bin/jupyter \
-		nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $$nb || exit 1; done
-	$(PY) -m embiggen.notebook notebooks/*.ipynb
+	cd notebooks && for nb in *.ipynb solutions/*.ipynb; do EMBIGGEN_PRESET=laptop EMBIGGEN_THREADS=$(THREADS) \
+		../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $$nb \
+		|| exit 1; done
+	$(PY) -m embiggen.notebook notebooks/*.ipynb notebooks/solutions/*.ipynb
 
 lab: $(VENV)/.installed
 	$(VENV)/bin/jupyter lab notebooks

@@ -21,6 +21,8 @@ import random
 import re
 from collections import defaultdict
 
+import torch
+
 from .generate import chat_responses, generate
 from .tasks import TaskExample, sample_examples
 from .tokenizer import chat_prompt
@@ -40,6 +42,38 @@ def first_line(text: str) -> str:
 
 def exact_match(response: str, answer: str) -> bool:
     return normalize(first_line(response)) == normalize(answer)
+
+
+def key_answer(answer: str) -> str:
+    """The short answer inside a gold answer: the last word of a full sentence ("Pavel Pike
+    lives in Oakvale." -> "Oakvale", "4 plus 8 is 12." -> "12"); any other answer ("yes",
+    "Petra Grove", "eggs, rice, salt") is its own short answer."""
+    text = answer.strip()
+    if not text.endswith("."):
+        return text
+    return normalize(text).split(" ")[-1]
+
+
+def lenient_match(response: str, answer: str) -> bool:
+    """A lenient scorer beside `exact_match`: right if exact, or if the response's first line
+    ends with the gold answer's `key_answer` as a whole word ("Oakvale." and "She lives in
+    Oakvale" both match "Pavel Pike lives in Oakvale."; "Oakvale is far" and "Redford" do not)."""
+    if exact_match(response, answer):
+        return True
+    line, key = normalize(first_line(response)), normalize(key_answer(answer))
+    return bool(key) and (line == key or line.endswith(" " + key))
+
+
+def lenient_rescore(rows: list[dict]) -> dict:
+    """Score `evaluate_tasks` rows (with "answer", "response", "correct") again by `lenient_match`:
+    the accuracy, per cluster, and the false negatives (rows exact match marks wrong, lenient right)."""
+    by_cluster = defaultdict(list)
+    for r in rows:
+        by_cluster[r["cluster"]].append(lenient_match(r["response"], r["answer"]))
+    false_negatives = [r for r in rows if not r["correct"] and lenient_match(r["response"], r["answer"])]
+    n = max(1, len(rows))
+    return {"accuracy": sum(sum(v) for v in by_cluster.values()) / n,
+            "per_cluster": {c: sum(v) / len(v) for c, v in by_cluster.items()}, "false_negatives": false_negatives}
 
 
 def starts_with_answer(completion: str, expected: str) -> bool:
@@ -141,6 +175,61 @@ def few_shot_accuracy(model, tokenizer, world: World, k: int, n: int = 60, seed:
                      "a_town": normalize(first_line(response)) in towns})
     return {"k": k, "accuracy": sum(r["correct"] for r in rows) / n,
             "format_rate": sum(r["a_town"] for r in rows) / n, "rows": rows}
+
+
+@torch.no_grad()
+def continuation_logprob(model, tokenizer, prompts: list[str], continuations: list[str],
+                         batch_size: int = 64) -> list[float]:
+    """log p(continuation | prompt) for each pair: the sum of the log-probabilities of the
+    continuation's tokens, each given everything before it. The prompt's tokens must be a
+    prefix of the tokens of prompt + continuation (true at a space or a newline)."""
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        seqs, n_prompt = [], []
+        for prompt, continuation in zip(prompts[start:start + batch_size], continuations[start:start + batch_size]):
+            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            full = tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
+            if not p_ids or full[:len(p_ids)] != p_ids or len(full) == len(p_ids):
+                raise ValueError(f"cannot split {prompt + continuation!r} after the prompt {prompt!r}")
+            seqs.append(full)
+            n_prompt.append(len(p_ids))
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, full in enumerate(seqs):  # padded on the right: a causal model never sees the padding
+            ids[i, :len(full)] = torch.tensor(full)
+            mask[i, :len(full)] = 1
+        logp = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1).cpu()
+        for i, (full, n) in enumerate(zip(seqs, n_prompt)):
+            targets = torch.tensor(full[n:])  # the logits at position t predict token t + 1
+            out.append(logp[i, n - 1:len(full) - 1].gather(-1, targets[:, None]).sum().item())
+    return out
+
+
+def few_shot_answer_probability(model, tokenizer, world: World, k: int, n: int = 60, seed: int = 11) -> dict:
+    """The same prompts as `few_shot_accuracy`, scored by probability instead of by greedy text:
+    `p_correct`, the mean probability of the right town's tokens after 'A:', and `p_any_town`,
+    the mean probability of any town at all (the format, in probabilities), with one row per prompt."""
+    rng = random.Random(seed)
+    prompts, targets = [], []
+    for _ in range(n):  # the same draws as few_shot_accuracy, so the prompts are the same
+        target = rng.choice(world.people)
+        others = rng.sample([p for p in world.people if p is not target], k)
+        prompts.append(few_shot_prompt([(f"Where does {p.name} live?", p.town) for p in others],
+                                       f"Where does {target.name} live?"))
+        targets.append(target)
+    logps = continuation_logprob(model, tokenizer, [p for p in prompts for _ in TOWNS],
+                                 [" " + town for _ in prompts for town in TOWNS])
+    rows = []
+    for i, (prompt, target) in enumerate(zip(prompts, targets)):
+        p_town = {town: float(torch.tensor(logps[i * len(TOWNS) + j]).exp()) for j, town in enumerate(TOWNS)}
+        rows.append({"prompt": prompt, "answer": target.town, "p_correct": p_town[target.town],
+                     "p_any_town": sum(p_town.values()), "top_town": max(p_town, key=p_town.get)})
+    return {"k": k, "p_correct": sum(r["p_correct"] for r in rows) / n,
+            "p_any_town": sum(r["p_any_town"] for r in rows) / n, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------

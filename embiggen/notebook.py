@@ -63,7 +63,8 @@ def show(rows: list[dict], columns: list[str] | None = None, max_rows: int = 20,
 
 def people_rows(world, n: int = 8) -> list[dict]:
     return [{"name": p.name, "town": p.town, "job": p.job, "pet": p.pet, "colour": p.colour, "food": p.food,
-             "age": p.age, "pretraining only": p.pretraining_only} for p in world.people[:n]]
+             "age": p.age, "seen in": "pretraining only" if p.pretraining_only else "pretraining and SFT"}
+            for p in world.people[:n]]
 
 
 def corpus_examples(world, seed: int = 0) -> list[dict]:
@@ -132,8 +133,10 @@ def _used_widget_state(nb: dict) -> None:
 
 def slim_notebook(nb: dict) -> dict:
     """Ready an executed notebook for committing: drop saved progress bars (and the widget
-    models only they used), store plots as palette PNGs. Changes `nb` in place and returns it."""
+    models only they used) and per-cell timestamps, store plots as palette PNGs. Changes `nb`
+    in place and returns it."""
     for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("execution", None)  # per-cell timestamps: noise in every diff
         if "outputs" not in cell:
             continue
         cell["outputs"] = [out for out in cell["outputs"] if not _is_progress_bar(out)]

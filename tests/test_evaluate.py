@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from embiggen.evaluate import (exact_match, fact_cloze, few_shot_prompt, first_line, instruction_answer_rate,
                                normalize, starts_with_answer)
@@ -109,3 +110,86 @@ def test_name_copy_rate_counts_exact_whole_name_repeats(monkeypatch):
     assert out["rate"] == 0.5 and out["first_word_rate"] == 1.0
     with pytest.raises(ValueError):
         ev.name_copy_rate(None, None, [])
+
+
+def test_key_answer_takes_the_last_word_of_a_sentence_only():
+    from embiggen.evaluate import key_answer
+
+    assert key_answer("Pavel Pike lives in Oakvale.") == "oakvale"
+    assert key_answer("4 plus 8 is 12.") == "12"
+    assert key_answer("Petra Grove") == "Petra Grove"
+    assert key_answer("eggs, rice, salt") == "eggs, rice, salt"
+
+
+def test_lenient_match_accepts_the_short_answer_at_the_end_of_the_first_line():
+    from embiggen.evaluate import lenient_match
+
+    gold = "Pavel Pike lives in Oakvale."
+    assert lenient_match("Pavel Pike lives in Oakvale.", gold)
+    assert lenient_match(" Oakvale.", gold)
+    assert lenient_match("He lives in Oakvale\nmore", gold)
+    assert not lenient_match("Oakvale is far away", gold)
+    assert not lenient_match("Pavel Pike lives in Redford.", gold)
+    assert not lenient_match("Pavel Pike lives in NewOakvale.", gold)
+    assert lenient_match("12", "4 plus 8 is 12.")
+    assert not lenient_match("112", "4 plus 8 is 12.")
+    assert not lenient_match("salt, rice, eggs", "eggs, rice, salt")  # no short answer in a list
+    assert lenient_match("Yes.", "yes") and not lenient_match("no", "yes")
+
+
+def test_lenient_rescore_counts_false_negatives():
+    from embiggen.evaluate import lenient_rescore
+
+    rows = [{"cluster": "fact_qa", "answer": "A B lives in Oakvale.", "response": "Oakvale", "correct": False},
+            {"cluster": "fact_qa", "answer": "A B lives in Oakvale.", "response": "A B lives in Oakvale.", "correct": True},
+            {"cluster": "counting", "answer": "3", "response": "4", "correct": False}]
+    out = lenient_rescore(rows)
+    assert out["accuracy"] == 2 / 3
+    assert out["per_cluster"] == {"fact_qa": 1.0, "counting": 0.0}
+    assert out["false_negatives"] == [rows[0]]
+
+
+def test_continuation_logprob_against_a_hand_computed_bigram():
+    import math
+    from types import SimpleNamespace
+
+    from embiggen.evaluate import continuation_logprob
+
+    vocab = {"a": 0, "b": 1, " ": 2}  # id 3 is padding
+
+    class CharTokenizer:
+        pad_token_id = 3
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [vocab[c] for c in text]}
+
+    # a "model" whose next-token probabilities depend only on the current token (rows: current token)
+    probs = torch.tensor([[0.5, 0.5, 0.0, 0.0],   # after a
+                          [0.1, 0.2, 0.7, 0.0],   # after b
+                          [0.6, 0.4, 0.0, 0.0],   # after space
+                          [0.25, 0.25, 0.25, 0.25]])
+
+    class Bigram(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None):
+            return SimpleNamespace(logits=probs.log()[input_ids])
+
+    out = continuation_logprob(Bigram(), CharTokenizer(), ["ab", "a", "ab"], [" a", "b", " b"], batch_size=2)
+    # by hand: p(" " | b) p(a | " ") = 0.7 * 0.6;  p(b | a) = 0.5;  p(" " | b) p(b | " ") = 0.7 * 0.4
+    assert out == pytest.approx([math.log(0.42), math.log(0.5), math.log(0.28)])
+    with pytest.raises(ValueError):
+        continuation_logprob(Bigram(), CharTokenizer(), ["ab"], [""])
+
+
+def test_few_shot_answer_probability_matches_the_few_shot_prompts(tiny_base):
+    from embiggen.evaluate import few_shot_accuracy, few_shot_answer_probability
+
+    probs = few_shot_answer_probability(tiny_base.model, tiny_base.tokenizer, tiny_base.world, k=1, n=4)
+    greedy = few_shot_accuracy(tiny_base.model, tiny_base.tokenizer, tiny_base.world, k=1, n=4)
+    assert [r["prompt"] for r in probs["rows"]] == [r["prompt"] for r in greedy["rows"]]
+    for r in probs["rows"]:
+        assert 0 < r["p_correct"] <= r["p_any_town"] <= 1 + 1e-6
+    assert probs["p_correct"] == pytest.approx(sum(r["p_correct"] for r in probs["rows"]) / 4)

@@ -31,9 +31,12 @@ def test_slim_drops_saved_progress_bars_and_shrinks_plots_keeping_everything_els
     warning = {"output_type": "stream", "name": "stderr", "text": ["UserWarning: careful\n", "x:  50%|█ | 1/2\n"]}
     printed = {"output_type": "stream", "name": "stdout", "text": ["accuracy 59%|ish\n"]}
     plot = {"output_type": "display_data", "metadata": {}, "data": {"image/png": png, "text/plain": ["<Figure>"]}}
-    nb = {"cells": [{"cell_type": "code", "outputs": [bar, widget, stderr_bar, warning, printed, plot]},
+    timing = {"execution": {"iopub.execute_input": "2026-11-27T08:47:01.5Z"}, "tags": ["keep"]}
+    nb = {"cells": [{"cell_type": "code", "metadata": timing, "outputs": [bar, widget, stderr_bar, warning, printed,
+                                                                          plot]},
                     {"cell_type": "markdown", "source": ["# title"]}]}
     out = slim_notebook(nb)["cells"][0]["outputs"]
+    assert nb["cells"][0]["metadata"] == {"tags": ["keep"]}  # timestamps gone, other metadata kept
     assert out[:3] == [widget, warning, printed]  # bars gone; a real widget, a warning and prints stay
     slim = out[3]["data"]["image/png"]
     assert len(slim) < len(png)
