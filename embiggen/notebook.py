@@ -114,7 +114,8 @@ WIDGET_REFERENCE = re.compile(r"IPY_MODEL_(\w+)")
 
 def _used_widget_state(nb: dict) -> None:
     """Keep only the saved widget models that a remaining output shows, and the models those
-    refer to (layouts, styles, children): a dropped progress bar leaves its models behind."""
+    refer to (layouts, styles, children): a dropped progress bar leaves its models behind. Plots
+    saved inside an Output widget become palette PNGs too."""
     state = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state")
     if not state:
         return
@@ -129,6 +130,10 @@ def _used_widget_state(nb: dict) -> None:
         todo += WIDGET_REFERENCE.findall(json.dumps(state[model_id]))
     for model_id in [m for m in state if m not in keep]:
         del state[model_id]
+    for model in state.values():  # plots an Output widget shows are saved inside its state
+        for out in model.get("state", {}).get("outputs", []) or []:
+            if "image/png" in out.get("data", {}):
+                out["data"]["image/png"] = palette_png(out["data"]["image/png"])
 
 
 def slim_notebook(nb: dict) -> dict:

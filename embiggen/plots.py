@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import html
 
 import matplotlib.pyplot as plt
@@ -218,18 +220,38 @@ def plot_rlhf_diagram(ax=None):
     return ax
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a rate of `successes` out of `n` (95% by default); honest
+    for the small counts and the rates near 0% or 100% that a plain +-2 standard errors is not."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def plot_pair_accuracy(per_type: dict[str, float], counts: dict[str, int] | None = None, ax=None,
                        title="Reward model: held-out pairwise accuracy by pair type"):
-    """One horizontal bar per pair type (with the number of pairs), and the 50% chance line."""
+    """One horizontal bar per pair type and the 50% chance line; with `counts`, each bar says
+    how many pairs it rests on ("41% of 17") and carries its Wilson 95% interval."""
     ax = _axes(ax, figsize=(7, 0.45 * len(per_type) + 1.2))
     labels = list(per_type)
     ax.barh(range(len(labels)), [per_type[k] for k in labels], color="#6baed6")
     for i, k in enumerate(labels):
-        ax.text(per_type[k] + 0.01, i, f"{per_type[k]:.0%}", va="center", fontsize=8)
+        text = f"{per_type[k]:.0%}"
+        if counts:
+            n = counts[k]
+            low, high = wilson_interval(per_type[k] * n, n)
+            ax.plot([low, high], [i, i], color="#08306b", lw=1.2, label="95% interval" if i == 0 else None)
+            text, x = f"{per_type[k]:.0%} of {n}", high
+        else:
+            x = per_type[k]
+        ax.text(x + 0.01, i, text, va="center", fontsize=8)
     ax.axvline(0.5, ls="--", color="#888", lw=1, label="chance")
-    ax.set_yticks(range(len(labels)), [f"{k}  (n={counts[k]})" if counts else k for k in labels], fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1.1), xlabel="accuracy (chosen scored above rejected)", title=title)
+    ax.set(xlim=(0, 1.18), xlabel="accuracy (chosen scored above rejected)", title=title)
     ax.legend(loc="lower right", fontsize=8)
     return ax
 

@@ -302,6 +302,15 @@ def inspect_reward(reward_model, labeler, example, response: str) -> dict:
     return {"rm_score": rm, "gold": j.gold, "category": j.category}
 
 
+def answer_label(example) -> str:
+    """What `example.answer` is: for an ordinary task the right answer; for an alignment prompt the
+    instruction mixture's FLAN-style answer, a confident fabrication (or compliance) that the
+    labeler scores below an honest hedge or a refusal, not a gold answer."""
+    if example.cluster in ("unknown_person", "medical", "harmful"):
+        return "the instruction mixture's answer (FLAN-style; the labeler scores it low)"
+    return "correct answer"
+
+
 class RewardInspector:
     """Type any response to a prompt and see the reward model's score next to the gold score:
     can you find an answer the reward model loves and the labeler hates?"""
@@ -330,7 +339,8 @@ class RewardInspector:
         rows = "".join(f"<tr><td>{html.escape(h['prompt'])}</td><td><code>{html.escape(h['response'])}</code></td>"
                        f"<td>{h['rm_score']:+.2f}</td><td>{h['gold']:+.2f} ({html.escape(h['category'])})</td></tr>"
                        for h in reversed(self.history[-8:]))
-        expected = f"<small>gold answer: <b>{html.escape(example.answer)}</b></small><br>" if example.answer else ""
+        expected = f"<small>{answer_label(example)}: <b>{html.escape(example.answer)}</b></small><br>" \
+            if example.answer else ""
         self.output.value = (f"{expected}<table><tr><th>prompt</th><th>response</th><th>reward model</th>"
                              f"<th>gold</th></tr>{rows}</table>")
 

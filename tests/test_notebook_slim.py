@@ -60,8 +60,10 @@ def test_slim_drops_the_widget_models_only_a_dropped_bar_used():
         "barprogress": model("FloatProgressModel", value=800.0), "barlayout": model("LayoutModel"),
         "box": model("VBoxModel", children=["IPY_MODEL_dd", "IPY_MODEL_out"], layout="IPY_MODEL_boxlayout"),
         "dd": model("DropdownModel", style="IPY_MODEL_ddstyle"), "ddstyle": model("DescriptionStyleModel"),
-        "out": model("HTMLModel", value="<b>answer</b>"), "boxlayout": model("LayoutModel"),
+        "out": model("OutputModel", outputs=[{"output_type": "display_data", "data": {"image/png": _plot_png()}}]),
+        "boxlayout": model("LayoutModel"),
     }
+    png = state["out"]["state"]["outputs"][0]["data"]["image/png"]
     nb = {"metadata": {"widgets": {"application/vnd.jupyter.widget-state+json": {"state": state, "version_major": 2}}},
           "cells": [{"cell_type": "code", "outputs": [
               {"output_type": "display_data", "data": {view: {"model_id": "bar"}, "text/plain": ["ppo:   0%| | 0/60"]}},
@@ -69,3 +71,4 @@ def test_slim_drops_the_widget_models_only_a_dropped_bar_used():
     slim_notebook(nb)
     kept = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     assert sorted(kept) == ["box", "boxlayout", "dd", "ddstyle", "out"]
+    assert len(kept["out"]["state"]["outputs"][0]["data"]["image/png"]) < len(png)  # the widget's plot shrank too

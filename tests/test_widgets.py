@@ -70,3 +70,26 @@ def test_loss_mask_html_colours_only_the_response(tiny_base):
     html = loss_mask_html(tiny_base.tokenizer, enc["input_ids"], enc["labels"])
     n_loss = sum(label != -100 for label in enc["labels"])
     assert html.count("#c7e9c0;border") == n_loss and html.count("#eeeeee;border") == len(enc["labels"]) - n_loss
+
+
+def test_answer_label_does_not_call_a_fabrication_gold():
+    from types import SimpleNamespace
+
+    from embiggen.widgets import answer_label
+    assert "mixture" in answer_label(SimpleNamespace(cluster="unknown_person"))
+    assert "gold" not in answer_label(SimpleNamespace(cluster="medical"))
+    assert answer_label(SimpleNamespace(cluster="arithmetic")) == "correct answer"
+
+
+def test_pair_accuracy_bars_show_counts_and_wilson_intervals():
+    import matplotlib
+    matplotlib.use("Agg")
+    from embiggen.plots import plot_pair_accuracy, wilson_interval
+    low, high = wilson_interval(0, 5)
+    assert low == 0.0 and 0.4 < high < 0.5  # 0 of 5 is no proof of a 0% rate
+    low, high = wilson_interval(50, 100)
+    assert abs(low - 0.404) < 0.01 and abs(high - 0.596) < 0.01
+    ax = plot_pair_accuracy({"correct vs wrong": 0.0, "hedged vs fabricated": 0.9},
+                            {"correct vs wrong": 3, "hedged vs fabricated": 40})
+    texts = [t.get_text() for t in ax.texts]
+    assert "0% of 3" in texts and "90% of 40" in texts
