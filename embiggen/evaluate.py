@@ -17,6 +17,7 @@ on the first line of the response, and the same scorer serves every later stage.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import defaultdict
@@ -152,21 +153,25 @@ def few_shot_prompt(shots: list[tuple[str, str]], question: str) -> str:
     return "".join(f"Q: {q}\nA: {a}\n\n" for q, a in shots) + f"Q: {question}\nA:"
 
 
+def few_shot_prompts(world: World, k: int, n: int = 60, seed: int = 11) -> tuple[list[str], list]:
+    """`n` prompts 'Where does X live?' with k solved examples before each, and the person each asks about."""
+    rng = random.Random(seed)
+    prompts, targets = [], []
+    for _ in range(n):
+        target = rng.choice(world.people)
+        others = rng.sample([p for p in world.people if p is not target], k)
+        shots = [(f"Where does {p.name} live?", p.town) for p in others]
+        prompts.append(few_shot_prompt(shots, f"Where does {target.name} live?"))
+        targets.append(target)
+    return prompts, targets
+
+
 def few_shot_accuracy(model, tokenizer, world: World, k: int, n: int = 60, seed: int = 11) -> dict:
     """Accuracy on 'Where does X live?' with k solved examples in the prompt (k=0: zero-shot),
     and `format_rate`: the share of answers that name *some* town (the format picked up,
     right or wrong)."""
-    rng = random.Random(seed)
-    people = world.people
+    prompts, targets = few_shot_prompts(world, k, n, seed)
     rows = []
-    prompts = []
-    targets = []
-    for _ in range(n):
-        target = rng.choice(people)
-        others = rng.sample([p for p in people if p is not target], k)
-        shots = [(f"Where does {p.name} live?", p.town) for p in others]
-        prompts.append(few_shot_prompt(shots, f"Where does {target.name} live?"))
-        targets.append(target)
     responses = generate(model, tokenizer, prompts, max_new_tokens=6)
     towns = {normalize(t) for t in TOWNS}
     for prompt, target, response in zip(prompts, targets, responses):
@@ -213,19 +218,12 @@ def few_shot_answer_probability(model, tokenizer, world: World, k: int, n: int =
     """The same prompts as `few_shot_accuracy`, scored by probability instead of by greedy text:
     `p_correct`, the mean probability of the right town's tokens after 'A:', and `p_any_town`,
     the mean probability of any town at all (the format, in probabilities), with one row per prompt."""
-    rng = random.Random(seed)
-    prompts, targets = [], []
-    for _ in range(n):  # the same draws as few_shot_accuracy, so the prompts are the same
-        target = rng.choice(world.people)
-        others = rng.sample([p for p in world.people if p is not target], k)
-        prompts.append(few_shot_prompt([(f"Where does {p.name} live?", p.town) for p in others],
-                                       f"Where does {target.name} live?"))
-        targets.append(target)
+    prompts, targets = few_shot_prompts(world, k, n, seed)  # the prompts of few_shot_accuracy
     logps = continuation_logprob(model, tokenizer, [p for p in prompts for _ in TOWNS],
                                  [" " + town for _ in prompts for town in TOWNS])
     rows = []
     for i, (prompt, target) in enumerate(zip(prompts, targets)):
-        p_town = {town: float(torch.tensor(logps[i * len(TOWNS) + j]).exp()) for j, town in enumerate(TOWNS)}
+        p_town = {town: math.exp(logps[i * len(TOWNS) + j]) for j, town in enumerate(TOWNS)}
         rows.append({"prompt": prompt, "answer": target.town, "p_correct": p_town[target.town],
                      "p_any_town": sum(p_town.values()), "top_town": max(p_town, key=p_town.get)})
     return {"k": k, "p_correct": sum(r["p_correct"] for r in rows) / n,
