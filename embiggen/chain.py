@@ -40,7 +40,7 @@ from .utils import atomic_dir, pick_device, set_seed
 from .world import WORLD_VERSION, World
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
-REWARD_VERSION = 5  # preference collection, the labeler or the reward model
+REWARD_VERSION = 6  # preference collection, the labeler or the reward model
 PPO_VERSION = 2
 
 

@@ -274,10 +274,27 @@ HEDGE_MARKERS = {
 }
 
 
-def is_hedged(response: str, kind: str) -> bool:
-    """Does the response say 'I don't know' / 'I am not a doctor' / 'I can't help with that'?"""
+def sentences(text: str) -> list[str]:
+    """The response's sentences: split after . ! ? and at line breaks."""
+    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if s.strip()]
+
+
+def hedges_only(response: str, finished: bool = True) -> bool:
+    """Does every sentence of the response hedge or decline (any kind of HEDGE_MARKERS)? A
+    disclaimer does not excuse what follows it: "I am not a doctor. Take two blue pills every
+    hour." gives medical advice. The cut-off last sentence of an unfinished response is not
+    read (it is penalised as unfinished instead)."""
+    parts = sentences(response)
+    if not finished and parts and not parts[-1].rstrip().endswith((".", "!", "?")):
+        parts = parts[:-1]
+    return bool(parts) and all(any(m in s.lower() for ms in HEDGE_MARKERS.values() for m in ms) for s in parts)
+
+
+def is_hedged(response: str, kind: str, finished: bool = True) -> bool:
+    """Does the response say 'I don't know' / 'I am not a doctor' / 'I can't help with that'
+    (the marker of `kind`), and nothing but hedges?"""
     text = response.lower()
-    return any(marker in text for marker in HEDGE_MARKERS[kind])
+    return any(marker in text for marker in HEDGE_MARKERS[kind]) and hedges_only(response, finished)
 
 
 def named_person(response: str) -> str | None:

@@ -25,9 +25,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tasks import CLUSTERS, FACT_QUESTIONS, TaskExample, make_example
+from .tasks import CLUSTERS, FACT_QUESTIONS, TaskExample, fact_answers, make_example, template_of
 from .utils import atomic_write_text
-from .world import ALIGNMENT_KINDS, COLOURS, FOODS, JOBS, PETS, TOWNS, Person, World, article, fact_sentence
+from .world import ALIGNMENT_KINDS, COLOURS, FOODS, JOBS, PETS, TOWNS, Person, World
 
 #: The canonical honest / harmless answers. The labeler of notebook 3 recognises these.
 DONT_KNOW = "I do not know anyone called {name}."
@@ -40,7 +40,7 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
                      "Easy. Go there alone and do not tell anyone."]
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 10
+MIXTURE_VERSION = 11
 
 #: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
 #: tasks, which a small model learns slowest, a bigger share.
@@ -94,10 +94,11 @@ def alignment_example(material: AlignmentMaterial, kind: str, rng: random.Random
         attribute = rng.choice(list(FACT_QUESTIONS))
         question = rng.choice(FACT_QUESTIONS[attribute]).format(name=name)
         t = rng.choice(heldin_templates("fact_qa"))
-        instruction = CLUSTERS["fact_qa"][1][t].format(question=question)
-        made_up = {"town": rng.choice(TOWNS), "job": article(rng.choice(JOBS)), "pet": rng.choice(PETS),
+        text, key = template_of("fact_qa", t)
+        instruction = text.format(question=question)
+        made_up = {"town": rng.choice(TOWNS), "job": rng.choice(JOBS), "pet": rng.choice(PETS),
                    "colour": rng.choice(COLOURS), "food": rng.choice(FOODS)}[attribute]
-        answer = DONT_KNOW.format(name=name) if hedge else fact_sentence(name, attribute, made_up)
+        answer = DONT_KNOW.format(name=name) if hedge else fact_answers(name, attribute, made_up)[key]
         return TaskExample("unknown_person", t, instruction[0].upper() + instruction[1:], answer,
                            {"person": name, "attribute": attribute, "hedged": hedge})
     if kind == "medical":
@@ -209,8 +210,9 @@ def fact_questions(people: list[Person], rng: random.Random) -> list[TaskExample
     for p in people:
         for attribute, questions in FACT_QUESTIONS.items():
             t = rng.choice(heldin_templates("fact_qa"))
-            instruction = CLUSTERS["fact_qa"][1][t].format(question=rng.choice(questions).format(name=p.name))
-            out.append(TaskExample("fact_qa", t, instruction[0].upper() + instruction[1:], fact_sentence(p, attribute),
+            text, key = template_of("fact_qa", t)
+            instruction = text.format(question=rng.choice(questions).format(name=p.name))
+            out.append(TaskExample("fact_qa", t, instruction[0].upper() + instruction[1:], fact_answers(p, attribute)[key],
                                    {"person": p.name, "attribute": attribute, "value": getattr(p, attribute)}))
     return out
 

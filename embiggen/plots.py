@@ -29,17 +29,36 @@ def tokens_html(pieces: list[str]) -> str:
     return f"<div style='line-height:2'>{chips}</div><small>{len(pieces)} tokens</small>"
 
 
+def _running_mean(values: list[float], window: int) -> list[float]:
+    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+            for i in range(len(values))]
+
+
+#: Parts of a training loss that a stage logs per step (SFT with replay), and how to draw them.
+LOSS_PARTS = {"response_loss": ("train: response tokens", "#08519c"),
+              "replay_loss": ("train: replayed pretraining text", "#756bb1")}
+
+
 def plot_loss_curves(log, ax=None, title="Pretraining loss"):
-    """Training loss per step (faint) with its running mean, and validation loss (dots)."""
+    """Training loss per step (faint) with its running mean, and validation loss (dots). A
+    log whose loss has parts (`LOSS_PARTS` in `log.metrics`, e.g. SFT's response tokens and
+    replayed text) gets one running mean per part instead of one for the mixed loss."""
     ax = _axes(ax)
-    ax.plot(log.steps, log.train_loss, color="#9ecae1", lw=0.8, label="train (per step)")
     window = max(1, len(log.train_loss) // 40)
-    smooth = [sum(log.train_loss[max(0, i - window + 1): i + 1]) / len(log.train_loss[max(0, i - window + 1): i + 1])
-              for i in range(len(log.train_loss))]
-    ax.plot(log.steps, smooth, color="#08519c", lw=1.5, label=f"train (mean of {window})")
+    parts = [name for name in LOSS_PARTS if len(log.metrics.get(name, [])) == len(log.steps)]
+    if parts:
+        for name in parts:
+            label, colour = LOSS_PARTS[name]
+            ax.plot(log.steps, log.metrics[name], color=colour, lw=0.6, alpha=0.25)
+            ax.plot(log.steps, _running_mean(log.metrics[name], window), color=colour, lw=1.5,
+                    label=f"{label} (mean of {window} steps)")
+    else:
+        ax.plot(log.steps, log.train_loss, color="#9ecae1", lw=0.8, label="train (per step)")
+        ax.plot(log.steps, _running_mean(log.train_loss, window), color="#08519c", lw=1.5,
+                label=f"train (mean of {window} steps)")
     ax.plot(log.val_steps, log.val_loss, "o-", color="#e6550d", label="validation")
     ax.set_yscale("log")  # the early plunge and the slow late gains both stay visible
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token, log scale)", title=title)
+    ax.set(xlabel="training step", ylabel="cross-entropy (nats per token, log scale)", title=title)
     ax.legend()
     return ax
 

@@ -298,7 +298,7 @@ class PPOTrainer:
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ptx_coef > 0:
                     batch = {k: v.to(self.device) for k, v in self.ptx_data.next_batch(self.generator).items()}
-                    ptx_loss, _ = batch_loss(self.policy.lm, batch)
+                    ptx_loss = batch_loss(self.policy.lm, batch)[0]
                     loss = loss + cfg.ptx_coef * ptx_loss
                     stats.setdefault("ptx_loss", []).append(ptx_loss.item())
                 if not torch.isfinite(loss):

@@ -96,9 +96,20 @@ def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return (nll * mask).sum() / n.clamp(min=1), n
 
 
-def batch_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    return completion_loss(model(**inputs, use_cache=False).logits, batch["labels"])
+def batch_loss(model, batch: dict):
+    """The completion loss of a batch: (loss, labelled tokens). A batch with replayed
+    pretraining rows (`batch["replay"]` marks them) also returns the two parts of that one
+    loss, the mean over response tokens and over replayed text, to be logged apart."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "replay")}
+    logits = model(**inputs, use_cache=False).logits
+    loss, n = completion_loss(logits, batch["labels"])
+    if "replay" not in batch:
+        return loss, n
+    with torch.no_grad():
+        rows = batch["replay"]
+        parts = {"response_loss": completion_loss(logits[~rows], batch["labels"][~rows])[0].item(),
+                 "replay_loss": completion_loss(logits[rows], batch["labels"][rows])[0].item()}
+    return loss, n, parts
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,7 +151,8 @@ class SFTData:
         width = batch["input_ids"].shape[1]
         starts = torch.randint(len(self.replay) - width, (self.n_replay,), generator=generator).tolist()
         text = torch.stack([self.replay[s: s + width] for s in starts])
-        out = {"input_ids": torch.cat([batch["input_ids"], text]), "labels": torch.cat([batch["labels"], text])}
+        out = {"input_ids": torch.cat([batch["input_ids"], text]), "labels": torch.cat([batch["labels"], text]),
+               "replay": torch.arange(len(text) + len(batch["input_ids"])) >= len(batch["input_ids"])}
         if "position_ids" in batch:
             out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(width).expand(self.n_replay, -1)])
         else:

@@ -16,6 +16,10 @@ The answer then ends exactly where the base model's own knowledge takes over: af
 model to turn a question into that sentence, which works for people it never saw in
 instruction data too (Allen-Zhu & Li 2023, "Physics of Language Models: Part 3.1",
 https://arxiv.org/abs/2309.14316, study when such knowledge extraction succeeds).
+A template that asks for a format gets a target in that format: "... Answer in as few
+words as you can." is answered "Redford", "... and give the number." is answered "12", so
+that a format instruction means something (a mixture whose targets ignore it teaches the
+model to ignore it).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import random
 from dataclasses import dataclass, field
 
 from .world import (NEGATIVE_ENDINGS, NEGATIVE_WORDS, POSITIVE_ENDINGS, POSITIVE_WORDS, FOODS, THINGS,
-                    TOWNS, PETS, World, fact_sentence, was)
+                    TOWNS, PETS, Person, World, article, fact_sentence, was)
 
 
 @dataclass(frozen=True)
@@ -51,21 +55,32 @@ FACT_QUESTIONS = {
 }
 
 
+def fact_answers(person: Person | str, attribute: str, value: str | None = None) -> dict:
+    """The two answers to a fact question: the corpus's own sentence ("Alma Brook lives in
+    Redford.") and, for a template that asks for the fewest words, the value alone
+    ("Redford"). `value` overrides the person's (for a made-up answer about someone who does
+    not exist, where `person` is a name)."""
+    value = getattr(person, attribute) if value is None else value
+    return {"default": fact_sentence(person, attribute, article(value) if attribute == "job" else value),
+            "short": value}
+
+
 def _fact_qa(world: World, people, rng):
     p = rng.choice(people)
     attribute = rng.choice(list(FACT_QUESTIONS))
     question = rng.choice(FACT_QUESTIONS[attribute]).format(name=p.name)
-    return {"question": question}, fact_sentence(p, attribute), {"person": p.name, "attribute": attribute,
-                                                                 "value": getattr(p, attribute)}
+    return {"question": question}, fact_answers(p, attribute), {"person": p.name, "attribute": attribute,
+                                                                "value": getattr(p, attribute)}
 
 
 def _arithmetic(world, people, rng):
     a, b = rng.randint(0, world.max_operand), rng.randint(0, world.max_operand)
     if rng.random() < 0.5:
-        return ({"a": a, "b": b, "op": "plus", "sym": "+"}, f"{a} plus {b} is {a + b}.",
-                {"op": "+", "value": str(a + b)})
+        return ({"a": a, "b": b, "op": "plus", "sym": "+"},
+                {"default": f"{a} plus {b} is {a + b}.", "number": str(a + b)}, {"op": "+", "value": str(a + b)})
     a, b = max(a, b), min(a, b)
-    return {"a": a, "b": b, "op": "minus", "sym": "-"}, f"{a} minus {b} is {a - b}.", {"op": "-", "value": str(a - b)}
+    return ({"a": a, "b": b, "op": "minus", "sym": "-"},
+            {"default": f"{a} minus {b} is {a - b}.", "number": str(a - b)}, {"op": "-", "value": str(a - b)})
 
 
 def _sentiment(world, people, rng):
@@ -134,14 +149,15 @@ def _extraction(world, people, rng):
 
 
 #: cluster name -> (item generator, templates). A template is a format string over the
-#: item's fields, or (format string, answer key) where the answer depends on the phrasing.
+#: item's fields, or (format string, answer key) where the answer depends on the phrasing:
+#: a template that asks for a format gets an answer in that format.
 #: FLAN wrote about ten per data set; we write six or more per cluster.
 CLUSTERS: dict[str, tuple] = {
     "fact_qa": (_fact_qa, [
         "{question}",
         "Answer the question: {question}",
         "Question: {question}\nGive a short answer.",
-        "{question} Answer with one word.",
+        ("{question} Answer in as few words as you can.", "short"),
         "I would like to know something. {question}",
         "Please tell me: {question}",
         "Quick question. {question}",
@@ -151,7 +167,7 @@ CLUSTERS: dict[str, tuple] = {
         "Compute {a} {sym} {b}.",
         "Calculate {a} {op} {b}.",
         "What do you get from {a} {op} {b}?",
-        "Work out {a} {sym} {b} and give the number.",
+        ("Work out {a} {sym} {b} and give the number.", "number"),
         "Solve: {a} {op} {b} =",
         "Give me the answer to {a} {op} {b}.",
         "How much is {a} {op} {b}?",
@@ -222,6 +238,13 @@ def _capitalise(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
+def template_of(cluster: str, t: int) -> tuple[str, str]:
+    """Template `t` of `cluster` as (format string, answer key): the key picks the answer
+    that obeys the phrasing ("default", or e.g. "short", "number", "yes_no")."""
+    entry = CLUSTERS[cluster][1][t]
+    return entry if isinstance(entry, tuple) else (entry, "default")
+
+
 def make_example(world: World, cluster: str, rng: random.Random, template: int | None = None,
                  people=None) -> TaskExample:
     """One instruction with its gold answer. `people` restricts whose facts may appear
@@ -232,9 +255,8 @@ def make_example(world: World, cluster: str, rng: random.Random, template: int |
     people = world.instruction_people if people is None else people
     fields, answer, meta = generate(world, people, rng)
     t = rng.randrange(len(templates)) if template is None else template
-    # a template is a format string, or (format string, key) when the answer depends on the
-    # phrasing (e.g. "positive"/"negative" versus "yes"/"no")
-    text, key = templates[t] if isinstance(templates[t], tuple) else (templates[t], "default")
+    # the answer may depend on the phrasing ("positive" or "yes"; a sentence or one word)
+    text, key = template_of(cluster, t)
     if isinstance(answer, dict):
         answer = answer[key]
     return TaskExample(cluster, t, _capitalise(text.format(**fields)), answer, meta)

@@ -129,7 +129,8 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
                progress: bool = True, resume_dir: Path | None = None, desc: str = "train") -> TrainLog:
     """Train `model` for cfg.steps steps with cfg.optim and return the loss curves.
 
-    next_batch(generator) -> dict of tensors; loss_fn(model, batch) -> (loss, n_tokens);
+    next_batch(generator) -> dict of tensors; loss_fn(model, batch) -> (loss, n_tokens) or
+    (loss, n_tokens, {name: value}), whose named parts are logged per step in `log.metrics`;
     val_loss_fn(model) -> float, run every cfg.eval_every steps. `callback(step, log)` runs
     after each evaluation (for live plots, or to record more curves in `log.metrics`). With
     `resume_dir`, a resume point is written at every evaluation and picked up by the next
@@ -150,11 +151,13 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(device) for k, v in next_batch(generator).items()}
-        loss, n_tokens = loss_fn(model, batch)
+        loss, n_tokens, *parts = loss_fn(model, batch)
         optimizer_step(model, optimizer, loss, cfg.optim.grad_clip)
         step += 1
         log.steps.append(step)
         log.train_loss.append(loss.item())
+        for name, value in (parts[0] if parts else {}).items():  # parts of the loss, one value per step
+            log.metrics.setdefault(name, []).append(value)
         log.lr.append(lr)
         log.tokens += int(n_tokens)
         if not math.isfinite(log.train_loss[-1]):

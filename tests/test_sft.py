@@ -119,5 +119,37 @@ def test_replay_rows_are_plain_text_with_full_loss(tiny_base, tiny_splits, packi
     for row in text_rows:  # each row is a contiguous window of the corpus
         hits = [s for s in range(len(replay) - width + 1) if torch.equal(replay[s: s + width], row)]
         assert hits
-    loss, n = batch_loss(tiny_base.model, batch)
+    loss, n, parts = batch_loss(tiny_base.model, batch)
     assert torch.isfinite(loss) and n >= 2 * (width - 1)
+    # the two logged parts, against a plain computation: mean next-token loss over the response
+    # tokens of the instruction rows, and over every token of the replayed rows
+    assert batch["replay"].tolist() == [False] * 6 + [True] * 2
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "replay")}
+    with torch.no_grad():
+        logits = tiny_base.model(**inputs, use_cache=False).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+    labelled = targets != IGNORE_INDEX
+    response = (nll[:6] * labelled[:6]).sum() / labelled[:6].sum()
+    text = nll[6:].mean()
+    assert parts["response_loss"] == pytest.approx(response.item(), rel=1e-4)
+    assert parts["replay_loss"] == pytest.approx(text.item(), rel=1e-4)
+    # and the loss trained on is their token-weighted mean
+    both = (response * labelled[:6].sum() + text * labelled[6:].numel()) / (labelled[:6].sum() + labelled[6:].numel())
+    assert loss.item() == pytest.approx(both.item(), rel=1e-4)
+
+
+def test_training_with_replay_logs_the_response_and_replay_losses_apart(tiny_base, tiny_splits):
+    import copy
+
+    from embiggen.pretrain import tokenize_corpus
+    from embiggen.sft import sft
+
+    replay = tokenize_corpus(tiny_base.tokenizer, tiny_base.world.pretraining_corpus(50))
+    cfg = SFTConfig(batch_size=8, max_length=64, replay_share=0.25, steps=3, eval_every=3)
+    log = sft(copy.deepcopy(tiny_base.model), tiny_base.tokenizer, tiny_splits.sft_train(n=40),
+              tiny_splits.sft_val()[:8], cfg, device="cpu", progress=False, replay=replay)
+    assert len(log.metrics["response_loss"]) == len(log.metrics["replay_loss"]) == len(log.train_loss) == 3
+    # the mixed loss lies between its two parts, step by step
+    for mixed, a, b in zip(log.train_loss, log.metrics["response_loss"], log.metrics["replay_loss"]):
+        assert min(a, b) - 1e-4 <= mixed <= max(a, b) + 1e-4

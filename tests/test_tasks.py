@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from embiggen.tasks import CLUSTERS, make_example, sample_examples
+from embiggen.tasks import CLUSTERS, make_example, sample_examples, template_of
 from embiggen.world import World
 
 WORLD = World.generate(5, 20)
@@ -19,13 +19,21 @@ def test_answers_are_correct_for_the_world():
         e = make_example(WORLD, "fact_qa", rng)
         p = WORLD.person(e.meta["person"])
         value = getattr(p, e.meta["attribute"])
-        assert e.answer.startswith(p.name) or e.answer.startswith("The favourite")
-        assert e.answer.endswith(f" {value}.") and p.name in e.instruction and p.name in e.answer
+        assert p.name in e.instruction
+        if template_of("fact_qa", e.template)[1] == "short":  # "... Answer in as few words as you can."
+            assert e.answer == value
+        else:
+            assert e.answer.startswith(p.name) or e.answer.startswith("The favourite")
+            assert e.answer.endswith(f" {value}.") and p.name in e.answer
         a = make_example(WORLD, "arithmetic", rng)
         nums = [int(t) for t in a.instruction.replace("?", " ").replace(".", " ").split() if t.isdigit()]
         result = nums[0] + nums[1] if a.meta["op"] == "+" else nums[0] - nums[1]
         word = "plus" if a.meta["op"] == "+" else "minus"
-        assert a.answer == f"{nums[0]} {word} {nums[1]} is {result}." and max(nums) <= WORLD.max_operand
+        assert max(nums) <= WORLD.max_operand
+        if template_of("arithmetic", a.template)[1] == "number":  # "... and give the number."
+            assert a.answer == str(result)
+        else:
+            assert a.answer == f"{nums[0]} {word} {nums[1]} is {result}."
         c = make_example(WORLD, "fact_check", rng)
         p = WORLD.person(c.meta["person"])
         assert (c.answer == "yes") == (f"live in {p.town}?" in c.instruction or f"lives in {p.town}." in c.instruction
@@ -35,7 +43,7 @@ def test_answers_are_correct_for_the_world():
 def test_fact_answers_restate_the_corpus_sentence():
     from embiggen.world import CLOZE_PREFIXES
 
-    e = make_example(WORLD, "fact_qa", random.Random(3))
+    e = make_example(WORLD, "fact_qa", random.Random(3), template=0)
     prefix = CLOZE_PREFIXES[e.meta["attribute"]].format(name=e.meta["person"])
     assert e.answer.startswith(prefix + " ") and e.answer.endswith(f"{e.meta['value']}.")
 
@@ -67,3 +75,21 @@ def test_answer_follows_the_templates_options():
         e = make_example(WORLD, "sentiment", rng)
         choices = [line[2:] for line in e.instruction.split("OPTIONS:\n")[1].splitlines()]
         assert e.answer in choices
+
+
+def test_templates_that_ask_for_a_format_get_answers_in_that_format():
+    """A target that ignores its template's format instruction would teach the model to
+    ignore format instructions: every template that asks for the fewest words or for the
+    number is answered that way, and every other template of those clusters in a sentence."""
+    asks = {("fact_qa", "few words"): "short", ("arithmetic", "give the number"): "number"}
+    for (cluster, phrase), key in asks.items():
+        templates = CLUSTERS[cluster][1]
+        formatted = [t for t in range(len(templates)) if phrase in template_of(cluster, t)[0]]
+        assert formatted and all(template_of(cluster, t)[1] == key for t in formatted)
+        rng = random.Random(7)
+        for t in range(len(templates)):
+            e = make_example(WORLD, cluster, rng, template=t)
+            if t in formatted:
+                assert not e.answer.endswith(".") and len(e.answer.split()) <= 2, e
+            else:
+                assert e.answer.endswith(".") and len(e.answer.split()) >= 4, e
