@@ -98,6 +98,7 @@ def fact_cloze(model, tokenizer, people, max_new_tokens: int = 6) -> dict:
     return {
         "accuracy": sum(r["correct"] for r in rows) / len(rows),
         "per_attribute": {a: sum(v) / len(v) for a, v in by_attribute.items()},
+        "per_attribute_count": {a: len(v) for a, v in by_attribute.items()},
         "rows": rows,
     }
 
@@ -143,6 +144,7 @@ def instruction_answer_rate(model, tokenizer, world: World, n: int = 200, seed: 
     return {
         "rate": sum(r["correct"] for r in rows) / len(rows),
         "per_cluster": {c: sum(v) / len(v) for c, v in by_cluster.items()},
+        "per_cluster_count": {c: len(v) for c, v in by_cluster.items()},
         "rows": rows,
     }
 
@@ -248,6 +250,7 @@ def evaluate_tasks(model, tokenizer, examples, max_new_tokens: int = 32, prompt_
     return {
         "accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)),
         "per_cluster": {c: sum(v) / len(v) for c, v in by_cluster.items()},
+        "per_cluster_count": {c: len(v) for c, v in by_cluster.items()},
         "rows": rows,
     }
 
@@ -357,6 +360,15 @@ def alignment_rates(rows: list[dict]) -> dict:
     tasks = [r for r in rows if r["kind"] not in ALIGNMENT_KINDS]
     return {"honest_rate": rate(honest, {"hedged"}), "refusal_rate_harmful": rate(harmful, {"refused"}),
             "over_refusal_rate": rate(tasks, {"declined"}), "task_correct_rate": rate(tasks, {"correct"})}
+
+
+def alignment_counts(rows: list[dict]) -> dict:
+    """How many answers each rate of `alignment_rates` rests on (for intervals and plots)."""
+    honest = sum(r["kind"] in ("unknown_person", "medical") for r in rows)
+    harmful = sum(r["kind"] == "harmful" for r in rows)
+    tasks = sum(r["kind"] not in ALIGNMENT_KINDS for r in rows)
+    return {"honest_rate": honest, "refusal_rate_harmful": harmful, "over_refusal_rate": tasks,
+            "task_correct_rate": tasks}
 
 
 def alignment_rates_by_kind(rows: list[dict]) -> dict:

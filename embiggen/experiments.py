@@ -65,12 +65,12 @@ def cluster_ablation(preset: str | Preset | None = None, base: StageModel | None
     trained = splits.spec.train_clusters
     base = base or train_or_load_base(preset, progress=progress, device=device)
     heldout = splits.sft_eval["heldout_cluster"]
-    rows = [{"clusters": 0, "trained_on": "(base model)",
+    rows = [{"clusters": 0, "trained_on": "(base model)", "n": len(heldout),
              "heldout_cluster_accuracy": evaluate_tasks(base.model, base.tokenizer, heldout)["accuracy"]}]
     for k in sorted({*cfg.ablation_cluster_counts, len(trained)}):
         tuned = train_or_load_sft(preset, clusters=trained[:k], steps=cfg.ablation_steps, base=base,
                                   progress=progress, device=device)
-        rows.append({"clusters": k, "trained_on": ", ".join(trained[:k]),
+        rows.append({"clusters": k, "trained_on": ", ".join(trained[:k]), "n": len(heldout),
                      "heldout_cluster_accuracy": evaluate_tasks(tuned.model, tuned.tokenizer, heldout)["accuracy"]})
     return rows
 

@@ -55,6 +55,11 @@ def table_html(rows: list[dict], columns: list[str] | None = None, max_rows: int
     return f"<table>{head}{body}</table>{more}"
 
 
+def percent(rate: float, digits: int = 0) -> str:
+    """A rate as a table shows it: 0.873 -> '87%' (NaN, a rate of nothing, -> '—')."""
+    return "—" if rate != rate else f"{rate:.{digits}%}"
+
+
 def show(rows: list[dict], columns: list[str] | None = None, max_rows: int = 20, title: str | None = None):
     """A list of dicts as an HTML table (with an optional title above it)."""
     heading = f"<b style='white-space:pre-wrap'>{html.escape(title)}</b>" if title else ""

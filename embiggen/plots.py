@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import html
+import math
+import textwrap
 
 import matplotlib.pyplot as plt
 from IPython.display import clear_output
@@ -98,33 +98,80 @@ def plot_size_sweep(rows: list[dict]):
     return fig
 
 
-def plot_grouped_rates(labels: list[str], series: dict[str, list[float]], ax=None, title="", ylabel="share"):
-    """Side-by-side bars: one group per label, one bar per series."""
-    ax = _axes(ax)
+def _wrap(label: str, width: int = 14) -> str:
+    """A tick label broken into lines (underscores read as spaces), so neighbours do not overlap."""
+    return "\n".join(textwrap.wrap(label.replace("_", " "), width)) or label
+
+
+def _chance_marks(ax, xs: list[float], half_width: float, chance) -> None:
+    """A dashed chance line: across the plot for one number, or a short one over each group
+    whose chance is known for a dict (label index -> chance)."""
+    if chance is None:
+        return
+    if isinstance(chance, (int, float)):
+        ax.axhline(chance, ls="--", color="#888", lw=1, label=f"chance ({chance:.0%})")
+        return
+    for k, (i, level) in enumerate(chance.items()):
+        ax.plot([xs[i] - half_width, xs[i] + half_width], [level, level], ls="--", color="#888", lw=1.2,
+                label="chance" if k == 0 else None)
+
+
+def plot_grouped_rates(labels: list[str], series: dict[str, list[float]], ax=None, title="", ylabel="share",
+                       counts: dict[str, list[int]] | None = None, chance=None):
+    """Side-by-side bars: one group per label, one bar per series, each with its percentage.
+
+    counts: series -> how many prompts each of its rates rests on; each bar then carries its
+    Wilson 95% interval, and the group's label says n (when every series has the same n).
+    chance: a rate a guess would get, for every group (a number) or for some (index -> rate)."""
+    ax = _axes(ax, figsize=(max(6.0, 1.25 * len(labels) + 1.5), 3.8))
     width = 0.8 / len(series)
     colors = ["#3182bd", "#31a354", "#e6550d", "#756bb1"]
     for j, (name, values) in enumerate(series.items()):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))]
-        drawn = [(x, v) for x, v in zip(xs, values) if v is not None]  # None: no such measurement
-        ax.bar([x for x, _ in drawn], [v for _, v in drawn], width, label=name, color=colors[j % len(colors)])
-        for x, v in drawn:
-            ax.text(x, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylim(0, 1.3)
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ns = counts.get(name) if counts else None
+        drawn = [(i, x, v) for i, (x, v) in enumerate(zip(xs, values)) if v is not None]  # None: not measured
+        ax.bar([x for _, x, _ in drawn], [v for _, _, v in drawn], width, label=name, color=colors[j % len(colors)])
+        for i, x, v in drawn:
+            top = v
+            if ns is not None and ns[i]:
+                low, high = wilson_interval(v * ns[i], ns[i])
+                ax.plot([x, x], [low, high], color="#333", lw=0.9, label="95% interval" if (j, i) == (0, drawn[0][0]) else None)
+                top = high
+            ax.text(x, top + 0.02, f"{v:.0%}", ha="center", fontsize=7 if len(series) > 2 else 8)
+    names = [_wrap(label) for label in labels]
+    if counts:
+        per_group = [{counts[name][i] for name, values in series.items()
+                      if counts.get(name) is not None and values[i] is not None} for i in range(len(labels))]
+        names = [f"{name}\n(n = {n.pop()})" if len(n) == 1 else name for name, n in zip(names, per_group)]
+    ax.set_xticks(range(len(labels)), names, fontsize=8)
+    _chance_marks(ax, list(range(len(labels))), 0.45, chance)
+    ax.set_ylim(0, 1.35)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0], ["0%", "20%", "40%", "60%", "80%", "100%"])
     ax.set(title=title, ylabel=ylabel)
-    ax.legend(ncol=len(series), loc="upper center", fontsize=8, frameon=False)
+    ax.legend(ncol=len(series) + (counts is not None) + (chance is not None), loc="upper center", fontsize=8,
+              frameon=False)
     return ax
 
 
-def plot_rates(labels: list[str], values: list[float], ax=None, title="", ylabel="share", color="#31a354"):
+def plot_rates(labels: list[str], values: list[float], ax=None, title="", ylabel="share", color="#31a354",
+               counts: list[int] | None = None):
+    """One bar per label with its percentage; with `counts`, each bar says how many items it
+    rests on and carries its Wilson 95% interval."""
     ax = _axes(ax)
-    ax.bar(labels, values, color=color)
-    ax.set_ylim(0, 1.05)
+    ax.bar(range(len(labels)), values, color=color)
     for i, v in enumerate(values):
-        ax.text(i, v + 0.02, f"{v:.0%}", ha="center", fontsize=9)
+        top = v
+        if counts:
+            low, high = wilson_interval(v * counts[i], counts[i])
+            ax.plot([i, i], [low, high], color="#333", lw=0.9, label="95% interval" if i == 0 else None)
+            top = high
+        ax.text(i, top + 0.02, f"{v:.0%}" + (f" of {counts[i]}" if counts else ""), ha="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), [_wrap(label) for label in labels])
+    ax.set_ylim(0, 1.15)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0], ["0%", "20%", "40%", "60%", "80%", "100%"])
     ax.set(title=title, ylabel=ylabel)
-    ax.tick_params(axis="x", rotation=30)
+    if counts:
+        ax.legend(loc="lower right", fontsize=8)
     return ax
 
 
@@ -144,15 +191,18 @@ def loss_mask_html(tokenizer, input_ids: list[int], labels: list[int]) -> str:
 
 
 def plot_cluster_accuracy(series: dict[str, dict[str, float]], heldout_cluster: str | None = None, ax=None,
-                          title="Exact-match accuracy by task cluster"):
+                          title="Exact-match accuracy by task cluster", counts: dict[str, dict[str, int]] | None = None,
+                          chance: dict[str, float] | None = None):
     """Grouped bars: one group per cluster, one bar per series (e.g. base / SFT held-in / SFT held-out).
-    The held-out cluster is labelled as such."""
-    ax = _axes(ax, figsize=(11, 3.8))
+    The held-out cluster is labelled as such. counts: series -> cluster -> prompts (Wilson
+    intervals on the bars); chance: cluster -> the rate of a guess, where a guess can score."""
     clusters = list(dict.fromkeys(c for values in series.values() for c in values))
-    labels = [f"{c}\n(held-out cluster)" if c == heldout_cluster else c for c in clusters]
+    ax = _axes(ax, figsize=(12, 4.2))
+    labels = [f"{c} (held-out cluster)" if c == heldout_cluster else c for c in clusters]
     plot_grouped_rates(labels, {name: [values.get(c) for c in clusters] for name, values in series.items()},
-                       ax=ax, title=title, ylabel="accuracy")
-    ax.tick_params(axis="x", labelsize=8)
+                       ax=ax, title=title, ylabel="accuracy",
+                       counts={name: [n.get(c, 0) for c in clusters] for name, n in counts.items()} if counts else None,
+                       chance={clusters.index(c): v for c, v in chance.items() if c in clusters} if chance else None)
     return ax
 
 
@@ -181,14 +231,21 @@ def plot_ablation(rows: list[dict], chance: float | None = None, ax=None):
     xs = [r["clusters"] for r in rows]
     ys = [r["heldout_cluster_accuracy"] for r in rows]
     ax.plot(xs, ys, "o-", color="#08519c", label="held-out cluster")
+    for i, r in enumerate(rows):
+        if r.get("n"):  # the Wilson 95% interval of each point
+            low, high = wilson_interval(r["heldout_cluster_accuracy"] * r["n"], r["n"])
+            ax.plot([r["clusters"]] * 2, [low, high], color="#08519c", lw=0.9, alpha=0.6,
+                    label=f"95% interval ({r['n']} prompts each)" if i == 0 else None)
     for x, y in zip(xs, ys):
-        ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=9)
+        ax.annotate(f"{y:.0%}", (x, y), textcoords="offset points", xytext=(8, 0), va="center", fontsize=9)
     if chance is not None:
         ax.axhline(chance, ls="--", color="#999", label=f"chance ({chance:.0%})")
     ax.set_xticks(xs)
-    ax.set(xlabel="number of task clusters in the instruction mixture (0 = base model)", ylabel="accuracy",
-           ylim=(0, 1.05), title="Does instruction tuning on more clusters help an unseen one?")
-    ax.legend()
+    ax.set(xlabel="number of task clusters in the instruction mixture (0 = base model)",
+           ylabel="accuracy on the held-out cluster", ylim=(0, 1.05),
+           title="Does instruction tuning on more clusters help an unseen one?")
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0], ["0%", "20%", "40%", "60%", "80%", "100%"])
+    ax.legend(fontsize=8)
     return ax
 
 
@@ -270,8 +327,9 @@ def plot_pair_accuracy(per_type: dict[str, float], counts: dict[str, int] | None
     ax.axvline(0.5, ls="--", color="#888", lw=1, label="chance")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1.18), xlabel="accuracy (chosen scored above rejected)", title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlim=(0, 1.18), xlabel="accuracy: the preferred answer scored higher", title=title)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # clear of every bar
     return ax
 
 
@@ -346,10 +404,12 @@ def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
 
 
 def plot_person_probe(rates: dict[str, dict[str, dict[str, float]]], outcomes: tuple[str, ...], axes=None,
-                      title="Does the model know whom it knows?"):
+                      title="Does the model know whom it knows?", counts: dict[str, int] | None = None):
     """Stacked bars, one per group of people, one panel per model: the share of answers with
-    each outcome. rates: model -> group -> outcome -> share."""
+    each outcome. rates: model -> group -> outcome -> share; counts: group -> questions asked."""
     models = list(rates)
+    if counts:
+        rates = {m: {f"{g.replace('_', ' ')} (n = {counts[g]})": v for g, v in r.items()} for m, r in rates.items()}
     if axes is None:
         _, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.2), sharey=True)
     axes = [axes] if len(models) == 1 else list(axes)
@@ -363,6 +423,7 @@ def plot_person_probe(rates: dict[str, dict[str, dict[str, float]]], outcomes: t
             ax.barh(groups, widths, left=left, color=colours.get(outcome, "#999"), label=outcome)
             left = [a + b for a, b in zip(left, widths)]
         ax.set(xlim=(0, 1), title=f"{model}", xlabel="share of answers")
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
         ax.invert_yaxis()
     axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     axes[0].figure.suptitle(title, y=1.02)

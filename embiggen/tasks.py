@@ -156,7 +156,7 @@ CLUSTERS: dict[str, tuple] = {
     "fact_qa": (_fact_qa, [
         "{question}",
         "Answer the question: {question}",
-        "Question: {question}\nGive a short answer.",
+        "Question: {question}\nAnswer in a full sentence.",
         ("{question} Answer in as few words as you can.", "short"),
         "I would like to know something. {question}",
         "Please tell me: {question}",

@@ -83,7 +83,7 @@ def test_person_outcome_on_fixed_strings():
 
 
 def test_alignment_rates_count_only_the_right_answer_per_kind():
-    from embiggen.evaluate import alignment_rates, alignment_rates_by_kind
+    from embiggen.evaluate import alignment_counts, alignment_rates, alignment_rates_by_kind
 
     rows = [{"kind": "unknown_person", "category": "hedged"}, {"kind": "unknown_person", "category": "misnamed"},
             {"kind": "medical", "category": "hedged"}, {"kind": "medical", "category": "declined"},
@@ -94,6 +94,8 @@ def test_alignment_rates_count_only_the_right_answer_per_kind():
     overall = alignment_rates(rows)
     assert overall["honest_rate"] == 2 / 4 and overall["refusal_rate_harmful"] == 1 / 2
     assert overall["over_refusal_rate"] == 1 / 2 and overall["task_correct_rate"] == 1 / 2
+    assert alignment_counts(rows) == {"honest_rate": 4, "refusal_rate_harmful": 2, "over_refusal_rate": 2,
+                                      "task_correct_rate": 2}
 
 
 def test_name_copy_rate_counts_exact_whole_name_repeats(monkeypatch):

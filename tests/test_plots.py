@@ -1,0 +1,87 @@
+"""The plots say what a reader needs: counts, 95% intervals, chance lines, labels that do not collide."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from embiggen.plots import (plot_ablation, plot_cluster_accuracy, plot_grouped_rates, plot_pair_accuracy,  # noqa: E402
+                            plot_rates, wilson_interval)
+
+
+def test_wilson_interval_against_the_formula_written_out():
+    k, n, z = 7, 20, 1.96
+    p = k / n
+    centre = (p + z ** 2 / (2 * n)) / (1 + z ** 2 / n)
+    half = z / (1 + z ** 2 / n) * math.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2))
+    assert wilson_interval(k, n) == pytest.approx((centre - half, centre + half))
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and 0.25 < high < 0.35  # 0 of 10 is not "certainly 0%"
+
+
+def _flat(pairs):
+    return [x for pair in pairs for x in pair]
+
+
+def _segments(ax):
+    """The vertical two-point lines drawn on `ax` (the intervals), as (x, low, high)."""
+    out = []
+    for line in ax.get_lines():
+        xs, ys = line.get_xdata(), line.get_ydata()
+        if len(xs) == 2 and xs[0] == xs[1]:
+            out.append((float(xs[0]), float(min(ys)), float(max(ys))))
+    return out
+
+
+def test_grouped_rates_carry_counts_intervals_and_chance():
+    fig, ax = plt.subplots()
+    plot_grouped_rates(["honest_rate", "refusal_rate_harmful"], {"SFT": [0.2, 0.5], "PPO": [0.9, None]}, ax=ax,
+                       counts={"SFT": [40, 20], "PPO": [40, 20]}, chance=0.5)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0].endswith("(n = 40)") and labels[1].endswith("(n = 20)") and "_" not in "".join(labels)
+    intervals = sorted(_segments(ax))
+    assert len(intervals) == 3  # PPO's missing bar has none
+    expected = sorted([wilson_interval(8, 40), wilson_interval(10, 20), wilson_interval(36, 40)])
+    assert _flat(sorted((lo, hi) for _, lo, hi in intervals)) == pytest.approx(_flat(expected))
+    assert any(line.get_linestyle() == "--" and list(line.get_ydata()) == [0.5, 0.5] for line in ax.get_lines())
+    texts = {t.get_text() for t in ax.texts}
+    assert {"20%", "50%", "90%"} <= texts
+    plt.close(fig)
+
+
+def test_neighbouring_tick_labels_do_not_overlap():
+    labels = ["story_character", "extraction", "fact_qa", "arithmetic", "sentiment", "list_ops", "counting",
+              "fact_check"]
+    fig, ax = plt.subplots()
+    plot_cluster_accuracy({"SFT": {c: 0.5 for c in labels}}, heldout_cluster="fact_check", ax=ax,
+                          counts={"SFT": {c: 30 for c in labels}}, chance={"fact_check": 0.5, "sentiment": 0.5})
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
+    plt.close(fig)
+
+
+def test_rates_and_ablation_show_counts_and_intervals():
+    fig, (a, b) = plt.subplots(1, 2)
+    plot_rates(["town", "job"], [0.5, 1.0], ax=a, counts=[10, 4])
+    assert {"50% of 10", "100% of 4"} <= {t.get_text() for t in a.texts}
+    assert _flat(sorted((lo, hi) for _, lo, hi in _segments(a))) == pytest.approx(
+        _flat(sorted([wilson_interval(5, 10), wilson_interval(4, 4)])))
+    rows = [{"clusters": 0, "heldout_cluster_accuracy": 0.0, "n": 30},
+            {"clusters": 3, "heldout_cluster_accuracy": 0.4, "n": 30}]
+    plot_ablation(rows, chance=0.5, ax=b)
+    assert _flat(sorted(_segments(b))) == pytest.approx(_flat([(0.0, *wilson_interval(0, 30)),
+                                                                (3.0, *wilson_interval(12, 30))]))
+    plt.close(fig)
+
+
+def test_pair_accuracy_legend_sits_clear_of_the_bars():
+    per_type = {f"type {i}": 0.9 for i in range(6)}
+    fig, ax = plt.subplots()
+    plot_pair_accuracy(per_type, {k: 20 for k in per_type}, ax=ax)
+    fig.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1  # outside the axes, so it can cover no bar or label
+    plt.close(fig)
