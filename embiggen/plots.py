@@ -39,10 +39,13 @@ LOSS_PARTS = {"response_loss": ("train: response tokens", "#08519c"),
               "replay_loss": ("train: replayed pretraining text", "#756bb1")}
 
 
-def plot_loss_curves(log, ax=None, title="Pretraining loss"):
+def plot_loss_curves(log, ax=None, title="Pretraining loss", ylabel="cross-entropy (nats per token, log scale)",
+                     chance: tuple[float, str] | None = None):
     """Training loss per step (faint) with its running mean, and validation loss (dots). A
     log whose loss has parts (`LOSS_PARTS` in `log.metrics`, e.g. SFT's response tokens and
-    replayed text) gets one running mean per part instead of one for the mixed loss."""
+    replayed text) gets one running mean per part instead of one for the mixed loss.
+    chance: (loss, label) of a model that knows nothing, drawn as a dashed line (ln V for a
+    uniform guess over V tokens, ln 2 for a reward model that scores both answers alike)."""
     ax = _axes(ax)
     window = max(1, len(log.train_loss) // 40)
     parts = [name for name in LOSS_PARTS if len(log.metrics.get(name, [])) == len(log.steps)]
@@ -57,9 +60,11 @@ def plot_loss_curves(log, ax=None, title="Pretraining loss"):
         ax.plot(log.steps, _running_mean(log.train_loss, window), color="#08519c", lw=1.5,
                 label=f"train (mean of {window} steps)")
     ax.plot(log.val_steps, log.val_loss, "o-", color="#e6550d", label="validation")
+    if chance is not None:
+        ax.axhline(chance[0], ls="--", color="#888", lw=1, label=chance[1])
     ax.set_yscale("log")  # the early plunge and the slow late gains both stay visible
-    ax.set(xlabel="training step", ylabel="cross-entropy (nats per token, log scale)", title=title)
-    ax.legend()
+    ax.set(xlabel="training step", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
     return ax
 
 
@@ -397,7 +402,7 @@ def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
             ax.plot([p["kl"], p["kl"]], [p["gold_sampled"], p["gold"]], color=colour, lw=0.8, alpha=0.6)
     if any(p.get("gold_sampled") is not None for p in ppo_points):
         ax.plot([], [], "s", mfc="none", color="grey", label="PPO, sampled answers (T = 1)")
-    ax.set(xlabel="KL from the SFT model (nats)", ylabel="score", title=title)
+    ax.set(xlabel="KL from the SFT model (nats)", ylabel="mean score of the answers", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return ax

@@ -7,8 +7,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from embiggen.plots import (plot_ablation, plot_cluster_accuracy, plot_grouped_rates, plot_pair_accuracy,  # noqa: E402
-                            plot_rates, wilson_interval)
+from embiggen.plots import (plot_ablation, plot_cluster_accuracy, plot_grouped_rates, plot_loss_curves,  # noqa: E402
+                            plot_pair_accuracy, plot_rates, wilson_interval)
+from embiggen.training import TrainLog  # noqa: E402
 
 
 def test_wilson_interval_against_the_formula_written_out():
@@ -84,4 +85,17 @@ def test_pair_accuracy_legend_sits_clear_of_the_bars():
     fig.canvas.draw()
     legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert legend.x0 >= axes.x1  # outside the axes, so it can cover no bar or label
+    plt.close(fig)
+
+
+def test_loss_curves_draw_the_chance_level_and_the_logged_parts_apart():
+    log = TrainLog(steps=[1, 2, 3], train_loss=[1.0, 0.9, 0.8], val_steps=[3], val_loss=[0.7],
+                   metrics={"response_loss": [2.0, 1.0, 0.5], "replay_loss": [0.6, 0.6, 0.6]})
+    fig, ax = plt.subplots()
+    plot_loss_curves(log, ax=ax, ylabel="Bradley-Terry loss", chance=(math.log(2), "coin flip: ln 2"))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "coin flip: ln 2" in labels and any("response" in t for t in labels) and any("replayed" in t for t in labels)
+    assert not any(t.startswith("train (") for t in labels)  # the mixed loss is not drawn beside its parts
+    assert ax.get_ylabel() == "Bradley-Terry loss"
+    assert any(list(line.get_ydata()) == [math.log(2), math.log(2)] for line in ax.get_lines())
     plt.close(fig)
