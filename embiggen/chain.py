@@ -25,11 +25,12 @@ from pathlib import Path
 
 
 from .labeler import Labeler
+from .dpo import train_dpo
 from .mixture import MIXTURE_VERSION
 from .model import build_model
 from .ppo import PPOLog, PPOTrainer, train_ppo
 from .preferences import collect_preferences, pairs_jsonl, read_pairs
-from .presets import ModelConfig, PPOConfig, Preset, get_preset
+from .presets import DPOConfig, ModelConfig, PPOConfig, Preset, get_preset
 from .pretrain import pretrain, tokenize_corpus
 from .reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
 from .sft import SFTData, sft
@@ -42,6 +43,7 @@ from .world import WORLD_VERSION, World
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
 REWARD_VERSION = 6  # preference collection, the labeler or the reward model
 PPO_VERSION = 2
+DPO_VERSION = 1
 
 
 @dataclass
@@ -314,3 +316,42 @@ def final_reward_model(tuned: StageModel, first_rm: RewardModel) -> RewardModel:
     if name == first_rm.path.name:
         return first_rm
     return load_reward_model(first_rm.path.parent / name, next(first_rm.model.parameters()).device)
+
+
+# ---------------------------------------------------------------------------------------
+# Step 3, without a reward model: DPO on the same preference pairs
+# ---------------------------------------------------------------------------------------
+def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None = None, cfg: DPOConfig | None = None,
+                      force: bool = False, progress: bool = True, device=None) -> StageModel:
+    """The DPO model of `preset`: a copy of the SFT model trained with the DPO loss on the very
+    preference pairs the reward model learned from (the SFT model's samples, ranked by the
+    noisy labeler), the SFT model as the reference. `cfg` overrides preset.dpo (a beta sweep)."""
+    preset = get_preset(preset)
+    cfg = cfg or preset.dpo
+    device = device or pick_device()
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    collection = {k: getattr(preset.reward, k) for k in COLLECTION_FIELDS}
+    path = cache_dir("dpo", preset, DPO_VERSION, REWARD_VERSION, data_splits(preset).fingerprint, sft.path.name,
+                     collection, asdict(cfg), tag=f"beta{cfg.beta:g}")
+
+    def load(path):
+        model, tokenizer, info, log = load_checkpoint(path, device)
+        return StageModel(model, tokenizer, sft.world, preset, log, info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        data = preference_data(preset, sft, progress=progress)
+        set_seed(preset.seed)
+        model = copy.deepcopy(sft.model).to(device)  # the policy; the SFT model itself is the frozen reference
+        log = train_dpo(model, sft.model, sft.tokenizer, data["train_pairs"], data["eval_pairs"], cfg, device=device,
+                        seed=preset.seed, progress=progress, resume_dir=resume_dir(path),
+                        desc=f"dpo {preset.name} beta={cfg.beta:g}")
+        info = {"preset": preset.name, "seed": preset.seed, "beta": cfg.beta, "loss_type": cfg.loss_type,
+                "n_pairs": len(data["train_pairs"]), "n_eval_pairs": len(data["eval_pairs"]),
+                "train_seconds": round(time.perf_counter() - started, 2), "sft": sft.path.name, "device": str(device),
+                "val_loss": log.val_loss[-1] if log.val_loss else None,
+                "val_reward_accuracy": log.metrics.get("val_reward_accuracy", [None])[-1]}
+        save_checkpoint(path, model, sft.tokenizer, info, log)
+        return StageModel(model.eval(), sft.tokenizer, sft.world, preset, log, info, path)
+
+    return train_or_load(path, load, train, force)

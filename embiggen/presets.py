@@ -135,6 +135,19 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimisation (Rafailov et al. 2023) on the reward model's preference pairs."""
+    beta: float = knob(0.1, "beta: the strength of the implicit KL constraint to the SFT model")
+    loss_type: str = knob("sigmoid", "'sigmoid': DPO's Bradley-Terry loss; 'ipo': IPO's squared loss (Azar et al. 2023)")
+    length_normalize: bool = knob(False, "compare mean log-probabilities per token instead of sums")
+    steps: int = knob(300, "optimiser steps")
+    batch_size: int = knob(32, "preference pairs per step")
+    optim: OptimConfig = knob(OptimConfig(lr=5e-5, warmup_steps=20, weight_decay=0.0), "the optimiser")
+    max_length: int = knob(160, "tokens per prompt + answer")
+    eval_every: int = knob(50, "steps between held-out losses and accuracies (and resume points)")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """What the report card and the notebooks measure on. The held-out sets are drawn before any
     training set, and training sets skip their prompts, so their sizes shape the training data too
@@ -177,6 +190,7 @@ class Preset:
     sft: SFTConfig = knob(SFTConfig(), "step 2: instruction tuning")
     reward: RewardConfig = knob(RewardConfig(), "step 3a: preferences and the reward model")
     ppo: PPOConfig = knob(PPOConfig(), "step 3b: PPO")
+    dpo: DPOConfig = knob(DPOConfig(), "step 3, without a reward model: DPO")
     evaluation: EvalConfig = knob(EvalConfig(), "held-out evaluation")
     experiments: ExperimentConfig = knob(ExperimentConfig(), "the notebooks' extra experiments")
 
@@ -195,6 +209,7 @@ PRESETS: dict[str, Preset] = {
         reward=RewardConfig(n_prompts=120, n_norm_prompts=40, steps=40, batch_size=16, eval_every=20),
         ppo=PPOConfig(steps=8, batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=24, n_prompts=200,
                       refresh_prompts=60, save_every=2),
+        dpo=DPOConfig(steps=20, batch_size=8, eval_every=10),
         evaluation=EvalConfig(n_instruction_probes=40, n_per_cluster=10, n_rm_prompts=40, n_ppo_prompts=40,
                               max_new_tokens=24),
         experiments=ExperimentConfig(

@@ -18,7 +18,7 @@ LAYERS = [
     "world", "tasks", "mixture", "splits",                          # the embedded world and every data split
     "tokenizer", "model", "generate", "evaluate", "labeler",         # models, decoding, measuring, the labeler
     "preferences", "training",
-    "pretrain", "sft", "reward", "ppo", "best_of_n",                 # the methods, one file each
+    "pretrain", "sft", "reward", "ppo", "dpo", "best_of_n",          # the methods, one file each
     "chain",                                                         # each stage trained once, cached
     "experiments",                                                   # sweeps, ablations, held-out measurements
     "pipeline", "cli",                                               # the stage registry, `embiggen run`, the CLI

@@ -1,0 +1,200 @@
+"""Step 3, without a reward model: direct preference optimisation (DPO).
+
+Rafailov et al. (2023, "Direct Preference Optimization: Your Language Model is Secretly a
+Reward Model", https://arxiv.org/abs/2305.18290) start from the same two pieces as RLHF: the
+Bradley-Terry model of preferences,
+
+    P(y_w > y_l | x) = sigma(r(x, y_w) - r(x, y_l)),
+
+and the KL-regularised objective that PPO maximises, max_pi E[r(x, y)] - beta KL(pi || pi_ref).
+That objective has a closed-form optimum, pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x),
+so every reward defines a policy and, turned around, every policy defines a reward:
+
+    r(x, y) = beta log( pi(y|x) / pi_ref(y|x) ) + beta log Z(x).
+
+Put that reward into Bradley-Terry and Z(x) cancels (both answers share the prompt). What is
+left is a classification loss on the preference pairs, with the policy itself as the reward
+model — no reward model to train, no sampling, no value head:
+
+    L_DPO = - log sigma( beta [ (log pi(y_w|x) - log pi_ref(y_w|x))
+                               - (log pi(y_l|x) - log pi_ref(y_l|x)) ] )
+
+log pi(y|x) is the sum of the response tokens' log-probabilities (the prompt is masked, as
+in SFT); pi_ref is the frozen SFT model, whose log-probabilities are computed once, before
+training. beta (log pi - log pi_ref) is the *implicit reward*; its margin between chosen and
+rejected is what DPO raises. Two variants, one switch each: IPO (Azar et al. 2023,
+https://arxiv.org/abs/2310.12036) regresses the margin to 1 / (2 beta) instead of pushing it
+without bound, and a length-normalised margin uses the mean log-probability per token (as
+SimPO does, Meng et al. 2024, https://arxiv.org/abs/2405.14734) so that longer answers are not
+favoured for being longer.
+
+What TRL users watch, and what `train_dpo` logs per step: the implicit rewards of chosen and
+rejected answers, their margin, the share of pairs whose margin is positive, and the policy's
+log-probabilities of both answers. Both log-probabilities falling while the margin grows is
+DPO's known failure mode (the policy moves probability to answers that are in neither set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .presets import DPOConfig
+from .sft import IGNORE_INDEX, encode_example, pad_batch
+from .training import TrainLog, train_loop
+from .utils import pick_device
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding: a pair is two SFT examples of one prompt
+# ---------------------------------------------------------------------------------------
+def encode_response(tokenizer, prompt: str, response: str, finished: bool = True, max_length: int = 256) -> dict:
+    """Chat prompt + response, labels -100 on the prompt. An answer that never ended (cut off
+    at the length limit) gets no end-of-sequence token it never wrote."""
+    encoded = encode_example(tokenizer, prompt, response, max_length)
+    if not finished and encoded["labels"] and encoded["labels"][-1] == tokenizer.eos_token_id:
+        encoded = {k: v[:-1] for k, v in encoded.items()}
+    return encoded
+
+
+def encode_pairs(tokenizer, pairs, max_length: int = 256) -> list[tuple[dict, dict]]:
+    return [(encode_response(tokenizer, p.prompt, p.chosen, p.chosen_finished, max_length),
+             encode_response(tokenizer, p.prompt, p.rejected, p.rejected_finished, max_length)) for p in pairs]
+
+
+def pair_rows(encoded: list[tuple[dict, dict]], pad_token_id: int) -> dict:
+    """One right-padded batch: the chosen answers first, then the rejected ones."""
+    return pad_batch([c for c, _ in encoded] + [r for _, r in encoded], pad_token_id)
+
+
+# ---------------------------------------------------------------------------------------
+# Log-probabilities of whole answers, and the loss
+# ---------------------------------------------------------------------------------------
+def sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y|x) = sum over response tokens of log pi(y_t | x, y_<t), one per row, and the
+    number of response tokens of each row."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits, labels = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t + 1
+    mask = labels != IGNORE_INDEX
+    token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logp * mask).sum(-1), mask.sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid") -> tuple[torch.Tensor, dict]:
+    """The DPO loss (or IPO's) of a batch of pairs, from log pi(y|x) of each answer under the
+    policy and under the reference. Returns the mean loss and the implicit rewards
+    beta (log pi - log pi_ref) of the chosen and rejected answers."""
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    margin = chosen_logratio - rejected_logratio                 # how much more the policy moved towards y_w
+    if loss_type == "sigmoid":                                   # DPO: Bradley-Terry on the implicit reward
+        losses = -F.logsigmoid(beta * margin)
+    elif loss_type == "ipo":                                     # IPO: the margin regressed to 1 / (2 beta)
+        losses = (margin - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; valid: 'sigmoid' (DPO), 'ipo'")
+    rewards = {"chosen": beta * chosen_logratio.detach(), "rejected": beta * rejected_logratio.detach()}
+    return losses.mean(), rewards
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def reference_logprobs(ref_model, encoded: list[tuple[dict, dict]], pad_token_id: int, device,
+                       batch_size: int = 64) -> torch.Tensor:
+    """log pi_ref(y|x) of every chosen and rejected answer, shape (pairs, 2): computed once,
+    so the reference model need not stay in memory while the policy trains."""
+    ref_model.eval()
+    out = []
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i: i + batch_size]
+        batch = {k: v.to(device) for k, v in pair_rows(chunk, pad_token_id).items()}
+        logp, _ = sequence_logprobs(ref_model, batch)
+        out.append(torch.stack([logp[: len(chunk)], logp[len(chunk):]], dim=1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+@dataclass
+class DPOData:
+    """Encoded pairs, their reference log-probabilities, and how to draw a batch."""
+    encoded: list[tuple[dict, dict]]
+    ref_logps: torch.Tensor   # (pairs, 2): log pi_ref of the chosen and the rejected answer
+    pad_token_id: int
+
+    def __post_init__(self):  # response tokens of each answer, for the length-normalised margin
+        self.n_tokens = torch.tensor([[sum(t != IGNORE_INDEX for t in e["labels"]) for e in pair]
+                                      for pair in self.encoded]).reshape(-1, 2)
+
+    def batch(self, idx: list[int]) -> dict:
+        rows = pair_rows([self.encoded[i] for i in idx], self.pad_token_id)
+        return {**rows, "ref_logps": self.ref_logps[idx], "ref_tokens": self.n_tokens[idx]}
+
+
+def dpo_batch_loss(model, batch: dict, cfg: DPOConfig):
+    """(loss, response tokens, what to log) for one batch of pairs."""
+    logp, n_tokens = sequence_logprobs(model, batch)
+    if cfg.length_normalize:  # the mean log-probability per response token
+        logp = logp / n_tokens.clamp(min=1)
+        ref = batch["ref_logps"] / batch["ref_tokens"].clamp(min=1)
+    else:
+        ref = batch["ref_logps"]
+    half = logp.shape[0] // 2
+    loss, rewards = dpo_loss(logp[:half], logp[half:], ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
+    margin = rewards["chosen"] - rewards["rejected"]
+    stats = {"reward_chosen": rewards["chosen"].mean().item(), "reward_rejected": rewards["rejected"].mean().item(),
+             "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item(),
+             "logp_chosen": logp[:half].detach().mean().item(), "logp_rejected": logp[half:].detach().mean().item()}
+    return loss, n_tokens.sum(), stats
+
+
+@torch.no_grad()
+def evaluate_pairs(model, data: DPOData, cfg: DPOConfig, batch_size: int = 64) -> dict:
+    """The DPO loss and the implicit-reward accuracy and margin over every pair of `data`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = {"loss": 0.0, "reward_accuracy": 0.0, "reward_margin": 0.0}
+    for i in range(0, len(data.encoded), batch_size):
+        idx = list(range(i, min(i + batch_size, len(data.encoded))))
+        loss, _, stats = dpo_batch_loss(model, {k: v.to(device) for k, v in data.batch(idx).items()}, cfg)
+        for key, value in (("loss", loss.item()), ("reward_accuracy", stats["reward_accuracy"]),
+                           ("reward_margin", stats["reward_margin"])):
+            total[key] += value * len(idx)
+    model.train(was_training)
+    n = max(1, len(data.encoded))
+    return {k: v / n for k, v in total.items()}
+
+
+def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConfig, device=None, seed: int = 0,
+              progress: bool = True, resume_dir: Path | None = None, desc: str = "dpo") -> TrainLog:
+    """Fine-tune `model` (a copy of the SFT model) with the DPO loss on preference pairs; the
+    reference log-probabilities come from `ref_model` (the SFT model), once. The log holds the
+    held-out DPO loss as `val_loss` and, per step, the implicit rewards, their margin and
+    accuracy, and the log-probabilities of chosen and rejected answers (`log.metrics`)."""
+    device = device or pick_device()
+    ref_model.to(device)
+    pad = tokenizer.pad_token_id
+    train_enc, eval_enc = (encode_pairs(tokenizer, pairs, cfg.max_length) for pairs in (train_pairs, eval_pairs))
+    train = DPOData(train_enc, reference_logprobs(ref_model, train_enc, pad, device), pad)
+    held = DPOData(eval_enc, reference_logprobs(ref_model, eval_enc, pad, device), pad)
+    latest: dict = {}
+
+    def next_batch(generator):
+        return train.batch(torch.randint(len(train.encoded), (cfg.batch_size,), generator=generator).tolist())
+
+    def held_out_loss(m):
+        latest.update(evaluate_pairs(m, held, cfg))
+        return latest["loss"]
+
+    def record(step, log):  # the held-out accuracy and margin of the evaluation just run
+        for key in ("reward_accuracy", "reward_margin"):
+            log.metrics.setdefault(f"val_{key}", []).append(latest[key])
+
+    return train_loop(model, next_batch, lambda m, b: dpo_batch_loss(m, b, cfg), cfg,
+                      val_loss_fn=held_out_loss if held.encoded else None, device=device, seed=seed,
+                      callback=record if held.encoded else None, progress=progress, resume_dir=resume_dir, desc=desc)
