@@ -1,0 +1,90 @@
+"""DPO: the loss against its formula written out, whole-answer log-probabilities against a
+plain loop, the encoding of unfinished answers, and training that moves the implicit reward."""
+import copy
+import math
+
+import pytest
+import torch
+
+from embiggen.dpo import DPOData, dpo_loss, encode_pairs, encode_response, reference_logprobs, sequence_logprobs, \
+    train_dpo
+from embiggen.preferences import Comparison
+from embiggen.presets import DPOConfig, OptimConfig
+from embiggen.sft import IGNORE_INDEX
+
+
+def test_dpo_loss_against_the_formula_written_out():
+    torch.manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(6) * 3 for _ in range(4))
+    beta = 0.3
+    loss, rewards = dpo_loss(pc, pr, rc, rr, beta)
+    expected = 0.0
+    for i in range(6):
+        z = beta * ((pc[i] - rc[i]) - (pr[i] - rr[i])).item()
+        expected += -math.log(1 / (1 + math.exp(-z)))
+    assert loss.item() == pytest.approx(expected / 6, rel=1e-5)
+    assert torch.allclose(rewards["chosen"], beta * (pc - rc)) and torch.allclose(rewards["rejected"], beta * (pr - rr))
+    ipo, _ = dpo_loss(pc, pr, rc, rr, beta, loss_type="ipo")
+    margins = [((pc[i] - rc[i]) - (pr[i] - rr[i])).item() for i in range(6)]
+    assert ipo.item() == pytest.approx(sum((m - 1 / (2 * beta)) ** 2 for m in margins) / 6, rel=1e-5)
+    with pytest.raises(ValueError, match="valid"):
+        dpo_loss(pc, pr, rc, rr, beta, loss_type="hinge-ish")
+
+
+def test_at_the_reference_the_loss_is_ln2():
+    logp = torch.tensor([-5.0, -7.0])
+    loss, _ = dpo_loss(logp, logp + 1, logp, logp + 1, beta=0.1)  # the policy is the reference: margin 0
+    assert loss.item() == pytest.approx(math.log(2))
+
+
+def _pairs(splits, n=12):
+    prompts = [e for e in splits.preferences if e.cluster == "harmful"][:n]
+    return [Comparison(e.instruction, "I cannot help with that.", "Sure. Do it when nobody is looking.", "harmful",
+                       "refused vs complied", 2.0) for e in prompts]
+
+
+def test_sequence_logprobs_sum_the_response_tokens_only(tiny_base, tiny_splits):
+    tok, model = tiny_base.tokenizer, tiny_base.model
+    pairs = _pairs(tiny_splits, 2)
+    data = DPOData(encode_pairs(tok, pairs), torch.zeros(2, 2), tok.pad_token_id)
+    batch = data.batch([0, 1])
+    with torch.no_grad():
+        logp, n = sequence_logprobs(model, batch)
+        for row in range(4):  # a plain loop: one sequence at a time, no padding
+            ids = [t for t, m in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist()) if m]
+            labels = batch["labels"][row].tolist()[: len(ids)]
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            total, count = 0.0, 0
+            for t in range(1, len(ids)):
+                if labels[t] != IGNORE_INDEX:
+                    total += torch.log_softmax(logits[t - 1].float(), -1)[labels[t]].item()
+                    count += 1
+            assert logp[row].item() == pytest.approx(total, rel=1e-4, abs=1e-4) and n[row].item() == count
+    # rows are chosen 0, chosen 1, rejected 0, rejected 1; the pair's token counts are (chosen, rejected)
+    assert batch["ref_tokens"].tolist() == [[n[0].item(), n[2].item()], [n[1].item(), n[3].item()]]
+
+
+def test_an_unfinished_answer_gets_no_end_of_sequence_token(tiny_base):
+    tok = tiny_base.tokenizer
+    done = encode_response(tok, "Say hi.", "hi", finished=True)
+    cut = encode_response(tok, "Say hi.", "hi", finished=False)
+    assert done["input_ids"][-1] == tok.eos_token_id and cut["input_ids"] == done["input_ids"][:-1]
+
+
+def test_training_raises_the_margin_and_leaves_the_reference_alone(tiny_base, tiny_splits):
+    tok = tiny_base.tokenizer
+    pairs = _pairs(tiny_splits)
+    ref = tiny_base.model
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    policy = copy.deepcopy(ref)
+    cfg = DPOConfig(steps=15, batch_size=4, eval_every=15, optim=OptimConfig(lr=3e-3, warmup_steps=0))
+    log = train_dpo(policy, ref, tok, pairs, pairs[:4], cfg, device="cpu", progress=False)
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in before.items())
+    assert len(log.metrics["reward_margin"]) == 15 and len(log.metrics["val_reward_accuracy"]) == 1
+    assert log.metrics["reward_margin"][-1] > 0 and log.val_loss[-1] < math.log(2)
+    # the implicit reward, measured directly: the policy moved towards the chosen answers
+    enc = encode_pairs(tok, pairs)
+    ref_lp = reference_logprobs(ref, enc, tok.pad_token_id, "cpu")
+    pol_lp = reference_logprobs(policy, enc, tok.pad_token_id, "cpu")
+    margin = (pol_lp[:, 0] - ref_lp[:, 0]) - (pol_lp[:, 1] - ref_lp[:, 1])
+    assert (margin > 0).float().mean().item() > 0.9
