@@ -343,9 +343,12 @@ def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None
         data = preference_data(preset, sft, progress=progress)
         set_seed(preset.seed)
         model = copy.deepcopy(sft.model).to(device)  # the policy; the SFT model itself is the frozen reference
+        ptx_data = (SFTData(sft.tokenizer, data_splits(preset).ptx,  # the demonstrations PPO-ptx uses
+                            replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
+                    if cfg.ptx_coef > 0 else None)
         log = train_dpo(model, sft.model, sft.tokenizer, data["train_pairs"], data["eval_pairs"], cfg, device=device,
                         seed=preset.seed, progress=progress, resume_dir=resume_dir(path),
-                        desc=f"dpo {preset.name} beta={cfg.beta:g}")
+                        desc=f"dpo {preset.name} beta={cfg.beta:g}", ptx_data=ptx_data)
         info = {"preset": preset.name, "seed": preset.seed, "beta": cfg.beta, "loss_type": cfg.loss_type,
                 "n_pairs": len(data["train_pairs"]), "n_eval_pairs": len(data["eval_pairs"]),
                 "train_seconds": round(time.perf_counter() - started, 2), "sft": sft.path.name, "device": str(device),

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .presets import DPOConfig
-from .sft import IGNORE_INDEX, encode_example, pad_batch
+from .sft import IGNORE_INDEX, SFTData, batch_loss, encode_example, pad_batch
 from .training import TrainLog, train_loop
 from .utils import pick_device
 
@@ -135,8 +135,9 @@ class DPOData:
         return {**rows, "ref_logps": self.ref_logps[idx], "ref_tokens": self.n_tokens[idx]}
 
 
-def dpo_batch_loss(model, batch: dict, cfg: DPOConfig):
-    """(loss, response tokens, what to log) for one batch of pairs."""
+def dpo_batch_loss(model, batch: dict, cfg: DPOConfig, demonstrations: dict | None = None):
+    """(loss, response tokens, what to log) for one batch of pairs; with `demonstrations` (a
+    batch of SFT task examples) and cfg.ptx_coef > 0, plus ptx_coef times their SFT loss."""
     logp, n_tokens = sequence_logprobs(model, batch)
     if cfg.length_normalize:  # the mean log-probability per response token
         logp = logp / n_tokens.clamp(min=1)
@@ -149,6 +150,10 @@ def dpo_batch_loss(model, batch: dict, cfg: DPOConfig):
     stats = {"reward_chosen": rewards["chosen"].mean().item(), "reward_rejected": rewards["rejected"].mean().item(),
              "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item(),
              "logp_chosen": logp[:half].detach().mean().item(), "logp_rejected": logp[half:].detach().mean().item()}
+    if demonstrations is not None and cfg.ptx_coef > 0:  # keep the answers of the task clusters (cf. PPO-ptx)
+        ptx_loss = batch_loss(model, demonstrations)[0]
+        stats["ptx_loss"] = ptx_loss.item()
+        loss = loss + cfg.ptx_coef * ptx_loss
     return loss, n_tokens.sum(), stats
 
 
@@ -171,11 +176,15 @@ def evaluate_pairs(model, data: DPOData, cfg: DPOConfig, batch_size: int = 64) -
 
 
 def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConfig, device=None, seed: int = 0,
-              progress: bool = True, resume_dir: Path | None = None, desc: str = "dpo") -> TrainLog:
+              progress: bool = True, resume_dir: Path | None = None, desc: str = "dpo",
+              ptx_data: SFTData | None = None) -> TrainLog:
     """Fine-tune `model` (a copy of the SFT model) with the DPO loss on preference pairs; the
     reference log-probabilities come from `ref_model` (the SFT model), once. The log holds the
     held-out DPO loss as `val_loss` and, per step, the implicit rewards, their margin and
-    accuracy, and the log-probabilities of chosen and rejected answers (`log.metrics`)."""
+    accuracy, and the log-probabilities of chosen and rejected answers (`log.metrics`). With
+    cfg.ptx_coef > 0, `ptx_data` (SFT task demonstrations) adds their SFT loss to every step."""
+    if cfg.ptx_coef > 0 and ptx_data is None:
+        raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations to keep the language-model loss on)")
     device = device or pick_device()
     ref_model.to(device)
     pad = tokenizer.pad_token_id
@@ -185,7 +194,14 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     latest: dict = {}
 
     def next_batch(generator):
-        return train.batch(torch.randint(len(train.encoded), (cfg.batch_size,), generator=generator).tolist())
+        batch = train.batch(torch.randint(len(train.encoded), (cfg.batch_size,), generator=generator).tolist())
+        if cfg.ptx_coef > 0:
+            batch.update({f"ptx_{k}": v for k, v in ptx_data.next_batch(generator).items()})
+        return batch
+
+    def loss_fn(m, batch):
+        demonstrations = {k[4:]: v for k, v in batch.items() if k.startswith("ptx_")} or None
+        return dpo_batch_loss(m, {k: v for k, v in batch.items() if not k.startswith("ptx_")}, cfg, demonstrations)
 
     def held_out_loss(m):
         latest.update(evaluate_pairs(m, held, cfg))
@@ -195,6 +211,6 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
         for key in ("reward_accuracy", "reward_margin"):
             log.metrics.setdefault(f"val_{key}", []).append(latest[key])
 
-    return train_loop(model, next_batch, lambda m, b: dpo_batch_loss(m, b, cfg), cfg,
+    return train_loop(model, next_batch, loss_fn, cfg,
                       val_loss_fn=held_out_loss if held.encoded else None, device=device, seed=seed,
                       callback=record if held.encoded else None, progress=progress, resume_dir=resume_dir, desc=desc)

@@ -140,6 +140,8 @@ class DPOConfig:
     beta: float = knob(0.1, "beta: the strength of the implicit KL constraint to the SFT model")
     loss_type: str = knob("sigmoid", "'sigmoid': DPO's Bradley-Terry loss; 'ipo': IPO's squared loss (Azar et al. 2023)")
     length_normalize: bool = knob(False, "compare mean log-probabilities per token instead of sums")
+    ptx_coef: float = knob(0.0, "as PPO-ptx: weight of the language-model loss on SFT task demonstrations")
+    ptx_batch_size: int = knob(8, "packed rows of demonstrations per step")
     steps: int = knob(300, "optimiser steps")
     batch_size: int = knob(32, "preference pairs per step")
     optim: OptimConfig = knob(OptimConfig(lr=5e-5, warmup_steps=20, weight_decay=0.0), "the optimiser")

@@ -88,3 +88,22 @@ def test_training_raises_the_margin_and_leaves_the_reference_alone(tiny_base, ti
     pol_lp = reference_logprobs(policy, enc, tok.pad_token_id, "cpu")
     margin = (pol_lp[:, 0] - ref_lp[:, 0]) - (pol_lp[:, 1] - ref_lp[:, 1])
     assert (margin > 0).float().mean().item() > 0.9
+
+
+def test_demonstrations_add_their_sft_loss_like_ppo_ptx(tiny_base, tiny_splits):
+    from dataclasses import replace
+
+    from embiggen.presets import SFTConfig
+    from embiggen.sft import SFTData
+
+    tok, pairs = tiny_base.tokenizer, _pairs(tiny_splits, 6)
+    cfg = DPOConfig(steps=3, batch_size=2, eval_every=3, ptx_coef=1.0, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+    with pytest.raises(ValueError, match="ptx_data"):
+        train_dpo(copy.deepcopy(tiny_base.model), tiny_base.model, tok, pairs, pairs[:2], cfg, device="cpu",
+                  progress=False)
+    demos = SFTData(tok, tiny_splits.ptx[:20], replace(SFTConfig(), batch_size=2, max_length=256, replay_share=0.0))
+    log = train_dpo(copy.deepcopy(tiny_base.model), tiny_base.model, tok, pairs, pairs[:2], cfg, device="cpu",
+                    progress=False, ptx_data=demos)
+    assert len(log.metrics["ptx_loss"]) == 3 and all(x > 0 for x in log.metrics["ptx_loss"])
+    # the step's loss is the DPO loss plus the demonstrations' loss: above the DPO loss alone (ln 2 at step 1)
+    assert log.train_loss[0] == pytest.approx(math.log(2) + log.metrics["ptx_loss"][0], rel=1e-4)
