@@ -5,7 +5,8 @@
   ablation over the number of training clusters (`cluster_ablation`);
 * notebook 3 — a policy's KL from the SFT model on held-out prompts (`sample_with_kl`), the
   gold score of those very samples (`sampled_gold`), and reward hacking made visible, one PPO
-  run per KL coefficient (`kl_sweep`).
+  run per KL coefficient (`kl_sweep`);
+* notebook 4 — DPO across its beta (`dpo_beta_sweep`), measured exactly as PPO is.
 
 Each experiment trains its extra models through `embiggen.chain` (cached under their own
 keys) and takes its settings from the preset's `experiments` and `evaluation` configs, which
@@ -14,9 +15,12 @@ no stage of the main chain hashes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from .chain import StageModel, train_or_load_base, train_or_load_ppo, train_or_load_reward, train_or_load_sft
+from .chain import (StageModel, train_or_load_base, train_or_load_dpo, train_or_load_ppo, train_or_load_reward,
+                    train_or_load_sft)
 from .evaluate import evaluate_tasks, fact_cloze, judge_model
 from .generate import decode_responses, episode_logprobs, sample_episodes
 from .labeler import Labeler
@@ -129,4 +133,31 @@ def kl_sweep(preset: str | Preset | None = None, sft: StageModel | None = None, 
                      "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
                      "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
                      "examples": examples})
+    return runs
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 4
+# ---------------------------------------------------------------------------------------
+def dpo_beta_sweep(preset: str | Preset | None = None, sft: StageModel | None = None, progress: bool = True,
+                   device=None) -> list[dict]:
+    """One DPO run per beta in preset.experiments.dpo_betas (the preset's DPO otherwise; cached),
+    each judged on PPO's held-out prompts with its KL from the SFT model measured as PPO's is
+    (`sample_with_kl`: sampled answers, k1): points for the gold-versus-KL picture."""
+    preset = get_preset(preset)
+    evaluation = preset.evaluation
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
+    runs = []
+    for beta in preset.experiments.dpo_betas:
+        tuned = train_or_load_dpo(preset, sft=sft, cfg=replace(preset.dpo, beta=beta), progress=progress,
+                                  device=device)
+        judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, None, evaluation.max_new_tokens)
+        sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
+                                 evaluation.max_new_tokens, 1.0, seed=preset.seed)
+        runs.append({"beta": beta, "log": tuned.log, "kl": sampled["kl"], "gold": judged["gold_score"],
+                     "gold_sampled": sampled_gold(labeler, prompts, sampled), "honest_rate": judged["honest_rate"],
+                     "refusal_rate_harmful": judged["refusal_rate_harmful"],
+                     "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
+                     "train_seconds": tuned.info["train_seconds"]})
     return runs

@@ -379,13 +379,14 @@ class LivePPOPlot:
 
 
 def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
-                    title="Gold score against KL from the SFT model"):
+                    title="Gold score against KL from the SFT model", dpo_points: list[dict] | None = None):
     """Gao, Schulman & Hilton's picture: best-of-n and PPO runs on one set of axes.
 
     best_of_n: `embiggen.best_of_n.BestOfN` results — drawn at their KL estimated from the
     samples, with the log n - (n - 1)/n bound as a faint line to its right. ppo_points: dicts
     with 'kl', 'gold', a 'label' and, optionally, 'gold_sampled' (the gold score of the very
-    samples its KL was measured on, drawn as a hollow marker: like with like)."""
+    samples its KL was measured on, drawn as a hollow marker: like with like). dpo_points: the
+    same for DPO runs ('kl', 'gold', optionally 'gold_sampled', 'beta'), joined by a line."""
     ax = _axes(ax, figsize=(7, 4.2))
     kls, golds = [b.kl for b in best_of_n], [b.gold for b in best_of_n]
     ax.plot(kls, golds, "o-", color="#756bb1", label="best-of-n (gold, KL estimated from samples)")
@@ -400,6 +401,16 @@ def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
         if p.get("gold_sampled") is not None:
             ax.plot(p["kl"], p["gold_sampled"], "s", ms=8, mfc="none", color=colour)
             ax.plot([p["kl"], p["kl"]], [p["gold_sampled"], p["gold"]], color=colour, lw=0.8, alpha=0.6)
+    if dpo_points:
+        dpo_points = sorted(dpo_points, key=lambda p: p["kl"])
+        ax.plot([p["kl"] for p in dpo_points], [p["gold"] for p in dpo_points], "D-", color="#e6550d",
+                label="DPO, one point per beta (greedy answers)")
+        if all(p.get("gold_sampled") is not None for p in dpo_points):
+            ax.plot([p["kl"] for p in dpo_points], [p["gold_sampled"] for p in dpo_points], "D:", mfc="none",
+                    color="#e6550d", label="DPO, sampled answers (T = 1)")
+        for p in dpo_points:
+            ax.annotate(f"beta={p['beta']:g}", (p["kl"], p["gold"]), textcoords="offset points", xytext=(4, 6),
+                        fontsize=8, color="#e6550d")
     if any(p.get("gold_sampled") is not None for p in ppo_points):
         ax.plot([], [], "s", mfc="none", color="grey", label="PPO, sampled answers (T = 1)")
     ax.set(xlabel="KL from the SFT model (nats)", ylabel="mean score of the answers", title=title)
@@ -460,3 +471,31 @@ def plot_kl_sweep(runs: list[dict], highlight: int | None = None, axes=None):
 def _smooth(values: list[float], window: int = 5) -> list[float]:
     return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
             for i in range(len(values))]
+
+
+# ---- notebook 4: DPO -------------------------------------------------------------------------
+def plot_dpo_curves(log, axes=None, title_suffix=""):
+    """What DPO users watch, per step (running means of 10): the policy's log-probabilities of
+    the chosen and the rejected answers (both falling is DPO's known failure mode), and the
+    implicit-reward margin with the share of pairs it ranks right (held-out points as dots)."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    left, right = axes
+    steps, m = log.steps, log.metrics
+    left.plot(steps, _smooth(m["logp_chosen"], 10), color="#31a354", label="chosen answers")
+    left.plot(steps, _smooth(m["logp_rejected"], 10), color="#de2d26", label="rejected answers")
+    left.set(xlabel="DPO step", ylabel="log pi(y | x), summed over the answer",
+             title="the policy's log-probability of each answer" + title_suffix)
+    left.legend(fontsize=8)
+    right.plot(steps, _smooth(m["reward_accuracy"], 10), color="#3182bd", label="pairs ranked right (training batch)")
+    if m.get("val_reward_accuracy"):
+        right.plot(log.val_steps, m["val_reward_accuracy"], "o", color="#08519c", label="pairs ranked right (held out)")
+    right.axhline(0.5, ls="--", color="#888", lw=1, label="chance")
+    twin = right.twinx()
+    twin.plot(steps, _smooth(m["reward_margin"], 10), color="#e6550d", label="implicit-reward margin")
+    twin.set_ylabel("beta (margin of log-ratios)", color="#e6550d")
+    right.set(xlabel="DPO step", ylabel="share of pairs", ylim=(0, 1.05), title="the implicit reward" + title_suffix)
+    right.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+    lines = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    right.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="lower right")
+    return axes

@@ -137,16 +137,16 @@ class PPOConfig:
 @dataclass(frozen=True)
 class DPOConfig:
     """Direct preference optimisation (Rafailov et al. 2023) on the reward model's preference pairs."""
-    beta: float = knob(0.1, "beta: the strength of the implicit KL constraint to the SFT model")
+    beta: float = knob(0.5, "beta: the strength of the implicit KL constraint to the SFT model")
     loss_type: str = knob("sigmoid", "'sigmoid': DPO's Bradley-Terry loss; 'ipo': IPO's squared loss (Azar et al. 2023)")
     length_normalize: bool = knob(False, "compare mean log-probabilities per token instead of sums")
     ptx_coef: float = knob(0.0, "as PPO-ptx: weight of the language-model loss on SFT task demonstrations")
     ptx_batch_size: int = knob(8, "packed rows of demonstrations per step")
-    steps: int = knob(300, "optimiser steps")
-    batch_size: int = knob(32, "preference pairs per step")
-    optim: OptimConfig = knob(OptimConfig(lr=5e-5, warmup_steps=20, weight_decay=0.0), "the optimiser")
+    steps: int = knob(200, "optimiser steps (about 0.7 passes over the laptop preset's pairs)")
+    batch_size: int = knob(16, "preference pairs per step")
+    optim: OptimConfig = knob(OptimConfig(lr=2e-5, warmup_steps=20, weight_decay=0.0), "the optimiser")
     max_length: int = knob(160, "tokens per prompt + answer")
-    eval_every: int = knob(50, "steps between held-out losses and accuracies (and resume points)")
+    eval_every: int = knob(100, "steps between held-out losses and accuracies (and resume points)")
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,7 @@ class ExperimentConfig:
     kl_sweep: tuple[float, ...] = knob((0.0, 0.03, 0.1, 0.3), "notebook 3's reward-hacking sweep: KL coefficients")
     sweep_steps: int = knob(60, "PPO steps of each sweep run (one round, the first reward model)")
     sweep_lr: float = knob(1e-4, "the sweep pushes harder, so that over-optimisation shows within minutes")
+    dpo_betas: tuple[float, ...] = knob((0.05, 0.1, 0.5, 2.0), "notebook 4's DPO runs, one per beta")
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ PRESETS: dict[str, Preset] = {
                         ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                     max_position_embeddings=128)),
             ablation_cluster_counts=(1, 3), ablation_steps=30, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05),
-            sweep_steps=6),
+            sweep_steps=6, dpo_betas=(0.1, 0.5)),
     ),
     "laptop": Preset(name="laptop"),
     "gpu": Preset(
