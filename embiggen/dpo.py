@@ -65,22 +65,63 @@ def encode_pairs(tokenizer, pairs, max_length: int = 256) -> list[tuple[dict, di
              encode_response(tokenizer, p.prompt, p.rejected, p.rejected_finished, max_length)) for p in pairs]
 
 
-def pair_rows(encoded: list[tuple[dict, dict]], pad_token_id: int) -> dict:
-    """One right-padded batch: the chosen answers first, then the rejected ones."""
-    return pad_batch([c for c, _ in encoded] + [r for _, r in encoded], pad_token_id)
+def pair_rows(encoded: list[tuple[dict, dict]], pad_token_id: int, pack_length: int = 0) -> dict:
+    """One batch of the pairs' sequences: the chosen answers first, then the rejected ones.
+    Right-padded, one sequence per row; or, with `pack_length`, packed several to a row of that
+    many tokens, position ids restarting at 0 for each sequence so that none attends to another
+    (the mechanism of SFT's packing), with `sequence` giving each token's sequence (-1: padding).
+    Packing skips the padding a batch of short and long answers would otherwise compute on."""
+    sequences = [c for c, _ in encoded] + [r for _, r in encoded]
+    if not pack_length:
+        return pad_batch(sequences, pad_token_id)
+    rows, current, used = [], [], 0
+    for i, seq in enumerate(sequences):
+        if current and used + len(seq["input_ids"]) > pack_length:
+            rows.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += len(seq["input_ids"])
+    rows.append(current)
+    width = max(sum(len(sequences[i]["input_ids"]) for i in row) for row in rows)
+    ids, labels, positions, owner = [], [], [], []
+    for row in rows:
+        r_ids, r_labels, r_pos, r_owner = [], [], [], []
+        for i in row:
+            n = len(sequences[i]["input_ids"])
+            r_ids += sequences[i]["input_ids"]
+            r_labels += sequences[i]["labels"]
+            r_pos += list(range(n))
+            r_owner += [i] * n
+        pad = width - len(r_ids)
+        ids.append(r_ids + [pad_token_id] * pad)
+        labels.append(r_labels + [IGNORE_INDEX] * pad)
+        positions.append(r_pos + list(range(pad)))
+        owner.append(r_owner + [-1] * pad)
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions),
+            "sequence": torch.tensor(owner), "n_sequences": torch.tensor(len(sequences))}
 
 
 # ---------------------------------------------------------------------------------------
 # Log-probabilities of whole answers, and the loss
 # ---------------------------------------------------------------------------------------
 def sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y|x) = sum over response tokens of log pi(y_t | x, y_<t), one per row, and the
-    number of response tokens of each row."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    """log pi(y|x) = sum over response tokens of log pi(y_t | x, y_<t), one per sequence, and
+    the number of response tokens of each (a padded batch: one sequence per row; a packed one:
+    `batch["sequence"]` says whose each token is)."""
+    packed = "sequence" in batch
+    inputs = ({"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]})
+    logits = model(input_ids=batch["input_ids"], use_cache=False, **inputs).logits
     logits, labels = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t + 1
-    mask = labels != IGNORE_INDEX
-    token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logp * mask).sum(-1), mask.sum(-1)
+    mask = labels != IGNORE_INDEX                             # a sequence's first label is its prompt: -100
+    # log pi(y_t | ...) = -cross-entropy of the label (one fused kernel, no (B, T, V) log-prob tensor kept)
+    token_logp = -F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
+    if not packed:
+        return token_logp.sum(-1), mask.sum(-1)
+    owner = batch["sequence"][:, 1:].clamp(min=0).reshape(-1)  # padding (-1) carries no label anyway
+    n = int(batch["n_sequences"])
+    sums = torch.zeros(n, device=token_logp.device).index_add(0, owner, token_logp.reshape(-1))
+    counts = torch.zeros(n, dtype=torch.long, device=mask.device).index_add(0, owner, mask.reshape(-1).long())
+    return sums, counts
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -125,13 +166,14 @@ class DPOData:
     encoded: list[tuple[dict, dict]]
     ref_logps: torch.Tensor   # (pairs, 2): log pi_ref of the chosen and the rejected answer
     pad_token_id: int
+    pack_length: int = 0      # > 0: pack the sequences into rows of this many tokens
 
     def __post_init__(self):  # response tokens of each answer, for the length-normalised margin
         self.n_tokens = torch.tensor([[sum(t != IGNORE_INDEX for t in e["labels"]) for e in pair]
                                       for pair in self.encoded]).reshape(-1, 2)
 
     def batch(self, idx: list[int]) -> dict:
-        rows = pair_rows([self.encoded[i] for i in idx], self.pad_token_id)
+        rows = pair_rows([self.encoded[i] for i in idx], self.pad_token_id, self.pack_length)
         return {**rows, "ref_logps": self.ref_logps[idx], "ref_tokens": self.n_tokens[idx]}
 
 
@@ -189,7 +231,8 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     ref_model.to(device)
     pad = tokenizer.pad_token_id
     train_enc, eval_enc = (encode_pairs(tokenizer, pairs, cfg.max_length) for pairs in (train_pairs, eval_pairs))
-    train = DPOData(train_enc, reference_logprobs(ref_model, train_enc, pad, device), pad)
+    train = DPOData(train_enc, reference_logprobs(ref_model, train_enc, pad, device), pad,
+                    cfg.max_length if cfg.packing else 0)
     held = DPOData(eval_enc, reference_logprobs(ref_model, eval_enc, pad, device), pad)
     latest: dict = {}
 

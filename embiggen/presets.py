@@ -145,7 +145,8 @@ class DPOConfig:
     steps: int = knob(200, "optimiser steps (about 0.7 passes over the laptop preset's pairs)")
     batch_size: int = knob(16, "preference pairs per step")
     optim: OptimConfig = knob(OptimConfig(lr=2e-5, warmup_steps=20, weight_decay=0.0), "the optimiser")
-    max_length: int = knob(160, "tokens per prompt + answer")
+    max_length: int = knob(160, "tokens per prompt + answer (and per packed row)")
+    packing: bool = knob(True, "pack the sequences of a batch into rows (attention stays within each)")
     eval_every: int = knob(100, "steps between held-out losses and accuracies (and resume points)")
 
 

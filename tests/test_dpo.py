@@ -107,3 +107,19 @@ def test_demonstrations_add_their_sft_loss_like_ppo_ptx(tiny_base, tiny_splits):
     assert len(log.metrics["ptx_loss"]) == 3 and all(x > 0 for x in log.metrics["ptx_loss"])
     # the step's loss is the DPO loss plus the demonstrations' loss: above the DPO loss alone (ln 2 at step 1)
     assert log.train_loss[0] == pytest.approx(math.log(2) + log.metrics["ptx_loss"][0], rel=1e-4)
+
+
+def test_packed_batches_give_the_same_log_probs_as_padded_ones(tiny_base, tiny_splits):
+    """Packing puts several sequences in a row with restarting positions: each must get
+    exactly the log-probability it gets alone in a padded row."""
+    tok, model = tiny_base.tokenizer, tiny_base.model
+    prompts = [e for e in tiny_splits.preferences][:6]
+    pairs = [Comparison(e.instruction, e.answer or "I do not know.", "Sure.", e.cluster, "x", 1.0) for e in prompts]
+    padded = DPOData(encode_pairs(tok, pairs), torch.zeros(6, 2), tok.pad_token_id)
+    packed = DPOData(padded.encoded, torch.zeros(6, 2), tok.pad_token_id, pack_length=256)
+    a, b = padded.batch(list(range(6))), packed.batch(list(range(6)))
+    assert b["input_ids"].shape[0] < a["input_ids"].shape[0]  # fewer rows: several sequences share one
+    with torch.no_grad():
+        (lp_a, n_a), (lp_b, n_b) = sequence_logprobs(model, a), sequence_logprobs(model, b)
+    torch.testing.assert_close(lp_b, lp_a, rtol=1e-4, atol=1e-4)
+    assert n_a.tolist() == n_b.tolist()
