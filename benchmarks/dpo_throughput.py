@@ -31,10 +31,12 @@ import torch
 from embiggen.dpo import train_dpo
 from embiggen.model import build_model
 from embiggen.preferences import Comparison
-from embiggen.presets import DPOConfig, ModelConfig, OptimConfig, get_preset
-from embiggen.splits import build_corpus, build_world, data_splits
-from embiggen.tokenizer import chat_prompt, train_tokenizer
+from embiggen.presets import DPOConfig, ModelConfig, OptimConfig
+from embiggen.splits import data_splits
+from embiggen.tokenizer import chat_prompt
 from embiggen.utils import set_seed, set_threads
+
+from common import import_trl, laptop_tokenizer
 
 POLICY = ModelConfig(hidden_size=160, num_hidden_layers=4, num_attention_heads=4, intermediate_size=432,
                      max_position_embeddings=256)
@@ -100,10 +102,7 @@ def main():
     args = parser.parse_args()
 
     threads = set_threads(args.threads)
-    preset = get_preset("laptop")
-    world = build_world(preset)
-    docs, _ = build_corpus(preset, world)
-    tokenizer = train_tokenizer(docs[:5000], preset.vocab_size)
+    preset, tokenizer = laptop_tokenizer()
     pairs = make_pairs(preset, PAIRS_PER_STEP * (args.steps + 1))
     policy, _ = build_models(tokenizer)
     print(f"threads={threads} policy_params={policy.num_parameters():,} pairs_per_step={PAIRS_PER_STEP} "
@@ -114,10 +113,8 @@ def main():
     print(f"embiggen_steps_per_second={ours:.2f} (packed: several sequences per row, the default)")
     if args.no_trl:
         return
-    try:
-        import trl
-    except ImportError:
-        print("trl not installed: pip install -e '.[bench]' to compare with TRL's DPOTrainer")
+    trl = import_trl("DPOTrainer")
+    if trl is None:
         return
     theirs = bench_trl(tokenizer, pairs, args.steps)
     print(f"trl_version={trl.__version__} trl_steps_per_second={theirs:.2f}")

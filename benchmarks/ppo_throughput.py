@@ -28,11 +28,13 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from embiggen.labeler import Labeler
 from embiggen.model import build_model
 from embiggen.ppo import PPOTrainer
-from embiggen.presets import ModelConfig, PPOConfig, get_preset
+from embiggen.presets import ModelConfig, PPOConfig
 from embiggen.reward import RewardModel
-from embiggen.splits import build_corpus, build_world, data_splits
-from embiggen.tokenizer import chat_prompt, train_tokenizer
+from embiggen.splits import data_splits
+from embiggen.tokenizer import chat_prompt
 from embiggen.utils import set_seed, set_threads
+
+from common import import_trl, laptop_tokenizer
 
 POLICY = ModelConfig(hidden_size=160, num_hidden_layers=4, num_attention_heads=4, intermediate_size=432,
                      max_position_embeddings=256)
@@ -100,10 +102,7 @@ def main():
     args = parser.parse_args()
 
     threads = set_threads(args.threads)
-    preset = get_preset("laptop")
-    world = build_world(preset)
-    docs, _ = build_corpus(preset, world)
-    tokenizer = train_tokenizer(docs[:5000], preset.vocab_size)
+    preset, tokenizer = laptop_tokenizer()
     prompts = data_splits(preset).ppo[: BATCH * (args.steps + 2)]
     policy, *_ = build_models(tokenizer)
     print(f"threads={threads} policy_params={policy.num_parameters():,} batch={BATCH} response_length={RESPONSE_LENGTH} "
@@ -112,10 +111,8 @@ def main():
     print(f"embiggen_episodes_per_second={ours:.1f}")
     if args.no_trl:
         return
-    try:
-        import trl
-    except ImportError:
-        print("trl not installed: pip install -e '.[bench]' to compare with TRL's PPOTrainer")
+    trl = import_trl("PPOTrainer")
+    if trl is None:
         return
     theirs = bench_trl(tokenizer, prompts, args.steps)
     print(f"trl_version={trl.__version__} trl_episodes_per_second={theirs:.1f}")
