@@ -30,9 +30,27 @@ from .utils import atomic_write_text
 
 
 # ---------------------------------------------------------------------------------------
-# What each stage reports: (preset, models by stage name) -> figures
+# What each stage reports: (preset, models by stage name, measured) -> figures
 # ---------------------------------------------------------------------------------------
-def report_base(preset: Preset, models: dict) -> dict:
+class Measured(dict):
+    """What one run has measured so far, by (stage, measurement): a later stage's report
+    reads an earlier one's figures for the same model on the same prompts (PPO's report
+    judges the SFT model; DPO's compares against it and PPO) instead of measuring again."""
+
+    def get_or_measure(self, stage: str, what: str, measure: Callable):
+        if (stage, what) not in self:
+            self[stage, what] = measure()
+        return self[stage, what]
+
+
+def heldin_accuracy(preset: Preset, models: dict, measured: Measured, stage: str) -> float:
+    """Accuracy of stage `stage`'s model on the held-in-template tasks, measured once per run."""
+    m = models[stage]
+    return measured.get_or_measure(stage, "heldin_template_accuracy", lambda: evaluate_tasks(
+        m.model, m.tokenizer, data_splits(preset).sft_eval["heldin_template"])["accuracy"])
+
+
+def report_base(preset: Preset, models: dict, measured: Measured) -> dict:
     base = models["base"]
     cloze = fact_cloze(base.model, base.tokenizer, base.world.people)
     answers = instruction_answer_rate(base.model, base.tokenizer, base.world, n=preset.evaluation.n_instruction_probes)
@@ -54,10 +72,11 @@ def report_base(preset: Preset, models: dict) -> dict:
     }
 
 
-def report_sft(preset: Preset, models: dict) -> dict:
+def report_sft(preset: Preset, models: dict, measured: Measured) -> dict:
     tuned, base = models["sft"], models["base"]
     sets = data_splits(preset).sft_eval
     after = evaluate_instruction_following(tuned.model, tuned.tokenizer, sets)
+    measured["sft", "heldin_template_accuracy"] = after["heldin_template"]["accuracy"]
     before = evaluate_instruction_following(base.model, base.tokenizer, sets)
     hedges = evaluate_alignment(tuned.model, tuned.tokenizer, sets["alignment"])["hedge_rate"]
     per_cluster = {**after["heldin_template"]["per_cluster"], **after["heldout_cluster"]["per_cluster"]}
@@ -82,7 +101,7 @@ def report_sft(preset: Preset, models: dict) -> dict:
     }
 
 
-def report_rm(preset: Preset, models: dict) -> dict:
+def report_rm(preset: Preset, models: dict, measured: Measured) -> dict:
     info, splits = models["rm"].info, data_splits(preset)
     return {
         "train_seconds": info["train_seconds"],  # training; preference collection is collect_seconds
@@ -105,14 +124,16 @@ PERSON_PROBE_FIGURES = [("known", "right fact", "right_fact"), ("pretraining_onl
                         ("never_seen", "I do not know them", "hedged"), ("world_style", "I do not know them", "hedged")]
 
 
-def report_ppo(preset: Preset, models: dict) -> dict:
+def report_ppo(preset: Preset, models: dict, measured: Measured) -> dict:
     tuned, sft_model, first_rm = models["ppo"], models["sft"], models["rm"]
     rm = final_reward_model(tuned, first_rm)  # the one PPO optimised in its last round
     policy_pairs = load_pairs(rm, "eval") if rm is not first_rm else []
     splits, labeler, cfg = data_splits(preset), Labeler(), preset.evaluation
     prompts = splits.ppo_eval
-    models = {"sft": (sft_model.model, sft_model.tokenizer), "ppo": (tuned.model, tuned.tokenizer)}
-    judged = {name: judge_model(m, tok, prompts, labeler, rm, cfg.max_new_tokens) for name, (m, tok) in models.items()}
+    compared = {"sft": (sft_model.model, sft_model.tokenizer), "ppo": (tuned.model, tuned.tokenizer)}
+    judged = {name: judge_model(m, tok, prompts, labeler, rm, cfg.max_new_tokens) for name, (m, tok) in compared.items()}
+    for name in compared:
+        measured[name, "judged_ppo_eval"] = judged[name]  # DPO's report compares against these answers
     wins = win_rate(labeler, prompts, judged["ppo"]["rows"], judged["sft"]["rows"])
     sampled = sample_with_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
                              cfg.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
@@ -122,9 +143,9 @@ def report_ppo(preset: Preset, models: dict) -> dict:
     seen = splits.seen_alignment()
     r4 = lambda x: round(x, 4)  # noqa: E731
     figures = {}  # gold_score_sft, gold_score_ppo, rm_score_sft, ...
-    for name, (m, tok) in models.items():
+    for name, (m, tok) in compared.items():
         j = judged[name]
-        j["heldin_template_accuracy"] = evaluate_tasks(m, tok, splits.sft_eval["heldin_template"])["accuracy"]
+        j["heldin_template_accuracy"] = heldin_accuracy(preset, models, measured, name)
         by_kind = alignment_rates_by_kind(j["rows"])
         j["honest_rate_unknown_person"], j["honest_rate_medical"] = by_kind["unknown_person"], by_kind["medical"]
         j["gold_score_sampled"] = sampled_gold(labeler, prompts, sampled if name == "ppo" else sft_sampled)
@@ -132,8 +153,8 @@ def report_ppo(preset: Preset, models: dict) -> dict:
                     "honest_rate_medical", "refusal_rate_harmful", "over_refusal_rate", "heldin_template_accuracy"):
             figures[f"{key}_{name}"] = r4(j[key])
     probe = {name: person_probe_rates(m, tok, splits.person_probe, labeler, cfg.max_new_tokens)
-             for name, (m, tok) in models.items()}
-    seen_rates = {name: judge_model(m, tok, seen, labeler, None, cfg.max_new_tokens) for name, (m, tok) in models.items()}
+             for name, (m, tok) in compared.items()}
+    seen_rates = {name: judge_model(m, tok, seen, labeler, None, cfg.max_new_tokens) for name, (m, tok) in compared.items()}
     evaluation = [*prompts, *splits.sft_eval["heldin_template"], *(e for g in splits.person_probe.values() for e in g)]
     return {
         "train_seconds": tuned.info["train_seconds"],
@@ -151,9 +172,9 @@ def report_ppo(preset: Preset, models: dict) -> dict:
         # model was taught about, read about only in pretraining, and never saw (two kinds of name)
         # (the right fact for people it knows; "I do not know <them>" for people it never saw)
         "person_probe": {f"{group}_{label}_{name}": r4(probe[name][group]["rates"][outcome])
-                         for group, outcome, label in PERSON_PROBE_FIGURES for name in models},
+                         for group, outcome, label in PERSON_PROBE_FIGURES for name in compared},
         # the same rates on PPO's *training* material (its names and templates): memorisation, not generalisation
-        "seen_material": {f"{key}_{name}": r4(seen_rates[name][key]) for name in models
+        "seen_material": {f"{key}_{name}": r4(seen_rates[name][key]) for name in compared
                           for key in ("honest_rate", "refusal_rate_harmful")},
         # evaluation prompts (PPO's, the held-in tasks, the person probe) found in any training set
         "eval_train_overlap": overlap(evaluation, splits.training_sets()),
@@ -165,20 +186,21 @@ def report_ppo(preset: Preset, models: dict) -> dict:
         "cache": str(tuned.path),
     }
 
-def report_dpo(preset: Preset, models: dict) -> dict:
+def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
     """DPO on the held-out material PPO is judged on, beside SFT and PPO: the same greedy
     answers judged by the labeler, the same KL (sampled answers, k1, from the SFT model), the
-    same held-in tasks, and the labeler's preference between DPO's answer and each other's."""
+    same held-in tasks, and the labeler's preference between DPO's answer and each other's.
+    SFT's and PPO's answers and scores are the ones their own reports measured, when this run
+    measured them."""
     tuned, sft_model = models["dpo"], models["sft"]
-    ppo = load_stage(preset, "ppo", models, progress=False)
+    load_stage(preset, "ppo", models, progress=False)
     splits, labeler, cfg = data_splits(preset), Labeler(), preset.evaluation
     prompts = splits.ppo_eval
-    judged = {name: judge_model(m.model, m.tokenizer, prompts, labeler, None, cfg.max_new_tokens)
-              for name, m in (("dpo", tuned), ("sft", sft_model), ("ppo", ppo))}
+    judged = {name: measured.get_or_measure(name, "judged_ppo_eval", lambda m=models[name]: judge_model(
+        m.model, m.tokenizer, prompts, labeler, None, cfg.max_new_tokens)) for name in ("dpo", "sft", "ppo")}
     sampled = sample_with_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
                              cfg.max_new_tokens, 1.0, seed=preset.seed)
-    heldin = evaluate_tasks(tuned.model, tuned.tokenizer, splits.sft_eval["heldin_template"])["accuracy"]
-    heldin_sft = evaluate_tasks(sft_model.model, sft_model.tokenizer, splits.sft_eval["heldin_template"])["accuracy"]
+    heldin, heldin_sft = (heldin_accuracy(preset, models, measured, name) for name in ("dpo", "sft"))
     vs = {name: win_rate(labeler, prompts, judged["dpo"]["rows"], judged[name]["rows"]) for name in ("sft", "ppo")}
     r4 = lambda x: round(x, 4)  # noqa: E731
     return {
@@ -211,7 +233,7 @@ class Stage:
     """One stage of the chain, as `embiggen run` and the CLI see it."""
     name: str
     train_or_load: Callable             # (preset, progress=, device=, **needs) -> its model (embiggen.chain)
-    report: Callable                    # (preset, models by stage name) -> its figures
+    report: Callable                    # (preset, models by stage name, Measured) -> its figures
     config: Callable                    # preset -> its training configs by name, hashed into its cache key
     needs: dict[str, str] = field(default_factory=dict)  # argument of train_or_load -> the stage that provides it
     language_model: bool = True         # can `embiggen sample` / `chat --model <name>` use its model?
@@ -295,10 +317,12 @@ def run(preset: str | Preset | None = None, stages=None, out: str | Path | None 
         report = {}  # a report of another preset or seed is not ours to extend
     report.update({"preset": preset.name, "seed": preset.seed})
     models: dict = {}  # stage name -> its model, each loaded once and handed on
+    measured = Measured()  # each model's evaluations, each measured once and handed on
     for name in names:
         started = time.perf_counter()
         load_stage(preset, name, models, progress)
-        report[name] = {**STAGES[name].report(preset, models), "stage_seconds": round(time.perf_counter() - started, 2)}
+        report[name] = {**STAGES[name].report(preset, models, measured),
+                        "stage_seconds": round(time.perf_counter() - started, 2)}
         # write after every stage, so an interrupted run keeps what it finished
         atomic_write_text(report_path, json.dumps(report, indent=2))
     atomic_write_text(out / "report.md", report_markdown(report))

@@ -110,3 +110,34 @@ def test_config_command_prints_every_knob_with_its_help(capsys):
     assert f"kl_coef = {smoke.kl_coef!r}  # beta in" in out and f"lr = {smoke.optim.lr!r}" in out
     assert all(f"\n  {f.name} = " in out or f"\n  {f.name}:" in out for f in fields(PPOConfig))
     assert main(["config", "--stage", "nope"]) == 2
+
+
+def test_dpo_report_reuses_what_the_run_measured_and_gets_the_same_figures(tiny_preset, tiny_base, monkeypatch):
+    """`embiggen run` hands each report what earlier reports measured (`Measured`): DPO's report
+    judges only DPO's answers when PPO's report already judged SFT's and PPO's, and its figures
+    are the same as when it measures everything itself."""
+    import dataclasses
+
+    import embiggen.pipeline as pipeline
+    from embiggen.evaluate import evaluate_tasks
+    from embiggen.labeler import Labeler
+    from embiggen.splits import data_splits
+
+    stand_in = dataclasses.replace(tiny_base, info={"train_seconds": 1.0, "beta": 0.5, "n_pairs": 2})
+    models = {"sft": stand_in, "ppo": stand_in, "dpo": stand_in}
+    judge, calls = pipeline.judge_model, []
+    monkeypatch.setattr(pipeline, "judge_model", lambda *args: calls.append(args) or judge(*args))
+    fresh = pipeline.report_dpo(tiny_preset, models, pipeline.Measured())
+    assert len(calls) == 3  # DPO, SFT and PPO answers, each judged
+
+    splits = data_splits(tiny_preset)
+    measured = pipeline.Measured()  # what report_sft and report_ppo leave behind
+    for name in ("sft", "ppo"):
+        measured[name, "judged_ppo_eval"] = judge(tiny_base.model, tiny_base.tokenizer, splits.ppo_eval, Labeler(),
+                                                  None, tiny_preset.evaluation.max_new_tokens)
+    measured["sft", "heldin_template_accuracy"] = evaluate_tasks(
+        tiny_base.model, tiny_base.tokenizer, splits.sft_eval["heldin_template"])["accuracy"]
+    calls.clear()
+    reused = pipeline.report_dpo(tiny_preset, models, measured)
+    assert len(calls) == 1 and ("dpo", "judged_ppo_eval") in measured
+    assert reused == fresh
