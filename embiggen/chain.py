@@ -322,39 +322,83 @@ def final_reward_model(tuned: StageModel, first_rm: RewardModel) -> RewardModel:
 # Step 3, without a reward model: DPO on the same preference pairs
 # ---------------------------------------------------------------------------------------
 def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None = None, cfg: DPOConfig | None = None,
-                      force: bool = False, progress: bool = True, device=None) -> StageModel:
+                      force: bool = False, progress: bool = True, device=None, round_: int | None = None) -> StageModel:
     """The DPO model of `preset`: a copy of the SFT model trained with the DPO loss on the very
     preference pairs the reward model learned from (the SFT model's samples, ranked by the
-    noisy labeler), the SFT model as the reference. `cfg` overrides preset.dpo (a beta sweep)."""
+    noisy labeler), the SFT model as the reference. `cfg` overrides preset.dpo (a beta sweep).
+
+    With cfg.rounds > 1, iterated (online) DPO, the counterpart of iterated RLHF: round r
+    starts from round r - 1's model, which answers fresh prompts (`round_pairs`); the labeler
+    ranks those answers and round r trains on the new pairs, still against the SFT model.
+    The rounds share cfg.steps; each round is cached, so an interrupted run keeps the rounds
+    it finished. `round_` picks a round (default: the last)."""
     preset = get_preset(preset)
     cfg = cfg or preset.dpo
+    round_ = cfg.rounds if round_ is None else round_
+    if not 1 <= round_ <= cfg.rounds:
+        raise ValueError(f"round_ must be between 1 and cfg.rounds = {cfg.rounds}, got {round_}")
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     collection = {k: getattr(preset.reward, k) for k in COLLECTION_FIELDS}
+    rounds = {"round": round_} if cfg.rounds > 1 else {}
     path = cache_dir("dpo", preset, DPO_VERSION, REWARD_VERSION, data_splits(preset).fingerprint, sft.path.name,
-                     collection, asdict(cfg), tag=f"beta{cfg.beta:g}")
+                     collection, asdict(cfg), *rounds.values(),
+                     tag=f"beta{cfg.beta:g}" + (f"-round{round_}" if rounds else ""))
 
     def load(path):
         model, tokenizer, info, log = load_checkpoint(path, device)
         return StageModel(model, tokenizer, sft.world, preset, log, info, path)
 
     def train(path):
+        start, earlier = sft, 0.0
+        if round_ > 1:  # the previous round (cached, or trained now and timed on its own)
+            start = train_or_load_dpo(preset, sft, cfg, progress=progress, device=device, round_=round_ - 1)
+            earlier = start.info["train_seconds"]
         started = time.perf_counter()
         data = preference_data(preset, sft, progress=progress)
-        set_seed(preset.seed)
-        model = copy.deepcopy(sft.model).to(device)  # the policy; the SFT model itself is the frozen reference
+        # round 1: the SFT model's pairs; later rounds: the previous round's answers to fresh prompts, ranked
+        pairs = data["train_pairs"] if round_ == 1 else round_pairs(preset, cfg, start, round_, progress)
+        set_seed(preset.seed + round_ - 1)
+        model = copy.deepcopy(start.model).to(device)  # the policy; the SFT model itself is the frozen reference
         ptx_data = (SFTData(sft.tokenizer, data_splits(preset).ptx,  # the demonstrations PPO-ptx uses
                             replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
                     if cfg.ptx_coef > 0 else None)
-        log = train_dpo(model, sft.model, sft.tokenizer, data["train_pairs"], data["eval_pairs"], cfg, device=device,
-                        seed=preset.seed, progress=progress, resume_dir=resume_dir(path),
-                        desc=f"dpo {preset.name} beta={cfg.beta:g}", ptx_data=ptx_data)
+        steps = cfg.steps * round_ // cfg.rounds - cfg.steps * (round_ - 1) // cfg.rounds  # this round's share
+        log = train_dpo(model, sft.model, sft.tokenizer, pairs, data["eval_pairs"], replace(cfg, steps=steps),
+                        device=device, seed=preset.seed + round_ - 1, progress=progress, resume_dir=resume_dir(path),
+                        desc=f"dpo {preset.name} beta={cfg.beta:g}" + (f" round {round_}/{cfg.rounds}" if rounds else ""),
+                        ptx_data=ptx_data)
         info = {"preset": preset.name, "seed": preset.seed, "beta": cfg.beta, "loss_type": cfg.loss_type,
-                "n_pairs": len(data["train_pairs"]), "n_eval_pairs": len(data["eval_pairs"]),
-                "train_seconds": round(time.perf_counter() - started, 2), "sft": sft.path.name, "device": str(device),
-                "val_loss": log.val_loss[-1] if log.val_loss else None,
-                "val_reward_accuracy": log.metrics.get("val_reward_accuracy", [None])[-1]}
-        save_checkpoint(path, model, sft.tokenizer, info, log)
+                "n_pairs": len(pairs), "n_eval_pairs": len(data["eval_pairs"]),
+                # every round so far, its sampling and labelling included
+                "train_seconds": round(earlier + time.perf_counter() - started, 2), "sft": sft.path.name,
+                "device": str(device), "val_loss": log.val_loss[-1] if log.val_loss else None,
+                "val_reward_accuracy": log.metrics.get("val_reward_accuracy", [None])[-1],
+                "round": round_, "rounds": cfg.rounds, "steps": steps,
+                "previous_round": start.path.name if round_ > 1 else None}
+        save_checkpoint(path, model, sft.tokenizer, info, log,
+                        extra_files={"train_pairs.jsonl": pairs_jsonl(pairs)} if round_ > 1 else None)
         return StageModel(model.eval(), sft.tokenizer, sft.world, preset, log, info, path)
 
     return train_or_load(path, load, train, force)
+
+
+def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int, progress: bool = True) -> list:
+    """Iterated DPO's new pairs for round `round_`: K answers of `policy` (the previous round's
+    model) to cfg.round_prompts fresh training prompts, ranked by the noisy labeler, as the
+    reward model's collection ranks the SFT model's. Cached beside the preference pairs."""
+    rcfg, splits = preset.reward, data_splits(preset)
+    folder = cache_dir("preferences", preset, "dpo_round", REWARD_VERSION, splits.fingerprint, policy.path.name,
+                       round_, cfg.round_prompts, {k: getattr(rcfg, k) for k in COLLECTION_FIELDS},
+                       tag=f"dpo-round{round_}")
+    if (folder / "train_pairs.jsonl").exists():
+        return read_pairs(folder / "train_pairs.jsonl")
+    prompts = splits.dpo_round(round_, cfg.round_prompts)
+    collected = collect_preferences(policy.model, policy.tokenizer, prompts, labeler_for(preset), k=rcfg.k,
+                                    temperature=rcfg.temperature, max_new_tokens=rcfg.max_new_tokens,
+                                    seed=splits.sample_seed("dpo_round", round_),
+                                    desc=f"dpo round {round_}: {rcfg.k} answers to each of {len(prompts):,} prompts"
+                                    if progress else None)
+    with atomic_dir(folder) as tmp:
+        (tmp / "train_pairs.jsonl").write_text(pairs_jsonl(collected.pairs))
+    return collected.pairs

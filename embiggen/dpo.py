@@ -34,6 +34,13 @@ on padding. What TRL users watch, and what `train_dpo` logs per step: the implic
 rejected answers, their margin, the share of pairs whose margin is positive, and the policy's
 log-probabilities of both answers. Both log-probabilities falling while the margin grows is
 DPO's known failure mode (the policy moves probability to answers that are in neither set).
+
+DPO learns from pairs of someone else's answers (here the SFT model's): it is *offline*. Its
+online counterpart, iterated DPO (e.g. Xiong et al. 2024, https://arxiv.org/abs/2312.11456;
+Guo et al. 2024, https://arxiv.org/abs/2402.04792), lets the policy answer fresh prompts
+between rounds, has the labeler rank those answers, and trains the next round on them —
+the counterpart of iterated RLHF. One switch, `DPOConfig.rounds`; the rounds are driven by
+`embiggen.chain.train_or_load_dpo`, each round with this module's `train_dpo`.
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
     return {
         "train_seconds": tuned.info["train_seconds"],
         "beta": tuned.info["beta"],
-        "n_pairs": tuned.info["n_pairs"],
+        "n_pairs": tuned.info["n_pairs"],  # of the last round, with iterated DPO
+        "rounds": tuned.info.get("rounds", 1),
         "val_reward_accuracy": r4(tuned.info["val_reward_accuracy"]) if tuned.info.get("val_reward_accuracy") else None,
         "kl": r4(sampled["kl"]),
         "gold_score": r4(judged["dpo"]["gold_score"]),

@@ -148,6 +148,10 @@ class DPOConfig:
     max_length: int = knob(160, "tokens per prompt + answer (and per packed row)")
     packing: bool = knob(True, "pack the sequences of a batch into rows (attention stays within each)")
     eval_every: int = knob(100, "steps between held-out losses and accuracies (and resume points)")
+    rounds: int = knob(1, "iterated (online) DPO: after each round, new pairs of the policy's own samples, "
+                          "ranked by the labeler; `steps` is shared among the rounds")
+    round_prompts: int = knob(1000, "... on this many fresh prompts per new round (K answers each, as the "
+                                    "reward model's collection)")
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,7 @@ PRESETS: dict[str, Preset] = {
         reward=RewardConfig(n_prompts=120, n_norm_prompts=40, steps=40, batch_size=16, eval_every=20),
         ppo=PPOConfig(steps=8, batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=24, n_prompts=200,
                       refresh_prompts=60, save_every=2),
-        dpo=DPOConfig(steps=20, batch_size=8, eval_every=10),
+        dpo=DPOConfig(steps=20, batch_size=8, eval_every=10, round_prompts=60),
         evaluation=EvalConfig(n_instruction_probes=40, n_per_cluster=10, n_rm_prompts=40, n_ppo_prompts=40,
                               max_new_tokens=24),
         experiments=ExperimentConfig(

@@ -54,12 +54,14 @@ SEEDS = {
     "refresh_eval": 600,                    # held-out prompts for each round's new reward model: + round
     "person_probe": 700,                    # known / pretraining-only / never-seen people
     "names": 800,                           # inventing the names of people who do not exist
+    "dpo_round": 900,                       # iterated DPO: + round number
 }
 
 #: Offsets added to the preset's seed for *sampling answers* on a split's prompts (preference collection).
 SAMPLE_SEEDS = {
     "preferences": 0, "rm_eval": 1,         # the SFT model's K answers: training and held-out pairs
     "refresh": 0, "refresh_eval": 50,       # the policy's K answers in iterated RLHF: + round number
+    "dpo_round": 100,                       # the DPO policy's K answers in iterated DPO: + round number
 }
 
 #: The pretraining corpus: documents drawn from the world with these seeds (mixed with the world's own).
@@ -134,6 +136,7 @@ class DataSplits:
         self.names = invented_names(self.seed("names"))
         self.material = {split: alignment_material(self.world, split, self.names) for split in MATERIAL_SPLITS}
         self.rounds = tuple(range(2, preset.ppo.rounds + 1))  # iterated RLHF: the rounds that collect anew
+        self.dpo_rounds = tuple(range(2, preset.dpo.rounds + 1))  # iterated DPO: likewise
 
     def seed(self, split: str, offset: int = 0) -> int:
         """The seed that draws `split`'s prompts (`offset`: the round, for iterated RLHF)."""
@@ -241,6 +244,12 @@ class DataSplits:
         return prompt_mix(self.world, cfg.refresh_prompts, self.seed("refresh", round_), self.material["preferences"],
                           cfg.task_share, self.spec, self.reserved)
 
+    def dpo_round(self, round_: int, n: int | None = None) -> list[TaskExample]:
+        """Iterated DPO, round `round_`: `n` (preset.dpo.round_prompts) fresh prompts of the
+        preference material, whose answers by the round's starting policy the labeler ranks."""
+        return prompt_mix(self.world, n or self.preset.dpo.round_prompts, self.seed("dpo_round", round_),
+                          self.material["preferences"], self.preset.reward.task_share, self.spec, self.reserved)
+
     @cached_property
     def ppo(self) -> list[TaskExample]:
         """The prompts PPO samples its episodes from."""
@@ -269,6 +278,7 @@ class DataSplits:
         sets = {"sft_train": self.sft_train(), "sft_val": self.sft_val(), "preferences": self.preferences,
                 "ppo": self.ppo, "ptx": self.ptx}
         sets.update({f"refresh.{r}": self.refresh(r) for r in self.rounds})
+        sets.update({f"dpo_round.{r}": self.dpo_round(r) for r in self.dpo_rounds})
         return sets
 
 

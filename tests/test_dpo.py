@@ -123,3 +123,39 @@ def test_packed_batches_give_the_same_log_probs_as_padded_ones(tiny_base, tiny_s
         (lp_a, n_a), (lp_b, n_b) = sequence_logprobs(model, a), sequence_logprobs(model, b)
     torch.testing.assert_close(lp_b, lp_a, rtol=1e-4, atol=1e-4)
     assert n_a.tolist() == n_b.tolist()
+
+
+def test_iterated_dpo_trains_each_round_on_the_previous_rounds_own_answers(tiny_preset, tiny_base, monkeypatch):
+    """cfg.rounds = 2: round 2 starts from round 1's weights, trains on pairs of round 1's answers
+    to the fresh `dpo_round` prompts, still against the SFT model; the rounds share the steps."""
+    import embiggen.chain as chain
+    from embiggen.preferences import read_pairs
+    from embiggen.splits import data_splits
+
+    started = []  # (the policy's weights when train_dpo starts, the reference it is given, steps)
+    real = chain.train_dpo
+
+    def spy(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg, **kwargs):
+        started.append(({k: v.clone() for k, v in model.state_dict().items()}, ref_model, cfg.steps, train_pairs))
+        return real(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg, **kwargs)
+
+    monkeypatch.setattr(chain, "train_dpo", spy)
+    cfg = DPOConfig(steps=5, batch_size=4, eval_every=5, rounds=2, round_prompts=24,
+                    optim=OptimConfig(lr=3e-3, warmup_steps=0))
+    final = chain.train_or_load_dpo(tiny_preset, sft=tiny_base, cfg=cfg, progress=False, device="cpu")
+    first = chain.train_or_load_dpo(tiny_preset, sft=tiny_base, cfg=cfg, progress=False, device="cpu", round_=1)
+    assert len(started) == 2  # round 1 trained once (as round 2's start), then loaded from the cache
+    assert [s[2] for s in started] == [2, 3] and final.info["round"] == 2 and first.info["round"] == 1
+    assert all(s[1] is tiny_base.model for s in started)  # the reference is the SFT model in every round
+    assert final.info["previous_round"] == first.path.name != final.path.name
+    sft_weights = tiny_base.model.state_dict()
+    assert all(torch.equal(v, sft_weights[k]) for k, v in started[0][0].items())
+    assert all(torch.equal(v, first.model.state_dict()[k]) for k, v in started[1][0].items())
+    assert not all(torch.equal(v, sft_weights[k]) for k, v in started[1][0].items())
+    # round 2's pairs: the fresh prompts, answered by round 1's model (kept beside the weights)
+    pairs = started[1][3]
+    fresh = {e.instruction for e in data_splits(tiny_preset).dpo_round(2, 24)}
+    assert pairs and {p.prompt for p in pairs} <= fresh
+    assert read_pairs(final.path / "train_pairs.jsonl") == pairs
+    with pytest.raises(ValueError, match="round_"):
+        chain.train_or_load_dpo(tiny_preset, sft=tiny_base, cfg=cfg, progress=False, device="cpu", round_=3)

@@ -2,6 +2,7 @@
 evaluation name anywhere in the corpus or the training data."""
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -11,13 +12,17 @@ from embiggen.splits import MATERIAL_SPLITS, DataSplits, alignment_material, dat
 from embiggen.world import ALIGNMENT_KINDS, HARMFUL_TEMPLATES, MEDICAL_TEMPLATES, SYMPTOMS
 
 
-@pytest.fixture(scope="module", params=["smoke", "laptop"])
+@pytest.fixture(scope="module", params=["smoke", "laptop", "laptop, iterated DPO"])
 def splits(request):
+    if request.param == "laptop, iterated DPO":  # its rounds' fresh prompts are training sets too
+        laptop = get_preset("laptop")
+        return data_splits(replace(laptop, dpo=replace(laptop.dpo, rounds=3)))
     return data_splits(request.param)
 
 
 def test_no_evaluation_prompt_is_in_any_training_set(splits):
     training = splits.training_sets()
+    assert all(training[f"dpo_round.{r}"] for r in splits.dpo_rounds)  # iterated DPO's prompts are checked too
     seen = {e.instruction for examples in training.values() for e in examples}
     for name, examples in splits.evaluation_sets().items():
         leaked = [e.instruction for e in examples if e.instruction in seen]
