@@ -74,40 +74,85 @@ def encode_pairs(tokenizer, pairs, max_length: int = 256) -> list[tuple[dict, di
              encode_response(tokenizer, p.prompt, p.rejected, p.rejected_finished, max_length)) for p in pairs]
 
 
-def pair_rows(encoded: list[tuple[dict, dict]], pad_token_id: int, pack_length: int = 0) -> dict:
+def pair_rows(encoded: list[tuple[dict, dict]], pad_token_id: int, pack_length: int = 0,
+              share_prompt: bool = False) -> dict:
     """One batch of the pairs' sequences: the chosen answers first, then the rejected ones.
     Right-padded, one sequence per row; or, with `pack_length`, packed several to a row of that
     many tokens, position ids restarting at 0 for each sequence so that none attends to another
     (the mechanism of SFT's packing), with `sequence` giving each token's sequence (-1: padding).
-    Packing skips the padding a batch of short and long answers would otherwise compute on."""
+    Packing skips the padding a batch of short and long answers would otherwise compute on.
+    With `share_prompt` too, each pair's prompt is written once (`shared_prompt_segment`)."""
+    if pack_length and share_prompt:
+        return pack_segments([shared_prompt_segment(c, r, i, len(encoded)) for i, (c, r) in enumerate(encoded)],
+                             pad_token_id, pack_length)
     sequences = [c for c, _ in encoded] + [r for _, r in encoded]
     if not pack_length:
         return pad_batch(sequences, pad_token_id)
+    segments = [{**seq, "position_ids": list(range(len(seq["input_ids"]))), "sequence": [i] * len(seq["input_ids"])}
+                for i, seq in enumerate(sequences)]
+    return pack_segments(segments, pad_token_id, pack_length)
+
+
+def shared_prompt_segment(chosen: dict, rejected: dict, i: int, n_pairs: int) -> dict:
+    """Pair `i` as one segment that holds its prompt once: the prompt but its last token, then
+    that token and the chosen answer, then that token again and the rejected answer, each
+    answer continuing the prompt's positions. `branch` (0 prompt, 1 chosen, 2 rejected) lets
+    `attention_mask` hide each answer from the other, so each token sees exactly what it would
+    see in its own sequence; the repeated last prompt token predicts each answer's first token.
+    Our answers are short beside their prompts, so this nearly halves a batch's tokens."""
+    n = sum(label == IGNORE_INDEX for label in chosen["labels"])  # the prompt's tokens (its labels are -100)
+    if n < 1 or chosen["input_ids"][:n] != rejected["input_ids"][:n]:
+        raise ValueError(f"pair {i}: the chosen and rejected sequences do not start with the same prompt")
+    prompt, branches = chosen["input_ids"][: n - 1], [chosen, rejected]
+    ids = prompt + [t for seq in branches for t in seq["input_ids"][n - 1:]]
+    labels = [IGNORE_INDEX] * (n - 1) + [t for seq in branches for t in seq["labels"][n - 1:]]
+    positions = list(range(n - 1)) + [p for seq in branches for p in range(n - 1, len(seq["input_ids"]))]
+    sizes = [len(seq["input_ids"]) - n + 1 for seq in branches]
+    branch = [0] * (n - 1) + [1] * sizes[0] + [2] * sizes[1]
+    owner = [i] * (n - 1 + sizes[0]) + [n_pairs + i] * sizes[1]  # chosen answers first, then the rejected ones
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "sequence": owner, "branch": branch}
+
+
+def pack_segments(segments: list[dict], pad_token_id: int, pack_length: int) -> dict:
+    """Segments (token lists with their labels, positions, owners) packed greedily into rows of
+    at most `pack_length` tokens (a longer segment gets a row of its own), padded to the longest
+    row. Segments with a `branch` also get the attention mask that keeps branches apart."""
     rows, current, used = [], [], 0
-    for i, seq in enumerate(sequences):
-        if current and used + len(seq["input_ids"]) > pack_length:
+    for segment in segments:
+        if current and used + len(segment["input_ids"]) > pack_length:
             rows.append(current)
             current, used = [], 0
-        current.append(i)
-        used += len(seq["input_ids"])
+        current.append(segment)
+        used += len(segment["input_ids"])
     rows.append(current)
-    width = max(sum(len(sequences[i]["input_ids"]) for i in row) for row in rows)
-    ids, labels, positions, owner = [], [], [], []
+    width = max(sum(len(s["input_ids"]) for s in row) for row in rows)
+    pads = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "sequence": -1, "branch": -1}
+    batch = {key: [] for key in segments[0]} | {"segment": []}
     for row in rows:
-        r_ids, r_labels, r_pos, r_owner = [], [], [], []
-        for i in row:
-            n = len(sequences[i]["input_ids"])
-            r_ids += sequences[i]["input_ids"]
-            r_labels += sequences[i]["labels"]
-            r_pos += list(range(n))
-            r_owner += [i] * n
-        pad = width - len(r_ids)
-        ids.append(r_ids + [pad_token_id] * pad)
-        labels.append(r_labels + [IGNORE_INDEX] * pad)
-        positions.append(r_pos + list(range(pad)))
-        owner.append(r_owner + [-1] * pad)
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions),
-            "sequence": torch.tensor(owner), "n_sequences": torch.tensor(len(sequences))}
+        pad = width - sum(len(s["input_ids"]) for s in row)
+        for key in segments[0]:
+            filler = list(range(pad)) if key == "position_ids" else [pads[key]] * pad
+            batch[key].append([t for s in row for t in s[key]] + filler)
+        batch["segment"].append([k for k, s in enumerate(row) for _ in s["input_ids"]] + [-1] * pad)
+    out = {key: torch.tensor(value) for key, value in batch.items()}
+    out["n_sequences"] = torch.tensor(2 * len(segments) if "branch" in segments[0] else len(segments))
+    if "branch" in out:
+        out["attention_mask"] = branch_mask(out.pop("segment"), out.pop("branch"))
+    else:
+        out.pop("segment")
+    return out
+
+
+def branch_mask(segment: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """(rows, 1, T, T) booleans, True where query token q may attend to key token k: k is not
+    after q, both are of the same segment, and k is the shared prompt or of q's own branch.
+    A padding token attends to itself only."""
+    t = torch.arange(segment.shape[1])
+    causal = t[None, :, None] >= t[None, None, :]
+    same = segment[:, :, None] == segment[:, None, :]
+    visible = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+    padding = (segment < 0)[:, :, None] & torch.eye(len(t), dtype=torch.bool)[None]
+    return ((causal & same & visible & (segment >= 0)[:, :, None]) | padding)[:, None]
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,6 +164,11 @@ def sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     `batch["sequence"]` says whose each token is)."""
     packed = "sequence" in batch
     inputs = ({"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]})
+    if packed and "attention_mask" in batch:  # shared prompts: who may see whom, as an additive (0 / -inf) mask
+        dtype = next(model.parameters()).dtype
+        inputs["attention_mask"] = torch.zeros(batch["attention_mask"].shape, dtype=dtype,
+                                               device=batch["input_ids"].device).masked_fill(
+            ~batch["attention_mask"], torch.finfo(dtype).min)
     logits = model(input_ids=batch["input_ids"], use_cache=False, **inputs).logits
     logits, labels = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t + 1
     mask = labels != IGNORE_INDEX                             # a sequence's first label is its prompt: -100
@@ -176,13 +226,14 @@ class DPOData:
     ref_logps: torch.Tensor   # (pairs, 2): log pi_ref of the chosen and the rejected answer
     pad_token_id: int
     pack_length: int = 0      # > 0: pack the sequences into rows of this many tokens
+    share_prompt: bool = False  # ... each pair's prompt written once (`shared_prompt_segment`)
 
     def __post_init__(self):  # response tokens of each answer, for the length-normalised margin
         self.n_tokens = torch.tensor([[sum(t != IGNORE_INDEX for t in e["labels"]) for e in pair]
                                       for pair in self.encoded]).reshape(-1, 2)
 
     def batch(self, idx: list[int]) -> dict:
-        rows = pair_rows([self.encoded[i] for i in idx], self.pad_token_id, self.pack_length)
+        rows = pair_rows([self.encoded[i] for i in idx], self.pad_token_id, self.pack_length, self.share_prompt)
         return {**rows, "ref_logps": self.ref_logps[idx], "ref_tokens": self.n_tokens[idx]}
 
 
@@ -241,7 +292,7 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     pad = tokenizer.pad_token_id
     train_enc, eval_enc = (encode_pairs(tokenizer, pairs, cfg.max_length) for pairs in (train_pairs, eval_pairs))
     train = DPOData(train_enc, reference_logprobs(ref_model, train_enc, pad, device), pad,
-                    cfg.max_length if cfg.packing else 0)
+                    cfg.max_length if cfg.packing else 0, cfg.packing and cfg.share_prompt)
     held = DPOData(eval_enc, reference_logprobs(ref_model, eval_enc, pad, device), pad)
     latest: dict = {}
 

@@ -147,6 +147,7 @@ class DPOConfig:
     optim: OptimConfig = knob(OptimConfig(lr=2e-5, warmup_steps=20, weight_decay=0.0), "the optimiser")
     max_length: int = knob(160, "tokens per prompt + answer (and per packed row)")
     packing: bool = knob(True, "pack the sequences of a batch into rows (attention stays within each)")
+    share_prompt: bool = knob(True, "... and write each pair's prompt once, both answers after it (with packing)")
     eval_every: int = knob(100, "steps between held-out losses and accuracies (and resume points)")
     rounds: int = knob(1, "iterated (online) DPO: after each round, new pairs of the policy's own samples, "
                           "ranked by the labeler; `steps` is shared among the rounds")

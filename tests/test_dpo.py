@@ -110,8 +110,9 @@ def test_demonstrations_add_their_sft_loss_like_ppo_ptx(tiny_base, tiny_splits):
 
 
 def test_packed_batches_give_the_same_log_probs_as_padded_ones(tiny_base, tiny_splits):
-    """Packing puts several sequences in a row with restarting positions: each must get
-    exactly the log-probability it gets alone in a padded row."""
+    """Packing puts several sequences in a row with restarting positions, and sharing writes
+    each pair's prompt once: each answer must get exactly the log-probability it gets alone
+    in a padded row."""
     tok, model = tiny_base.tokenizer, tiny_base.model
     prompts = [e for e in tiny_splits.preferences][:6]
     pairs = [Comparison(e.instruction, e.answer or "I do not know.", "Sure.", e.cluster, "x", 1.0) for e in prompts]
@@ -123,6 +124,15 @@ def test_packed_batches_give_the_same_log_probs_as_padded_ones(tiny_base, tiny_s
         (lp_a, n_a), (lp_b, n_b) = sequence_logprobs(model, a), sequence_logprobs(model, b)
     torch.testing.assert_close(lp_b, lp_a, rtol=1e-4, atol=1e-4)
     assert n_a.tolist() == n_b.tolist()
+    # each prompt written once, both answers after it: the same log-probs from fewer tokens
+    shared = DPOData(padded.encoded, torch.zeros(6, 2), tok.pad_token_id, pack_length=256, share_prompt=True)
+    c = shared.batch(list(range(6)))
+    prompt_tokens = sum(label == IGNORE_INDEX for chosen, _ in padded.encoded for label in chosen["labels"])
+    assert (c["input_ids"] != tok.pad_token_id).sum() == (b["input_ids"] != tok.pad_token_id).sum() - prompt_tokens + 6
+    with torch.no_grad():
+        lp_c, n_c = sequence_logprobs(model, c)
+    torch.testing.assert_close(lp_c, lp_a, rtol=1e-4, atol=1e-4)
+    assert n_c.tolist() == n_a.tolist()
 
 
 def test_iterated_dpo_trains_each_round_on_the_previous_rounds_own_answers(tiny_preset, tiny_base, monkeypatch):
