@@ -28,9 +28,13 @@ without bound, and a length-normalised margin uses the mean log-probability per 
 SimPO does, Meng et al. 2024, https://arxiv.org/abs/2405.14734) so that longer answers are not
 favoured for being longer.
 
-A batch's chosen and rejected sequences are packed several to a row (position ids restart at
-0 for each, so none attends to another, as in SFT's packing): short answers waste no compute
-on padding. What TRL users watch, and what `train_dpo` logs per step: the implicit rewards of chosen and
+A batch's sequences are packed several to a row (position ids restart at 0 for each, so none
+attends to another, as in SFT's packing): short answers waste no compute on padding. And the
+two answers of a pair share their prompt, so it is written once, both answers after it, an
+attention mask keeping each answer from seeing the other (`shared_prompt_segment`): the
+prompt's tokens are computed once instead of twice, with the very same log-probabilities.
+
+What TRL users watch, and what `train_dpo` logs per step: the implicit rewards of chosen and
 rejected answers, their margin, the share of pairs whose margin is positive, and the policy's
 log-probabilities of both answers. Both log-probabilities falling while the margin grows is
 DPO's known failure mode (the policy moves probability to answers that are in neither set).
