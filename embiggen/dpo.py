@@ -295,8 +295,10 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     ref_model.to(device)
     pad = tokenizer.pad_token_id
     train_enc, eval_enc = (encode_pairs(tokenizer, pairs, cfg.max_length) for pairs in (train_pairs, eval_pairs))
+    # a shared prompt needs an attention that takes a custom (4D) mask: sdpa and eager do, flash-attention does not
+    masks = getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
     train = DPOData(train_enc, reference_logprobs(ref_model, train_enc, pad, device), pad,
-                    cfg.max_length if cfg.packing else 0, cfg.packing and cfg.share_prompt)
+                    cfg.max_length if cfg.packing else 0, cfg.packing and cfg.share_prompt and masks)
     held = DPOData(eval_enc, reference_logprobs(ref_model, eval_enc, pad, device), pad)
     latest: dict = {}
 
