@@ -17,8 +17,11 @@ chat answers *with their log-probabilities* under the distribution they were dra
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from .tokenizer import chat_prompt
 
@@ -59,6 +62,23 @@ def next_token_distribution(model, tokenizer, text: str, k: int = 10, temperatur
     return [(tokenizer.decode([i]), v) for i, v in zip(indices.tolist(), values.tolist())]
 
 
+@contextmanager
+def plain_generation(model):
+    """Decode exactly as asked, nothing more. A pretrained model's `generation_config` often
+    sets its own defaults: a repetition penalty, top-k or top-p, a minimum length. `generate`
+    would apply them on top of what we ask for, and then the tokens are drawn from another
+    distribution than logits / T — the one PPO's log-probs, best-of-n's pools and every KL
+    estimate compute. So, while generating, the model's config is set aside for a bare one that
+    keeps only its special tokens; what a caller wants (temperature, top-k, top-p) it passes."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=saved.eos_token_id,
+                                               pad_token_id=saved.pad_token_id)
+    try:
+        yield model
+    finally:
+        model.generation_config = saved
+
+
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, greedy: bool = True,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -78,9 +98,10 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         chunk = prompts[start: start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             **sampling)
+        with plain_generation(model):
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 **sampling)
         outputs.extend(out[:, enc["input_ids"].shape[1]:].cpu())
     model.train(was_training)
     return outputs
@@ -160,8 +181,10 @@ def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int,
     enc = tokenizer([chat_prompt(tokenizer, x) for x in instructions], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(device)
     prompt_len = enc["input_ids"].shape[1]
-    sequences = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                            top_p=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with plain_generation(lm):  # sampled from exactly logits / T, the distribution the log-probs are computed from
+        sequences = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
     responses = sequences[:, prompt_len:]
     mask, finished = response_mask(responses, tokenizer.eos_token_id)
     attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)

@@ -13,8 +13,8 @@ score mean 0 and standard deviation 1 (InstructGPT normalised the same way), whi
 PPO's KL coefficient meaningful across runs.
 
 The scalar head is Hugging Face's `AutoModelForSequenceClassification` with one label: a
-linear map of the final hidden state at the rightmost token that is not padding. For a
-finished response that token is the EOS that ends it, so the reward model reads the whole
+linear map of the final hidden state, read at the last token (`rewards`). For a finished
+response that token is the EOS that ends it, so the reward model reads the whole
 exchange before it scores; a response that hit the length limit gets no EOS it never
 wrote, so the reward model can see, as the labeler does, that it never ended.
 """
@@ -64,8 +64,13 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 
 def rewards(model, batch: dict) -> torch.Tensor:
-    """Scalar reward per sequence, read at the last non-pad token."""
-    return model(**batch, use_cache=False).logits.squeeze(-1).float()
+    """Scalar reward per sequence, read at its last token. The sequences are left-padded, so
+    that is the last position: for a finished response, the EOS that ended it. (Hugging Face's
+    own pooling reads at the last token that is not the pad token, which, for a model whose pad
+    token *is* its EOS, is the token before the EOS.) The same two steps as its forward pass:
+    the transformer's last hidden states, then the scalar head."""
+    hidden = model.base_model(**batch, use_cache=False).last_hidden_state
+    return model.score(hidden)[:, -1, 0].float()
 
 
 def pair_batch(tokenizer, pairs: list[Comparison]) -> dict:

@@ -1,0 +1,114 @@
+"""The traps that break real pretrained models, each on tiny random models of two
+architectures built here and loaded the way a user's model is (`model.load_pretrained`):
+
+* a Llama-style model whose pad token is its EOS (as SmolLM2's and Qwen2.5's are), with a
+  chat template;
+* a GPT-2-style model with neither a pad token nor a chat template.
+"""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from embiggen.generate import episode_logprobs, generate_ids, plain_generation, sample_episodes
+from embiggen.model import load_pretrained
+from embiggen.tokenizer import train_tokenizer
+
+TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5.", "Bruno keeps a cat."] * 20
+INSTRUCTIONS = ["Where does Alma live?", "What is 2 + 3?", "Tell me about Bruno.", "Name a colour."]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """Llama-style, pad = EOS, with a chat template."""
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+    path = tmp_path_factory.mktemp("llama-pad-eos")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """GPT-2-style: no pad token, no chat template."""
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    tok.pad_token = None
+    tok.chat_template = None
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128,
+                                       eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+    path = tmp_path_factory.mktemp("gpt2-bare")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def with_penalties(model):
+    """What some pretrained models ship in generation_config.json."""
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.min_new_tokens = 4
+    model.generation_config.top_k = 5
+    return model
+
+
+def test_rollouts_are_scored_under_the_distribution_they_were_sampled_from(llama_dir):
+    """PPO's log-prob of a sampled token equals the sampler's own log-prob, even when the
+    model's generation_config sets a repetition penalty, a minimum length and top-k."""
+    model, tok = load_pretrained(llama_dir)
+    with_penalties(model)
+    real, seen = model.generate, {}
+
+    def spy(**kwargs):  # the sampler's own (processed) scores, kept beside the tokens
+        out = real(**kwargs, output_scores=True, return_dict_in_generate=True)
+        seen["scores"] = torch.stack(out.scores, dim=1)
+        return out.sequences
+
+    model.generate = spy
+    torch.manual_seed(0)
+    episodes = sample_episodes(model, tok, INSTRUCTIONS, max_new_tokens=8, temperature=0.7)
+    sampler = torch.log_softmax(seen["scores"].float(), -1).gather(-1, episodes["responses"].unsqueeze(-1))[..., 0]
+    ours = episode_logprobs(model, episodes, temperature=0.7)
+    mask = episodes["mask"].bool()
+    torch.testing.assert_close(ours[mask], sampler[mask], atol=1e-4, rtol=0)
+    assert model.generation_config.repetition_penalty == 3.0  # the model's own config is given back
+
+
+def test_greedy_answers_ignore_the_models_own_penalties(llama_dir):
+    model, tok = load_pretrained(llama_dir)
+    prompts = [f"Q: {x}\nA:" for x in INSTRUCTIONS]
+    plain = generate_ids(model, tok, prompts, max_new_tokens=10)
+    penalised = generate_ids(with_penalties(model), tok, prompts, max_new_tokens=10)
+    assert all(torch.equal(a, b) for a, b in zip(plain, penalised))
+    with plain_generation(model):
+        assert model.generation_config.repetition_penalty in (None, 1.0)
+    assert model.generation_config.repetition_penalty == 3.0
+
+
+def test_the_reward_is_read_at_the_eos_that_ended_the_answer_even_when_pad_is_eos(llama_dir):
+    from embiggen.reward import encode_exchange, left_pad, reward_model_from, rewards
+
+    _, tok = load_pretrained(llama_dir)
+    torch.manual_seed(0)
+    rm = reward_model_from(llama_dir).eval()
+    rm.config.pad_token_id = tok.pad_token_id  # as fit_reward_model sets it
+    seqs = [encode_exchange(tok, "Where does Alma live?", "In Brook.", finished=True),
+            encode_exchange(tok, "Tell me about Bruno.", "He keeps a cat and", finished=False)]
+    assert seqs[0][-1] == tok.eos_token_id == tok.pad_token_id
+    with torch.no_grad():
+        got = rewards(rm, left_pad(tok, seqs))
+        # written out: each sequence alone, unpadded, the scalar head on its very last hidden state
+        want = [rm.score(rm.base_model(input_ids=torch.tensor([s])).last_hidden_state[0, -1]).item() for s in seqs]
+    torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=1e-5)
