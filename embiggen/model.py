@@ -9,6 +9,7 @@ reward model, PPO) works the same on any other causal LM loaded with `load_pretr
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,7 +60,36 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu"
         raise OSError(f"could not load the causal LM {str(name_or_path)!r} offline ({exc.__class__.__name__}: "
                       f"{str(exc).splitlines()[0]}). Embiggen downloads nothing at run time; "
                       f"{DEFAULT_MODEL_HINT}.") from exc
+    ready_for_chat(model, tokenizer, name=str(name_or_path))
+    return model.to(device), tokenizer
+
+
+#: For a tokenizer without a chat template (a base model such as GPT-2): plain role labels,
+#: each assistant turn ended by the tokenizer's EOS, which is where generation stops.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ 'Assistant:\n' + message['content'] + eos_token + '\n' }}"
+    "{% else %}{{ message['role'] | capitalize + ':\n' + message['content'] + '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:\n' }}{% endif %}"
+)
+
+
+def ready_for_chat(model, tokenizer, name: str = "this model") -> None:
+    """What every stage assumes of a model and its tokenizer, made true in place: a pad token
+    (the EOS where the tokenizer has none, as for GPT-2), known to the model's config and its
+    generation config too (a reward model's head and batched generation need it), left
+    padding, and a chat template (`FALLBACK_CHAT_TEMPLATE` where the tokenizer has none, with
+    a warning saying so)."""
+    if tokenizer.eos_token is None:
+        raise ValueError(f"{name}: its tokenizer has no EOS token, so an answer could never end")
     if tokenizer.pad_token is None:  # many causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return model.to(device), tokenizer
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if not tokenizer.chat_template:
+        warnings.warn(f"{name}: its tokenizer has no chat template; using Embiggen's plain one "
+                      f"('User:' / 'Assistant:' turns, each answer ended by {tokenizer.eos_token!r})", stacklevel=2)
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE

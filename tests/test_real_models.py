@@ -48,7 +48,7 @@ def gpt2_dir(tmp_path_factory):
     tok.pad_token = None
     tok.chat_template = None
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=512,
                                        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
     path = tmp_path_factory.mktemp("gpt2-bare")
     model.save_pretrained(path)
@@ -112,3 +112,71 @@ def test_the_reward_is_read_at_the_eos_that_ended_the_answer_even_when_pad_is_eo
         # written out: each sequence alone, unpadded, the scalar head on its very last hidden state
         want = [rm.score(rm.base_model(input_ids=torch.tensor([s])).last_hidden_state[0, -1]).item() for s in seqs]
     torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_without_pad_token_or_chat_template_is_made_ready(gpt2_dir):
+    with pytest.warns(UserWarning, match="no chat template"):
+        model, tok = load_pretrained(gpt2_dir)
+    assert tok.pad_token_id == tok.eos_token_id == model.config.pad_token_id == model.generation_config.pad_token_id
+    from embiggen.tokenizer import chat_prompt
+
+    prompt = chat_prompt(tok, "Where does Alma live?")
+    assert prompt == "User:\nWhere does Alma live?\n\nAssistant:\n"
+    reply = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+                                    tokenize=False)
+    assert reply.endswith("Assistant:\nHello." + tok.eos_token + "\n")
+
+
+@pytest.mark.parametrize("arch", ["llama, pad = EOS", "gpt2, no pad, no template"])
+def test_the_whole_chain_runs_on_a_loaded_model(arch, llama_dir, gpt2_dir, tiny_splits, tmp_path):
+    """Chat, SFT, a reward model, PPO, DPO and the evaluation, a few steps each, on a model
+    loaded from disk as a user's would be."""
+    import copy
+    import math
+    import warnings
+
+    from embiggen.dpo import train_dpo
+    from embiggen.evaluate import judge_model
+    from embiggen.generate import chat_responses
+    from embiggen.labeler import Labeler
+    from embiggen.ppo import PPOTrainer, train_ppo
+    from embiggen.preferences import Comparison
+    from embiggen.presets import DPOConfig, OptimConfig, PPOConfig, RewardConfig, SFTConfig
+    from embiggen.reward import fit_reward_model
+    from embiggen.sft import sft
+
+    path = llama_dir if arch.startswith("llama") else gpt2_dir
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the GPT-2 model's missing chat template (tested above)
+        model, tok = load_pretrained(path)
+    texts, finished = chat_responses(model, tok, INSTRUCTIONS, max_new_tokens=6)
+    assert len(texts) == len(finished) == len(INSTRUCTIONS)
+
+    examples = tiny_splits.sft_train()[:24]
+    log = sft(model, tok, examples[:16], examples[16:], device="cpu", progress=False,
+              cfg=SFTConfig(steps=3, batch_size=4, eval_every=3, max_length=64, replay_share=0.0))
+    assert len(log.train_loss) == 3 and all(math.isfinite(x) for x in log.train_loss + log.val_loss)
+    model.save_pretrained(tmp_path / "sft")
+    tok.save_pretrained(tmp_path / "sft")
+
+    prompts = tiny_splits.ppo_eval[:8]
+    pairs = [Comparison(e.instruction, e.answer or "I do not know.", "Sure, here it is", e.cluster, "x", 1.0,
+                        True, False) for e in prompts]
+    norm = [{"instruction": p.prompt, "samples": [p.chosen, p.rejected], "finished": [True, False]} for p in pairs]
+    rm = fit_reward_model(tmp_path / "sft", tok, pairs, pairs[:4], norm, RewardConfig(steps=2, batch_size=4,
+                          eval_every=2), tmp_path / "rm", device="cpu", progress=False)
+    scores = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs])  # a batch of 8: needs the pad token
+    assert scores.shape == (8,) and torch.isfinite(scores).all()
+
+    trainer = PPOTrainer(copy.deepcopy(model), model, tok, rm, Labeler(), device="cpu",
+                         cfg=PPOConfig(batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, ptx_coef=0.0))
+    rows = train_ppo(trainer, prompts, steps=2, batch_size=4, progress=False).rows
+    assert len(rows) == 2 and all(math.isfinite(r["value_loss"]) for r in rows)
+
+    dpo_log = train_dpo(copy.deepcopy(model), model, tok, pairs, pairs[:2], device="cpu", progress=False,
+                        cfg=DPOConfig(steps=2, batch_size=2, eval_every=2, max_length=64,
+                                      optim=OptimConfig(lr=1e-3, warmup_steps=0)))
+    assert all(math.isfinite(x) for x in dpo_log.train_loss)
+
+    judged = judge_model(model, tok, prompts, Labeler(), rm, max_new_tokens=6)
+    assert len(judged["rows"]) == len(prompts) and math.isfinite(judged["rm_score"])
