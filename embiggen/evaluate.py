@@ -26,7 +26,7 @@ import torch
 
 from .generate import chat_responses, generate
 from .tasks import TaskExample, sample_examples
-from .tokenizer import chat_prompt
+from .tokenizer import chat_prompt, encode
 from .world import ALIGNMENT_KINDS, TOWNS, World, cloze_items
 
 
@@ -197,8 +197,7 @@ def continuation_logprob(model, tokenizer, prompts: list[str], continuations: li
     for start in range(0, len(prompts), batch_size):
         seqs, n_prompt = [], []
         for prompt, continuation in zip(prompts[start:start + batch_size], continuations[start:start + batch_size]):
-            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            full = tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
+            p_ids, full = encode(tokenizer, prompt), encode(tokenizer, prompt + continuation)
             if not p_ids or full[:len(p_ids)] != p_ids or len(full) == len(p_ids):
                 raise ValueError(f"cannot split {prompt + continuation!r} after the prompt {prompt!r}")
             seqs.append(full)

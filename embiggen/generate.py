@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from .tokenizer import chat_prompt
+from .tokenizer import chat_prompt, encode, encode_batch
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -53,7 +53,7 @@ def _device(model):
 def next_token_distribution(model, tokenizer, text: str, k: int = 10, temperature: float = 1.0,
                             top_k: int | None = None, top_p: float | None = None) -> list[tuple[str, float]]:
     """The `k` most likely next tokens after `text`, with probabilities after filtering."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([encode(tokenizer, text)])
     if ids.numel() == 0:  # an empty prefix means "the start of a document"
         ids = torch.tensor([[tokenizer.eos_token_id]])
     logits = model(input_ids=ids.to(_device(model))).logits[0, -1].float()
@@ -97,7 +97,7 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
     outputs = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         chunk = prompts[start: start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
+        enc = encode_batch(tokenizer, chunk).to(_device(model))
         with plain_generation(model):
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -178,8 +178,7 @@ def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int,
     over prompt + response, the response tokens, their mask and whether each ended."""
     tokenizer.padding_side = "left"
     device = next(lm.parameters()).device
-    enc = tokenizer([chat_prompt(tokenizer, x) for x in instructions], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(device)
+    enc = encode_batch(tokenizer, [chat_prompt(tokenizer, x) for x in instructions]).to(device)
     prompt_len = enc["input_ids"].shape[1]
     with plain_generation(lm):  # sampled from exactly logits / T, the distribution the log-probs are computed from
         sequences = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,

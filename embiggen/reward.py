@@ -34,7 +34,7 @@ from .generate import position_ids_from
 from .labeler import Labeler
 from .preferences import Comparison, collect_preferences, read_pairs
 from .presets import RewardConfig
-from .tokenizer import chat_prompt
+from .tokenizer import chat_prompt, encode
 from .training import TrainLog, load_checkpoint, resume_dir, train_loop
 from .utils import pick_device, set_seed
 
@@ -45,7 +45,7 @@ from .utils import pick_device, set_seed
 def encode_exchange(tokenizer, instruction: str, response: str, finished: bool = True) -> list[int]:
     """Token ids of the chat prompt and the response, and the EOS that ended it — only if it
     did end (`finished`): the reward model reads at the last token either way."""
-    ids = tokenizer(chat_prompt(tokenizer, instruction) + response, add_special_tokens=False)["input_ids"]
+    ids = encode(tokenizer, chat_prompt(tokenizer, instruction) + response)
     return ids + [tokenizer.eos_token_id] if finished else ids
 
 

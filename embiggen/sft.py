@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .presets import SFTConfig
-from .tokenizer import chat_prompt
+from .tokenizer import chat_prompt, encode
 from .training import TrainLog, train_loop
 from .utils import pick_device
 
@@ -37,7 +37,7 @@ IGNORE_INDEX = -100  # label value that cross-entropy skips
 # ---------------------------------------------------------------------------------------
 def encode_example(tokenizer, instruction: str, response: str, max_length: int = 256) -> dict:
     """input_ids of prompt + response + EOS, and labels that are -100 on the prompt."""
-    prompt_ids = tokenizer(chat_prompt(tokenizer, instruction), add_special_tokens=False)["input_ids"]
+    prompt_ids = encode(tokenizer, chat_prompt(tokenizer, instruction))
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]

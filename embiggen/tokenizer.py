@@ -10,6 +10,8 @@ like any Hugging Face tokenizer.
 
 from __future__ import annotations
 
+import weakref
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -63,6 +65,35 @@ def chat_prompt(tokenizer, instruction: str) -> str:
     chat template, followed by the start of the assistant's turn."""
     return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token in front of a text by itself (Llama's and
+    Mistral's do; GPT-2's, SmolLM2's, Qwen's and the embedded one do not): the model was
+    trained with it there, so every sequence we build should start with it."""
+    if tokenizer not in _ADDS_BOS:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        _ADDS_BOS[tokenizer] = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+    return _ADDS_BOS[tokenizer]
+
+
+_ADDS_BOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """The ids of `text` at the start of a sequence: BOS in front where the tokenizer would add
+    one (`adds_bos`), and never twice (a chat template may already begin with it). Every
+    sequence the stages build starts here; other special tokens are never added."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def encode_batch(tokenizer, texts: list[str]) -> dict:
+    """`encode` each text and left-pad them into one batch (input_ids, attention_mask)."""
+    return tokenizer.pad({"input_ids": [encode(tokenizer, t) for t in texts]}, padding=True, padding_side="left",
+                         return_tensors="pt", return_attention_mask=True)
 
 
 def show_tokens(tokenizer, text: str) -> list[str]:

@@ -180,3 +180,41 @@ def test_the_whole_chain_runs_on_a_loaded_model(arch, llama_dir, gpt2_dir, tiny_
 
     judged = judge_model(model, tok, prompts, Labeler(), rm, max_new_tokens=6)
     assert len(judged["rows"]) == len(prompts) and math.isfinite(judged["rm_score"])
+
+
+@pytest.mark.parametrize("template_has_bos", [False, True])
+def test_bos_leads_every_sequence_once_where_the_tokenizer_adds_one(template_has_bos, tmp_path):
+    """A Llama-style tokenizer puts BOS in front of every text; our sequences (generation, SFT
+    examples, reward-model exchanges) start with exactly one BOS, whether or not the chat
+    template writes it. The embedded tokenizer, which adds none, gets none."""
+    from tokenizers import processors
+
+    from embiggen.generate import sample_episodes
+    from embiggen.reward import encode_exchange
+    from embiggen.sft import encode_example
+    from embiggen.tokenizer import CHAT_TEMPLATE, adds_bos, encode
+
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    plain = encode(tok, "Alma lives")
+    assert not adds_bos(tok) and plain == tok("Alma lives", add_special_tokens=False)["input_ids"]
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[
+        ("<s>", tok.bos_token_id)])
+    tok.chat_template = ("{{ bos_token }}" if template_has_bos else "") + CHAT_TEMPLATE
+    tok.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                                 pad_token_id=tok.pad_token_id)).save_pretrained(tmp_path)
+    model, tok = load_pretrained(tmp_path)
+    bos = tok.bos_token_id
+    assert adds_bos(tok) and encode(tok, "Alma lives") == [bos] + plain
+
+    def starts_with_one_bos(ids):
+        ids = [int(i) for i in ids if int(i) != tok.pad_token_id]
+        return ids[0] == bos and bos not in ids[1:]
+
+    assert starts_with_one_bos(encode_example(tok, "Where does Alma live?", "In Brook.")["input_ids"])
+    assert starts_with_one_bos(encode_exchange(tok, "Where does Alma live?", "In Brook."))
+    episodes = sample_episodes(model, tok, INSTRUCTIONS, max_new_tokens=4, temperature=1.0)
+    assert all(starts_with_one_bos(row[: episodes["prompt_len"]]) for row in episodes["sequences"])
