@@ -18,6 +18,7 @@ for them with the same functions, so every notebook can start anywhere, in any o
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,11 +28,11 @@ from pathlib import Path
 from .labeler import Labeler
 from .dpo import train_dpo
 from .mixture import MIXTURE_VERSION
-from .model import build_model
+from .model import build_model, load_pretrained
 from .ppo import PPOLog, PPOTrainer, train_ppo
 from .preferences import collect_preferences, pairs_jsonl, read_pairs
 from .presets import DPOConfig, ModelConfig, PPOConfig, Preset, get_preset
-from .pretrain import pretrain, tokenize_corpus
+from .pretrain import estimate_loss, pretrain, tokenize_corpus
 from .reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
 from .sft import SFTData, sft
 from .splits import build_corpus, build_world, data_splits
@@ -69,11 +70,14 @@ def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfi
                        steps: int | None = None, force: bool = False, progress: bool = True, callback=None,
                        device=None) -> StageModel:
     """The base model of `preset`: a tokenizer and a model trained from scratch on the world's
-    corpus. `model_cfg` and `steps` change the shape and step count (notebook 1's size sweep)."""
+    corpus. `model_cfg` and `steps` change the shape and step count (notebook 1's size sweep).
+    With preset.base_model set, that pretrained causal LM instead (`load_base_model`)."""
     preset = get_preset(preset)
+    device = device or pick_device()
+    if preset.base_model and model_cfg is None and steps is None:
+        return load_base_model(preset, device)
     model_cfg = model_cfg or preset.model
     cfg = preset.pretrain if steps is None else replace(preset.pretrain, steps=steps)
-    device = device or pick_device()
     world = build_world(preset)
     path = cache_dir("base", preset, WORLD_VERSION, preset.seed, preset.n_people, preset.n_unknown, preset.max_operand,
                      preset.train_documents, preset.val_documents, preset.vocab_size, asdict(model_cfg), asdict(cfg))
@@ -100,6 +104,46 @@ def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfi
         return StageModel(model.eval(), tokenizer, world, preset, log, info, path)
 
     return train_or_load(path, load, train, force)
+
+
+def load_base_model(preset: Preset, device=None) -> StageModel:
+    """preset.base_model, a pretrained causal LM, as the chain's base model: loaded offline from
+    safetensors (`model.load_pretrained`, which also gives it a pad token and, where it has none,
+    a chat template), never trained here. Its `path` is a name in the cache that carries a hash
+    of its weights, so every later stage's cache key changes with the model; `info["source"]`
+    is where it was loaded from. Its loss on the world's held-out text is measured once (it never
+    read about the world)."""
+    started = time.perf_counter()
+    device = device or pick_device()
+    name = preset.base_model
+    model, tokenizer = load_pretrained(name, device=device)
+    source = Path(name).resolve() if Path(name).is_dir() else name
+    world = build_world(preset)
+    path = cache_dir("base", preset, "pretrained", model_fingerprint(name, model),
+                     tag=f"pretrained-{Path(str(name).rstrip('/')).name}")
+    _, val_docs = build_corpus(preset, world)
+    val_data = tokenize_corpus(tokenizer, val_docs)
+    val_loss = estimate_loss(model, val_data, replace(preset.pretrain, eval_batches=min(preset.pretrain.eval_batches, 4),
+                                                      batch_size=8), device)
+    info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), "source": str(source),
+            "train_tokens": 0, "train_seconds": 0.0, "load_seconds": round(time.perf_counter() - started, 2),
+            "tokens_per_second": None, "val_loss": val_loss, "device": str(device)}
+    log = TrainLog()
+    return StageModel(model.eval(), tokenizer, world, preset, log, info, path)
+
+
+def model_fingerprint(name: str, model) -> str:
+    """What identifies a pretrained model in cache keys: a hash of its weight files' bytes (a
+    local folder), else its hub name and the commit it was loaded from."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return f"{name}@{getattr(model.config, '_commit_hash', None)}"
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------

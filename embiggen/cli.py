@@ -17,7 +17,7 @@ import transformers
 
 from .generate import generate
 from .model import load_pretrained
-from .pipeline import STAGES, load_stage, report_card, run
+from .pipeline import STAGES, default_out, load_stage, report_card, run
 from .presets import PRESETS, describe, get_preset
 from .tokenizer import chat_prompt
 from .utils import pick_device, set_threads
@@ -27,9 +27,9 @@ LANGUAGE_MODELS = [name for name, stage in STAGES.items() if stage.language_mode
 
 
 def _cmd_run(args) -> int:
-    report = run(args.preset, args.stages, args.out, progress=not args.quiet)
+    report = run(args.preset, args.stages, args.out, progress=not args.quiet, base=args.base)
     print(report_card(report))
-    out = args.out or f"runs/{report['preset']}"
+    out = args.out or default_out(get_preset(args.preset, args.base))
     print(f"\nwrote {out}/report.json and {out}/report.md")
     return 0
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
     run.add_argument("--stages", default=None, help=f"comma-separated stages: {','.join(STAGES)} (default: all)")
     run.add_argument("--out", default=None, help="folder for report.json and report.md (default: runs/<preset>)")
+    run.add_argument("--base", default=None, help="start the chain from this Hugging Face causal LM (a local folder, "
+                                                  "or a hub name in the local cache) instead of pretraining the "
+                                                  "embedded model (default: $EMBIGGEN_BASE)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 

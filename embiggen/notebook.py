@@ -23,15 +23,17 @@ from .presets import get_preset
 from .utils import atomic_write_text, pick_device, set_seed, set_threads
 
 
-def setup(preset=None, seed: int | None = None):
-    """Print versions, pick the preset, device and thread count, seed everything."""
-    preset = get_preset(preset)
+def setup(preset=None, seed: int | None = None, base: str | None = None):
+    """Print versions, pick the preset (and the pretrained `base` model to start from, else
+    $EMBIGGEN_BASE, else the embedded one), device and thread count, seed everything."""
+    preset = get_preset(preset, base)
     transformers.logging.disable_progress_bar()  # our own bars are enough
     threads = set_threads()
     set_seed(preset.seed if seed is None else seed)
     print(f"python {platform.python_version()} | torch {torch.__version__} | transformers {transformers.__version__}"
           f" | matplotlib {matplotlib.__version__} | embiggen {__version__}")
-    print(f"preset {preset.name!r} | device {pick_device()} | {threads} CPU threads | seed {preset.seed}")
+    print(f"preset {preset.name!r} | device {pick_device()} | {threads} CPU threads | seed {preset.seed}"
+          + (f" | base model {preset.base_model}" if preset.base_model else ""))
     return preset
 
 

@@ -68,7 +68,7 @@ def report_base(preset: Preset, models: dict, measured: Measured) -> dict:
         "name_copy_rate": round(copying["rate"], 4),  # held-out invented names: never in the corpus
         "name_copy_first_word_rate": round(copying["first_word_rate"], 4),
         "device": base.info["device"],
-        "cache": str(base.path),
+        "cache": base.info.get("source", str(base.path)),  # a pretrained base: where it was loaded from
     }
 
 
@@ -307,16 +307,19 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
 
 
 def run(preset: str | Preset | None = None, stages=None, out: str | Path | None = None,
-        progress: bool = True) -> dict:
-    """Run `stages` (default all) on `preset`; write report.json and report.md to `out`."""
-    preset = get_preset(preset)
+        progress: bool = True, base: str | None = None) -> dict:
+    """Run `stages` (default all) on `preset`, from the pretrained causal LM `base` if given
+    (else $EMBIGGEN_BASE, else the embedded model); write report.json and report.md to `out`."""
+    preset = get_preset(preset, base)
     names = parse_stages(stages)
-    out = Path(out) if out is not None else Path("runs") / preset.name
+    out = Path(out) if out is not None else default_out(preset)
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if report.get("preset") not in (None, preset.name) or report.get("seed") not in (None, preset.seed):
         report = {}  # a report of another preset or seed is not ours to extend
-    report.update({"preset": preset.name, "seed": preset.seed})
+    if report.get("base_model", "") != preset.base_model:
+        report = {}  # nor a report of another base model
+    report.update({"preset": preset.name, "seed": preset.seed, "base_model": preset.base_model})
     models: dict = {}  # stage name -> its model, each loaded once and handed on
     measured = Measured()  # each model's evaluations, each measured once and handed on
     for name in names:
@@ -328,6 +331,12 @@ def run(preset: str | Preset | None = None, stages=None, out: str | Path | None 
         atomic_write_text(report_path, json.dumps(report, indent=2))
     atomic_write_text(out / "report.md", report_markdown(report))
     return report
+
+
+def default_out(preset: Preset) -> Path:
+    """runs/<preset>, or runs/<preset>-<model folder> for a chain that starts from a pretrained model."""
+    base = Path(preset.base_model.rstrip("/")).name if preset.base_model else ""
+    return Path("runs") / (f"{preset.name}-{base}" if base else preset.name)
 
 
 def _flatten(report: dict) -> list[tuple[str, object]]:
@@ -385,6 +394,7 @@ def report_markdown(report: dict) -> str:
 def report_card(report: dict) -> str:
     rows = [(k, _fmt(v), _verdict(k, v, report)) for k, v in _flatten(report)]
     width = max(len(r[0]) for r in rows) if rows else 10
-    head = f"Embiggen report card — preset {report.get('preset')}, seed {report.get('seed')}"
+    head = (f"Embiggen report card — preset {report.get('preset')}, seed {report.get('seed')}"
+            + (f", base model {report['base_model']}" if report.get("base_model") else ""))
     body = "\n".join(f"  {k:<{width}}  {v:>12}  {t}".rstrip() for k, v, t in rows)
     return f"{head}\n{'-' * len(head)}\n{body}"

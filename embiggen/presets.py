@@ -21,7 +21,7 @@ Every field carries a help string (`dataclasses.fields(cfg)[i].metadata["help"]`
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 
 def knob(default, help: str):
@@ -194,6 +194,9 @@ class Preset:
     train_documents: int = knob(40000, "pretraining documents")
     val_documents: int = knob(1000, "held-out pretraining documents")
     vocab_size: int = knob(1024, "BPE vocabulary, special tokens included")
+    base_model: str = knob("", "a Hugging Face causal LM (a local folder, or a hub name already in the local cache) to "
+                               "start the chain from instead of pretraining the embedded model ('' pretrains; "
+                               "$EMBIGGEN_BASE or `embiggen run --base` set it)")
     model: ModelConfig = knob(ModelConfig(), "the model trained from scratch")
     pretrain: PretrainConfig = knob(PretrainConfig(), "step 1: pretraining")
     sft: SFTConfig = knob(SFTConfig(), "step 2: instruction tuning")
@@ -254,11 +257,13 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = "laptop"
 
 
-def get_preset(name: str | Preset | None = None) -> Preset:
-    """The preset called `name`, else ``$EMBIGGEN_PRESET``, else ``laptop``."""
+def get_preset(name: str | Preset | None = None, base: str | None = None) -> Preset:
+    """The preset called `name`, else ``$EMBIGGEN_PRESET``, else ``laptop``; starting from the
+    causal LM `base`, else ``$EMBIGGEN_BASE``, else the preset's own (the embedded model)."""
     if isinstance(name, Preset):
-        return name
+        return replace(name, base_model=base) if base else name
     name = name or os.environ.get("EMBIGGEN_PRESET") or DEFAULT_PRESET
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    base = base or os.environ.get("EMBIGGEN_BASE")
+    return replace(PRESETS[name], base_model=base) if base else PRESETS[name]

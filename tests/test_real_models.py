@@ -218,3 +218,26 @@ def test_bos_leads_every_sequence_once_where_the_tokenizer_adds_one(template_has
     assert starts_with_one_bos(encode_exchange(tok, "Where does Alma live?", "In Brook."))
     episodes = sample_episodes(model, tok, INSTRUCTIONS, max_new_tokens=4, temperature=1.0)
     assert all(starts_with_one_bos(row[: episodes["prompt_len"]]) for row in episodes["sequences"])
+
+
+def test_embiggen_run_starts_the_chain_from_a_pretrained_model(llama_dir, gpt2_dir, tiny_preset, cache_dir, tmp_path):
+    """`embiggen run --base PATH` (here `run(base=)`): no pretraining; every stage starts from the
+    given model, and the cache keys carry a hash of its weights."""
+    from dataclasses import replace
+
+    from embiggen.chain import train_or_load_base
+    from embiggen.pipeline import report_card, run
+    from embiggen.presets import get_preset
+
+    preset = replace(tiny_preset, sft=replace(tiny_preset.sft, steps=4, optim=replace(tiny_preset.sft.optim, lr=1e-4)))
+    report = run(preset, out=tmp_path, progress=False, base=str(llama_dir))
+    assert report["base_model"] == str(llama_dir) and report["base"]["train_seconds"] == 0
+    assert report["base"]["cache"] == str(llama_dir.resolve())
+    assert {"sft", "rm", "ppo", "dpo"} <= set(report) and 0 <= report["dpo"]["win_rate_vs_sft"] <= 1
+    assert f"base model {llama_dir}" in report_card(report)
+    llama = train_or_load_base(get_preset(preset, str(llama_dir)), device="cpu")
+    gpt2 = train_or_load_base(get_preset(preset, str(gpt2_dir)), device="cpu")
+    assert llama.path.name != gpt2.path.name and llama.path.name.startswith("smoke-seed")
+    # a report of the embedded chain is not extended with a pretrained model's figures, nor the other way
+    again = run(preset, stages="base", out=tmp_path, progress=False)
+    assert "sft" not in again and again["base_model"] == ""
