@@ -8,15 +8,22 @@ from embiggen.presets import PRESETS, get_preset
 
 
 def test_presets_by_name_and_env(monkeypatch):
-    assert set(PRESETS) == {"smoke", "laptop", "gpu"}
+    assert set(PRESETS) == {"smoke", "laptop", "gpu", "pretrained", "pretrained-smoke"}
     monkeypatch.delenv("EMBIGGEN_PRESET", raising=False)
-    assert get_preset().name == "laptop"
+    monkeypatch.delenv("EMBIGGEN_BASE", raising=False)
+    assert get_preset().name == "laptop" and get_preset().base_model == ""
     monkeypatch.setenv("EMBIGGEN_PRESET", "smoke")
     assert get_preset().name == "smoke" and get_preset("gpu").name == "gpu"
+    # the pretrained presets start from a pretrained model; --base / $EMBIGGEN_BASE choose another
+    assert get_preset("pretrained").base_model == PRESETS["pretrained-smoke"].base_model != ""
+    assert get_preset("smoke", base="/models/mine").base_model == "/models/mine"
+    monkeypatch.setenv("EMBIGGEN_BASE", "/models/other")
+    assert get_preset().base_model == "/models/other" and get_preset("pretrained").base_model == "/models/other"
+    assert PRESETS["smoke"].base_model == ""  # the presets themselves are not changed
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid presets: smoke, laptop, gpu"):
+    with pytest.raises(ValueError, match="valid presets: smoke, laptop, gpu, pretrained, pretrained-smoke"):
         get_preset("huge")
 
 
