@@ -54,6 +54,11 @@ class OptimConfig:
     betas: tuple[float, float] = knob((0.9, 0.95), "AdamW's decay rates of the gradient's moments")
     eps: float = knob(1e-8, "AdamW's epsilon")
     grad_clip: float = knob(1.0, "clip the gradient's global norm to this")
+    accumulation_steps: int = knob(1, "batches whose gradients add up to one optimiser step: a batch this many times "
+                                      "larger, in pieces that fit in memory (not in PPO, whose minibatch_size is that)")
+    bf16: bool = knob(False, "bfloat16 autocast on a CUDA GPU (ignored elsewhere; not in PPO)")
+    gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (activation "
+                                               "checkpointing): less memory, more time (not in PPO)")
 
 
 @dataclass(frozen=True)
@@ -261,15 +266,16 @@ PRESETS: dict[str, Preset] = {
     # (the embedded SFT rate, 2e-3, takes SmolLM2's training loss from 2.19 to 14.7 in one step).
     "pretrained": Preset(
         name="pretrained", base_model=SMOLLM2,
-        sft=SFTConfig(steps=300, batch_size=16, optim=OptimConfig(lr=5e-5, warmup_steps=20, weight_decay=0.0),
-                      max_length=256, eval_every=100, n_train=8000, n_val=200),
-        reward=RewardConfig(n_prompts=1500, n_norm_prompts=200, steps=100, batch_size=16, eval_every=25,
-                            optim=OptimConfig(lr=1e-5, warmup_steps=10, weight_decay=0.0)),
+        sft=SFTConfig(steps=300, batch_size=8, max_length=256, eval_every=100, n_train=8000, n_val=200,
+                      optim=OptimConfig(lr=5e-5, warmup_steps=20, weight_decay=0.0, accumulation_steps=2, bf16=True)),
+        reward=RewardConfig(n_prompts=1500, n_norm_prompts=200, steps=100, batch_size=8, eval_every=25,
+                            optim=OptimConfig(lr=1e-5, warmup_steps=10, weight_decay=0.0, accumulation_steps=2,
+                                              bf16=True)),
         ppo=PPOConfig(steps=60, batch_size=32, minibatch_size=8, ppo_epochs=2, n_prompts=1000, refresh_prompts=500,
                       ptx_batch_size=4, optim=OptimConfig(lr=1e-6, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                                                           betas=(0.9, 0.999), eps=1e-5)),
-        dpo=DPOConfig(beta=0.1, steps=150, batch_size=8, max_length=256, round_prompts=500,
-                      optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.0)),
+        dpo=DPOConfig(beta=0.1, steps=150, batch_size=4, max_length=256, round_prompts=500,
+                      optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.0, accumulation_steps=2, bf16=True)),
         evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_rm_prompts=150, n_ppo_prompts=150),
     ),
     # The same recipe on the smoke preset's small world, a few steps per stage: every stage of a

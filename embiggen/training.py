@@ -136,9 +136,15 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     `resume_dir`, a resume point is written at every evaluation and picked up by the next
     call, so an interrupted run continues where it stopped and ends with the same weights
     as an uninterrupted one."""
-    device = device or pick_device()
+    device = torch.device(device or pick_device())
     model.to(device).train()
+    if cfg.optim.gradient_checkpointing:
+        model.activation_checkpointing_enable()
     optimizer = make_optimizer(model.parameters(), cfg.optim)
+    accumulate = cfg.optim.accumulation_steps
+    if accumulate < 1:
+        raise ValueError(f"accumulation_steps must be at least 1, got {accumulate}")
+    bf16 = cfg.optim.bf16 and device.type == "cuda"
     generator = torch.Generator().manual_seed(seed)
     step, log = 0, TrainLog()
     state = load_resume_point(resume_dir, model, optimizer, generator) if resume_dir is not None else None
@@ -150,16 +156,26 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
         lr = lr_at(step, cfg.steps, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = {k: v.to(device) for k, v in next_batch(generator).items()}
-        loss, n_tokens, *parts = loss_fn(model, batch)
-        optimizer_step(model, optimizer, loss, cfg.optim.grad_clip)
+        optimizer.zero_grad(set_to_none=True)
+        step_loss, n_tokens, parts = 0.0, 0, {}
+        for _ in range(accumulate):  # the gradient of the mean loss over `accumulate` batches
+            batch = {k: v.to(device) for k, v in next_batch(generator).items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                loss, n, *extra = loss_fn(model, batch)
+            (loss / accumulate).backward()
+            step_loss += loss.item() / accumulate
+            n_tokens += int(n)
+            for name, value in (extra[0] if extra else {}).items():
+                parts[name] = parts.get(name, 0.0) + value / accumulate
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
         step += 1
         log.steps.append(step)
-        log.train_loss.append(loss.item())
-        for name, value in (parts[0] if parts else {}).items():  # parts of the loss, one value per step
+        log.train_loss.append(step_loss)
+        for name, value in parts.items():  # parts of the loss, one value per step
             log.metrics.setdefault(name, []).append(value)
         log.lr.append(lr)
-        log.tokens += int(n_tokens)
+        log.tokens += n_tokens
         if not math.isfinite(log.train_loss[-1]):
             raise FloatingPointError(f"training loss became {log.train_loss[-1]} at step {step}; "
                                      f"try a lower learning rate than {cfg.optim.lr}")
@@ -176,6 +192,8 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
         bar.update(1)
     bar.close()
     log.seconds = time.perf_counter() - start
+    if cfg.optim.gradient_checkpointing:
+        model.activation_checkpointing_disable()
     model.eval()
     return log
 

@@ -241,3 +241,60 @@ def test_embiggen_run_starts_the_chain_from_a_pretrained_model(llama_dir, gpt2_d
     # a report of the embedded chain is not extended with a pretrained model's figures, nor the other way
     again = run(preset, stages="base", out=tmp_path, progress=False)
     assert "sft" not in again and again["base_model"] == ""
+
+
+# ---------------------------------------------------------------------------------------
+# The memory knobs a larger model needs (OptimConfig): accumulation and checkpointing
+# ---------------------------------------------------------------------------------------
+def _one_run(model, batches, accumulation_steps=1, gradient_checkpointing=False, bf16=False, steps=2):
+    """train_loop on `batches` in order, with a plain mean-squared loss written out."""
+    from types import SimpleNamespace
+
+    from embiggen.presets import OptimConfig
+    from embiggen.training import train_loop
+
+    queue = iter(batches)
+    cfg = SimpleNamespace(steps=steps, eval_every=steps, optim=OptimConfig(
+        lr=1e-2, warmup_steps=0, accumulation_steps=accumulation_steps, gradient_checkpointing=gradient_checkpointing,
+        bf16=bf16))
+
+    def loss_fn(m, batch):
+        out = m(input_ids=batch["input_ids"], use_cache=False).logits
+        loss = (out.float() ** 2).mean()
+        return loss, batch["input_ids"].numel(), {"half": loss.item() / 2}
+
+    return train_loop(model, lambda generator: next(queue), loss_fn, cfg, device="cpu", progress=False)
+
+
+def test_accumulated_gradients_equal_one_big_batch(llama_dir):
+    """Two steps of 8 rows each, in one piece or as two accumulated pieces of 4: the same
+    weights and the same logged losses (a mean over the rows, here of equal-sized pieces)."""
+    model, _ = load_pretrained(llama_dir)
+    torch.manual_seed(0)
+    rows = [torch.randint(0, 100, (8, 12)) for _ in range(2)]
+    whole, pieces = copy_of(model), copy_of(model)
+    log_whole = _one_run(whole, [{"input_ids": r} for r in rows])
+    log_pieces = _one_run(pieces, [{"input_ids": half} for r in rows for half in (r[:4], r[4:])], accumulation_steps=2)
+    for a, b in zip(whole.parameters(), pieces.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert log_whole.train_loss == pytest.approx(log_pieces.train_loss, rel=1e-5)
+    assert log_whole.metrics["half"] == pytest.approx(log_pieces.metrics["half"], rel=1e-5)
+    assert log_whole.tokens == log_pieces.tokens == 2 * 8 * 12
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(llama_dir):
+    model, _ = load_pretrained(llama_dir)
+    torch.manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12))} for _ in range(2)]
+    plain, checkpointed = copy_of(model), copy_of(model)
+    _one_run(plain, batches)
+    _one_run(checkpointed, batches, gradient_checkpointing=True, bf16=True)  # bf16: CUDA only, ignored on the CPU
+    for a, b in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not checkpointed.is_activation_checkpointing  # switched off again for generation
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)
