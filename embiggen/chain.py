@@ -123,8 +123,8 @@ def load_base_model(preset: Preset, device=None) -> StageModel:
                      tag=f"pretrained-{Path(str(name).rstrip('/')).name}")
     _, val_docs = build_corpus(preset, world)
     val_data = tokenize_corpus(tokenizer, val_docs)
-    val_loss = estimate_loss(model, val_data, replace(preset.pretrain, eval_batches=min(preset.pretrain.eval_batches, 4),
-                                                      batch_size=8), device)
+    windows = replace(preset.pretrain, eval_batches=min(preset.pretrain.eval_batches, 4), batch_size=8)
+    val_loss = estimate_loss(model, val_data, windows, device)
     info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), "source": str(source),
             "train_tokens": 0, "train_seconds": 0.0, "load_seconds": round(time.perf_counter() - started, 2),
             "tokens_per_second": None, "val_loss": val_loss, "device": str(device)}
@@ -410,7 +410,8 @@ def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None
         steps = cfg.steps * round_ // cfg.rounds - cfg.steps * (round_ - 1) // cfg.rounds  # this round's share
         log = train_dpo(model, sft.model, sft.tokenizer, pairs, data["eval_pairs"], replace(cfg, steps=steps),
                         device=device, seed=preset.seed + round_ - 1, progress=progress, resume_dir=resume_dir(path),
-                        desc=f"dpo {preset.name} beta={cfg.beta:g}" + (f" round {round_}/{cfg.rounds}" if rounds else ""),
+                        desc=f"dpo {preset.name} beta={cfg.beta:g}"
+                        + (f" round {round_}/{cfg.rounds}" if rounds else ""),
                         ptx_data=ptx_data)
         info = {"preset": preset.name, "seed": preset.seed, "beta": cfg.beta, "loss_type": cfg.loss_type,
                 "n_pairs": len(pairs), "n_eval_pairs": len(data["eval_pairs"]),

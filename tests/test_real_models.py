@@ -129,8 +129,8 @@ def test_a_model_without_pad_token_or_chat_template_is_made_ready(gpt2_dir):
 
 @pytest.mark.parametrize("arch", ["llama, pad = EOS", "gpt2, no pad, no template"])
 def test_the_whole_chain_runs_on_a_loaded_model(arch, llama_dir, gpt2_dir, tiny_splits, tmp_path):
-    """Chat, SFT, a reward model, PPO, DPO and the evaluation, a few steps each, on a model
-    loaded from disk as a user's would be."""
+    """Chat, SFT, a reward model, PPO, DPO, the evaluation and the widgets' model calls, a few
+    steps each, on a model loaded from disk as a user's would be."""
     import copy
     import math
     import warnings
@@ -180,6 +180,20 @@ def test_the_whole_chain_runs_on_a_loaded_model(arch, llama_dir, gpt2_dir, tiny_
 
     judged = judge_model(model, tok, prompts, Labeler(), rm, max_new_tokens=6)
     assert len(judged["rows"]) == len(prompts) and math.isfinite(judged["rm_score"])
+
+    # what the notebooks' widgets ask of a model
+    from embiggen.generate import next_token_distribution
+    from embiggen.widgets import compare_answers, inspect_reward, judged_answers, sample_grid
+
+    assert len(next_token_distribution(model, tok, "Alma lives in", k=5)) == 5
+    grid = sample_grid(model, tok, "Alma lives in", n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=4)
+    assert len(grid) == 2
+    compared = compare_answers({"sft": (model, tok)}, "Where does Alma live?", max_new_tokens=4)
+    assert [r["model"] for r in compared] == ["sft"]
+    rows = judged_answers({"sft": (model, tok)}, prompts[0], Labeler(), rm, max_new_tokens=4,
+                          best_of=("sft", model, tok, 2))
+    assert len(rows) == 2 and all(math.isfinite(r["rm_score"]) for r in rows)
+    assert math.isfinite(inspect_reward(rm, Labeler(), prompts[0], "In Brook.")["rm_score"])
 
 
 @pytest.mark.parametrize("template_has_bos", [False, True])
