@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from .presets import DPOConfig
-from .sft import IGNORE_INDEX, SFTData, batch_loss, encode_example, pad_batch
+from .sft import IGNORE_INDEX, SFTData, batch_loss, chunked_token_nll, encode_example, pad_batch
 from .training import TrainLog, train_loop
 from .utils import pick_device
 
@@ -162,10 +162,10 @@ def branch_mask(segment: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # Log-probabilities of whole answers, and the loss
 # ---------------------------------------------------------------------------------------
-def sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(model, batch: dict, logprob_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(y|x) = sum over response tokens of log pi(y_t | x, y_<t), one per sequence, and
     the number of response tokens of each (a padded batch: one sequence per row; a packed one:
-    `batch["sequence"]` says whose each token is)."""
+    `batch["sequence"]` says whose each token is). `logprob_chunk`: see `sft.chunked_token_nll`."""
     packed = "sequence" in batch
     inputs = ({"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]})
     if packed and "attention_mask" in batch:  # shared prompts: who may see whom, as an additive (0 / -inf) mask
@@ -173,11 +173,15 @@ def sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         inputs["attention_mask"] = torch.zeros(batch["attention_mask"].shape, dtype=dtype,
                                                device=batch["input_ids"].device).masked_fill(
             ~batch["attention_mask"], torch.finfo(dtype).min)
-    logits = model(input_ids=batch["input_ids"], use_cache=False, **inputs).logits
-    logits, labels = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t + 1
+    labels = batch["labels"][:, 1:]                           # position t predicts token t + 1
     mask = labels != IGNORE_INDEX                             # a sequence's first label is its prompt: -100
-    # log pi(y_t | ...) = -cross-entropy of the label (one fused kernel, no (B, T, V) log-prob tensor kept)
-    token_logp = -F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
+    if logprob_chunk:
+        token_logp = -chunked_token_nll(model, {"input_ids": batch["input_ids"], **inputs}, batch["labels"],
+                                        logprob_chunk)
+    else:
+        logits = model(input_ids=batch["input_ids"], use_cache=False, **inputs).logits[:, :-1]
+        # log pi(y_t | ...) = -cross-entropy of the label (one fused kernel, no (B, T, V) log-prob tensor kept)
+        token_logp = -F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
     if not packed:
         return token_logp.sum(-1), mask.sum(-1)
     owner = batch["sequence"][:, 1:].clamp(min=0).reshape(-1)  # padding (-1) carries no label anyway
@@ -210,7 +214,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 # ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def reference_logprobs(ref_model, encoded: list[tuple[dict, dict]], pad_token_id: int, device,
-                       batch_size: int = 64) -> torch.Tensor:
+                       batch_size: int = 64, logprob_chunk: int = 0) -> torch.Tensor:
     """log pi_ref(y|x) of every chosen and rejected answer, shape (pairs, 2): computed once,
     so the reference model need not stay in memory while the policy trains."""
     ref_model.eval()
@@ -218,7 +222,7 @@ def reference_logprobs(ref_model, encoded: list[tuple[dict, dict]], pad_token_id
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i: i + batch_size]
         batch = {k: v.to(device) for k, v in pair_rows(chunk, pad_token_id).items()}
-        logp, _ = sequence_logprobs(ref_model, batch)
+        logp, _ = sequence_logprobs(ref_model, batch, logprob_chunk)
         out.append(torch.stack([logp[: len(chunk)], logp[len(chunk):]], dim=1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 2)
 
@@ -244,7 +248,7 @@ class DPOData:
 def dpo_batch_loss(model, batch: dict, cfg: DPOConfig, demonstrations: dict | None = None):
     """(loss, response tokens, what to log) for one batch of pairs; with `demonstrations` (a
     batch of SFT task examples) and cfg.ptx_coef > 0, plus ptx_coef times their SFT loss."""
-    logp, n_tokens = sequence_logprobs(model, batch)
+    logp, n_tokens = sequence_logprobs(model, batch, cfg.logprob_chunk)
     if cfg.length_normalize:  # the mean log-probability per response token
         logp = logp / n_tokens.clamp(min=1)
         ref = batch["ref_logps"] / batch["ref_tokens"].clamp(min=1)
@@ -297,9 +301,11 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     train_enc, eval_enc = (encode_pairs(tokenizer, pairs, cfg.max_length) for pairs in (train_pairs, eval_pairs))
     # a shared prompt needs an attention that takes a custom (4D) mask: sdpa and eager do, flash-attention does not
     masks = getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
-    train = DPOData(train_enc, reference_logprobs(ref_model, train_enc, pad, device), pad,
-                    cfg.max_length if cfg.packing else 0, cfg.packing and cfg.share_prompt and masks)
-    held = DPOData(eval_enc, reference_logprobs(ref_model, eval_enc, pad, device), pad)
+    ref_logps = [reference_logprobs(ref_model, enc, pad, device, logprob_chunk=cfg.logprob_chunk)
+                 for enc in (train_enc, eval_enc)]
+    train = DPOData(train_enc, ref_logps[0], pad, cfg.max_length if cfg.packing else 0,
+                    cfg.packing and cfg.share_prompt and masks)
+    held = DPOData(eval_enc, ref_logps[1], pad)
     latest: dict = {}
 
     def next_batch(generator):

@@ -80,6 +80,8 @@ class SFTConfig:
     optim: OptimConfig = knob(OptimConfig(lr=2e-3, warmup_steps=30, weight_decay=0.0), "the optimiser")
     max_length: int = knob(160, "tokens per row")
     packing: bool = knob(True, "pack several examples into one row (attention stays within each)")
+    logprob_chunk: int = knob(0, "> 0: token losses from the last hidden states, this many positions at a time "
+                                 "(memory for a large vocabulary; 0: all logits at once)")
     replay_share: float = knob(0.125, "share of each batch that is pretraining text (keeps knowledge)")
     replay_documents: int = knob(10000, "how many corpus documents to replay from")
     eval_every: int = knob(150, "steps between validation losses (and resume points)")
@@ -153,6 +155,8 @@ class DPOConfig:
     max_length: int = knob(160, "tokens per prompt + answer (and per packed row)")
     packing: bool = knob(True, "pack the sequences of a batch into rows (attention stays within each)")
     share_prompt: bool = knob(True, "... and write each pair's prompt once, both answers after it (with packing)")
+    logprob_chunk: int = knob(0, "> 0: log-probs from the last hidden states, this many positions at a time "
+                                 "(memory for a large vocabulary; 0: all logits at once)")
     eval_every: int = knob(100, "steps between held-out losses and accuracies (and resume points)")
     rounds: int = knob(1, "iterated (online) DPO: after each round, new pairs of the policy's own samples, "
                           "ranked by the labeler; `steps` is shared among the rounds")
@@ -267,6 +271,7 @@ PRESETS: dict[str, Preset] = {
     "pretrained": Preset(
         name="pretrained", base_model=SMOLLM2,
         sft=SFTConfig(steps=300, batch_size=8, max_length=256, eval_every=100, n_train=8000, n_val=200,
+                      logprob_chunk=256,
                       optim=OptimConfig(lr=5e-5, warmup_steps=20, weight_decay=0.0, accumulation_steps=2, bf16=True)),
         reward=RewardConfig(n_prompts=1500, n_norm_prompts=200, steps=100, batch_size=8, eval_every=25,
                             optim=OptimConfig(lr=1e-5, warmup_steps=10, weight_decay=0.0, accumulation_steps=2,
@@ -274,7 +279,7 @@ PRESETS: dict[str, Preset] = {
         ppo=PPOConfig(steps=60, batch_size=32, minibatch_size=8, ppo_epochs=2, n_prompts=1000, refresh_prompts=500,
                       ptx_batch_size=4, optim=OptimConfig(lr=1e-6, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                                                           betas=(0.9, 0.999), eps=1e-5)),
-        dpo=DPOConfig(beta=0.1, steps=150, batch_size=4, max_length=256, round_prompts=500,
+        dpo=DPOConfig(beta=0.1, steps=150, batch_size=4, max_length=256, round_prompts=500, logprob_chunk=256,
                       optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.0, accumulation_steps=2, bf16=True)),
         evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_rm_prompts=150, n_ppo_prompts=150),
     ),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .presets import SFTConfig
 from .tokenizer import chat_prompt, encode
@@ -96,11 +97,45 @@ def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return (nll * mask).sum() / n.clamp(min=1), n
 
 
-def batch_loss(model, batch: dict):
+def chunked_token_nll(model, inputs: dict, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """-log p(labels[:, t + 1] | tokens up to t) at every position, shape (B, T - 1), 0 where the
+    label is -100 — computed without the whole (B, T, vocabulary) float32 logits: from the last
+    hidden states, `chunk` positions at a time, each chunk's logits recomputed in the backward
+    pass instead of kept (activation checkpointing). Memory: chunk x vocabulary floats instead
+    of B x T x vocabulary, which is what a pretrained model's 50k-150k vocabulary needs. Only for
+    heads that are a plain linear map (not Gemma-2's soft-capped logits)."""
+    targets = labels[:, 1:]
+    hidden = model.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+
+    def piece(h, y):
+        return F.cross_entropy(head(h).float(), y.clamp(min=0), reduction="none")
+
+    flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    nll = torch.cat([checkpoint(piece, flat_h[i: i + chunk], flat_y[i: i + chunk], use_reentrant=False)
+                     for i in range(0, len(flat_y), chunk)])
+    return nll.view_as(targets) * (targets != IGNORE_INDEX)
+
+
+def batch_loss(model, batch: dict, logprob_chunk: int = 0):
     """The completion loss of a batch: (loss, labelled tokens). A batch with replayed
     pretraining rows (`batch["replay"]` marks them) also returns the two parts of that one
-    loss, the mean over response tokens and over replayed text, to be logged apart."""
+    loss, the mean over response tokens and over replayed text, to be logged apart. With
+    `logprob_chunk`, the token losses come from `chunked_token_nll` (the same numbers, less memory)."""
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "replay")}
+    if logprob_chunk:
+        nll = chunked_token_nll(model, inputs, batch["labels"], logprob_chunk)
+        counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1)
+
+        def mean(rows):
+            return nll[rows].sum() / counts[rows].sum().clamp(min=1)
+
+        everything = torch.ones(len(nll), dtype=torch.bool, device=nll.device)
+        loss, n = mean(everything), counts.sum()
+        if "replay" not in batch:
+            return loss, n
+        rows = batch["replay"]
+        return loss, n, {"response_loss": mean(~rows).item(), "replay_loss": mean(rows).item()}
     logits = model(**inputs, use_cache=False).logits
     loss, n = completion_loss(logits, batch["labels"])
     if "replay" not in batch:
@@ -183,5 +218,6 @@ def sft(model, tokenizer, train_examples, val_examples, cfg: SFTConfig, device=N
     (plus replayed pretraining text, if `replay` is given and cfg.replay_share > 0)."""
     device = device or pick_device()
     train, val = SFTData(tokenizer, train_examples, cfg, replay), SFTData(tokenizer, val_examples, cfg)
-    return train_loop(model, train.next_batch, batch_loss, cfg, val_loss_fn=lambda m: validation_loss(m, val),
+    return train_loop(model, train.next_batch, lambda m, batch: batch_loss(m, batch, cfg.logprob_chunk), cfg,
+                      val_loss_fn=lambda m: validation_loss(m, val),
                       device=device, seed=seed, callback=callback, progress=progress, resume_dir=resume_dir, desc=desc)

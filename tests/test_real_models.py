@@ -312,3 +312,39 @@ def copy_of(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+@pytest.mark.parametrize("path", ["llama", "gpt2"])
+def test_chunked_log_probs_equal_the_full_ones_with_their_gradients(path, llama_dir, gpt2_dir, tiny_splits):
+    """SFT's loss (with its replay parts) and DPO's answer log-probs from `logprob_chunk`
+    positions at a time: the same values and the same gradients as from all logits at once."""
+    import warnings
+
+    from embiggen.dpo import DPOData, encode_pairs, sequence_logprobs
+    from embiggen.preferences import Comparison
+    from embiggen.sft import batch_loss, encode_example, pad_batch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, tok = load_pretrained(llama_dir if path == "llama" else gpt2_dir)
+    examples = tiny_splits.sft_train()[:6]
+    batch = pad_batch([encode_example(tok, e.instruction, e.answer, 64) for e in examples], tok.pad_token_id)
+    batch["replay"] = torch.tensor([False, False, False, False, True, True])
+    results = []
+    for chunk in (0, 7):
+        model.zero_grad()
+        loss, n, parts = batch_loss(model, batch, logprob_chunk=chunk)
+        loss.backward()
+        results.append((loss.item(), int(n), parts, [p.grad.clone() for p in model.parameters()]))
+    (full, n_full, parts_full, g_full), (chunked, n_chunked, parts_chunked, g_chunked) = results
+    assert chunked == pytest.approx(full, rel=1e-5) and n_full == n_chunked
+    assert parts_chunked == pytest.approx(parts_full, rel=1e-5)
+    for a, b in zip(g_full, g_chunked):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+    pairs = [Comparison(e.instruction, e.answer, "Sure.", e.cluster, "x", 1.0) for e in examples]
+    packed = DPOData(encode_pairs(tok, pairs, 64), torch.zeros(6, 2), tok.pad_token_id, pack_length=64,
+                     share_prompt=True).batch(list(range(6)))
+    with torch.no_grad():
+        (lp_full, _), (lp_chunked, _) = (sequence_logprobs(model, packed, chunk) for chunk in (0, 5))
+    torch.testing.assert_close(lp_chunked, lp_full, atol=1e-4, rtol=1e-5)
