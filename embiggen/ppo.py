@@ -247,6 +247,9 @@ class PPOTrainer:
         self.ptx_data = ptx_data  # an embiggen.sft.SFTData of demonstrations, for PPO-ptx
         if cfg.ptx_coef > 0 and ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations to keep the language-model loss on)")
+        if cfg.optim.accumulation_steps != 1:
+            raise ValueError("PPO does not accumulate gradients: a smaller minibatch_size is its way to save memory "
+                             f"(got accumulation_steps={cfg.optim.accumulation_steps})")
 
     # -- rollout ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -282,6 +285,9 @@ class PPOTrainer:
         advantages = masked_whiten(advantages, mask)
 
         self.policy.train()
+        if cfg.optim.gradient_checkpointing:  # for the updates only: generation needs its cache
+            self.policy.lm.activation_checkpointing_enable()
+        bf16 = cfg.optim.bf16 and torch.device(self.device).type == "cuda"
         n = len(prompts)
         stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": []}
         for _ in range(cfg.ppo_epochs):
@@ -289,8 +295,10 @@ class PPOTrainer:
             for start in range(0, n, cfg.minibatch_size):
                 idx = torch.tensor(order[start: start + cfg.minibatch_size], device=self.device)
                 n_resp = ro.sequences.shape[1] - ro.prompt_len
-                logits, values = self.policy(ro.sequences[idx], ro.attention_mask[idx],
-                                             position_ids_from(ro.attention_mask[idx]), n_resp)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                    logits, values = self.policy(ro.sequences[idx], ro.attention_mask[idx],
+                                                 position_ids_from(ro.attention_mask[idx]), n_resp)
+                values = values.float()
                 logprobs, _ = response_logprobs(logits, ro.sequences[idx, ro.prompt_len:], cfg.temperature)
                 m = mask[idx]
                 pg_loss, pg_stats = clipped_policy_loss(logprobs, ro.logprobs[idx], advantages[idx], m, cfg.cliprange)
@@ -309,6 +317,8 @@ class PPOTrainer:
                 stats["value_loss"].append(vf_loss.item())
                 stats["clip_frac"].append(pg_stats["clip_frac"])
                 stats["approx_kl"].append(pg_stats["approx_kl"])
+        if cfg.optim.gradient_checkpointing:
+            self.policy.lm.activation_checkpointing_disable()
         self.policy.eval()
 
         seq_kl = kl.sum(1).mean().item()  # the estimator in use, summed over tokens, mean over episodes

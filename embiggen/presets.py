@@ -56,9 +56,9 @@ class OptimConfig:
     grad_clip: float = knob(1.0, "clip the gradient's global norm to this")
     accumulation_steps: int = knob(1, "batches whose gradients add up to one optimiser step: a batch this many times "
                                       "larger, in pieces that fit in memory (not in PPO, whose minibatch_size is that)")
-    bf16: bool = knob(False, "bfloat16 autocast on a CUDA GPU (ignored elsewhere; not in PPO)")
+    bf16: bool = knob(False, "bfloat16 autocast on a CUDA GPU (ignored elsewhere)")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (activation "
-                                               "checkpointing): less memory, more time (not in PPO)")
+                                               "checkpointing): less memory, more time")
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ PRESETS: dict[str, Preset] = {
                                               bf16=True)),
         ppo=PPOConfig(steps=60, batch_size=32, minibatch_size=8, ppo_epochs=2, n_prompts=1000, refresh_prompts=500,
                       ptx_batch_size=4, optim=OptimConfig(lr=1e-6, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
-                                                          betas=(0.9, 0.999), eps=1e-5)),
+                                                          betas=(0.9, 0.999), eps=1e-5, bf16=True)),
         dpo=DPOConfig(beta=0.1, steps=150, batch_size=4, max_length=256, round_prompts=500, logprob_chunk=256,
                       optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.0, accumulation_steps=2, bf16=True)),
         evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_rm_prompts=150, n_ppo_prompts=150),

@@ -348,3 +348,35 @@ def test_chunked_log_probs_equal_the_full_ones_with_their_gradients(path, llama_
     with torch.no_grad():
         (lp_full, _), (lp_chunked, _) = (sequence_logprobs(model, packed, chunk) for chunk in (0, 5))
     torch.testing.assert_close(lp_chunked, lp_full, atol=1e-4, rtol=1e-5)
+
+
+def test_ppo_with_activation_checkpointing_takes_the_same_steps(llama_dir, tiny_splits):
+    import copy
+
+    from embiggen.labeler import Labeler
+    from embiggen.ppo import PPOTrainer, train_ppo
+    from embiggen.presets import OptimConfig, PPOConfig
+
+    class LengthReward:
+        def score(self, instructions, responses, finished=None):
+            return torch.tensor([len(r) / 10 for r in responses])
+
+    model, tok = load_pretrained(llama_dir)
+    prompts = tiny_splits.ppo_eval[:4]
+    policies = []
+    for checkpointing in (False, True):
+        cfg = PPOConfig(batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, ptx_coef=0.0,
+                        optim=OptimConfig(lr=1e-3, warmup_steps=0, gradient_checkpointing=checkpointing, bf16=True))
+        lm, enabled = copy.deepcopy(model), []
+        enable = lm.activation_checkpointing_enable
+        lm.activation_checkpointing_enable = lambda *args, **kwargs: enabled.append(1) or enable(*args, **kwargs)
+        trainer = PPOTrainer(lm, model, tok, LengthReward(), Labeler(), cfg, device="cpu", seed=0)
+        train_ppo(trainer, prompts, steps=2, batch_size=4, progress=False)
+        assert len(enabled) == (2 if checkpointing else 0)  # on for each step's updates ...
+        assert not trainer.policy.lm.is_activation_checkpointing  # ... and off again, for the next rollout
+        policies.append(trainer.policy)
+    for a, b in zip(*(p.parameters() for p in policies)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="minibatch_size"):
+        PPOTrainer(copy.deepcopy(model), model, tok, LengthReward(), Labeler(), device="cpu",
+                   cfg=PPOConfig(ptx_coef=0.0, optim=OptimConfig(accumulation_steps=2)))
