@@ -308,11 +308,12 @@ DEFAULT_PRESET = "laptop"
 
 def get_preset(name: str | Preset | None = None, base: str | None = None) -> Preset:
     """The preset called `name`, else ``$EMBIGGEN_PRESET``, else ``laptop``; starting from the
-    causal LM `base`, else ``$EMBIGGEN_BASE``, else the preset's own (the embedded model)."""
+    causal LM `base`, else ``$EMBIGGEN_BASE``, else the preset's own. ``base=""`` means the
+    embedded model, whatever the environment says (notebook 1 pretrains it)."""
     if isinstance(name, Preset):
-        return replace(name, base_model=base) if base else name
+        return replace(name, base_model=base) if base is not None else name
     name = name or os.environ.get("EMBIGGEN_PRESET") or DEFAULT_PRESET
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    base = base or os.environ.get("EMBIGGEN_BASE")
-    return replace(PRESETS[name], base_model=base) if base else PRESETS[name]
+    base = os.environ.get("EMBIGGEN_BASE") or None if base is None else base
+    return replace(PRESETS[name], base_model=base) if base is not None else PRESETS[name]

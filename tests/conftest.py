@@ -7,6 +7,7 @@ import torch
 from embiggen.presets import ModelConfig, OptimConfig, PretrainConfig, get_preset
 
 torch.set_num_threads(int(os.environ.get("EMBIGGEN_THREADS", "2")))
+os.environ.pop("EMBIGGEN_BASE", None)  # the tests build their own models: a user's base model must not leak in
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ def test_presets_by_name_and_env(monkeypatch):
     monkeypatch.setenv("EMBIGGEN_BASE", "/models/other")
     assert get_preset().base_model == "/models/other" and get_preset("pretrained").base_model == "/models/other"
     assert PRESETS["smoke"].base_model == ""  # the presets themselves are not changed
+    assert get_preset("pretrained", base="").base_model == ""  # "": the embedded model, whatever the environment
 
 
 def test_unknown_preset_lists_the_valid_ones():
