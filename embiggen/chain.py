@@ -38,7 +38,7 @@ from .sft import SFTData, sft
 from .splits import build_corpus, build_world, data_splits
 from .tokenizer import train_tokenizer
 from .training import TrainLog, cache_dir, load_checkpoint, resume_dir, save_checkpoint, train_or_load
-from .utils import atomic_dir, pick_device, set_seed
+from .utils import atomic_dir, atomic_write_text, pick_device, set_seed
 from .world import WORLD_VERSION, World
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
@@ -121,10 +121,14 @@ def load_base_model(preset: Preset, device=None) -> StageModel:
     world = build_world(preset)
     path = cache_dir("base", preset, "pretrained", model_fingerprint(name, model),
                      tag=f"pretrained-{Path(str(name).rstrip('/')).name}")
-    _, val_docs = build_corpus(preset, world)
-    val_data = tokenize_corpus(tokenizer, val_docs)
-    windows = replace(preset.pretrain, eval_batches=min(preset.pretrain.eval_batches, 4), batch_size=8)
-    val_loss = estimate_loss(model, val_data, windows, device)
+    measured = path / "measured.json"  # the model is not copied into the cache; what was measured of it is
+    if measured.exists():
+        val_loss = json.loads(measured.read_text())["val_loss"]
+    else:
+        _, val_docs = build_corpus(preset, world)
+        windows = replace(preset.pretrain, eval_batches=min(preset.pretrain.eval_batches, 4), batch_size=8)
+        val_loss = estimate_loss(model, tokenize_corpus(tokenizer, val_docs), windows, device)
+        atomic_write_text(measured, json.dumps({"val_loss": val_loss}))
     info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), "source": str(source),
             "train_tokens": 0, "train_seconds": 0.0, "load_seconds": round(time.perf_counter() - started, 2),
             "tokens_per_second": None, "val_loss": val_loss, "device": str(device)}
@@ -384,10 +388,10 @@ def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     collection = {k: getattr(preset.reward, k) for k in COLLECTION_FIELDS}
-    rounds = {"round": round_} if cfg.rounds > 1 else {}
+    iterated = cfg.rounds > 1
     path = cache_dir("dpo", preset, DPO_VERSION, REWARD_VERSION, data_splits(preset).fingerprint, sft.path.name,
-                     collection, asdict(cfg), *rounds.values(),
-                     tag=f"beta{cfg.beta:g}" + (f"-round{round_}" if rounds else ""))
+                     collection, asdict(cfg), *((round_,) if iterated else ()),
+                     tag=f"beta{cfg.beta:g}" + (f"-round{round_}" if iterated else ""))
 
     def load(path):
         model, tokenizer, info, log = load_checkpoint(path, device)
@@ -411,7 +415,7 @@ def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None
         log = train_dpo(model, sft.model, sft.tokenizer, pairs, data["eval_pairs"], replace(cfg, steps=steps),
                         device=device, seed=preset.seed + round_ - 1, progress=progress, resume_dir=resume_dir(path),
                         desc=f"dpo {preset.name} beta={cfg.beta:g}"
-                        + (f" round {round_}/{cfg.rounds}" if rounds else ""),
+                        + (f" round {round_}/{cfg.rounds}" if iterated else ""),
                         ptx_data=ptx_data)
         info = {"preset": preset.name, "seed": preset.seed, "beta": cfg.beta, "loss_type": cfg.loss_type,
                 "n_pairs": len(pairs), "n_eval_pairs": len(data["eval_pairs"]),

@@ -315,5 +315,6 @@ def get_preset(name: str | Preset | None = None, base: str | None = None) -> Pre
     name = name or os.environ.get("EMBIGGEN_PRESET") or DEFAULT_PRESET
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    base = os.environ.get("EMBIGGEN_BASE") or None if base is None else base
-    return replace(PRESETS[name], base_model=base) if base is not None else PRESETS[name]
+    if base is None:
+        base = os.environ.get("EMBIGGEN_BASE") or None
+    return PRESETS[name] if base is None else replace(PRESETS[name], base_model=base)

@@ -130,8 +130,7 @@ def batch_loss(model, batch: dict, logprob_chunk: int = 0):
         def mean(rows):
             return nll[rows].sum() / counts[rows].sum().clamp(min=1)
 
-        everything = torch.ones(len(nll), dtype=torch.bool, device=nll.device)
-        loss, n = mean(everything), counts.sum()
+        loss, n = nll.sum() / counts.sum().clamp(min=1), counts.sum()
         if "replay" not in batch:
             return loss, n
         rows = batch["replay"]
