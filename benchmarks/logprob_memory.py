@@ -1,7 +1,9 @@
-"""Peak memory of one SFT forward and backward pass with a large vocabulary: all logits at once
-against `logprob_chunk` positions at a time (`embiggen.sft.chunked_token_nll`).
+"""Peak memory of one forward and backward pass with a large vocabulary: all logits at once
+against `logprob_chunk` positions at a time — SFT's loss (`embiggen.sft.chunked_token_nll`) or
+PPO's log-probs, entropies and values of a minibatch (`PolicyWithValueHead.logprobs_and_values`,
+the second half of each row taken as the response).
 
-    python benchmarks/logprob_memory.py [--vocab 151936] [--batch 8] [--length 256] [--chunk 256]
+    python benchmarks/logprob_memory.py [--stage sft|ppo] [--vocab 151936] [--batch 8] [--length 256] [--chunk 256]
 
 A one-layer Llama (hidden size 64) with a Qwen2.5-sized vocabulary, float32, on the CPU: the
 model is small so that the logits dominate, as they do for a 0.5B model with a 150k vocabulary.
@@ -17,7 +19,7 @@ import subprocess
 import sys
 
 
-def measure(vocab: int, batch: int, length: int, chunk: int) -> dict:
+def measure(stage: str, vocab: int, batch: int, length: int, chunk: int) -> dict:
     import time
 
     import torch
@@ -33,8 +35,17 @@ def measure(vocab: int, batch: int, length: int, chunk: int) -> dict:
     labels[:, : length // 2] = -100  # the prompt half
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    loss, _ = batch_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
-                         logprob_chunk=chunk)
+    if stage == "sft":
+        loss, _ = batch_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
+                             logprob_chunk=chunk)
+    else:
+        from embiggen.generate import position_ids_from
+        from embiggen.ppo import PolicyWithValueHead
+
+        mask = torch.ones_like(ids)
+        logprobs, entropy, values = PolicyWithValueHead(model).logprobs_and_values(
+            ids, mask, position_ids_from(mask), ids[:, length // 2:], 1.0, chunk)
+        loss = -(logprobs.mean() + 0.01 * entropy.mean()) + values.pow(2).mean()
     loss.backward()
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -44,6 +55,7 @@ def measure(vocab: int, batch: int, length: int, chunk: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("sft", "ppo"), default="sft")
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
@@ -51,12 +63,15 @@ def main():
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # run one setting (child process)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.vocab, args.batch, args.length, args.one)))
+        print(json.dumps(measure(args.stage, args.vocab, args.batch, args.length, args.one)))
         return
-    logits_mb = args.batch * args.length * args.vocab * 4 / 2 ** 20
-    print(f"vocab={args.vocab} batch={args.batch} length={args.length}: float32 logits {logits_mb:,.0f} MB")
+    positions = args.length if args.stage == "sft" else args.length // 2  # PPO's logits: the response only
+    logits_mb = args.batch * positions * args.vocab * 4 / 2 ** 20
+    print(f"{args.stage}: vocab={args.vocab} batch={args.batch} length={args.length}: "
+          f"float32 logits {logits_mb:,.0f} MB")
     for chunk in (0, args.chunk):
-        out = subprocess.run([sys.executable, __file__, f"--vocab={args.vocab}", f"--batch={args.batch}",
+        out = subprocess.run([sys.executable, __file__, f"--stage={args.stage}", f"--vocab={args.vocab}",
+                              f"--batch={args.batch}",
                               f"--length={args.length}", f"--one={chunk}"], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"logprob_chunk={r['chunk']}: loss {r['loss']} | peak memory {r['peak_mb']:,} MB "

@@ -28,7 +28,7 @@ from pathlib import Path
 from .labeler import Labeler
 from .dpo import train_dpo
 from .mixture import MIXTURE_VERSION
-from .model import build_model, load_pretrained
+from .model import build_model, check_context, load_pretrained
 from .ppo import PPOLog, PPOTrainer, train_ppo
 from .preferences import collect_preferences, pairs_jsonl, read_pairs
 from .presets import DPOConfig, ModelConfig, PPOConfig, Preset, get_preset
@@ -117,6 +117,8 @@ def load_base_model(preset: Preset, device=None) -> StageModel:
     device = device or pick_device()
     name = preset.base_model
     model, tokenizer = load_pretrained(name, device=device)
+    check_context(model, {"pretrain.seq_len": preset.pretrain.seq_len, "sft.max_length": preset.sft.max_length,
+                          "dpo.max_length": preset.dpo.max_length}, name=str(name))
     source = Path(name).resolve() if Path(name).is_dir() else name
     world = build_world(preset)
     path = cache_dir("base", preset, "pretrained", model_fingerprint(name, model),

@@ -20,6 +20,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
@@ -191,10 +192,44 @@ def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int,
             "prompt_len": prompt_len, "responses": responses, "mask": mask, "finished": finished}
 
 
+def chunked_response_logprobs(head, hidden: torch.Tensor, responses: torch.Tensor, temperature: float,
+                              chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`response_logprobs(head(hidden), responses, temperature)` — the same numbers — computed
+    `chunk` positions at a time, so that only chunk x vocabulary float32 logits exist at once
+    (with gradients on, each chunk's logits are recomputed in the backward pass instead of kept).
+    `hidden[:, t]` is the last hidden state that predicts `responses[:, t]`; `head` the model's
+    output embedding, a plain linear map."""
+    def piece(h, y):
+        return response_logprobs(head(h).unsqueeze(0), y.unsqueeze(0), temperature)
+
+    flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), responses.reshape(-1)
+    parts = [checkpoint(piece, flat_h[i: i + chunk], flat_y[i: i + chunk], use_reentrant=False)
+             if torch.is_grad_enabled() else piece(flat_h[i: i + chunk], flat_y[i: i + chunk])
+             for i in range(0, len(flat_y), chunk)]
+    logprobs = torch.cat([lp for lp, _ in parts], dim=1).view_as(responses)
+    entropy = torch.cat([e for _, e in parts], dim=1).view_as(responses)
+    return logprobs, entropy
+
+
+#: `episode_logprobs` keeps at most this many float32 logits at once by default (256 MB): the
+#: embedded model's batches stay far below it, a 150k vocabulary goes in chunks of ~440 positions.
+MAX_LOGITS = 2 ** 26
+
+
 @torch.no_grad()
-def episode_logprobs(lm, episodes: dict, temperature: float) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the sampled response tokens under a (frozen) language model."""
+def episode_logprobs(lm, episodes: dict, temperature: float, chunk: int | None = None) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the sampled response tokens under a (frozen) language model
+    (with `chunk`, from its last hidden states a chunk of positions at a time; by default, in
+    chunks only where all logits at once would be more than `MAX_LOGITS` floats)."""
     n = episodes["responses"].shape[1]
-    logits = lm(input_ids=episodes["sequences"], attention_mask=episodes["attention_mask"],
-                position_ids=episodes["position_ids"], use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
+    if chunk is None:
+        vocab = lm.get_output_embeddings().out_features
+        chunk = 0 if episodes["responses"].numel() * vocab <= MAX_LOGITS else max(1, MAX_LOGITS // vocab)
+    inputs = {"input_ids": episodes["sequences"], "attention_mask": episodes["attention_mask"],
+              "position_ids": episodes["position_ids"], "use_cache": False}
+    if chunk:
+        hidden = lm.base_model(**inputs).last_hidden_state[:, -(n + 1):-1]
+        return chunked_response_logprobs(lm.get_output_embeddings(), hidden, episodes["responses"], temperature,
+                                         chunk)[0]
+    logits = lm(**inputs, logits_to_keep=n + 1).logits[:, :-1]
     return response_logprobs(logits, episodes["responses"], temperature)[0]

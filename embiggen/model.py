@@ -64,6 +64,28 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu"
     return model.to(device), tokenizer
 
 
+def context_length(model) -> int | None:
+    """The longest sequence a causal LM reads (its config's `max_position_embeddings`, GPT-2's
+    `n_positions`), or None where the config does not say."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_context(model, lengths: dict[str, int], name: str = "this model") -> None:
+    """Refuse, naming every setting to lower, a preset whose sequences are longer than the
+    model's context: a model with learned positions (GPT-2) would fail deep inside a stage, and
+    rotary positions past the trained context quietly give worse log-probabilities."""
+    context = context_length(model)
+    if context is None:
+        return
+    too_long = {key: n for key, n in lengths.items() if n > context}
+    if too_long:
+        settings = ", ".join(f"{key}={n}" for key, n in too_long.items())
+        raise ValueError(f"{name} reads at most {context} tokens, but the preset asks for {settings}: lower "
+                         f"{'it' if len(too_long) == 1 else 'them'} to {context} or less (a Preset is a frozen "
+                         f"dataclass: dataclasses.replace builds a changed copy)")
+
+
 #: For a tokenizer without a chat template (a base model such as GPT-2): plain role labels,
 #: each assistant turn ended by the tokenizer's EOS, which is where generation stops.
 FALLBACK_CHAT_TEMPLATE = (

@@ -34,6 +34,9 @@ def setup(preset=None, seed: int | None = None, base: str | None = None):
           f" | matplotlib {matplotlib.__version__} | embiggen {__version__}")
     print(f"preset {preset.name!r} | device {pick_device()} | {threads} CPU threads | seed {preset.seed}"
           + (f" | base model {preset.base_model}" if preset.base_model else ""))
+    if preset.base_model:
+        print("The prose around these cells describes the committed run, which starts from the embedded model: "
+              "numbers from your model will differ, and so may what they show.")
     return preset
 
 

@@ -53,7 +53,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .generate import decode_responses, episode_logprobs, position_ids_from, response_logprobs, sample_episodes
+from .generate import (chunked_response_logprobs, decode_responses, episode_logprobs, position_ids_from,
+                       response_logprobs, sample_episodes)
 from .presets import PPOConfig
 from .sft import batch_loss
 from .training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
@@ -186,6 +187,21 @@ class PolicyWithValueHead(nn.Module):
         values = self.value_head(out.hidden_states[-1][:, -(response_len + 1):-1]).squeeze(-1)
         return out.logits[:, :-1], values
 
+    def logprobs_and_values(self, input_ids, attention_mask, position_ids, responses, temperature: float,
+                            chunk: int = 0):
+        """log pi(y_t | ...), the entropy of pi at each response position, and the values V(s_t).
+        With `chunk`, the log-probs come from the last hidden states `chunk` positions at a time
+        (`chunked_response_logprobs`: the same numbers without the whole vocabulary's logits)."""
+        n = responses.shape[1]
+        if not chunk:
+            logits, values = self(input_ids, attention_mask, position_ids, n)
+            return (*response_logprobs(logits, responses, temperature), values)
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    use_cache=False).last_hidden_state[:, -(n + 1):-1]
+        logprobs, entropy = chunked_response_logprobs(self.lm.get_output_embeddings(), hidden, responses,
+                                                      temperature, chunk)
+        return logprobs, entropy, self.value_head(hidden).squeeze(-1)
+
 
 def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
@@ -260,9 +276,9 @@ class PPOTrainer:
         ep = sample_episodes(self.policy.lm, tok, [e.instruction for e in prompts], cfg.max_new_tokens, cfg.temperature)
         sequences, attention_mask, responses, mask = ep["sequences"], ep["attention_mask"], ep["responses"], ep["mask"]
         finished, prompt_len, n = ep["finished"], ep["prompt_len"], ep["responses"].shape[1]
-        logits, values = self.policy(sequences, attention_mask, ep["position_ids"], n)
-        logprobs, entropy = response_logprobs(logits, responses, cfg.temperature)
-        ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature)
+        logprobs, entropy, values = self.policy.logprobs_and_values(sequences, attention_mask, ep["position_ids"],
+                                                                    responses, cfg.temperature, cfg.logprob_chunk)
+        ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)
         texts, _ = decode_responses(tok, responses)  # the same text the labeler and the reward model judge
         instructions = [e.instruction for e in prompts]
         rm_scores = self.reward_model.score(instructions, texts, finished.tolist()).to(self.device)
@@ -294,19 +310,18 @@ class PPOTrainer:
             order = torch.randperm(n, generator=self.generator).tolist()
             for start in range(0, n, cfg.minibatch_size):
                 idx = torch.tensor(order[start: start + cfg.minibatch_size], device=self.device)
-                n_resp = ro.sequences.shape[1] - ro.prompt_len
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                    logits, values = self.policy(ro.sequences[idx], ro.attention_mask[idx],
-                                                 position_ids_from(ro.attention_mask[idx]), n_resp)
+                    logprobs, _, values = self.policy.logprobs_and_values(
+                        ro.sequences[idx], ro.attention_mask[idx], position_ids_from(ro.attention_mask[idx]),
+                        ro.sequences[idx, ro.prompt_len:], cfg.temperature, cfg.logprob_chunk)
                 values = values.float()
-                logprobs, _ = response_logprobs(logits, ro.sequences[idx, ro.prompt_len:], cfg.temperature)
                 m = mask[idx]
                 pg_loss, pg_stats = clipped_policy_loss(logprobs, ro.logprobs[idx], advantages[idx], m, cfg.cliprange)
                 vf_loss = clipped_value_loss(values, ro.values[idx], returns[idx], m, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ptx_coef > 0:
                     batch = {k: v.to(self.device) for k, v in self.ptx_data.next_batch(self.generator).items()}
-                    ptx_loss = batch_loss(self.policy.lm, batch)[0]
+                    ptx_loss = batch_loss(self.policy.lm, batch, cfg.logprob_chunk)[0]
                     loss = loss + cfg.ptx_coef * ptx_loss
                     stats.setdefault("ptx_loss", []).append(ptx_loss.item())
                 if not torch.isfinite(loss):

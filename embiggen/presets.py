@@ -119,6 +119,8 @@ class PPOConfig:
                                           betas=(0.9, 0.999), eps=1e-5), "the optimiser (Adam, constant rate)")
     max_new_tokens: int = knob(32, "longest sampled response")
     temperature: float = knob(1.0, "sampling temperature (log-probabilities use the same)")
+    logprob_chunk: int = knob(0, "> 0: log-probs and entropies from the last hidden states, this many positions at "
+                                 "a time (memory for a large vocabulary; 0: all logits at once)")
     kl_coef: float = knob(0.1, "beta in  r_t = -beta * KL_t  (+ the score at the last token)")
     kl_estimator: str = knob("k1", "'k1': log p - log p_ref;  'k3': (r - 1) - log r, r = p_ref / p")
     adaptive_kl: bool = knob(False, "Ziegler et al.'s proportional controller towards kl_target")
@@ -277,7 +279,7 @@ PRESETS: dict[str, Preset] = {
                             optim=OptimConfig(lr=1e-5, warmup_steps=10, weight_decay=0.0, accumulation_steps=2,
                                               bf16=True)),
         ppo=PPOConfig(steps=60, batch_size=32, minibatch_size=8, ppo_epochs=2, n_prompts=1000, refresh_prompts=500,
-                      ptx_batch_size=4, optim=OptimConfig(lr=1e-6, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                      ptx_batch_size=4, logprob_chunk=256, optim=OptimConfig(lr=1e-6, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
                                                           betas=(0.9, 0.999), eps=1e-5, bf16=True)),
         dpo=DPOConfig(beta=0.1, steps=150, batch_size=4, max_length=256, round_prompts=500, logprob_chunk=256,
                       optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.0, accumulation_steps=2, bf16=True)),

@@ -33,7 +33,7 @@ def llama_dir(tmp_path_factory):
     tok.pad_token = tok.eos_token
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
                                          eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
     path = tmp_path_factory.mktemp("llama-pad-eos")
     model.save_pretrained(path)
@@ -380,3 +380,98 @@ def test_ppo_with_activation_checkpointing_takes_the_same_steps(llama_dir, tiny_
     with pytest.raises(ValueError, match="minibatch_size"):
         PPOTrainer(copy.deepcopy(model), model, tok, LengthReward(), Labeler(), device="cpu",
                    cfg=PPOConfig(ptx_coef=0.0, optim=OptimConfig(accumulation_steps=2)))
+
+
+@pytest.mark.parametrize("path", ["llama", "gpt2"])
+def test_ppo_log_probs_entropies_and_values_in_chunks_equal_the_full_ones(path, llama_dir, gpt2_dir, monkeypatch):
+    """PPO's policy pass with `logprob_chunk`: log-probs, entropies and values equal those from
+    all logits at once, and so do the gradients of a loss on all three; the reference model's
+    log-probs (`episode_logprobs`) likewise, chunked by hand and automatically past MAX_LOGITS."""
+    import warnings
+
+    from embiggen import generate
+    from embiggen.ppo import PolicyWithValueHead
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, tok = load_pretrained(llama_dir if path == "llama" else gpt2_dir)
+    torch.manual_seed(0)
+    ep = sample_episodes(model, tok, INSTRUCTIONS, max_new_tokens=8, temperature=0.8)
+    policy = PolicyWithValueHead(model)
+    torch.nn.init.normal_(policy.value_head.weight)  # not the zeros it starts from: values that differ
+    results = []
+    for chunk in (0, 5):
+        policy.zero_grad()
+        lp, ent, values = policy.logprobs_and_values(ep["sequences"], ep["attention_mask"], ep["position_ids"],
+                                                     ep["responses"], 0.8, chunk)
+        ((lp - 0.1 * ent) * ep["mask"] + values ** 2).sum().backward()
+        results.append((lp.detach(), ent.detach(), values.detach(), [p.grad.clone() for p in policy.parameters()]))
+    (lp0, ent0, v0, g0), (lp1, ent1, v1, g1) = results
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v1, v0, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(episode_logprobs(model, ep, 0.8), lp0)  # small enough: all logits at once
+    torch.testing.assert_close(episode_logprobs(model, ep, 0.8, chunk=3), lp0, atol=1e-5, rtol=1e-5)
+    calls = []
+    monkeypatch.setattr(generate, "chunked_response_logprobs",
+                        lambda *args: calls.append(args[-1]) or generate.__dict__["response_logprobs"](
+                            args[0](args[1]), args[2], args[3]))
+    monkeypatch.setattr(generate, "MAX_LOGITS", ep["responses"].numel() * len(tok) - 1)
+    torch.testing.assert_close(episode_logprobs(model, ep, 0.8), lp0, atol=1e-5, rtol=1e-5)
+    assert calls and 0 < calls[0] < ep["responses"].numel()  # chunked, once the logits would pass the cap
+
+
+def test_ppo_with_chunked_log_probs_takes_the_same_steps(llama_dir, tiny_splits):
+    import copy
+
+    from embiggen.labeler import Labeler
+    from embiggen.ppo import PPOTrainer, train_ppo
+    from embiggen.presets import OptimConfig, PPOConfig
+
+    class LengthReward:
+        def score(self, instructions, responses, finished=None):
+            return torch.tensor([len(r) / 10 for r in responses])
+
+    model, tok = load_pretrained(llama_dir)
+    policies, logs = [], []
+    for chunk in (0, 4):
+        cfg = PPOConfig(batch_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6, ptx_coef=0.0,
+                        logprob_chunk=chunk, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+        trainer = PPOTrainer(copy.deepcopy(model), model, tok, LengthReward(), Labeler(), cfg, device="cpu", seed=0)
+        logs.append(train_ppo(trainer, tiny_splits.ppo_eval[:4], steps=2, batch_size=4, progress=False))
+        policies.append(trainer.policy)
+    for a, b in zip(*(p.parameters() for p in policies)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert logs[0].series("kl") == pytest.approx(logs[1].series("kl"), abs=1e-5)
+
+
+def test_a_preset_longer_than_the_models_context_is_refused_by_name(gpt2_dir, tiny_preset, cache_dir):
+    """GPT-2's learned positions would fail deep inside a stage: loading the base refuses first,
+    naming each setting that is too long (this GPT-2 reads 512 tokens)."""
+    from dataclasses import replace
+
+    from embiggen.chain import train_or_load_base
+    from embiggen.model import check_context, context_length
+    from embiggen.presets import get_preset
+
+    preset = get_preset(replace(tiny_preset, sft=replace(tiny_preset.sft, max_length=600),
+                                dpo=replace(tiny_preset.dpo, max_length=513)), str(gpt2_dir))
+    with pytest.raises(ValueError, match=r"at most 512 tokens.*sft\.max_length=600, dpo\.max_length=513"):
+        train_or_load_base(preset, device="cpu")
+    model, _ = load_pretrained(gpt2_dir)
+    assert context_length(model) == 512
+    check_context(model, {"sft.max_length": 512})  # exactly the context is fine
+
+
+def test_a_notebook_started_from_another_model_says_its_prose_describes_the_embedded_run(llama_dir, capsys,
+                                                                                          monkeypatch):
+    from embiggen.notebook import setup
+
+    monkeypatch.setenv("EMBIGGEN_THREADS", "1")
+    assert setup("smoke", base=str(llama_dir)).base_model == str(llama_dir)
+    out = capsys.readouterr().out
+    assert f"base model {llama_dir}" in out and "describes the committed run" in out
+    setup("smoke", base="")
+    assert "describes the committed run" not in capsys.readouterr().out
