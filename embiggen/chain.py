@@ -35,8 +35,10 @@ from .presets import DPOConfig, ModelConfig, PPOConfig, Preset, get_preset
 from .pretrain import estimate_loss, pretrain, tokenize_corpus
 from .reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
 from .sft import SFTData, sft
+from .sft import sft as fine_tune  # for train_or_load_tools, whose `sft` argument is the SFT model
 from .splits import build_corpus, build_world, data_splits
 from .tokenizer import train_tokenizer
+from .tools import encode_tool_example
 from .training import TrainLog, cache_dir, load_checkpoint, resume_dir, save_checkpoint, train_or_load
 from .utils import atomic_dir, atomic_write_text, pick_device, set_seed
 from .world import WORLD_VERSION, World
@@ -45,6 +47,7 @@ from .world import WORLD_VERSION, World
 REWARD_VERSION = 6  # preference collection, the labeler or the reward model
 PPO_VERSION = 2
 DPO_VERSION = 1
+TOOLS_VERSION = 1
 
 
 @dataclass
@@ -453,3 +456,39 @@ def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int,
     with atomic_dir(folder) as tmp:
         (tmp / "train_pairs.jsonl").write_text(pairs_jsonl(collected.pairs))
     return collected.pairs
+
+
+# ---------------------------------------------------------------------------------------
+# What's next: tool use (notebook 5)
+# ---------------------------------------------------------------------------------------
+def train_or_load_tools(preset: str | Preset | None = None, sft: StageModel | None = None, force: bool = False,
+                        progress: bool = True, callback=None, device=None) -> StageModel:
+    """The SFT model fine-tuned to call tools (`embiggen.tools`): demonstrations whose answers
+    call the calculator and the counter, mixed with the SFT mixture's other examples; the
+    tools' results are masked out of the loss."""
+    preset = get_preset(preset)
+    device = device or pick_device()
+    splits, cfg = data_splits(preset), preset.tools
+    sft_model = sft or train_or_load_sft(preset, progress=progress, device=device)
+    path = cache_dir("tools", preset, TOOLS_VERSION, splits.fingerprint, sft_model.path.name, asdict(cfg))
+
+    def load(path):
+        model, tokenizer, info, log = load_checkpoint(path, device)
+        return StageModel(model, tokenizer, sft_model.world, preset, log, info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        set_seed(preset.seed)
+        model = copy.deepcopy(sft_model.model).to(device)
+        train_examples, val_examples = splits.tools_train(), splits.tools_val()
+        log = fine_tune(model, sft_model.tokenizer, train_examples, val_examples, cfg.train, device=device,
+                        seed=preset.seed, callback=callback, progress=progress, resume_dir=resume_dir(path),
+                        desc=f"tools {preset.name}", encode=encode_tool_example)
+        info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(),
+                "n_train": len(train_examples), "n_demonstrations": sum("[" in e.answer for e in train_examples),
+                "train_tokens": log.tokens, "train_seconds": round(time.perf_counter() - started, 2),
+                "val_loss": log.val_loss[-1], "sft": sft_model.path.name, "device": str(device)}
+        save_checkpoint(path, model, sft_model.tokenizer, info, log)
+        return StageModel(model.eval(), sft_model.tokenizer, sft_model.world, preset, log, info, path)
+
+    return train_or_load(path, load, train, force)

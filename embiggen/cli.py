@@ -4,6 +4,7 @@
     embiggen sample --model base "Alma Brook lives in"       # continue a prefix
     embiggen chat --model sft                                # ask the instruction-tuned model
     embiggen chat --model ppo                                # ask the RLHF-aligned model
+    embiggen chat --model tools                              # a model that calls a calculator and a counter
     embiggen config --stage ppo                              # every knob of a stage, its value and what it does
 """
 
@@ -20,6 +21,7 @@ from .model import load_pretrained
 from .pipeline import STAGES, default_out, load_stage, report_card, run
 from .presets import PRESETS, describe, get_preset
 from .tokenizer import chat_prompt
+from .tools import generate_with_tools
 from .utils import pick_device, set_threads
 
 #: the stages whose model is a language model `sample` and `chat` can use
@@ -57,9 +59,16 @@ def _cmd_sample(args) -> int:
     return 0
 
 
-def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48) -> str:
-    """One answer to one message (our models are trained on single-turn chats)."""
-    return generate(model, tokenizer, [chat_prompt(tokenizer, message)], max_new_tokens=max_new_tokens)[0].strip()
+def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48, tools: bool = False) -> str:
+    """One answer to one message (our models are trained on single-turn chats). With `tools`,
+    the calls the model writes are run (`embiggen.tools`), and each is shown on its own line
+    above the answer, with the error where one failed."""
+    if not tools:
+        return generate(model, tokenizer, [chat_prompt(tokenizer, message)], max_new_tokens=max_new_tokens)[0].strip()
+    transcript = generate_with_tools(model, tokenizer, [message], max_new_tokens=max(max_new_tokens, 64))[0]
+    lines = [f"  [tool] {c.name}({c.args}) -> {c.result}" + (f"   ({c.error})" if c.error else "")
+             for c in transcript.calls]
+    return "\n".join(lines + [transcript.answer])
 
 
 def _cmd_chat(args, read=input) -> int:
@@ -78,7 +87,7 @@ def _cmd_chat(args, read=input) -> int:
             return 0
         if not message.strip():
             continue
-        print(f"{args.model}> {chat_reply(model, tokenizer, message)}")
+        print(f"{args.model}> {chat_reply(model, tokenizer, message, tools=args.model == 'tools')}")
 
 
 def config_lines(cfg, indent: str = "  ") -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_ppo, train_or_load_reward,
-                    train_or_load_sft)
+                    train_or_load_sft, train_or_load_tools)
 from .evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
                        instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates, win_rate)
 from .experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
@@ -26,6 +26,7 @@ from .labeler import Labeler
 from .presets import Preset, get_preset
 from .reward import load_pairs, pairwise_accuracy
 from .splits import data_splits, overlap
+from .tools import TOOLS, evaluate_with_tools
 from .utils import atomic_write_text
 
 
@@ -226,6 +227,38 @@ def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
     }
 
 
+def report_tools(preset: Preset, models: dict, measured: Measured) -> dict:
+    """Tool use on held-out prompts: counting, and arithmetic beyond the world's range, answered
+    by the tool model with its calls run, and by the SFT model as notebook 2 asks it (no tools);
+    every held-in-template task with the runtime on, against SFT's accuracy (what the fine-tune
+    cost the other clusters); the share of calls that failed."""
+    tuned, sft_model, cfg = models["tools"], models["sft"], preset.tools
+    sets = data_splits(preset).tools_eval
+    with_tools = {name: evaluate_with_tools(tuned.model, tuned.tokenizer, examples, TOOLS, cfg.max_new_tokens,
+                                            cfg.max_calls) for name, examples in sets.items()}
+    without = {name: evaluate_tasks(sft_model.model, sft_model.tokenizer, examples, cfg.max_new_tokens)
+               for name, examples in sets.items()}
+    heldin = evaluate_with_tools(tuned.model, tuned.tokenizer, data_splits(preset).sft_eval["heldin_template"], TOOLS,
+                                 cfg.max_new_tokens, cfg.max_calls)
+    heldin_sft = heldin_accuracy(preset, models, measured, "sft")
+    calls = [c for result in [*with_tools.values(), heldin] for t in result["transcripts"] for c in t.calls]
+    r4 = lambda x: round(x, 4)  # noqa: E731
+    return {
+        "train_seconds": tuned.info["train_seconds"],
+        "n_demonstrations": tuned.info["n_demonstrations"],
+        "counting_accuracy": r4(with_tools["counting"]["accuracy"]),
+        "counting_accuracy_without_tools": r4(without["counting"]["accuracy"]),
+        "arithmetic_beyond_range_accuracy": r4(with_tools["arithmetic_beyond_range"]["accuracy"]),
+        "arithmetic_beyond_range_accuracy_without_tools": r4(without["arithmetic_beyond_range"]["accuracy"]),
+        "malformed_call_rate": r4(sum(c.error is not None for c in calls) / max(1, len(calls))),
+        "n_calls": len(calls),
+        "heldin_template_accuracy": r4(heldin["accuracy"]),
+        "heldin_template_accuracy_change": r4(heldin["accuracy"] - heldin_sft),
+        "n_eval_prompts": {name: len(examples) for name, examples in sets.items()},
+        "cache": str(tuned.path),
+    }
+
+
 # ---------------------------------------------------------------------------------------
 # The registry
 # ---------------------------------------------------------------------------------------
@@ -250,6 +283,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           needs={"sft": "sft", "reward": "rm"}),
     Stage("dpo", train_or_load_dpo, report_dpo, lambda preset: {"reward": preset.reward, "dpo": preset.dpo},
           needs={"sft": "sft"}),
+    Stage("tools", train_or_load_tools, report_tools, lambda preset: {"tools": preset.tools}, needs={"sft": "sft"}),
 ]}
 
 
@@ -291,6 +325,9 @@ TARGETS = {"laptop": {
     "dpo.over_refusal_rate": ("<=", 0.05),
     "dpo.heldin_template_accuracy_change": (">=", -0.03),
     "dpo.win_rate_vs_sft": (">=", 0.75),
+    "tools.train_seconds": ("<=", 120),
+    "tools.counting_accuracy": (">=", 0.95),
+    "tools.arithmetic_beyond_range_accuracy": (">=", 0.95),
     "sft.per_cluster.*": (">=", 0.80),  # every held-in task cluster, one by one
 }}
 

@@ -167,6 +167,23 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class ToolConfig:
+    """Tool use (Toolformer, Schick et al. 2023): the SFT model fine-tuned on demonstrations
+    whose answers call a calculator and a counter (`embiggen.tools`)."""
+    train: SFTConfig = knob(SFTConfig(steps=160, batch_size=32, optim=OptimConfig(lr=1e-3, warmup_steps=10,
+                                                                                  weight_decay=0.0),
+                                      replay_share=0.0, eval_every=80, n_train=6000, n_val=200),
+                            "the fine-tune: SFT's loss and loop (the tools' results are not targets)")
+    tool_share: float = knob(0.5, "share of demonstrations that call a tool (arithmetic, counting); "
+                                  "the rest are the SFT mixture's other examples, as before")
+    max_operand: int = knob(999, "largest operand in the calculator's demonstrations and its evaluation "
+                                 "(the world's own arithmetic stops at Preset.max_operand)")
+    max_calls: int = knob(2, "calls per answer at most")
+    max_new_tokens: int = knob(64, "longest answer (the model's own tokens; results not counted)")
+    n_eval: int = knob(200, "held-out prompts per evaluation set (counting; arithmetic beyond the world's range)")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """What the report card and the notebooks measure on. The held-out sets are drawn before any
     training set, and training sets skip their prompts, so their sizes shape the training data too
@@ -214,6 +231,7 @@ class Preset:
     reward: RewardConfig = knob(RewardConfig(), "step 3a: preferences and the reward model")
     ppo: PPOConfig = knob(PPOConfig(), "step 3b: PPO")
     dpo: DPOConfig = knob(DPOConfig(), "step 3, without a reward model: DPO")
+    tools: ToolConfig = knob(ToolConfig(), "what's next: tool use")
     evaluation: EvalConfig = knob(EvalConfig(), "held-out evaluation")
     experiments: ExperimentConfig = knob(ExperimentConfig(), "the notebooks' extra experiments")
 
@@ -237,6 +255,10 @@ PRESETS: dict[str, Preset] = {
         ppo=PPOConfig(steps=8, batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=24, n_prompts=200,
                       refresh_prompts=60, save_every=2),
         dpo=DPOConfig(steps=20, batch_size=8, eval_every=10, round_prompts=60),
+        tools=ToolConfig(train=SFTConfig(steps=30, batch_size=16, max_length=128, eval_every=15, n_train=600, n_val=32,
+                                         replay_share=0.0, optim=OptimConfig(lr=3e-3, warmup_steps=5,
+                                                                             weight_decay=0.0)),
+                         n_eval=24),
         evaluation=EvalConfig(n_instruction_probes=40, n_per_cluster=10, n_rm_prompts=40, n_ppo_prompts=40,
                               max_new_tokens=24),
         experiments=ExperimentConfig(
@@ -283,6 +305,11 @@ PRESETS: dict[str, Preset] = {
                                                           betas=(0.9, 0.999), eps=1e-5, bf16=True)),
         dpo=DPOConfig(beta=0.1, steps=150, batch_size=4, max_length=256, round_prompts=500, logprob_chunk=256,
                       optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.0, accumulation_steps=2, bf16=True)),
+        tools=ToolConfig(train=SFTConfig(steps=150, batch_size=8, max_length=256, eval_every=50, n_train=3000,
+                                         n_val=100, replay_share=0.0, logprob_chunk=256,
+                                         optim=OptimConfig(lr=5e-5, warmup_steps=10, weight_decay=0.0,
+                                                           accumulation_steps=2, bf16=True)),
+                         n_eval=100),
         evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_rm_prompts=150, n_ppo_prompts=150),
     ),
     # The same recipe on the smoke preset's small world, a few steps per stage: every stage of a
@@ -300,6 +327,10 @@ PRESETS: dict[str, Preset] = {
                                         betas=(0.9, 0.999), eps=1e-5)),
         dpo=DPOConfig(beta=0.1, steps=4, batch_size=4, max_length=128, eval_every=4, round_prompts=8,
                       optim=OptimConfig(lr=1e-6, warmup_steps=1, weight_decay=0.0)),
+        tools=ToolConfig(train=SFTConfig(steps=6, batch_size=4, max_length=128, eval_every=6, n_train=200, n_val=16,
+                                         replay_share=0.0, optim=OptimConfig(lr=5e-5, warmup_steps=2,
+                                                                             weight_decay=0.0)),
+                         n_eval=12),
         evaluation=EvalConfig(n_instruction_probes=8, n_per_cluster=3, n_rm_prompts=12, n_ppo_prompts=12,
                               max_new_tokens=24),
     ),

@@ -157,10 +157,11 @@ class SFTData:
     "replay", which keeps fine-tuning from overwriting what pretraining stored (the same
     idea as InstructGPT's pretraining mix, Ouyang et al. 2022, section 3.5)."""
 
-    def __init__(self, tokenizer, examples, cfg: SFTConfig, replay: torch.Tensor | None = None):
+    def __init__(self, tokenizer, examples, cfg: SFTConfig, replay: torch.Tensor | None = None,
+                 encode=encode_example):
         self.cfg = cfg
         self.pad = tokenizer.pad_token_id
-        self.encoded = [encode_example(tokenizer, e.instruction, e.answer, cfg.max_length) for e in examples]
+        self.encoded = [encode(tokenizer, e.instruction, e.answer, cfg.max_length) for e in examples]
         self.replay = replay if cfg.replay_share > 0 else None
         self.n_replay = round(cfg.batch_size * cfg.replay_share) if self.replay is not None else 0
         sample = self.encoded[:200]  # for packing: how many examples fill a row, on average
@@ -212,11 +213,13 @@ def validation_loss(model, data: SFTData, batch_size: int = 64) -> float:
 
 def sft(model, tokenizer, train_examples, val_examples, cfg: SFTConfig, device=None, seed: int = 0,
         callback=None, progress: bool = True, resume_dir: Path | None = None, desc: str = "sft",
-        replay: torch.Tensor | None = None) -> TrainLog:
+        replay: torch.Tensor | None = None, encode=encode_example) -> TrainLog:
     """Fine-tune `model` (any causal LM) on instruction examples with the completion-only loss
-    (plus replayed pretraining text, if `replay` is given and cfg.replay_share > 0)."""
+    (plus replayed pretraining text, if `replay` is given and cfg.replay_share > 0). `encode`
+    turns an example into ids and labels (`tools.encode_tool_example` keeps results out of the loss)."""
     device = device or pick_device()
-    train, val = SFTData(tokenizer, train_examples, cfg, replay), SFTData(tokenizer, val_examples, cfg)
+    train, val = SFTData(tokenizer, train_examples, cfg, replay, encode), SFTData(tokenizer, val_examples, cfg,
+                                                                                  encode=encode)
     return train_loop(model, train.next_batch, lambda m, batch: batch_loss(m, batch, cfg.logprob_chunk), cfg,
                       val_loss_fn=lambda m: validation_loss(m, val),
                       device=device, seed=seed, callback=callback, progress=progress, resume_dir=resume_dir, desc=desc)

@@ -28,12 +28,14 @@ evaluation name occurs in the corpus or in any training data, and that the old c
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from functools import cached_property, lru_cache
 
 from .mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment_example, evaluation_sets,
-                      fact_questions, prompt_mix, task_example, training_mixture)
+                      fact_questions, heldin_templates, prompt_mix, task_example, training_mixture)
 from .presets import Preset, get_preset
-from .tasks import TaskExample
+from .tasks import TaskExample, make_example
+from .tools import TOOL_CLUSTERS, tool_demonstration
 from .utils import config_key
 from .world import (ALIGNMENT_KINDS, HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words,
                     world_words)
@@ -55,6 +57,8 @@ SEEDS = {
     "person_probe": 700,                    # known / pretraining-only / never-seen people
     "names": 800,                           # inventing the names of people who do not exist
     "dpo_round": 900,                       # iterated DPO: + round number
+    "tools": 1000, "tools_val": 1001,       # the tool fine-tune's demonstrations (notebook 5)
+    "tools_eval": 1002,                     # its held-out prompts: counting, arithmetic beyond the world's range
 }
 
 #: Offsets added to the preset's seed for *sampling answers* on a split's prompts (preference collection).
@@ -200,12 +204,27 @@ class DataSplits:
     def _unknown_question(rng: random.Random, material: AlignmentMaterial) -> TaskExample:
         return alignment_example(material, "unknown_person", rng, hedge=False)
 
+    @cached_property
+    def tools_eval(self) -> dict[str, list[TaskExample]]:
+        """Notebook 5's held-out prompts, every template of their cluster (the held-out one too):
+        counting, and arithmetic whose larger operand is beyond the world's own range
+        (Preset.max_operand < it <= tools.max_operand), which no model here ever computed."""
+        rng, cfg = random.Random(self.seed("tools_eval")), self.preset.tools
+        counting = [make_example(self.world, "counting", rng) for _ in range(cfg.n_eval)]
+        wide, beyond = replace(self.world, max_operand=cfg.max_operand), []
+        while len(beyond) < cfg.n_eval:
+            example = make_example(wide, "arithmetic", rng)
+            if max(example.meta["a"], example.meta["b"]) > self.world.max_operand:
+                beyond.append(example)
+        return {"counting": counting, "arithmetic_beyond_range": beyond}
+
     def evaluation_sets(self) -> dict[str, list[TaskExample]]:
         """Every evaluation set by name (notebook 2's splits flattened as `sft_eval.<split>`)."""
         sets = {f"sft_eval.{k}": v for k, v in self.sft_eval.items()}
         sets.update({"counting_probe": self.counting_probe, "rm_eval": self.rm_eval, "ppo_eval": self.ppo_eval})
         sets.update({f"refresh_eval.{r}": self.refresh_eval(r) for r in self.rounds})
         sets.update({f"person_probe.{k}": v for k, v in self.person_probe.items()})
+        sets.update({f"tools_eval.{k}": v for k, v in self.tools_eval.items()})
         return sets
 
     @cached_property
@@ -267,6 +286,30 @@ class DataSplits:
         return [task_example(self.world, rng.choices(clusters, weights)[0], rng, self.reserved)
                 for _ in range(self.preset.sft.n_train)]
 
+    def tools_train(self, n: int | None = None, split: str = "tools") -> list[TaskExample]:
+        """The tool fine-tune's examples: a `tools.tool_share` share are demonstrations with a call
+        (`tools.tool_demonstration`) — arithmetic with operands up to tools.max_operand and
+        counting, held-in templates only — and the rest the SFT mixture's examples of every other
+        cluster and of the alignment material, answered as before. No evaluation prompt among them."""
+        cfg = self.preset.tools
+        n = cfg.train.n_train if n is None else n
+        rng = random.Random(self.seed(split))
+        wide, n_tool, demos = replace(self.world, max_operand=cfg.max_operand), round(n * cfg.tool_share), []
+        while len(demos) < n_tool:
+            cluster = TOOL_CLUSTERS[len(demos) % len(TOOL_CLUSTERS)]
+            example = make_example(wide if cluster == "arithmetic" else self.world, cluster, rng,
+                                   template=rng.choice(heldin_templates(cluster)))
+            if example.instruction not in self.reserved:
+                demos.append(tool_demonstration(example))
+        mixture = self.sft_train() if split == "tools" else self.sft_val()
+        others = [e for e in mixture if e.cluster not in TOOL_CLUSTERS][: n - n_tool]
+        examples = demos + others
+        rng.shuffle(examples)
+        return examples
+
+    def tools_val(self) -> list[TaskExample]:
+        return self.tools_train(self.preset.tools.train.n_val, split="tools_val")
+
     def seen_alignment(self, n: int = 150) -> list[TaskExample]:
         """Alignment prompts from PPO's *training* material (its names, the training templates):
         not an evaluation set. Beside the held-out figures, they show what was memorised."""
@@ -279,6 +322,7 @@ class DataSplits:
                 "ppo": self.ppo, "ptx": self.ptx}
         sets.update({f"refresh.{r}": self.refresh(r) for r in self.rounds})
         sets.update({f"dpo_round.{r}": self.dpo_round(r) for r in self.dpo_rounds})
+        sets.update({"tools_train": self.tools_train(), "tools_val": self.tools_val()})
         return sets
 
 

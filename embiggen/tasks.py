@@ -77,10 +77,12 @@ def _arithmetic(world, people, rng):
     a, b = rng.randint(0, world.max_operand), rng.randint(0, world.max_operand)
     if rng.random() < 0.5:
         return ({"a": a, "b": b, "op": "plus", "sym": "+"},
-                {"default": f"{a} plus {b} is {a + b}.", "number": str(a + b)}, {"op": "+", "value": str(a + b)})
+                {"default": f"{a} plus {b} is {a + b}.", "number": str(a + b)},
+                {"op": "+", "value": str(a + b), "a": a, "b": b})
     a, b = max(a, b), min(a, b)
     return ({"a": a, "b": b, "op": "minus", "sym": "-"},
-            {"default": f"{a} minus {b} is {a - b}.", "number": str(a - b)}, {"op": "-", "value": str(a - b)})
+            {"default": f"{a} minus {b} is {a - b}.", "number": str(a - b)},
+            {"op": "-", "value": str(a - b), "a": a, "b": b})
 
 
 def _sentiment(world, people, rng):
@@ -106,7 +108,7 @@ def _counting(world, people, rng):
     count = rng.randint(1, 6)
     seq = [thing] * count + rng.sample([t for t in THINGS if t != thing], rng.randint(1, 3))
     rng.shuffle(seq)
-    return {"thing": thing, "items": ", ".join(seq)}, str(count), {}
+    return {"thing": thing, "items": ", ".join(seq)}, str(count), {"thing": thing, "items": ", ".join(seq)}
 
 
 def _fact_check(world, people, rng):

@@ -29,12 +29,13 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 def test_unknown_stage_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid stages: base, sft, rm, ppo, dpo"):
+    with pytest.raises(ValueError, match="valid stages: base, sft, rm, ppo, dpo, tools"):
         parse_stages("base,kto")
     with pytest.raises(ValueError, match="valid stages"):
         parse_stages(",")
     assert parse_stages("sft,base") == ["base", "sft"]
-    assert parse_stages(None) == parse_stages("dpo,ppo,rm,sft,base") == ["base", "sft", "rm", "ppo", "dpo"]
+    assert parse_stages(None) == parse_stages("tools,dpo,ppo,rm,sft,base") == ["base", "sft", "rm", "ppo", "dpo",
+                                                                               "tools"]
 
 
 def test_cli_reports_bad_input_without_traceback(capsys):
@@ -89,7 +90,7 @@ def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
     assert cli.load_model_by_name("ppo", "smoke") == ("ppo model", "tokenizer")
     assert seen == [("base", "smoke", {}), ("sft", "smoke", {"base": "base"}), ("rm", "smoke", {"sft": "sft"}),
                     ("ppo", "smoke", {"sft": "sft", "reward": "rm"})]
-    assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo", "dpo"]
+    assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo", "dpo", "tools"]
 
 
 def test_report_card_judges_every_heldin_cluster_but_not_the_heldout_one():

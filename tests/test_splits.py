@@ -122,3 +122,19 @@ def test_person_probe_groups(splits):
     assert {e.meta["person"] for e in probe["never_seen"]} <= set(splits.material["eval"].unknown_names)
     assert {e.meta["person"] for e in probe["world_style"]} <= set(world.unknown_names)
     assert all(e.cluster == "fact_qa" for e in probe["known"] + probe["pretraining_only"])
+
+
+def test_tool_evaluation_is_beyond_the_worlds_range_and_its_demonstrations_use_held_in_templates(splits):
+    """Notebook 5's arithmetic is judged where no model here ever computed (an operand past the
+    world's max_operand); the tool fine-tune's demonstrations use held-in templates only, while
+    its evaluation draws every template, the held-out one included."""
+    from embiggen.mixture import heldout_template
+
+    world, cfg = splits.world, splits.preset.tools
+    beyond = splits.tools_eval["arithmetic_beyond_range"]
+    assert all(world.max_operand < max(e.meta["a"], e.meta["b"]) <= cfg.max_operand for e in beyond)
+    assert len(beyond) == len(splits.tools_eval["counting"]) == cfg.n_eval
+    demos = [e for e in splits.tools_train() if "[" in e.answer]
+    assert demos and all(e.template != heldout_template(e.cluster) for e in demos)
+    assert any(e.template == heldout_template(e.cluster) for e in splits.tools_eval["counting"] + beyond)
+    assert {e.instruction for e in splits.tools_train()} & splits.reserved == set()
