@@ -170,9 +170,9 @@ class DPOConfig:
 class ToolConfig:
     """Tool use (Toolformer, Schick et al. 2023): the SFT model fine-tuned on demonstrations
     whose answers call a calculator and a counter (`embiggen.tools`)."""
-    train: SFTConfig = knob(SFTConfig(steps=160, batch_size=32, optim=OptimConfig(lr=1e-3, warmup_steps=10,
+    train: SFTConfig = knob(SFTConfig(steps=200, batch_size=32, optim=OptimConfig(lr=2e-3, warmup_steps=10,
                                                                                   weight_decay=0.0),
-                                      replay_share=0.0, eval_every=80, n_train=6000, n_val=200),
+                                      replay_share=0.0, eval_every=100, n_train=6000, n_val=200),
                             "the fine-tune: SFT's loss and loop (the tools' results are not targets)")
     tool_share: float = knob(0.5, "share of demonstrations that call a tool (arithmetic, counting); "
                                   "the rest are the SFT mixture's other examples, as before")

@@ -288,17 +288,20 @@ class DataSplits:
 
     def tools_train(self, n: int | None = None, split: str = "tools") -> list[TaskExample]:
         """The tool fine-tune's examples: a `tools.tool_share` share are demonstrations with a call
-        (`tools.tool_demonstration`) — arithmetic with operands up to tools.max_operand and
-        counting, held-in templates only — and the rest the SFT mixture's examples of every other
+        (`tools.tool_demonstration`) — arithmetic with operands of one to three digits, up to
+        tools.max_operand, and counting, held-in templates only — and the rest the SFT mixture's examples of every other
         cluster and of the alignment material, answered as before. No evaluation prompt among them."""
         cfg = self.preset.tools
         n = cfg.train.n_train if n is None else n
         rng = random.Random(self.seed(split))
-        wide, n_tool, demos = replace(self.world, max_operand=cfg.max_operand), round(n * cfg.tool_share), []
+        # operands of one, two and three digits alike (drawn uniformly up to 999, nearly all would have three)
+        ranges = sorted({min(m, cfg.max_operand) for m in (9, 99, 999, cfg.max_operand)})
+        worlds = [replace(self.world, max_operand=m) for m in ranges]
+        n_tool, demos = round(n * cfg.tool_share), []
         while len(demos) < n_tool:
             cluster = TOOL_CLUSTERS[len(demos) % len(TOOL_CLUSTERS)]
-            example = make_example(wide if cluster == "arithmetic" else self.world, cluster, rng,
-                                   template=rng.choice(heldin_templates(cluster)))
+            world = worlds[len(demos) // 2 % len(worlds)] if cluster == "arithmetic" else self.world
+            example = make_example(world, cluster, rng, template=rng.choice(heldin_templates(cluster)))
             if example.instruction not in self.reserved:
                 demos.append(tool_demonstration(example))
         mixture = self.sft_train() if split == "tools" else self.sft_val()

@@ -58,7 +58,7 @@ class ToolError(ValueError):
 ARITHMETIC = re.compile(r"^\s*(-?\d{1,12})\s*([-+*])\s*(-?\d{1,12})\s*$")
 
 
-def calc(args: str) -> str:
+def calc(args: str, message: str = "") -> str:
     """A calculator for ``<integer> <+ | - | *> <integer>``: ``calc(57 + 38)`` -> ``95``."""
     match = ARITHMETIC.match(args)
     if not match:
@@ -67,14 +67,25 @@ def calc(args: str) -> str:
     return str(a + b if op == "+" else a - b if op == "-" else a * b)
 
 
-def count(args: str) -> str:
-    """A counter: ``count(apples; milk, apples, tea, apples)`` -> ``2``, how often the word
-    before the semicolon occurs in the comma-separated list after it (case and spaces ignored)."""
-    if args.count(";") != 1:
-        raise ToolError(f"count takes '<word>; <item>, <item>, ...', got {args!r}")
-    word, items = (part.strip().lower() for part in args.split(";"))
-    if not word or not items:
-        raise ToolError(f"count needs a word and a list, got {args!r}")
+LIST = re.compile(r"[A-Za-z]+(?:, [A-Za-z]+)+")
+
+
+def count(args: str, message: str = "") -> str:
+    """A counter: how often a word occurs in a comma-separated list. ``count(apples; milk,
+    apples, tea)`` names the list; ``count(apples)`` counts in the list the user's message
+    holds (its longest comma-separated run) — a tool that reads the conversation, as real
+    tools read the file or page they are handed, so the model need not copy the list (a 1M-
+    parameter model copies "tea, tea, tea, tea" with a tea too many or too few)."""
+    if args.count(";") > 1:
+        raise ToolError(f"count takes '<word>' or '<word>; <item>, <item>, ...', got {args!r}")
+    word, _, items = (part.strip().lower() for part in args.partition(";"))
+    if not word or " " in word:
+        raise ToolError(f"count needs one word to count, got {args!r}")
+    if not items:
+        lists = LIST.findall(message)
+        if not lists:
+            raise ToolError(f"count({word}) counts in a comma-separated list of the user's message, which has none")
+        items = max(lists, key=len).lower()
     return str(sum(item.strip() == word for item in items.split(",")))
 
 
@@ -90,9 +101,10 @@ class ToolCall:
     error: str | None = None  # why the call failed, for the reader; None if it ran
 
 
-def run_call(text: str, tools: dict = TOOLS) -> ToolCall:
-    """Run the call at the end of `text` (which ends with ``->``). Never raises: a malformed
-    call or an unknown tool returns a ToolCall whose result is ``error``."""
+def run_call(text: str, tools: dict = TOOLS, message: str = "") -> ToolCall:
+    """Run the call at the end of `text` (which ends with ``->``); `message` is the user's
+    message, which a tool may read. Never raises: a malformed call or an unknown tool returns
+    a ToolCall whose result is ``error``."""
     match = CALL.search(text[text.rfind("["):] if "[" in text else text)
     if match is None:
         tail = text[text.rfind("["):] if "[" in text else text[-40:]
@@ -101,7 +113,7 @@ def run_call(text: str, tools: dict = TOOLS) -> ToolCall:
     if name not in tools:
         return ToolCall(name, args, ERROR, f"unknown tool {name!r}; the tools are {', '.join(tools)}")
     try:
-        return ToolCall(name, args, tools[name](args))
+        return ToolCall(name, args, tools[name](args, message))
     except ToolError as exc:
         return ToolCall(name, args, ERROR, str(exc))
 
@@ -114,22 +126,23 @@ def strip_calls(response: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Demonstrations: responses with calls, and their encoding (results are not targets)
 # ---------------------------------------------------------------------------------------
-def with_call(name: str, args: str, answer: str, tools: dict = TOOLS) -> str:
+def with_call(name: str, args: str, answer: str, message: str = "", tools: dict = TOOLS) -> str:
     """A demonstration's response: the call, its result, then the answer as before."""
-    return f"[{name}({args}) {CALL_END} {tools[name](args)}] {answer}"
+    return f"[{name}({args}) {CALL_END} {tools[name](args, message)}] {answer}"
 
 
 def tool_demonstration(example):
     """An arithmetic or counting TaskExample answered with a call first:
-    "Compute 57 + 38." -> "[calc(57 + 38) -> 95] 57 plus 38 is 95."."""
+    "Compute 57 + 38." -> "[calc(57 + 38) -> 95] 57 plus 38 is 95.", "Count the tea in: tea,
+    jam, tea." -> "[count(tea) -> 2] 2"."""
     meta = example.meta
     if example.cluster == "arithmetic":
         name, args = "calc", f"{meta['a']} {meta['op']} {meta['b']}"
     elif example.cluster == "counting":
-        name, args = "count", f"{meta['thing']}; {meta['items']}"
+        name, args = "count", meta["thing"]
     else:
         raise ValueError(f"no tool demonstrations for the {example.cluster!r} cluster (only arithmetic, counting)")
-    return replace(example, answer=with_call(name, args, example.answer))
+    return replace(example, answer=with_call(name, args, example.answer, example.instruction))
 
 
 def response_pieces(response: str) -> list[tuple[str, bool]]:
@@ -212,7 +225,7 @@ def _generate_batch(model, tokenizer, instructions, tools, max_new_tokens, max_c
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    rows = [{"ids": encode(tokenizer, chat_prompt(tokenizer, x)), "new": [], "written": 0, "calls": [],
+    rows = [{"ids": encode(tokenizer, chat_prompt(tokenizer, x)), "message": x, "new": [], "written": 0, "calls": [],
              "done": False, "finished": False} for x in instructions]
     while True:
         active = [r for r in rows if not r["done"]]
@@ -238,7 +251,7 @@ def _generate_batch(model, tokenizer, instructions, tools, max_new_tokens, max_c
             text = tokenizer.decode(row["new"], skip_special_tokens=False)
             if tools is not None and text.endswith(CALL_END) and len(row["calls"]) < max_calls \
                     and row["written"] < max_new_tokens:
-                call = run_call(text, tools)
+                call = run_call(text, tools, row["message"])
                 row["calls"].append(call)
                 result = tokenizer(f" {call.result}]", add_special_tokens=False)["input_ids"]
                 row["ids"] += result

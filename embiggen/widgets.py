@@ -19,6 +19,7 @@ from .generate import chat_responses, generate, next_token_distribution
 from .plots import plot_kl_sweep, plot_next_token_bars
 from .tasks import TaskExample
 from .tokenizer import chat_prompt
+from .tools import strip_calls
 
 EMPTY_PROMPT_MESSAGE = "Type a few words first: the model needs a prefix to continue."
 
@@ -65,15 +66,22 @@ def samples_html(prompt: str, samples: list[str]) -> str:
 
 def compare_answers(models: dict, instruction: str, answer: str | None = None, max_new_tokens: int = 32) -> list[dict]:
     """Each model's greedy answer to one instruction (chat-formatted), marked correct or not
-    when the gold `answer` is known. `models` maps a name to (model, tokenizer)."""
+    when the gold `answer` is known. `models` maps a name to (model, tokenizer), or to any
+    function from instruction to answer (notebook 5's rules; a model that calls tools, whose
+    calls are shown but not scored)."""
     problem = prompt_problem(instruction)
     if problem:
         raise ValueError(problem)
     rows = []
-    for name, (model, tokenizer) in models.items():
-        response = generate(model, tokenizer, [chat_prompt(tokenizer, instruction)], max_new_tokens=max_new_tokens)[0]
+    for name, entry in models.items():
+        if callable(entry):
+            response = entry(instruction)
+        else:
+            model, tokenizer = entry
+            response = generate(model, tokenizer, [chat_prompt(tokenizer, instruction)],
+                                max_new_tokens=max_new_tokens)[0]
         rows.append({"model": name, "response": response.strip(),
-                     "correct": None if answer is None else exact_match(response, answer)})
+                     "correct": None if answer is None else exact_match(strip_calls(response), answer)})
     return rows
 
 

@@ -27,10 +27,16 @@ def test_the_calculator_and_the_counter_against_plain_python():
     items = ["tea", "milk", "tea", "Tea ", "jam"]
     assert count(f"tea; {', '.join(items)}") == str(sum(x.strip().lower() == "tea" for x in items))
     assert count("salt; tea, milk") == "0"
+    # count(word): the list is the one in the user's message (its longest comma-separated run)
+    message = "Here is a basket: jam, tea, tea, Tea. How many tea are in it? (Tea, I said.)"
+    assert count("tea", message) == "3"
+    with pytest.raises(ToolError, match="has none"):
+        count("tea", "How many tea are there?")
 
 
 @pytest.mark.parametrize("tool, args", [(calc, "2 ** 10"), (calc, "__import__('os').getcwd()"), (calc, "5 plus 3"),
-                                        (calc, ""), (count, "tea, milk"), (count, "; tea"), (count, "a; b; c")])
+                                        (calc, ""), (count, "tea, milk"), (count, "; tea"), (count, "a; b; c"),
+                                        (count, "green tea; tea")])
 def test_a_tool_refuses_arguments_it_cannot_parse(tool, args):
     with pytest.raises(ToolError):
         tool(args)
@@ -64,8 +70,8 @@ def test_a_demonstration_calls_the_tool_whose_result_is_the_gold_answer(tiny_spl
         if e.cluster == "arithmetic":
             a, b = e.meta["a"], e.meta["b"]
             assert result == str(a + b if e.meta["op"] == "+" else a - b) == e.meta["value"]
-        else:
-            assert result == str(e.meta["items"].split(", ").count(e.meta["thing"]))
+        else:  # the counter found the instruction's own list
+            assert result == str(e.meta["items"].split(", ").count(e.meta["thing"])) == answer
         assert strip_calls(e.answer) == answer and answer  # the answer after the call: the task's own
     with pytest.raises(ValueError, match="only arithmetic, counting"):
         tool_demonstration(tiny_splits.sft_train()[0].__class__("sentiment", 0, "x", "positive", {}))
@@ -123,7 +129,7 @@ class ScriptedLM(torch.nn.Module):
 
 def test_generation_pauses_at_each_call_runs_it_and_goes_on(tok):
     scripts = {"Compute 57 + 38.": ["[calc(57 + 38) ->", " 57 plus 38 is 95."],
-               "Count the tea in: tea, jam, tea.": ["[count(tea; tea, jam, tea) ->", " 2"],
+               "Count the tea in: tea, jam, tea.": ["[count(tea) ->", " 2"],
                "Say hi.": ["hi"],
                "Use a shell.": ["[shell(rm -rf /) ->", " done"],
                "Two calls.": ["[calc(2 + 3) ->", " [calc(5 * 4) ->", " 20"]}

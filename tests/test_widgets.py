@@ -93,3 +93,12 @@ def test_pair_accuracy_bars_show_counts_and_wilson_intervals():
                             {"correct vs wrong": 3, "hedged vs fabricated": 40})
     texts = [t.get_text() for t in ax.texts]
     assert "0% of 3" in texts and "90% of 40" in texts
+
+
+def test_compare_answers_takes_functions_and_scores_answers_without_their_calls():
+    from embiggen.widgets import compare_answers
+
+    rows = compare_answers({"rules": lambda x: "I don't know.", "tools": lambda x: "[calc(40 + 2) -> 42] 42"},
+                           "What is 40 plus 2? Give the number.", "42")
+    assert [(r["model"], r["correct"]) for r in rows] == [("rules", False), ("tools", True)]
+    assert rows[1]["response"] == "[calc(40 + 2) -> 42] 42"  # the call is shown, not scored
