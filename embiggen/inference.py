@@ -60,19 +60,20 @@ def quantize_int8(model):
     embeddings (and a language-model head tied to them) stay in float32."""
     from torch.ao.quantization import quantize_dynamic
 
+    model = copy.deepcopy(model).cpu().eval()
+    head = model.get_output_embeddings()
+    linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not head}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice points to torchao
-        return quantize_dynamic(copy.deepcopy(model).cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, linear, dtype=torch.qint8)
 
 
 def weight_megabytes(model) -> float:
     """Memory of a model's weights (quantised linear layers counted at one byte per weight)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     for module in model.modules():
-        packed = getattr(module, "_packed_params", None)
-        if packed is not None:
-            weight, _ = packed._weight_bias()
-            total += weight.numel()  # int8
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            total += module.weight().numel()  # a dynamically quantised linear layer: one byte per weight
     return total / 2 ** 20
 
 

@@ -32,9 +32,9 @@ from dataclasses import replace
 from functools import cached_property, lru_cache
 
 from .mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment_example, evaluation_sets,
-                      fact_questions, heldin_templates, prompt_mix, task_example, training_mixture)
+                      fact_questions, heldin_templates, heldout_template, prompt_mix, task_example, training_mixture)
 from .presets import Preset, get_preset
-from .tasks import TaskExample, make_example
+from .tasks import TaskExample, make_example, template_of
 from .tools import TOOL_CLUSTERS, tool_demonstration
 from .utils import config_key
 from .world import (ALIGNMENT_KINDS, HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words,
@@ -206,11 +206,14 @@ class DataSplits:
 
     @cached_property
     def tools_eval(self) -> dict[str, list[TaskExample]]:
-        """Notebook 5's held-out prompts, every template of their cluster (the held-out one too):
-        counting, and arithmetic whose larger operand is beyond the world's own range
-        (Preset.max_operand < it <= tools.max_operand), which no model here ever computed."""
+        """Notebook 5's held-out prompts: counting in the cluster's held-out template (which no
+        training set of any stage uses, so no training prompt can be one of these), and
+        arithmetic in every template whose larger operand is beyond the world's own range
+        (Preset.max_operand < it <= tools.max_operand), which no model here ever computed and
+        no other set contains."""
         rng, cfg = random.Random(self.seed("tools_eval")), self.preset.tools
-        counting = [make_example(self.world, "counting", rng) for _ in range(cfg.n_eval)]
+        counting = [make_example(self.world, "counting", rng, template=heldout_template("counting"))
+                    for _ in range(cfg.n_eval)]
         wide, beyond = replace(self.world, max_operand=cfg.max_operand), []
         while len(beyond) < cfg.n_eval:
             example = make_example(wide, "arithmetic", rng)
@@ -289,19 +292,26 @@ class DataSplits:
     def tools_train(self, n: int | None = None, split: str = "tools") -> list[TaskExample]:
         """The tool fine-tune's examples: a `tools.tool_share` share are demonstrations with a call
         (`tools.tool_demonstration`) — arithmetic with operands of one to three digits, up to
-        tools.max_operand, and counting, held-in templates only — and the rest the SFT mixture's examples of every other
+        tools.max_operand, each answer format alike, and counting, held-in templates only — and the rest the SFT mixture's examples of every other
         cluster and of the alignment material, answered as before. No evaluation prompt among them."""
         cfg = self.preset.tools
         n = cfg.train.n_train if n is None else n
         rng = random.Random(self.seed(split))
-        # operands of one, two and three digits alike (drawn uniformly up to 999, nearly all would have three)
-        ranges = sorted({min(m, cfg.max_operand) for m in (9, 99, 999, cfg.max_operand)})
+        # operands up to 9, up to 99, and (half of all) up to tools.max_operand: drawn uniformly up to 999 alone, nearly
+        # all would have three digits, and the model would write three digits for "7 + 8"
+        ranges = [min(9, cfg.max_operand), min(99, cfg.max_operand), cfg.max_operand, cfg.max_operand]
         worlds = [replace(self.world, max_operand=m) for m in ranges]
+        # each answer format alike: "... and give the number." is one held-in template in ten, and a model that
+        # rarely sees "[calc(...) -> 1276] 1276" answers it with a sentence or a miscopied number
+        formats = {cluster: [[t for t in heldin_templates(cluster) if template_of(cluster, t)[1] == key]
+                             for key in dict.fromkeys(template_of(cluster, t)[1] for t in heldin_templates(cluster))]
+                   for cluster in TOOL_CLUSTERS}
         n_tool, demos = round(n * cfg.tool_share), []
         while len(demos) < n_tool:
             cluster = TOOL_CLUSTERS[len(demos) % len(TOOL_CLUSTERS)]
             world = worlds[len(demos) // 2 % len(worlds)] if cluster == "arithmetic" else self.world
-            example = make_example(world, cluster, rng, template=rng.choice(heldin_templates(cluster)))
+            form = formats[cluster][len(demos) // 2 // len(worlds) % len(formats[cluster])]  # every range in each format
+            example = make_example(world, cluster, rng, template=rng.choice(form))
             if example.instruction not in self.reserved:
                 demos.append(tool_demonstration(example))
         mixture = self.sft_train() if split == "tools" else self.sft_val()
