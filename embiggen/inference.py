@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.ao.quantization import quantize_dynamic
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .generate import plain_generation
 from .model import ready_for_chat
@@ -58,8 +60,6 @@ def tokens_per_second(model, tokenizer, prompts: list[str], max_new_tokens: int 
 def quantize_int8(model):
     """A copy of `model` whose linear layers are dynamically quantised to int8 (CPU only). The
     embeddings (and a language-model head tied to them) stay in float32."""
-    from torch.ao.quantization import quantize_dynamic
-
     model = copy.deepcopy(model).cpu().eval()
     head = model.get_output_embeddings()
     linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not head}
@@ -98,8 +98,6 @@ def gguf_ready() -> str | None:
 def load_gguf(path: str | Path, dtype=torch.float32):
     """A causal LM and its tokenizer from a GGUF file, de-quantised to `dtype`, made ready for
     every stage (`model.ready_for_chat`). The file's own chat template is kept."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path}")

@@ -275,7 +275,7 @@ class PPOTrainer:
         torch.manual_seed(self.seed * 100003 + self.n_steps)
         ep = sample_episodes(self.policy.lm, tok, [e.instruction for e in prompts], cfg.max_new_tokens, cfg.temperature)
         sequences, attention_mask, responses, mask = ep["sequences"], ep["attention_mask"], ep["responses"], ep["mask"]
-        finished, prompt_len, n = ep["finished"], ep["prompt_len"], ep["responses"].shape[1]
+        finished, prompt_len = ep["finished"], ep["prompt_len"]
         logprobs, entropy, values = self.policy.logprobs_and_values(sequences, attention_mask, ep["position_ids"],
                                                                     responses, cfg.temperature, cfg.logprob_chunk)
         ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)

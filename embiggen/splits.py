@@ -35,7 +35,7 @@ from .mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment
                       fact_questions, heldin_templates, heldout_template, prompt_mix, task_example, training_mixture)
 from .presets import Preset, get_preset
 from .tasks import TaskExample, make_example, template_of
-from .tools import TOOL_CLUSTERS, tool_demonstration
+from .toolbox import TOOL_CLUSTERS, tool_demonstration
 from .utils import config_key
 from .world import (ALIGNMENT_KINDS, HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words,
                     world_words)

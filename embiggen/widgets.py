@@ -19,7 +19,7 @@ from .generate import chat_responses, generate, next_token_distribution
 from .plots import plot_kl_sweep, plot_next_token_bars
 from .tasks import TaskExample
 from .tokenizer import chat_prompt
-from .tools import strip_calls
+from .toolbox import strip_calls
 
 EMPTY_PROMPT_MESSAGE = "Type a few words first: the model needs a prefix to continue."
 

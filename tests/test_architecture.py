@@ -15,17 +15,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "embiggen"
 #: bottom to top
 LAYERS = [
     "__init__", "utils", "presets",                                 # settings
-    "world", "tasks", "mixture", "splits",                          # the embedded world and every data split
+    "world", "tasks", "toolbox", "mixture", "splits",               # the embedded world and every data split
     "tokenizer", "model", "generate", "evaluate", "labeler",         # models, decoding, measuring, the labeler
     "preferences", "training",
     "pretrain", "sft", "reward", "ppo", "dpo", "best_of_n",          # the methods, one file each
+    "tools", "baseline", "inference",
     "chain",                                                         # each stage trained once, cached
     "experiments",                                                   # sweeps, ablations, held-out measurements
     "pipeline", "cli",                                               # the stage registry, `embiggen run`, the CLI
     "plots", "widgets", "notebook",                                  # what the notebooks show
 ]
 #: third-party packages a module may import inside a function because they are optional
-OPTIONAL_DEPENDENCIES: set[str] = set()
+OPTIONAL_DEPENDENCIES: set[str] = {"llama_cpp"}  # llama-cpp-python, timed in notebook 5 where it happens to be installed
 
 
 def modules() -> dict[str, ast.Module]:
