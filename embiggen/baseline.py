@@ -22,7 +22,8 @@ from .world import CLOZE_PREFIXES, NEGATIVE_WORDS, PETS, POSITIVE_WORDS, THINGS,
 
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
 #: One pattern per fact, from the corpus's own sentences ("Alma Brook lives in Redford.").
-FACT_PATTERNS = {attribute: re.compile(prefix.format(name=f"(?P<name>{NAME})") + r" (?P<value>[A-Za-z][a-z ]*?)(?:\.| and )")
+FACT_PATTERNS = {attribute: re.compile(prefix.format(name=f"(?P<name>{NAME})")
+                                       + r" (?P<value>[A-Za-z][a-z ]*?)(?:\.| and )")
                  for attribute, prefix in CLOZE_PREFIXES.items()}
 ATTRIBUTE_WORDS = {"town": ("live",), "job": ("job", "work"), "pet": ("pet", "animal"), "colour": ("colour",),
                    "food": ("food",)}

@@ -34,8 +34,7 @@ from .preferences import collect_preferences, pairs_jsonl, read_pairs
 from .presets import DPOConfig, ModelConfig, PPOConfig, Preset, get_preset
 from .pretrain import estimate_loss, pretrain, tokenize_corpus
 from .reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
-from .sft import SFTData, sft
-from .sft import sft as fine_tune  # for train_or_load_tools, whose `sft` argument is the SFT model
+from .sft import SFTData, encode_example, sft
 from .splits import build_corpus, build_world, data_splits
 from .tokenizer import train_tokenizer
 from .tools import encode_tool_example
@@ -173,28 +172,46 @@ def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | 
     path = cache_dir("sft", preset, MIXTURE_VERSION, splits.fingerprint, base.path.name, asdict(cfg), sorted(clusters),
                      tag="all" if clusters == everything else f"{len(clusters)}clusters")
 
+    def examples():
+        return splits.sft_train(clusters), splits.sft_val(clusters)
+
+    def replay():  # pretraining text mixed into each batch
+        if cfg.replay_share <= 0:
+            return None
+        train_docs, _ = build_corpus(preset, base.world)
+        return tokenize_corpus(base.tokenizer, train_docs[: cfg.replay_documents])
+
+    return fine_tuned(preset, base, path, examples, cfg, f"sft {preset.name}",
+                      {"clusters": clusters, "base": base.path.name}, replay=replay, force=force, progress=progress,
+                      callback=callback, device=device)
+
+
+def fine_tuned(preset: Preset, start: StageModel, path: Path, examples, cfg, desc: str, info: dict, replay=None,
+               encode=encode_example, force: bool = False, progress: bool = True, callback=None,
+               device=None) -> StageModel:
+    """A copy of `start` (which stays untouched) fine-tuned with SFT's loss, cached at `path`:
+    the SFT and tools stages. `examples()` gives the (train, validation) examples and
+    `replay()` the pretraining text to mix in (or None); both are called only to train.
+    `info` adds the stage's own entries to what is saved beside the weights."""
+
     def load(path):
-        model, tokenizer, info, log = load_checkpoint(path, device)
-        return StageModel(model, tokenizer, base.world, preset, log, info, path)
+        model, tokenizer, saved, log = load_checkpoint(path, device)
+        return StageModel(model, tokenizer, start.world, preset, log, saved, path)
 
     def train(path):
         started = time.perf_counter()
         set_seed(preset.seed)
-        model = copy.deepcopy(base.model).to(device)  # the base model itself stays untouched
-        train_examples, val_examples = splits.sft_train(clusters), splits.sft_val(clusters)
-        replay = None
-        if cfg.replay_share > 0:  # pretraining text mixed into each batch
-            train_docs, _ = build_corpus(preset, base.world)
-            replay = tokenize_corpus(base.tokenizer, train_docs[: cfg.replay_documents])
-        log = sft(model, base.tokenizer, train_examples, val_examples, cfg, device=device, seed=preset.seed,
-                  callback=callback, progress=progress, resume_dir=resume_dir(path), desc=f"sft {preset.name}",
-                  replay=replay)
-        info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), "clusters": clusters,
-                "n_train": len(train_examples), "train_tokens": log.tokens,
-                "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],
-                "base": base.path.name, "device": str(device)}
-        save_checkpoint(path, model, base.tokenizer, info, log)
-        return StageModel(model.eval(), base.tokenizer, base.world, preset, log, info, path)
+        model = copy.deepcopy(start.model).to(device)
+        train_examples, val_examples = examples()
+        log = sft(model, start.tokenizer, train_examples, val_examples, cfg, device=device, seed=preset.seed,
+                  callback=callback, progress=progress, resume_dir=resume_dir(path), desc=desc,
+                  replay=replay() if replay else None, encode=encode)
+        saved = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), **info,
+                 "n_train": len(train_examples), "train_tokens": log.tokens,
+                 "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],
+                 "device": str(device)}
+        save_checkpoint(path, model, start.tokenizer, saved, log)
+        return StageModel(model.eval(), start.tokenizer, start.world, preset, log, saved, path)
 
     return train_or_load(path, load, train, force)
 
@@ -474,22 +491,7 @@ def train_or_load_tools(preset: str | Preset | None = None, sft: StageModel | No
     data = config_key([(e.instruction, e.answer) for e in train_examples + val_examples])  # the demonstrations' hash
     path = cache_dir("tools", preset, TOOLS_VERSION, splits.fingerprint, sft_model.path.name, asdict(cfg), data)
 
-    def load(path):
-        model, tokenizer, info, log = load_checkpoint(path, device)
-        return StageModel(model, tokenizer, sft_model.world, preset, log, info, path)
-
-    def train(path):
-        started = time.perf_counter()
-        set_seed(preset.seed)
-        model = copy.deepcopy(sft_model.model).to(device)
-        log = fine_tune(model, sft_model.tokenizer, train_examples, val_examples, cfg.train, device=device,
-                        seed=preset.seed, callback=callback, progress=progress, resume_dir=resume_dir(path),
-                        desc=f"tools {preset.name}", encode=encode_tool_example)
-        info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(),
-                "n_train": len(train_examples), "n_demonstrations": sum("[" in e.answer for e in train_examples),
-                "train_tokens": log.tokens, "train_seconds": round(time.perf_counter() - started, 2),
-                "val_loss": log.val_loss[-1], "sft": sft_model.path.name, "device": str(device)}
-        save_checkpoint(path, model, sft_model.tokenizer, info, log)
-        return StageModel(model.eval(), sft_model.tokenizer, sft_model.world, preset, log, info, path)
-
-    return train_or_load(path, load, train, force)
+    demonstrations = sum("[" in e.answer for e in train_examples)
+    return fine_tuned(preset, sft_model, path, lambda: (train_examples, val_examples), cfg.train,
+                      f"tools {preset.name}", {"n_demonstrations": demonstrations, "sft": sft_model.path.name},
+                      encode=encode_tool_example, force=force, progress=progress, callback=callback, device=device)

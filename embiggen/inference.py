@@ -62,7 +62,8 @@ def quantize_int8(model):
     embeddings (and a language-model head tied to them) stay in float32."""
     model = copy.deepcopy(model).cpu().eval()
     head = model.get_output_embeddings()
-    linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not head}
+    linear = {name for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and module is not head}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice points to torchao
         return quantize_dynamic(model, linear, dtype=torch.qint8)

@@ -136,8 +136,9 @@ def _generate_batch(model, tokenizer, instructions, tools, max_new_tokens, max_c
             break
         budget = max(max_new_tokens - r["written"] for r in active)
         width = max(len(r["ids"]) for r in active)
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r["ids"])) + r["ids"] for r in active], device=device)
-        mask = torch.tensor([[0] * (width - len(r["ids"])) + [1] * len(r["ids"]) for r in active], device=device)
+        pad = [width - len(r["ids"]) for r in active]  # left padding
+        ids = torch.tensor([[tokenizer.pad_token_id] * p + r["ids"] for p, r in zip(pad, active)], device=device)
+        mask = torch.tensor([[0] * p + [1] * len(r["ids"]) for p, r in zip(pad, active)], device=device)
         stopping = StoppingCriteriaList([StopAtCall(tokenizer, width)]) if tools is not None else None
         with plain_generation(model):
             generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget, do_sample=False,
