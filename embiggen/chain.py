@@ -119,8 +119,9 @@ def load_base_model(preset: Preset, device=None) -> StageModel:
     device = device or pick_device()
     name = preset.base_model
     model, tokenizer = load_pretrained(name, device=device)
-    check_context(model, {"pretrain.seq_len": preset.pretrain.seq_len, "sft.max_length": preset.sft.max_length,
-                          "dpo.max_length": preset.dpo.max_length}, name=str(name))
+    lengths = {"pretrain.seq_len": preset.pretrain.seq_len, "sft.max_length": preset.sft.max_length,
+               "dpo.max_length": preset.dpo.max_length, "tools.train.max_length": preset.tools.train.max_length}
+    check_context(model, lengths, name=str(name))
     source = Path(name).resolve() if Path(name).is_dir() else name
     world = build_world(preset)
     path = cache_dir("base", preset, "pretrained", model_fingerprint(name, model),
