@@ -192,23 +192,26 @@ def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int,
             "prompt_len": prompt_len, "responses": responses, "mask": mask, "finished": finished}
 
 
+def in_chunks(fn, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):
+    """`fn(hidden states, targets)` over the flattened positions `chunk` at a time, the results
+    concatenated (a tensor, or each tensor of a tuple): only chunk x vocabulary float32 logits
+    exist at once. With gradients on, each chunk's logits are recomputed in the backward pass
+    instead of kept (activation checkpointing). `fn` must treat positions independently."""
+    flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    run = (lambda h, y: checkpoint(fn, h, y, use_reentrant=False)) if torch.is_grad_enabled() else fn
+    parts = [run(flat_h[i: i + chunk], flat_y[i: i + chunk]) for i in range(0, len(flat_y), chunk)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(values) for values in zip(*parts))
+    return torch.cat(parts)
+
+
 def chunked_response_logprobs(head, hidden: torch.Tensor, responses: torch.Tensor, temperature: float,
                               chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`response_logprobs(head(hidden), responses, temperature)` — the same numbers — computed
-    `chunk` positions at a time, so that only chunk x vocabulary float32 logits exist at once
-    (with gradients on, each chunk's logits are recomputed in the backward pass instead of kept).
-    `hidden[:, t]` is the last hidden state that predicts `responses[:, t]`; `head` the model's
-    output embedding, a plain linear map."""
-    def piece(h, y):
-        return response_logprobs(head(h).unsqueeze(0), y.unsqueeze(0), temperature)
-
-    flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), responses.reshape(-1)
-    parts = [checkpoint(piece, flat_h[i: i + chunk], flat_y[i: i + chunk], use_reentrant=False)
-             if torch.is_grad_enabled() else piece(flat_h[i: i + chunk], flat_y[i: i + chunk])
-             for i in range(0, len(flat_y), chunk)]
-    logprobs = torch.cat([lp for lp, _ in parts], dim=1).view_as(responses)
-    entropy = torch.cat([e for _, e in parts], dim=1).view_as(responses)
-    return logprobs, entropy
+    """`response_logprobs(head(hidden), responses, temperature)` — the same numbers — `chunk`
+    positions at a time (`in_chunks`). `hidden[:, t]` is the last hidden state that predicts
+    `responses[:, t]`; `head` the model's output embedding, a plain linear map."""
+    logprobs, entropy = in_chunks(lambda h, y: response_logprobs(head(h), y, temperature), hidden, responses, chunk)
+    return logprobs.view_as(responses), entropy.view_as(responses)
 
 
 #: `episode_logprobs` keeps at most this many float32 logits at once by default (256 MB): the

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from .generate import in_chunks
 from .presets import SFTConfig
 from .tokenizer import chat_prompt, encode
 from .training import TrainLog, train_loop
@@ -100,20 +100,15 @@ def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 def chunked_token_nll(model, inputs: dict, labels: torch.Tensor, chunk: int) -> torch.Tensor:
     """-log p(labels[:, t + 1] | tokens up to t) at every position, shape (B, T - 1), 0 where the
     label is -100 — computed without the whole (B, T, vocabulary) float32 logits: from the last
-    hidden states, `chunk` positions at a time, each chunk's logits recomputed in the backward
-    pass instead of kept (activation checkpointing). Memory: chunk x vocabulary floats instead
+    hidden states, `chunk` positions at a time (`generate.in_chunks`: each chunk's logits are
+    recomputed in the backward pass instead of kept). Memory: chunk x vocabulary floats instead
     of B x T x vocabulary, which is what a pretrained model's 50k-150k vocabulary needs. Only for
     heads that are a plain linear map (not Gemma-2's soft-capped logits)."""
     targets = labels[:, 1:]
     hidden = model.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
     head = model.get_output_embeddings()
-
-    def piece(h, y):
-        return F.cross_entropy(head(h).float(), y.clamp(min=0), reduction="none")
-
-    flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    nll = torch.cat([checkpoint(piece, flat_h[i: i + chunk], flat_y[i: i + chunk], use_reentrant=False)
-                     for i in range(0, len(flat_y), chunk)])
+    nll = in_chunks(lambda h, y: F.cross_entropy(head(h).float(), y.clamp(min=0), reduction="none"), hidden, targets,
+                    chunk)
     return nll.view_as(targets) * (targets != IGNORE_INDEX)
 
 

@@ -291,9 +291,10 @@ class DataSplits:
 
     def tools_train(self, n: int | None = None, split: str = "tools") -> list[TaskExample]:
         """The tool fine-tune's examples: a `tools.tool_share` share are demonstrations with a call
-        (`tools.tool_demonstration`) — arithmetic with operands of one to three digits, up to
-        tools.max_operand, each answer format alike, and counting, held-in templates only — and the rest the SFT mixture's examples of every other
-        cluster and of the alignment material, answered as before. No evaluation prompt among them."""
+        (`toolbox.tool_demonstration`) — arithmetic with operands of one to three digits, up to
+        tools.max_operand, each answer format alike, and counting, held-in templates only — and
+        the rest the SFT mixture's examples of every other cluster and of the alignment
+        material, answered as before. No evaluation prompt among them."""
         cfg = self.preset.tools
         n = cfg.train.n_train if n is None else n
         rng = random.Random(self.seed(split))
@@ -310,7 +311,8 @@ class DataSplits:
         while len(demos) < n_tool:
             cluster = TOOL_CLUSTERS[len(demos) % len(TOOL_CLUSTERS)]
             world = worlds[len(demos) // 2 % len(worlds)] if cluster == "arithmetic" else self.world
-            form = formats[cluster][len(demos) // 2 // len(worlds) % len(formats[cluster])]  # every range in each format
+            # every operand range in each answer format
+            form = formats[cluster][len(demos) // 2 // len(worlds) % len(formats[cluster])]
             example = make_example(world, cluster, rng, template=rng.choice(form))
             if example.instruction not in self.reserved:
                 demos.append(tool_demonstration(example))
