@@ -305,6 +305,14 @@ def named_person(response: str) -> str | None:
     return match.group(1) if match else None
 
 
+def person_in_prompt(prompt: str) -> str | None:
+    """The full name a typed question mentions ("Where does Zed Quill live?" -> "Zed Quill"):
+    the last two words of the first run of two or more capitalised words (so "Is Zed Quill a
+    doctor?" gives "Zed Quill", not "Is Zed"); None where there is no such run."""
+    match = re.search(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b", prompt)
+    return " ".join(match.group(0).split()[-2:]) if match else None
+
+
 def names_person_asked(response: str, example: TaskExample) -> bool:
     """Does a hedge name the person the question asked about? (True where there is nobody to
     name: a medical or harmful prompt, or a typed prompt without the person's name.)"""
