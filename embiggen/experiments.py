@@ -15,6 +15,7 @@ no stage of the main chain hashes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import torch
@@ -161,3 +162,28 @@ def dpo_beta_sweep(preset: str | Preset | None = None, sft: StageModel | None = 
                      "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
                      "train_seconds": tuned.info["train_seconds"]})
     return runs
+
+
+# ---------------------------------------------------------------------------------------
+# Ahead of time
+# ---------------------------------------------------------------------------------------
+#: The experiments whose extra models the notebooks train, in notebook order. A cell that runs
+#: one trains for minutes the first time (notebook 1's size sweep, notebook 3's KL sweep) and
+#: loads from the cache after; `embiggen run --experiments` trains them all ahead of time.
+NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "cluster_ablation": cluster_ablation, "kl_sweep": kl_sweep,
+                        "dpo_beta_sweep": dpo_beta_sweep}
+
+
+def pretrain_experiments(preset: str | Preset | None = None, progress: bool = True, device=None) -> dict[str, float]:
+    """Train (or load) every model of `NOTEBOOK_EXPERIMENTS`, so the notebooks only load them.
+    Returns the seconds each experiment took."""
+    preset = get_preset(preset)
+    seconds = {}
+    for name, experiment in NOTEBOOK_EXPERIMENTS.items():
+        started = time.perf_counter()
+        experiment(preset, progress=progress, device=device)
+        seconds[name] = round(time.perf_counter() - started, 1)
+        if progress:
+            print(f"experiments: {name} ready in {seconds[name]:.0f} s")
+    return seconds
+

@@ -209,6 +209,7 @@ class ExperimentConfig:
     sweep_steps: int = knob(60, "PPO steps of each sweep run (one round, the first reward model)")
     sweep_lr: float = knob(1e-4, "the sweep pushes harder, so that over-optimisation shows within minutes")
     dpo_betas: tuple[float, ...] = knob((0.05, 0.1, 0.5, 2.0), "notebook 4's DPO runs, one per beta")
+    speed_tokens: int = knob(128, "notebook 5's speed measurements: new tokens per answer (SmolLM2's: half as many)")
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ PRESETS: dict[str, Preset] = {
                         ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                     max_position_embeddings=128)),
             ablation_cluster_counts=(1, 3), ablation_steps=30, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05),
-            sweep_steps=6, dpo_betas=(0.1, 0.5)),
+            sweep_steps=6, dpo_betas=(0.1, 0.5), speed_tokens=24),
     ),
     "laptop": Preset(name="laptop"),
     "gpu": Preset(

@@ -150,3 +150,21 @@ def test_dpo_report_reuses_what_the_run_measured_and_gets_the_same_figures(tiny_
     reused = pipeline.report_dpo(tiny_preset, models, measured)
     assert len(calls) == 1 and ("dpo", "judged_ppo_eval") in measured
     assert reused == fresh
+
+
+def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch, capsys):
+    import embiggen.cli as cli
+    import embiggen.experiments as experiments
+
+    called = []
+    monkeypatch.setattr(experiments, "NOTEBOOK_EXPERIMENTS",
+                        {name: (lambda preset, progress, device, name=name: called.append((name, preset.name)))
+                         for name in experiments.NOTEBOOK_EXPERIMENTS})
+    assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "cluster_ablation", "kl_sweep", "dpo_beta_sweep"}
+    monkeypatch.setattr(cli, "run", lambda *a, **k: {"preset": "smoke", "seed": 1})
+    monkeypatch.setattr(cli, "report_card", lambda report: "card")
+    assert cli.main(["run", "--preset", "smoke", "--out", "/tmp/x"]) == 0
+    assert called == []  # opt-in only
+    assert cli.main(["run", "--preset", "smoke", "--out", "/tmp/x", "--experiments", "--quiet"]) == 0
+    assert called == [(name, "smoke") for name in experiments.NOTEBOOK_EXPERIMENTS]
+    assert "experiments are in the cache" in capsys.readouterr().out

@@ -1,0 +1,46 @@
+"""Every notebook Run All in JupyterLab in Chromium, and every widget used as a learner would.
+See `harness.py` for how; `make test` runs this after nbval."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+from harness import NOTEBOOKS, RECIPES, check_notebook
+
+import embiggen.widgets as widgets
+
+MAIN_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+SEEN: set[str] = set()
+
+
+def widget_classes() -> set[str]:
+    return {name for name, obj in vars(widgets).items()
+            if inspect.isclass(obj) and issubclass(obj, widgets.LiveWidget) and obj is not widgets.LiveWidget}
+
+
+def test_every_widget_class_has_a_recipe():
+    assert widget_classes() == set(RECIPES)
+
+
+def test_the_solutions_have_no_widgets():
+    """The exercise solutions are validated by nbval; this test covers where widgets are."""
+    for path in (NOTEBOOKS / "solutions").glob("*.ipynb"):
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        assert not any(f"{name}(" in code for name in widget_classes()), path.name
+
+
+@pytest.mark.parametrize("name", MAIN_NOTEBOOKS)
+def test_notebook_widgets_work_in_the_browser(name, lab, browser, shots):
+    summary = check_notebook(browser, lab, name, shots)
+    print(f"\n{name}: ran in {summary['run_seconds']} s; widgets {summary['widgets']}")
+    SEEN.update(summary["widgets"])
+    assert summary["widgets"], f"{name}: no widget found on the page"
+    assert not summary["problems"], "\n".join(summary["problems"])
+
+
+def test_every_widget_class_was_used_in_the_browser():
+    if len(SEEN) == 0:
+        pytest.skip("the notebooks' browser tests did not run in this session")
+    assert SEEN == widget_classes()
