@@ -284,7 +284,7 @@ class SamplingWidget(LiveWidget):
         self.model, self.tokenizer = model, tokenizer
         self.prompt = self._tag(W.Text(value=prompt, description="prompt", style=LABEL, continuous_update=False,
                                        layout=W.Layout(width="95%")), "prompt")
-        slider = dict(continuous_update=False, style=LABEL, layout=W.Layout(width="340px"))
+        slider = dict(continuous_update=False, style={"description_width": "120px"}, layout=W.Layout(width="380px"))
         self.temperature = self._tag(W.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1, description="temperature",
                                                    **slider), "temperature")
         self.top_k = self._tag(W.IntSlider(value=0, min=0, max=50, description="top-k (0 = off)", **slider), "top-k")

@@ -28,3 +28,19 @@ def test_notebooks_have_python3_kernel_and_outputs():
         assert nb["metadata"]["kernelspec"]["name"] == "python3", path
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         assert all(c["execution_count"] is not None for c in code), f"{path} has unexecuted cells"
+
+
+def test_make_lab_and_the_browser_test_save_widget_state_alike():
+    """`make lab` writes JupyterLab's overrides so that a saved notebook reopens with its widgets
+    drawn; the browser test's private JupyterLab has the same setting (and checks the reopening)."""
+    import json
+    makefile = (ROOT / "Makefile").read_text()
+    line = next(l for l in makefile.splitlines() if "jupyterlab-manager:plugin" in l)
+    overrides = json.loads(line.split("'")[1])
+    assert overrides == {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
+    assert re.search(r"^lab: .*\$\(LAB_SETTINGS\)", makefile, re.M) and re.search(r"^test: .*\$\(LAB_SETTINGS\)",
+                                                                                   makefile, re.M)
+    harness = (ROOT / "tests" / "browser" / "harness.py").read_text()
+    assert '"@jupyter-widgets/jupyterlab-manager/plugin": {"saveState": True}' in harness
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "EMBIGGEN_REQUIRE_BROWSER=1" in ci and "make test" in ci

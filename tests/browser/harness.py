@@ -142,6 +142,8 @@ class JupyterLab:
         for plugin, values in {
             "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},  # every cell in the page
             "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+            # what `make lab` sets in the venv's overrides.json: widget state saved with the notebook
+            "@jupyter-widgets/jupyterlab-manager/plugin": {"saveState": True},
         }.items():
             path = settings / f"{plugin}.jupyterlab-settings"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,11 +256,43 @@ def run_all(browser: Browser, name: str, timeout: float) -> float:
             raise WidgetCheckFailed(f"{name}: {todo} cells had not run after {timeout:.0f} s")
 
 
-def saved_view_problems(page) -> list[str]:
-    """What a notebook opened before running shows in place of its saved widgets: never the
-    bare `VBox(children=(...` repr, nor a widget error."""
+def saved_view_problems(page, path: Path) -> list[str]:
+    """What a notebook opened untrusted (as after a fresh clone) and not yet run shows in place
+    of its saved widgets: the fallback text and snapshot for each, never the bare
+    `VBox(children=(...` repr, nor a widget error."""
+    from embiggen.widgets import FALLBACK_TEXT
+
     text = page.inner_text(".jp-NotebookPanel-notebook")
-    return [f"the saved notebook shows {bad!r}" for bad in ("VBox(children", *ERROR_TEXT) if bad in text]
+    problems = [f"{path.name} before running shows {bad!r}" for bad in ("VBox(children", *ERROR_TEXT) if bad in text]
+    saved = sum("application/vnd.jupyter.widget-view+json" in out.get("data", {}) and
+                FALLBACK_TEXT in "".join(out["data"].get("text/plain", ""))
+                for cell in json.loads(path.read_text())["cells"] for out in cell.get("outputs", []))
+    shown = text.count(FALLBACK_TEXT)
+    if shown < saved:
+        problems.append(f"{path.name} before running shows the fallback of {shown} of its {saved} saved widgets")
+    return problems
+
+
+def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: int, shots: Path) -> list[str]:
+    """Save the notebook, stop its kernel, close it and open it again: its widgets must be drawn
+    from the state saved with it (JupyterLab's saveState, which `make lab` turns on), not left
+    blank with 'model not found'."""
+    page = browser.page
+    page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function(f"() => !{_PANEL}.context.model.dirty", timeout=30000)
+    lab.shutdown_kernels()
+    page.evaluate("window.jupyterapp.commands.execute('application:close-all')")
+    open_notebook(browser, lab, name)
+    time.sleep(2)  # the saved state is restored after the notebook opens
+    page.screenshot(path=str(shots / f"{Path(name).stem}-reopened.png"))
+    text = page.inner_text(".jp-NotebookPanel-notebook")
+    problems = [f"{name} reopened shows {bad!r}" for bad in ERROR_TEXT if bad in text]
+    drawn = page.locator(".jp-NotebookPanel-notebook .embiggen-widget").count()
+    if drawn < n_widgets:
+        problems.append(f"{name} reopened after saving draws {drawn} of its {n_widgets} widgets")
+    problems += [f"{name} reopened: browser console error: {e[:300]}" for e in browser.console_errors]
+    browser.console_errors.clear()
+    return problems
 
 
 # ---- a widget -----------------------------------------------------------------------------------
@@ -334,12 +368,15 @@ def check_widget(browser: Browser, widget, kind: str, shots: Path, label: str, t
     return problems
 
 
-def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, run_timeout: float = 240) -> dict:
-    """Open `name`, check its saved view, Run All, and use every widget. Returns a summary:
-    widget classes seen, seconds, and problems (an empty list when all is well)."""
+def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, run_timeout: float = 240,
+                   step_timeout: float = 60, reopen: bool = True) -> dict:
+    """Open `name` and check what its saved widgets show before anything runs; Run All; use
+    every widget; then (with `reopen`) save, stop the kernel, reopen, and check that the saved
+    widgets are drawn again. Returns a summary: widget classes seen, seconds, and problems (an
+    empty list when all is well)."""
     page = browser.page
     open_notebook(browser, lab, name)
-    problems = saved_view_problems(page)
+    problems = saved_view_problems(page, lab.root / name)
     seconds = run_all(browser, name, run_timeout)
     problems += [f"{name}: browser console error while running: {e[:300]}" for e in browser.console_errors]
     browser.console_errors.clear()
@@ -350,9 +387,11 @@ def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, ru
         kind = next(c.removeprefix("embiggen-") for c in widget.get_attribute("class").split()
                     if c.startswith("embiggen-") and c != "embiggen-widget")
         kinds.append(kind)
-        problems += check_widget(browser, widget, kind, shots, f"{Path(name).stem}-{i + 1}-{kind}")
+        problems += check_widget(browser, widget, kind, shots, f"{Path(name).stem}-{i + 1}-{kind}", step_timeout)
     text = page.inner_text(".jp-NotebookPanel-notebook")
     problems += [f"{name}: the page shows {t!r}" for t in ERROR_TEXT if t in text]
     browser.console_errors.clear()  # each was reported by the step it followed
+    if reopen:
+        problems += reopened_problems(browser, lab, name, len(kinds), shots)
     lab.shutdown_kernels()
     return {"notebook": name, "widgets": kinds, "run_seconds": round(seconds, 1), "problems": problems}

@@ -44,3 +44,30 @@ def test_every_widget_class_was_used_in_the_browser():
     if len(SEEN) == 0:
         pytest.skip("the notebooks' browser tests did not run in this session")
     assert SEEN == widget_classes()
+
+
+BROKEN = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": [
+    "from embiggen.tasks import TaskExample\n",
+    "from embiggen.widgets import ComparisonWidget\n",
+    "\n",
+    "examples = [TaskExample('arithmetic', 0, f'What is {i} plus 1?', str(i + 1)) for i in range(3)]\n",
+    "raising = ComparisonWidget({'echo': lambda x: x.upper()}, examples)\n",
+    "raising.models['echo'] = lambda x: 1 / 0  # from now on every callback raises in the kernel\n",
+    "raising"]},
+    {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": [
+     "silent = ComparisonWidget({'echo': lambda x: x.upper()}, examples)\n",
+     "silent.refresh = lambda use_custom=False: None  # a callback that does nothing at all\n",
+     "silent"]}],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+    "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_a_broken_widget_callback_fails_the_browser_test(lab, browser, shots):
+    """The test of the test: a widget whose callback raises, and one whose callback does
+    nothing, are both caught."""
+    (lab.root / "broken.ipynb").write_text(json.dumps(BROKEN))
+    summary = check_notebook(browser, lab, "broken.ipynb", shots, step_timeout=5, reopen=False)
+    problems = "\n".join(summary["problems"])
+    assert summary["widgets"] == ["ComparisonWidget", "ComparisonWidget"]
+    assert "broken-1-ComparisonWidget step 1" in problems and "ZeroDivisionError" in problems
+    assert "broken-2-ComparisonWidget step 1 (select .embiggen-pick select): nothing visible changed" in problems
