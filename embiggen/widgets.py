@@ -185,7 +185,10 @@ class LiveWidget:
     controls, calls `_finish(...)` with them, wires callbacks through `_safe`, and says in
     `snapshot_html` what it shows."""
 
-    def _finish(self, *children):
+    def _finish(self, *children, results: tuple = ()):
+        """Lay out `children` above the message line. `results` (HTML, Image or Box widgets)
+        are emptied when a callback fails, so no stale answer or plot stays under the error."""
+        self._results = results
         self.message = W.HTML()
         self.message.add_class("embiggen-message")
         self.box = W.VBox([*children, self.message])
@@ -204,6 +207,13 @@ class LiveWidget:
             try:
                 callback(*args)
             except Exception as exc:  # noqa: BLE001 - the learner sees it, with its traceback
+                for result in self._results:
+                    if isinstance(result, W.Image):
+                        _set_png(result, None)
+                    elif isinstance(result, W.Box):
+                        result.children = ()
+                    else:
+                        result.value = ""
                 self.message.value = error_html(exc)
         return call
 
@@ -247,7 +257,7 @@ class AutocompleteWidget(LiveWidget):
         refresh.on_click(self._safe(lambda _: self.refresh()))
         self.text.observe(self._safe(lambda change: self.refresh()), names="value")
         self._finish(self.text, refresh, W.HTML("<small>click a token to append it</small>"), self.buttons,
-                     self.plot)
+                     self.plot, results=(self.buttons, self.plot))
         self.refresh()
 
     def refresh(self):
@@ -300,7 +310,7 @@ class SamplingWidget(LiveWidget):
             control.observe(self._safe(lambda change: self.refresh()), names="value")
         self.plot, self.output = self._tag(_plot(None), "plot"), self._tag(W.HTML(), "samples-output")
         controls = W.VBox([self.temperature, self.top_k, self.top_p, self.n, self.seed, go])
-        self._finish(self.prompt, W.HBox([controls, self.plot]), self.output)
+        self._finish(self.prompt, W.HBox([controls, self.plot]), self.output, results=(self.plot, self.output))
         self.refresh()
 
     def _next_seed(self):
@@ -347,7 +357,7 @@ class ComparisonWidget(LiveWidget):
         go.on_click(self._safe(lambda _: self.refresh(use_custom=True)))
         self.pick.observe(self._safe(lambda change: self.refresh(use_custom=False)), names="value")
         self.output = self._tag(W.HTML(), "output")
-        self._finish(self.pick, self.custom, go, self.output)
+        self._finish(self.pick, self.custom, go, self.output, results=(self.output,))
         self.refresh(use_custom=bool(custom.strip()))
 
     def refresh(self, use_custom: bool = False):
@@ -476,7 +486,7 @@ class AlignmentComparisonWidget(LiveWidget):
         go.on_click(self._safe(lambda _: self.refresh(use_custom=True)))
         self.pick.observe(self._safe(lambda change: self.refresh(use_custom=False)), names="value")
         self.output = self._tag(W.HTML(), "output")
-        self._finish(self.pick, self.custom, W.HBox([self.kind, go]), self.output)
+        self._finish(self.pick, self.custom, W.HBox([self.kind, go]), self.output, results=(self.output,))
         self.refresh(use_custom=False)
 
     def refresh(self, use_custom: bool):
@@ -543,7 +553,7 @@ class RewardInspector(LiveWidget):
         self.pick.observe(self._safe(lambda change: self.refresh()), names="value")
         self.output = self._tag(W.HTML(), "output")
         self.history: list[dict] = []
-        self._finish(self.pick, self.response, go, self.output)
+        self._finish(self.pick, self.response, go, self.output, results=(self.output,))
         self.refresh()
 
     def refresh(self):
@@ -579,7 +589,7 @@ class KLSweepViewer(LiveWidget):
                                                   layout=W.Layout(width="60%")), "run")
         self.plot, self.samples = self._tag(_plot(None), "plot"), self._tag(W.HTML(), "output")
         self.slider.observe(self._safe(lambda change: self.refresh()), names="value")
-        self._finish(self.slider, self.plot, self.samples)
+        self._finish(self.slider, self.plot, self.samples, results=(self.plot, self.samples))
         self.refresh()
 
     def refresh(self):

@@ -74,7 +74,8 @@ def test_a_failing_callback_shows_its_error_in_the_widget(tiny_base, tiny_splits
     assert "embiggen-error" not in w.message.value
     w.models["rules"] = lambda x: 1 / 0
     w.pick.value = w.pick.options[1][1]  # the observer raises inside the kernel ...
-    assert "embiggen-error" in w.message.value and "ZeroDivisionError" in w.message.value  # ... and it shows
+    assert "embiggen-error" in w.message.value and "ZeroDivisionError" in w.message.value  # ... and it shows,
+    assert w.output.value == ""  # with no stale answer to another prompt under it
 
 
 def test_every_widget_displays_a_text_and_picture_fallback(tiny_base, tiny_splits):

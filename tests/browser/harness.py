@@ -211,8 +211,16 @@ class Browser:
 _PANEL = "window.jupyterapp.shell.currentWidget"
 
 
+def notebook_selector(page) -> str:
+    """A CSS selector for the open notebook's cells (not those of a tab closed before)."""
+    return f"[id=\"{page.evaluate(f'() => {_PANEL}.id')}\"] .jp-NotebookPanel-notebook"
+
+
 def open_notebook(browser: Browser, lab: JupyterLab, name: str, timeout: float = 90):
+    """Open `name` as the only tab (closing any other) and wait for its kernel."""
     page = browser.page
+    if page.url.startswith(lab.url):
+        page.evaluate("window.jupyterapp.commands.execute('application:close-all')")
     page.goto(f"{lab.url}/lab/tree/{name}")
     page.wait_for_function(
         f"() => {{ const p = {_PANEL}; return p && p.context && p.context.path.endsWith({json.dumps(name)})"
@@ -262,7 +270,7 @@ def saved_view_problems(page, path: Path) -> list[str]:
     `VBox(children=(...` repr, nor a widget error."""
     from embiggen.widgets import FALLBACK_TEXT
 
-    text = page.inner_text(".jp-NotebookPanel-notebook")
+    text = page.inner_text(notebook_selector(page))
     problems = [f"{path.name} before running shows {bad!r}" for bad in ("VBox(children", *ERROR_TEXT) if bad in text]
     saved = sum("application/vnd.jupyter.widget-view+json" in out.get("data", {}) and
                 FALLBACK_TEXT in "".join(out["data"].get("text/plain", ""))
@@ -281,13 +289,15 @@ def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: i
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function(f"() => !{_PANEL}.context.model.dirty", timeout=30000)
     lab.shutdown_kernels()
-    page.evaluate("window.jupyterapp.commands.execute('application:close-all')")
     open_notebook(browser, lab, name)
     time.sleep(2)  # the saved state is restored after the notebook opens
-    page.screenshot(path=str(shots / f"{Path(name).stem}-reopened.png"))
-    text = page.inner_text(".jp-NotebookPanel-notebook")
+    text = page.inner_text(notebook_selector(page))
     problems = [f"{name} reopened shows {bad!r}" for bad in ERROR_TEXT if bad in text]
-    drawn = page.locator(".jp-NotebookPanel-notebook .embiggen-widget").count()
+    widgets = page.locator(f"{notebook_selector(page)} .embiggen-widget")
+    drawn = widgets.count()
+    if drawn:
+        widgets.first.scroll_into_view_if_needed()
+        widgets.first.screenshot(path=str(shots / f"{Path(name).stem}-reopened.png"))
     if drawn < n_widgets:
         problems.append(f"{name} reopened after saving draws {drawn} of its {n_widgets} widgets")
     problems += [f"{name} reopened: browser console error: {e[:300]}" for e in browser.console_errors]
@@ -380,7 +390,7 @@ def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, ru
     seconds = run_all(browser, name, run_timeout)
     problems += [f"{name}: browser console error while running: {e[:300]}" for e in browser.console_errors]
     browser.console_errors.clear()
-    widgets = page.locator(".jp-NotebookPanel-notebook .embiggen-widget")
+    widgets = page.locator(f"{notebook_selector(page)} .embiggen-widget")
     kinds = []
     for i in range(widgets.count()):
         widget = widgets.nth(i)
@@ -388,7 +398,7 @@ def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, ru
                     if c.startswith("embiggen-") and c != "embiggen-widget")
         kinds.append(kind)
         problems += check_widget(browser, widget, kind, shots, f"{Path(name).stem}-{i + 1}-{kind}", step_timeout)
-    text = page.inner_text(".jp-NotebookPanel-notebook")
+    text = page.inner_text(notebook_selector(page))
     problems += [f"{name}: the page shows {t!r}" for t in ERROR_TEXT if t in text]
     browser.console_errors.clear()  # each was reported by the step it followed
     if reopen:
