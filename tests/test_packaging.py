@@ -44,3 +44,16 @@ def test_make_lab_and_the_browser_test_save_widget_state_alike():
     assert '"@jupyter-widgets/jupyterlab-manager/plugin": {"saveState": True}' in harness
     ci = (ROOT / ".ci" / "run").read_text()
     assert "EMBIGGEN_REQUIRE_BROWSER=1" in ci and "make test" in ci
+
+
+def test_without_a_browser_the_browser_tests_skip_saying_why_unless_ci_requires_them(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "EMBIGGEN_CHROMIUM": str(tmp_path / "no-chromium"), "EMBIGGEN_REQUIRE_BROWSER": "0"}
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(ROOT / "tests" / "browser"),
+               "-k", "recipe"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "SKIPPING the browser tests" in out.stdout and "Chromium is not installed" in out.stdout
+    out = subprocess.run(command, env={**env, "EMBIGGEN_REQUIRE_BROWSER": "1"}, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and "browser tests required" in out.stdout + out.stderr

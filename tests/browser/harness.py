@@ -92,7 +92,10 @@ class WidgetCheckFailed(AssertionError):
 
 
 def find_chromium() -> str | None:
-    for path in (os.environ.get("EMBIGGEN_CHROMIUM"), *CHROMIUM_PATHS, shutil.which("chromium")):
+    """$EMBIGGEN_CHROMIUM if set (and only it), else Debian's Chromium."""
+    if os.environ.get("EMBIGGEN_CHROMIUM"):
+        return os.environ["EMBIGGEN_CHROMIUM"] if Path(os.environ["EMBIGGEN_CHROMIUM"]).exists() else None
+    for path in (*CHROMIUM_PATHS, shutil.which("chromium")):
         if path and Path(path).exists():
             return path
     return None
