@@ -58,7 +58,7 @@ RECIPES: dict[str, list[Step]] = {
     ],
     "SamplingWidget": [
         Step("press", ".embiggen-temperature .noUi-handle", "ArrowRight"),
-        Step("press", ".embiggen-top-k .noUi-handle", "ArrowRight"),
+        Step("press", ".embiggen-top-p .noUi-handle", "ArrowLeft"),
         Step("fill", ".embiggen-prompt input", "The dog", then_click=None),
         Step("click", ".embiggen-sample"),
         Step("fill", ".embiggen-prompt input", LONG_PROMPT, expect="notice", says="tokens long"),
@@ -309,10 +309,16 @@ def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: i
 
 
 # ---- a widget -----------------------------------------------------------------------------------
+#: The parts of a widget that show results (`LiveWidget._tag` names): a step must change these,
+#: not only the control it touched (a slider's readout or a text field changes by itself).
+RESULTS = ".embiggen-output, .embiggen-samples-output, .embiggen-plot, .embiggen-tokens, .embiggen-message"
+
+
 def _content(widget) -> str:
-    """What the learner sees of a widget: its text, its pictures, the values of its fields."""
-    return widget.evaluate("""el => el.innerText + '|' + [...el.querySelectorAll('img')].map(i => i.src).join(',')
-        + '|' + [...el.querySelectorAll('textarea, input')].map(i => i.value).join(',')""")
+    """What the widget shows as results: the text and pictures of its result regions."""
+    return widget.evaluate(f"""el => [...el.querySelectorAll({json.dumps(RESULTS)})]
+        .map(r => r.innerText + '|' + (r.src || '') + [...r.querySelectorAll('img')].map(i => i.src).join(','))
+        .join('||')""")
 
 
 def _kernel_idle(page) -> bool:
