@@ -173,7 +173,7 @@ def config_lines(cfg, indent: str = "  ") -> list[str]:
 def _cmd_config(args) -> int:
     preset = get_preset(args.preset)
     if args.stage is not None and args.stage not in STAGES:
-        raise ValueError(f"unknown stage {args.stage!r}; valid stages: {', '.join(STAGES)}")
+        raise UserError(f"unknown stage {args.stage!r}; valid stages: {', '.join(STAGES)}")
     for name in [args.stage] if args.stage else STAGES:
         for field_name, cfg in STAGES[name].config(preset).items():
             print(f"[{name}] preset.{field_name} of {preset.name!r}")

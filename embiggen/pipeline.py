@@ -342,7 +342,7 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
     names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown or not names:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; "
+        raise UserError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; "
                          f"valid stages: {', '.join(STAGES)}")
     return [s for s in STAGES if s in names]  # always in pipeline order
 
