@@ -320,3 +320,20 @@ def test_after_a_resume_train_seconds_and_tokens_per_second_agree(tiny_preset, f
     info = resumed.info
     assert info["train_seconds"] >= resumed.log.seconds  # the loop's seconds, earlier processes' included
     assert abs(info["train_tokens"] / resumed.log.seconds - info["tokens_per_second"]) < 1
+
+
+def test_a_user_error_in_a_notebook_is_one_line(monkeypatch, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import embiggen.notebook as notebook
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr(notebook, "get_ipython", lambda: shell)
+    shown = []
+    monkeypatch.setattr(shell, "_showtraceback", lambda etype, evalue, stb: shown.extend(stb))
+    notebook.setup("smoke")
+    result = shell.run_cell("from embiggen.presets import get_preset\nget_preset('huge')")
+    assert not result.success  # still an error: nbval and Run All stop on it
+    assert len(shown) == 1 and shown[0].startswith("UserError: unknown preset 'huge'")  # one line, no traceback
+    result = shell.run_cell("1 / 0")
+    assert len(shown) > 2  # anything else keeps its full traceback
+    InteractiveShell.clear_instance()
