@@ -99,7 +99,7 @@ def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfi
                        progress=progress, resume_dir=resume_dir(path), desc=f"pretrain {preset.name}")
         info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(),
                 "corpus_tokens": len(train_data), "val_tokens": len(val_data),
-                "train_tokens": log.tokens, "train_seconds": round(time.perf_counter() - started, 2),
+                "train_tokens": log.tokens, "train_seconds": round(time.perf_counter() - started + log.resumed_seconds, 2),
                 "loop_seconds": round(log.seconds, 2), "tokens_per_second": round(log.tokens_per_second, 1),
                 "val_loss": log.val_loss[-1], "model_config": asdict(model_cfg), "device": str(device)}
         save_checkpoint(path, model, tokenizer, info, log)
@@ -209,7 +209,8 @@ def fine_tuned(preset: Preset, start: StageModel, path: Path, examples, cfg, des
                   replay=replay() if replay else None, encode=encode)
         saved = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), **info,
                  "n_train": len(train_examples), "train_tokens": log.tokens,
-                 "train_seconds": round(time.perf_counter() - started, 2), "val_loss": log.val_loss[-1],
+                 "train_seconds": round(time.perf_counter() - started + log.resumed_seconds, 2),
+                 "val_loss": log.val_loss[-1],
                  "device": str(device)}
         save_checkpoint(path, model, start.tokenizer, saved, log)
         return StageModel(model.eval(), start.tokenizer, start.world, preset, log, saved, path)
@@ -239,11 +240,19 @@ def preference_data(preset: str | Preset | None, sft_model: StageModel, progress
     cfg, splits = preset.reward, data_splits(preset)
     collection = {k: getattr(cfg, k) for k in COLLECTION_FIELDS}
     folder = cache_dir("preferences", preset, REWARD_VERSION, splits.fingerprint, sft_model.path.name, collection)
-    if (folder / "done.json").exists():
+
+    def load(folder):
         return {"train_pairs": read_pairs(folder / "train_pairs.jsonl"),
                 "eval_pairs": read_pairs(folder / "eval_pairs.jsonl"),
                 "norm_samples": json.loads((folder / "norm_samples.json").read_text()),
                 "collect_seconds": json.loads((folder / "done.json").read_text())["collect_seconds"]}
+
+    return train_or_load(folder, load, lambda folder: _collect_preferences(preset, sft_model, folder, progress))
+
+
+def _collect_preferences(preset: Preset, sft_model: StageModel, folder: Path, progress: bool) -> dict:
+    cfg, splits = preset.reward, data_splits(preset)
+    collection = {k: getattr(cfg, k) for k in COLLECTION_FIELDS}
     started = time.perf_counter()
     sample = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
     train = collect_preferences(sft_model.model, sft_model.tokenizer, splits.preferences, labeler_for(preset),
@@ -463,17 +472,19 @@ def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int,
     folder = cache_dir("preferences", preset, "dpo_round", REWARD_VERSION, splits.fingerprint, policy.path.name,
                        round_, cfg.round_prompts, {k: getattr(rcfg, k) for k in COLLECTION_FIELDS},
                        tag=f"dpo-round{round_}")
-    if (folder / "train_pairs.jsonl").exists():
-        return read_pairs(folder / "train_pairs.jsonl")
-    prompts = splits.dpo_round(round_, cfg.round_prompts)
-    collected = collect_preferences(policy.model, policy.tokenizer, prompts, labeler_for(preset), k=rcfg.k,
-                                    temperature=rcfg.temperature, max_new_tokens=rcfg.max_new_tokens,
-                                    seed=splits.sample_seed("dpo_round", round_),
-                                    desc=f"dpo round {round_}: {rcfg.k} answers to each of {len(prompts):,} prompts"
-                                    if progress else None)
-    with atomic_dir(folder) as tmp:
-        (tmp / "train_pairs.jsonl").write_text(pairs_jsonl(collected.pairs))
-    return collected.pairs
+
+    def collect(folder):
+        prompts = splits.dpo_round(round_, cfg.round_prompts)
+        collected = collect_preferences(policy.model, policy.tokenizer, prompts, labeler_for(preset), k=rcfg.k,
+                                        temperature=rcfg.temperature, max_new_tokens=rcfg.max_new_tokens,
+                                        seed=splits.sample_seed("dpo_round", round_),
+                                        desc=f"dpo round {round_}: {rcfg.k} answers to each of {len(prompts):,} prompts"
+                                        if progress else None)
+        with atomic_dir(folder) as tmp:
+            (tmp / "train_pairs.jsonl").write_text(pairs_jsonl(collected.pairs))
+        return collected.pairs
+
+    return train_or_load(folder, lambda folder: read_pairs(folder / "train_pairs.jsonl"), collect)
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,19 +12,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import is_dataclass
+from pathlib import Path
 
 import transformers
 
 from .experiments import pretrain_experiments
 from .generate import generate
-from .model import load_pretrained
+from .model import context_length, load_pretrained
 from .pipeline import STAGES, default_out, load_stage, report_card, run
 from .presets import PRESETS, describe, get_preset
-from .tokenizer import chat_prompt
+from .tokenizer import chat_prompt, encode
 from .tools import generate_with_tools
-from .utils import pick_device, set_threads
+from .utils import UserError, pick_device, set_threads
 
 #: the stages whose model is a language model `sample` and `chat` can use
 LANGUAGE_MODELS = [name for name, stage in STAGES.items() if stage.language_model]
@@ -42,26 +44,86 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def model_folder_problem(name: str) -> str | None:
+    """Why `--model name` cannot be a local model folder, if it names one (None if it can, or
+    if it is a hub name): it must exist, hold config.json and safetensors weights."""
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") != 1
+    if not looks_local:
+        return None  # "org/name": a hub name, loaded from the local Hugging Face cache
+    if not path.exists():
+        return f"--model {name}: no such folder (a stage name: {', '.join(LANGUAGE_MODELS)}; or a model folder)"
+    if not path.is_dir() or not (path / "config.json").is_file():
+        return f"--model {name}: not a model folder (it has no config.json)"
+    if not any(path.glob("*.safetensors")):
+        return f"--model {name}: no safetensors weights in it (Embiggen loads safetensors only, never pickles)"
+    return None
+
+
 def load_model_by_name(name: str, preset=None):
     """A stage's name ('base', 'sft', 'ppo') means that embedded model, trained or loaded from the
-    cache; anything else is a Hugging Face name or local path."""
+    cache; anything else is a Hugging Face name or local path (checked first)."""
     if name in LANGUAGE_MODELS:
         trained = load_stage(get_preset(preset), name)
         return trained.model, trained.tokenizer
+    problem = model_folder_problem(name)
+    if problem:
+        raise UserError(problem)
     return load_pretrained(name, device=pick_device())
+
+
+def generation_problem(args) -> str | None:
+    """Why the generation options cannot be used (None if they can)."""
+    if args.n < 1:
+        return f"-n must be at least 1, not {args.n}"
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens must be at least 1, not {args.max_new_tokens}"
+    if args.temperature < 0:
+        return f"--temperature must be positive (or 0 for greedy decoding), not {args.temperature:g}"
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        return f"--top-p must be above 0 and at most 1 (1 keeps every token), not {args.top_p:g}"
+    if args.top_k is not None and args.top_k < 0:
+        return f"--top-k must be 0 or more (0 keeps every token), not {args.top_k}"
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` safe to echo to a terminal: control characters (escape sequences, bells, ...)
+    written as escapes, line breaks and tabs kept."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+def fit_prompt(tokenizer, text: str, context: int | None, reserve: int, template: int = 0) -> str:
+    """`text`, cut from the left to fit the model's `context` minus `reserve` tokens for the
+    answer and `template` for the chat template around it, with a one-line warning when
+    anything was cut."""
+    ids = encode(tokenizer, text)
+    room = (context or len(ids) + reserve + template) - reserve - template
+    if len(ids) <= room:
+        return text
+    if room < 1:
+        raise UserError(f"--max-new-tokens {reserve} leaves no room for a prompt in this model's {context} tokens")
+    kept = tokenizer.decode(ids[len(ids) - room:], skip_special_tokens=True)
+    around = f", {template} for the chat template" if template else ""
+    print(f"warning: the prompt is {len(ids):,} tokens and this model reads {context:,} ({reserve} kept for the "
+          f"answer{around}): its first {len(ids) - room:,} tokens were dropped", file=sys.stderr)
+    return kept
 
 
 def _cmd_sample(args) -> int:
     if not args.prefix.strip():
-        print("error: give a non-empty prefix to continue", file=sys.stderr)
-        return 2
+        raise UserError("give a non-empty prefix to continue")
+    problem = generation_problem(args)
+    if problem:
+        raise UserError(problem)
     model, tokenizer = load_model_by_name(args.model, args.preset)
+    prefix = fit_prompt(tokenizer, args.prefix, context_length(model), args.max_new_tokens)
     greedy = args.temperature == 0
-    outs = generate(model, tokenizer, [args.prefix] * (1 if greedy else args.n), max_new_tokens=args.max_new_tokens,
-                    greedy=greedy, temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p,
+    outs = generate(model, tokenizer, [prefix] * (1 if greedy else args.n), max_new_tokens=args.max_new_tokens,
+                    greedy=greedy, temperature=args.temperature or 1.0, top_k=args.top_k or None, top_p=args.top_p,
                     seed=args.seed)
     for i, text in enumerate(outs, 1):
-        print(f"[{i}] {args.prefix}{text}")
+        print(f"[{i}] {printable(prefix + text)}")
     return 0
 
 
@@ -70,6 +132,8 @@ def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48, tools: 
     the calls the model writes are run (`embiggen.tools`), and each is shown on its own line
     above the answer, with the error where one failed."""
     if not tools:
+        template = len(encode(tokenizer, chat_prompt(tokenizer, "")))  # the chat template's own tokens stay whole
+        message = fit_prompt(tokenizer, message, context_length(model), max_new_tokens, template)
         return generate(model, tokenizer, [chat_prompt(tokenizer, message)], max_new_tokens=max_new_tokens)[0].strip()
     transcript = generate_with_tools(model, tokenizer, [message], max_new_tokens=max(max_new_tokens, 64))[0]
     lines = [f"  [tool] {c.name}({c.args}) -> {c.result}" + (f"   ({c.error})" if c.error else "")
@@ -80,8 +144,7 @@ def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48, tools: 
 def _cmd_chat(args, read=input) -> int:
     model, tokenizer = load_model_by_name(args.model, args.preset)
     if tokenizer.chat_template is None:
-        print(f"error: {args.model!r} has no chat template; chat needs an instruction-tuned model", file=sys.stderr)
-        return 2
+        raise UserError(f"--model {args.model}: it has no chat template; chat needs an instruction-tuned model")
     print(f"Chatting with {args.model!r}. Each message is answered on its own. Type 'quit' or press Ctrl-D to leave.")
     while True:
         try:
@@ -93,7 +156,7 @@ def _cmd_chat(args, read=input) -> int:
             return 0
         if not message.strip():
             continue
-        print(f"{args.model}> {chat_reply(model, tokenizer, message, tools=args.model == 'tools')}")
+        print(f"{args.model}> {printable(chat_reply(model, tokenizer, message, tools=args.model == 'tools'))}")
 
 
 def config_lines(cfg, indent: str = "  ") -> list[str]:
@@ -110,7 +173,7 @@ def config_lines(cfg, indent: str = "  ") -> list[str]:
 def _cmd_config(args) -> int:
     preset = get_preset(args.preset)
     if args.stage is not None and args.stage not in STAGES:
-        raise ValueError(f"unknown stage {args.stage!r}; valid stages: {', '.join(STAGES)}")
+        raise UserError(f"unknown stage {args.stage!r}; valid stages: {', '.join(STAGES)}")
     for name in [args.stage] if args.stage else STAGES:
         for field_name, cfg in STAGES[name].config(preset).items():
             print(f"[{name}] preset.{field_name} of {preset.name!r}")
@@ -121,6 +184,7 @@ def _cmd_config(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embiggen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also EMBIGGEN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train or load every stage and print the report card")
@@ -164,14 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run a command. A problem the user can fix is one line naming it, exit code 2; Ctrl-C says
+    how to resume; anything else is one line too, and its traceback needs --debug (or
+    EMBIGGEN_DEBUG=1)."""
     args = build_parser().parse_args(argv)
-    set_threads()
-    transformers.logging.disable_progress_bar()
+    debug = args.debug or os.environ.get("EMBIGGEN_DEBUG") == "1"
     try:
+        set_threads()
+        transformers.logging.disable_progress_bar()
         return args.func(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # UserError, bad presets and stages, files that cannot be read
+        if debug:
+            raise
+        print(f"error: {printable(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {printable(str(exc)).splitlines()[0] if str(exc) else ''} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

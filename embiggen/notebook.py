@@ -15,17 +15,21 @@ from pathlib import Path
 import matplotlib
 import torch
 import transformers
+from IPython import get_ipython
 from IPython.display import HTML, display
 from PIL import Image
 
 from . import __version__
 from .presets import get_preset
-from .utils import atomic_write_text, pick_device, set_seed, set_threads
+from .utils import UserError, atomic_write_text, pick_device, set_seed, set_threads
 
 
 def setup(preset=None, seed: int | None = None, base: str | None = None):
     """Print versions, pick the preset (and the pretrained `base` model to start from, else
     $EMBIGGEN_BASE, else the embedded one), device and thread count, seed everything."""
+    shell = get_ipython()
+    if shell is not None:  # a problem the learner can fix reads as one line, not a traceback
+        shell.set_custom_exc((UserError,), _one_line_error)
     preset = get_preset(preset, base)
     transformers.logging.disable_progress_bar()  # our own bars are enough
     threads = set_threads()
@@ -38,6 +42,13 @@ def setup(preset=None, seed: int | None = None, base: str | None = None):
         print("The prose around these cells describes the committed run, which starts from the embedded model: "
               "numbers from your model will differ, and so may what they show.")
     return preset
+
+
+def _one_line_error(shell, etype, value, tb, tb_offset=None):
+    """IPython's handler for `UserError`: the message, no traceback (still an error for nbval)."""
+    stb = [f"{etype.__name__}: {value}"]
+    shell._showtraceback(etype, value, stb)
+    return stb
 
 
 def table_html(rows: list[dict], columns: list[str] | None = None, max_rows: int = 20) -> str:

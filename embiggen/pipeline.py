@@ -12,6 +12,10 @@ report function here and one more entry in `STAGES`.
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from .presets import Preset, get_preset
 from .reward import load_pairs, pairwise_accuracy
 from .splits import data_splits, overlap
 from .tools import TOOLS, evaluate_with_tools
-from .utils import atomic_write_text
+from .utils import UserError, atomic_write_text, cache_root
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,7 +342,7 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
     names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown or not names:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; "
+        raise UserError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; "
                          f"valid stages: {', '.join(STAGES)}")
     return [s for s in STAGES if s in names]  # always in pipeline order
 
@@ -350,8 +354,10 @@ def run(preset: str | Preset | None = None, stages=None, out: str | Path | None 
     preset = get_preset(preset, base)
     names = parse_stages(stages)
     out = Path(out) if out is not None else default_out(preset)
+    check_writable(cache_root(), "EMBIGGEN_CACHE (the model cache)")  # before any training, not after it
+    check_writable(out, "--out (the report's folder)")
     report_path = out / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report = read_report(report_path)
     if report.get("preset") not in (None, preset.name) or report.get("seed") not in (None, preset.seed):
         report = {}  # a report of another preset or seed is not ours to extend
     if report.get("base_model", "") != preset.base_model:
@@ -365,9 +371,59 @@ def run(preset: str | Preset | None = None, stages=None, out: str | Path | None 
         report[name] = {**STAGES[name].report(preset, models, measured),
                         "stage_seconds": round(time.perf_counter() - started, 2)}
         # write after every stage, so an interrupted run keeps what it finished
-        atomic_write_text(report_path, json.dumps(report, indent=2))
+        atomic_write_text(report_path, strict_json(report, name))
     atomic_write_text(out / "report.md", report_markdown(report))
     return report
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """A `UserError` naming `what` unless files can be created in `folder` (made if missing)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write in {folder} ({exc.strerror or type(exc).__name__})") from exc
+
+
+def read_report(path: Path) -> dict:
+    """The report to extend: `path`'s, or a new one if there is none or it is not a report (it
+    is then moved aside, and the run says so)."""
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+        if isinstance(report, dict):
+            return report
+    except (OSError, ValueError):
+        pass
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    print(f"warning: {path} is not a report Embiggen wrote; moved it to {aside} and starting a new one",
+          file=sys.stderr)
+    return {}
+
+
+def strict_json(report: dict, stage: str) -> str:
+    """The report as strict JSON. A rate of nothing (a `*rate*` figure over no prompts of its
+    kind, NaN by design in `embiggen.evaluate`) is written as null; any other figure that is not
+    a finite number is an error naming the stage and the key, never a bare NaN in the file."""
+    bad = [key for key, value in _flatten({stage: report.get(stage, {})})
+           if isinstance(value, float) and not math.isfinite(value) and "rate" not in key.rsplit(".", 1)[-1]]
+    if bad:
+        raise UserError(f"stage {stage} measured a figure that is not a number ({', '.join(bad)}); "
+                        "its cached model may be damaged: delete it from EMBIGGEN_CACHE, or run with --debug")
+    return json.dumps(_nulls(report), indent=2, allow_nan=False)
+
+
+def _nulls(value):
+    """NaN (a rate of nothing) as None, everywhere in a nested report."""
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nulls(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def default_out(preset: Preset) -> Path:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .utils import UserError
+
 
 def knob(default, help: str):
     """A config field with its help string."""
@@ -348,7 +350,7 @@ def get_preset(name: str | Preset | None = None, base: str | None = None) -> Pre
         return replace(name, base_model=base) if base is not None else name
     name = name or os.environ.get("EMBIGGEN_PRESET") or DEFAULT_PRESET
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     if base is None:
         base = os.environ.get("EMBIGGEN_BASE") or None
     return PRESETS[name] if base is None else replace(PRESETS[name], base_model=base)

@@ -219,7 +219,8 @@ def fit_reward_model(sft_path: Path, tokenizer, train_pairs: list[Comparison], e
     rm.info.update({"sft": Path(sft_path).name, "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
                     "val_accuracy_steps": log.metrics.get("val_accuracy_steps", []),
                     "val_accuracy": log.metrics.get("val_accuracy", []),
-                    "train_seconds": round(time.perf_counter() - started, 2),  # training and normalising
+                    # training and normalising, with the loop seconds of any interrupted run it resumed
+                    "train_seconds": round(time.perf_counter() - started + log.resumed_seconds, 2),
                     "pairwise_accuracy": metrics["accuracy"], "margin": metrics["margin"],
                     "per_type_accuracy": metrics["per_type"], "per_type_count": metrics["per_type_count"],
                     "val_loss": log.val_loss[-1] if log.val_loss else None,

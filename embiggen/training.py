@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .presets import OptimConfig, Preset
-from .utils import atomic_dir, cache_root, config_key, pick_device
+from .utils import (atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device, quarantine,
+                    verify_entry)
 
 
 @dataclass
@@ -43,6 +44,9 @@ class TrainLog:
     val_loss: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    #: of `seconds`, those spent by earlier processes this run resumed from (interrupted ones),
+    #: so a stage's train_seconds counts them too and agrees with tokens_per_second
+    resumed_seconds: float = 0.0
     #: more curves a callback records, by name (e.g. the reward model's held-out accuracy);
     #: they are saved with every resume point, so an interrupted run keeps them too
     metrics: dict[str, list[float]] = field(default_factory=dict)
@@ -112,14 +116,21 @@ def load_resume_point(folder: Path, model, optimizer, generator: torch.Generator
     """Restore what `save_resume_point` wrote into the same objects and return its `state`
     (None if there is no resume point)."""
     folder = Path(folder)
-    if not (folder / "state.json").exists():
+    if not folder.exists():
         return None
-    state = json.loads((folder / "state.json").read_text())
-    load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
-    opt = load_file(str(folder / "optimizer.safetensors"))
-    generator.set_state(opt.pop("generator_state"))
-    restore_optimizer_state(optimizer, opt)
-    return state
+    problem = verify_entry(folder)
+    if problem is None:
+        try:
+            state = json.loads((folder / "state.json").read_text())
+            load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
+            opt = load_file(str(folder / "optimizer.safetensors"))
+            generator.set_state(opt.pop("generator_state"))
+            restore_optimizer_state(optimizer, opt)
+            return state
+        except Exception as exc:  # noqa: BLE001 - a resume point that cannot be read: start again
+            problem = f"the resume point could not be loaded ({type(exc).__name__})"
+    quarantine(folder, f"{problem}; training starts from the beginning")
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,6 +161,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     state = load_resume_point(resume_dir, model, optimizer, generator) if resume_dir is not None else None
     if state is not None:
         step, log = state["step"], TrainLog(**state["log"])
+        log.resumed_seconds = log.seconds
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, leave=True)
     start = time.perf_counter() - log.seconds
     while step < cfg.steps:
@@ -212,10 +224,25 @@ def cache_dir(stage: str, preset: Preset, *key_parts, tag: str = "") -> Path:
 def train_or_load(path: Path, load, train, force: bool = False):
     """`load(path)` if a finished model is cached at `path`; otherwise `train(path)`, which
     trains (resuming from `resume_dir(path)` if an interrupted run left a resume point there)
-    and saves into `path` atomically."""
-    if is_cached(path) and not force:
-        return load(path)
-    return train(path)
+    and saves into `path` atomically.
+
+    The cache heals itself: an entry whose files do not match the sizes and SHA-256 sums
+    recorded when it was written (`utils.verify_entry`), or that fails to load, is moved aside
+    with a one-line warning and rebuilt. Several processes may share one cache: while one
+    builds an entry the others wait for it (`utils.entry_lock`), then load it. Temporary
+    folders that crashed processes left behind are removed."""
+    path = Path(path)
+    with entry_lock(path):
+        clean_orphans(path.parent)
+        if is_cached(path) and not force:
+            problem = verify_entry(path)
+            if problem is None:
+                try:
+                    return load(path)
+                except Exception as exc:  # noqa: BLE001 - whatever is wrong with the files, rebuild them
+                    problem = f"it could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            quarantine(path, problem)
+        return train(path)
 
 
 def resume_dir(path: Path) -> Path:
@@ -224,7 +251,10 @@ def resume_dir(path: Path) -> Path:
 
 
 def is_cached(path: Path) -> bool:
-    return (Path(path) / "train_log.json").exists()
+    """Is there a finished entry at `path`? (`utils.atomic_dir` renames a folder there only
+    once everything in it is written.)"""
+    path = Path(path)
+    return path.is_dir() and any(path.iterdir())
 
 
 def save_checkpoint(path: Path, model, tokenizer, info: dict, log, extra_files: dict | None = None) -> None:
