@@ -219,12 +219,17 @@ def notebook_selector(page) -> str:
     return f"[id=\"{page.evaluate(f'() => {_PANEL}.id')}\"] .jp-NotebookPanel-notebook"
 
 
-def open_notebook(browser: Browser, lab: JupyterLab, name: str, timeout: float = 90):
-    """Open `name` as the only tab (closing any other) and wait for its kernel."""
+def open_notebook(browser: Browser, lab: JupyterLab, name: str, timeout: float = 90, kernel: bool = True):
+    """Open `name` as the only tab (closing any other) and wait for its kernel (or, without
+    `kernel`, only for the notebook)."""
     page = browser.page
     if page.url.startswith(lab.url):
         page.evaluate("window.jupyterapp.commands.execute('application:close-all')")
     page.goto(f"{lab.url}/lab/tree/{name}")
+    if not kernel:
+        page.wait_for_function(f"() => {{ const p = {_PANEL}; return p && p.context && p.context.path.endsWith("
+                               f"{json.dumps(name)}) && p.context.isReady; }}", timeout=timeout * 1000)
+        return
     page.wait_for_function(
         f"() => {{ const p = {_PANEL}; return p && p.context && p.context.path.endsWith({json.dumps(name)})"
         " && p.sessionContext.session && p.sessionContext.session.kernel"
@@ -292,8 +297,12 @@ def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: i
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function(f"() => !{_PANEL}.context.model.dirty", timeout=30000)
     lab.shutdown_kernels()
-    open_notebook(browser, lab, name)
-    time.sleep(2)  # the saved state is restored after the notebook opens
+    open_notebook(browser, lab, name, kernel=False)
+    try:  # the saved state is restored after the notebook opens
+        page.wait_for_function(f"() => document.querySelectorAll({json.dumps(notebook_selector(page) + ' .embiggen-widget')})"
+                               f".length >= {n_widgets}", timeout=15000)
+    except Exception:  # noqa: BLE001 - reported below, with what was drawn
+        pass
     text = page.inner_text(notebook_selector(page))
     problems = [f"{name} reopened shows {bad!r}" for bad in ERROR_TEXT if bad in text]
     widgets = page.locator(f"{notebook_selector(page)} .embiggen-widget")
@@ -365,7 +374,8 @@ def check_widget(browser: Browser, widget, kind: str, shots: Path, label: str, t
         except Exception as exc:  # noqa: BLE001 - a control the learner cannot use is a failure
             problems.append(f"{where}: could not use the control: {str(exc).splitlines()[0]}")
             continue
-        after = _settle(page, widget, before, timeout)
+        # a setting that waits for a button changes nothing: a moment is enough to see that it did not break
+        after = _settle(page, widget, before, 1.0 if step.expect == "nothing" else timeout)
         errors = widget.locator(".embiggen-error")
         if errors.count():
             problems.append(f"{where}: the widget shows an error: {errors.first.inner_text()[:300]}")
