@@ -297,7 +297,7 @@ def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: i
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function(f"() => !{_PANEL}.context.model.dirty", timeout=30000)
     lab.shutdown_kernels()
-    open_notebook(browser, lab, name, kernel=False)
+    open_notebook(browser, lab, name)  # with its new kernel: the widgets' state is sought there first
     try:  # the saved state is restored after the notebook opens
         page.wait_for_function(f"() => document.querySelectorAll({json.dumps(notebook_selector(page) + ' .embiggen-widget')})"
                                f".length >= {n_widgets}", timeout=15000)
