@@ -129,6 +129,7 @@ def palette_png(png_base64: str, colours: int = 256) -> str:
     return base64.b64encode(smaller).decode() if len(smaller) < len(raw) else png_base64
 
 
+INLINE_PNG = re.compile(r"(data:image/png;base64,)([A-Za-z0-9+/=]+)")
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_REFERENCE = re.compile(r"IPY_MODEL_(\w+)")
 
@@ -169,6 +170,9 @@ def slim_notebook(nb: dict) -> dict:
         for out in cell["outputs"]:
             if "image/png" in out.get("data", {}):
                 out["data"]["image/png"] = palette_png(out["data"]["image/png"])
+            if "text/html" in out.get("data", {}):  # a widget's snapshot carries its plot inline
+                html_text = "".join(out["data"]["text/html"])
+                out["data"]["text/html"] = INLINE_PNG.sub(lambda m: m.group(1) + palette_png(m.group(2)), html_text)
     _used_widget_state(nb)
     return nb
 
