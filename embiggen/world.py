@@ -233,6 +233,9 @@ def invent_words(rng: random.Random, n: int, kind: str, taken: set[str] = frozen
     if kind not in ("first", "last"):
         raise ValueError(f"kind must be 'first' or 'last', got {kind!r}")
     endings, two = (FIRST_NAME_ENDINGS, 0.3) if kind == "first" else (LAST_NAME_ENDINGS, 0.25)
+    syllables = len(NAME_ONSETS) * len(NAME_VOWELS)
+    if n > syllables * (1 + syllables) * len(endings):  # more than there are words of this shape
+        raise ValueError(f"could not invent {n} distinct {kind} names: there are fewer such words; ask for fewer")
     taken = {t.lower() for t in taken}
     out: list[str] = []
     misses = 0

@@ -45,10 +45,25 @@ def test_without_the_model_package_the_cells_are_told_what_to_install(monkeypatc
 
 
 @pytest.mark.skipif(gguf_ready() is not None, reason=inference.INSTALL_HINT)
-def test_smollm2_loads_from_its_gguf_file_and_answers():
-    """The packaged 4-bit file (`make test` installs it): a 134.5M-parameter Llama, ready for chat."""
+def test_smollm2_loads_from_its_gguf_file_and_answers(tmp_path, monkeypatch):
+    """The packaged 4-bit file (`make test` installs it): a 134.5M-parameter Llama, ready for
+    chat. The de-quantised model is cached as safetensors; loading it again reads only that
+    entry and gives the very same weights and tokenizer."""
+    monkeypatch.setenv("EMBIGGEN_CACHE", str(tmp_path))
     model, tok = load_gguf(smollm2_gguf())
     assert model.config.model_type == "llama" and 130e6 < model.num_parameters() < 140e6
     assert tok.pad_token_id is not None and tok.chat_template
-    out = tokens_per_second(model, tok, ["What is the capital of France?"], max_new_tokens=8)
+    (entry,) = (p for p in (tmp_path / "gguf").iterdir() if not p.name.startswith("."))
+    assert (entry / "model.safetensors").is_file() and (entry / "manifest.json").is_file()
+
+    def no_gguf(*args):
+        raise AssertionError("the cached model was not used")
+    monkeypatch.setattr(inference, "_dequantise", no_gguf)
+    again, tok_again = load_gguf(smollm2_gguf())
+    first, second = model.state_dict(), again.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert tok_again.chat_template == tok.chat_template and tok_again.pad_token_id == tok.pad_token_id
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False)
+    assert tok_again(text)["input_ids"] == tok(text)["input_ids"]
+    out = tokens_per_second(again, tok_again, ["What is the capital of France?"], max_new_tokens=8)
     assert out["tokens"] == 8 and "Paris" in out["texts"][0]

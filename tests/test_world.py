@@ -79,6 +79,19 @@ def test_invented_names_are_distinct_new_words():
         invent_words(rng, 10 ** 7, "first")
 
 
+def test_a_nearly_used_up_name_space_says_ask_for_fewer(monkeypatch):
+    """Past the shape's size the request fails at once; near it, after too many misses."""
+    import embiggen.world as world
+    monkeypatch.setattr(world, "NAME_ONSETS", ["b"])
+    monkeypatch.setattr(world, "NAME_VOWELS", ["a"])
+    monkeypatch.setattr(world, "FIRST_NAME_ENDINGS", ["n", "l"])  # four words: Ban, Bal, Baban, Babal
+    assert sorted(invent_words(random.Random(0), 3, "first", taken={"Ban"})) == ["Babal", "Baban", "Bal"]
+    with pytest.raises(ValueError, match="fewer"):
+        invent_words(random.Random(0), 4, "first", taken={"Ban"})  # only three are left: found by misses
+    with pytest.raises(ValueError, match="there are fewer such words"):
+        invent_words(random.Random(0), 5, "first")
+
+
 def test_alignment_templates_take_their_fields():
     p = World.generate(1, 10).people[0]
     for t in MEDICAL_TEMPLATES:

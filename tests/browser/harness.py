@@ -123,12 +123,13 @@ def free_port() -> int:
 
 
 def seed_cache(private: Path, source: Path, preset: str = "smoke") -> int:
-    """Copy the `preset`'s entries of an existing cache into the private one, so that the test
-    times the browser, not training again (nbval has just trained them in `make test`). The
-    notebooks train whatever is missing. Returns the number of entries copied."""
+    """Copy the `preset`'s entries of an existing cache (and the de-quantised GGUF models) into
+    the private one, so that the test times the browser, not training again (nbval has just
+    trained them in `make test`). The notebooks train whatever is missing. Returns the number
+    of entries copied."""
     copied = 0
     if source.is_dir() and source.resolve() != private.resolve():
-        for entry in source.glob(f"*/{preset}-*"):
+        for entry in [*source.glob(f"*/{preset}-*"), *source.glob("gguf/*")]:
             if entry.is_dir() and not entry.name.startswith("."):
                 shutil.copytree(entry, private / entry.parent.name / entry.name, dirs_exist_ok=True)
                 copied += 1
