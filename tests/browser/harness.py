@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -290,6 +291,25 @@ def saved_view_problems(page, path: Path) -> list[str]:
     return problems
 
 
+def saved_state_problems(path: Path) -> list[str]:
+    """What the saved notebook lacks to draw its widgets again: every widget view in its outputs
+    needs its model, and every model the models it refers to, in the widget state saved with
+    the notebook (ipywidgets saves only the models whose kernel connection is live)."""
+    nb = json.loads(path.read_text())
+    state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            if view and view.get("model_id") and view["model_id"] not in state:
+                problems.append(f"cell {i} shows widget {view['model_id']}, whose state was not saved "
+                                f"({len(state)} models saved)")
+    referred = set(re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(state))) - set(state)
+    if referred:
+        problems.append(f"{len(referred)} models that saved widgets refer to were not saved")
+    return problems
+
+
 def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: int, shots: Path) -> list[str]:
     """Save the notebook, stop its kernel, close it and open it again: its widgets must be drawn
     from the state saved with it (JupyterLab's saveState, which `make lab` turns on), not left
@@ -297,6 +317,7 @@ def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: i
     page = browser.page
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function(f"() => !{_PANEL}.context.model.dirty", timeout=30000)
+    problems = [f"{name} saved: {p}" for p in saved_state_problems(lab.root / name)]
     lab.shutdown_kernels()
     open_notebook(browser, lab, name)  # with its new kernel: the widgets' state is sought there first
     try:  # the saved state is restored after the notebook opens
@@ -305,7 +326,8 @@ def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: i
     except Exception:  # noqa: BLE001 - reported below, with what was drawn
         pass
     text = page.inner_text(notebook_selector(page))
-    problems = [f"{name} reopened shows {bad!r}" for bad in ERROR_TEXT if bad in text]
+    problems += [f"{name} reopened shows {bad!r}" for bad in ERROR_TEXT if bad in text]
+    problems += [f"{name} on disk after reopening: {p}" for p in saved_state_problems(lab.root / name)]
     widgets = page.locator(f"{notebook_selector(page)} .embiggen-widget")
     drawn = widgets.count()
     if drawn:
