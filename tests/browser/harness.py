@@ -374,14 +374,16 @@ def _settle(page, widget, before: str, timeout: float) -> str:
     return _content(widget)
 
 
-def check_widget(browser: Browser, widget, kind: str, shots: Path, label: str, timeout: float = 60) -> list[str]:
-    """Take every step of `kind`'s recipe on `widget`; return what went wrong (empty: nothing)."""
+def check_widget(browser: Browser, widget, kind: str, shots: Path, label: str, timeout: float = 60,
+                 steps: int | None = None) -> list[str]:
+    """Take every step of `kind`'s recipe (or its first `steps`) on `widget`; return what went
+    wrong (empty: nothing)."""
     page, problems = browser.page, []
     recipe = RECIPES.get(kind)
     if recipe is None:
         return [f"{label}: no browser recipe for widget class {kind}"]
     widget.scroll_into_view_if_needed()
-    for i, step in enumerate(recipe, 1):
+    for i, step in enumerate(recipe[:steps], 1):
         where = f"{label} step {i} ({step.action} {step.target})"
         errors_before = len(browser.console_errors)
         before = _content(widget)
@@ -426,11 +428,13 @@ def check_widget(browser: Browser, widget, kind: str, shots: Path, label: str, t
 
 
 def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, run_timeout: float = 240,
-                   step_timeout: float = 60, reopen: bool = True) -> dict:
+                   step_timeout: float = 60, reopen: int = 1, steps: int | None = None) -> dict:
     """Open `name` and check what its saved widgets show before anything runs; Run All; use
-    every widget; then (with `reopen`) save, stop the kernel, reopen, and check that the saved
-    widgets are drawn again. Returns a summary: widget classes seen, seconds, and problems (an
-    empty list when all is well)."""
+    every widget (the first `steps` steps of each recipe, or all); then `reopen` times: save,
+    stop the kernel, reopen, and check that the saved widgets are drawn again (from the second
+    time on, the notebook is saved as reopened, before anything runs: as JupyterLab's autosave
+    would). Returns a summary: widget classes seen, seconds, and problems (an empty list when
+    all is well)."""
     page = browser.page
     open_notebook(browser, lab, name)
     problems = saved_view_problems(page, lab.root / name)
@@ -444,11 +448,12 @@ def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, ru
         kind = next(c.removeprefix("embiggen-") for c in widget.get_attribute("class").split()
                     if c.startswith("embiggen-") and c != "embiggen-widget")
         kinds.append(kind)
-        problems += check_widget(browser, widget, kind, shots, f"{Path(name).stem}-{i + 1}-{kind}", step_timeout)
+        problems += check_widget(browser, widget, kind, shots, f"{Path(name).stem}-{i + 1}-{kind}", step_timeout,
+                                 steps)
     text = page.inner_text(notebook_selector(page))
     problems += [f"{name}: the page shows {t!r}" for t in ERROR_TEXT if t in text]
     browser.console_errors.clear()  # each was reported by the step it followed
-    if reopen:
+    for _ in range(reopen):
         problems += reopened_problems(browser, lab, name, len(kinds), shots)
     lab.shutdown_kernels()
     return {"notebook": name, "widgets": kinds, "run_seconds": round(seconds, 1), "problems": problems}
