@@ -226,22 +226,21 @@ def notebook_selector(page) -> str:
     return f"[id=\"{page.evaluate(f'() => {_PANEL}.id')}\"] .jp-NotebookPanel-notebook"
 
 
-def open_notebook(browser: Browser, lab: JupyterLab, name: str, timeout: float = 90, kernel: bool = True):
-    """Open `name` as the only tab (closing any other) and wait for its kernel (or, without
-    `kernel`, only for the notebook)."""
+def open_notebook(browser: Browser, lab: JupyterLab, name: str, timeout: float = 90):
+    """Load JupyterLab afresh with `name` as its only tab and wait for its kernel. `?reset`
+    empties the saved workspace first: without it JupyterLab reopens, in background tabs each
+    with a kernel of its own, every notebook an earlier step had open, whose widgets' restoring
+    and errors would count against this one."""
     page = browser.page
-    if page.url.startswith(lab.url):
-        page.evaluate("window.jupyterapp.commands.execute('application:close-all')")
-    page.goto(f"{lab.url}/lab/tree/{name}")
-    if not kernel:
-        page.wait_for_function(f"() => {{ const p = {_PANEL}; return p && p.context && p.context.path.endsWith("
-                               f"{json.dumps(name)}) && p.context.isReady; }}", timeout=timeout * 1000)
-        return
+    page.goto(f"{lab.url}/lab/tree/{name}?reset")
     page.wait_for_function(
         f"() => {{ const p = {_PANEL}; return p && p.context && p.context.path.endsWith({json.dumps(name)})"
         " && p.sessionContext.session && p.sessionContext.session.kernel"
         " && p.sessionContext.session.kernel.connectionStatus === 'connected'"
         " && p.sessionContext.session.kernel.status === 'idle'; }", timeout=timeout * 1000)
+    panels = page.evaluate("() => document.querySelectorAll('.jp-NotebookPanel').length")
+    if panels != 1:
+        raise WidgetCheckFailed(f"{name}: JupyterLab opened {panels} notebooks, not only this one")
 
 
 def notebook_state(page) -> dict:
