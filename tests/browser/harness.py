@@ -314,7 +314,8 @@ def saved_state_problems(path: Path) -> list[str]:
     return problems
 
 
-def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: int, shots: Path) -> list[str]:
+def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: int, shots: Path,
+                      label: str = "reopened") -> list[str]:
     """Save the notebook, stop its kernel, close it and open it again: its widgets must be drawn
     from the state saved with it (JupyterLab's saveState, which `make lab` turns on), not left
     blank with 'model not found'."""
@@ -336,7 +337,7 @@ def reopened_problems(browser: Browser, lab: JupyterLab, name: str, n_widgets: i
     drawn = widgets.count()
     if drawn:
         widgets.first.scroll_into_view_if_needed()
-        widgets.first.screenshot(path=str(shots / f"{Path(name).stem}-reopened.png"))
+        widgets.first.screenshot(path=str(shots / f"{Path(name).stem}-{label}.png"))
     if drawn < n_widgets:
         problems.append(f"{name} reopened after saving draws {drawn} of its {n_widgets} widgets")
     problems += [f"{name} reopened: browser console error: {e[:300]}" for e in browser.console_errors]
@@ -452,7 +453,7 @@ def check_notebook(browser: Browser, lab: JupyterLab, name: str, shots: Path, ru
     text = page.inner_text(notebook_selector(page))
     problems += [f"{name}: the page shows {t!r}" for t in ERROR_TEXT if t in text]
     browser.console_errors.clear()  # each was reported by the step it followed
-    for _ in range(reopen):
-        problems += reopened_problems(browser, lab, name, len(kinds), shots)
+    for k in range(reopen):
+        problems += reopened_problems(browser, lab, name, len(kinds), shots, "reopened" + (f"-{k + 1}" if k else ""))
     lab.shutdown_kernels()
     return {"notebook": name, "widgets": kinds, "run_seconds": round(seconds, 1), "problems": problems}
