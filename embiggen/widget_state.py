@@ -43,6 +43,11 @@ def widget_states(notebook: dict) -> dict | None:
     return None if saved is None else saved.setdefault("state", {})
 
 
+def references(state) -> set[str]:
+    """The model ids a widget state (or several) refers to: "IPY_MODEL_<id>" (children, layouts, styles)."""
+    return set(_REFERENCE.findall(json.dumps(state)))
+
+
 def parts(ids: set[str], states: dict) -> set[str]:
     """`ids` and every model they refer to ("IPY_MODEL_<id>": children, layouts, styles), as far
     as `states` has them."""
@@ -52,7 +57,7 @@ def parts(ids: set[str], states: dict) -> set[str]:
         if model_id in found:
             continue
         found.add(model_id)
-        todo += [i for i in _REFERENCE.findall(json.dumps(states[model_id])) if i in states and i not in found]
+        todo += [i for i in references(states[model_id]) if i in states and i not in found]
     return found
 
 

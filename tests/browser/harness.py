@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -299,16 +298,18 @@ def saved_state_problems(path: Path) -> list[str]:
     """What the saved notebook lacks to draw its widgets again: every widget view in its outputs
     needs its model, and every model the models it refers to, in the widget state saved with
     the notebook (ipywidgets saves only the models whose kernel connection is live)."""
+    from embiggen.widget_state import WIDGET_VIEW, references, widget_states
+
     nb = json.loads(path.read_text())
-    state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    state = widget_states(nb) or {}
     problems = []
     for i, cell in enumerate(nb["cells"]):
         for out in cell.get("outputs", []):
-            view = out.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            view = out.get("data", {}).get(WIDGET_VIEW)
             if view and view.get("model_id") and view["model_id"] not in state:
                 problems.append(f"cell {i} shows widget {view['model_id']}, whose state was not saved "
                                 f"({len(state)} models saved)")
-    referred = set(re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(state))) - set(state)
+    referred = references(state) - set(state)
     if referred:
         problems.append(f"{len(referred)} models that saved widgets refer to were not saved")
     return problems

@@ -78,4 +78,3 @@ def test_a_broken_widget_callback_fails_the_browser_test(lab, browser, shots):
     assert summary["widgets"] == ["ComparisonWidget", "ComparisonWidget"]
     assert "broken-1-ComparisonWidget step 1" in problems and "ZeroDivisionError" in problems
     assert "broken-2-ComparisonWidget step 1 (select .embiggen-pick select): nothing visible changed" in problems
-
