@@ -33,14 +33,14 @@ $(VENV)/.real-model: $(VENV)/.installed
 
 # JupyterLab saves the widgets' state with the notebook, so a saved notebook reopens with its widgets drawn; and
 # Embiggen's server extension keeps that state when a reopened notebook is saved again before it is run
-# (embiggen/widget_state.py: ipywidgets saves only the widgets of a running kernel).
+# (embiggen/notebook/widget_state.py: ipywidgets saves only the widgets of a running kernel).
 $(LAB_SETTINGS): $(VENV)/.installed $(SERVER_CONFIG)
 	mkdir -p $(dir $@)
 	echo '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}}' > $@
 
-$(SERVER_CONFIG): $(VENV)/.installed
+$(SERVER_CONFIG): $(VENV)/.installed Makefile
 	mkdir -p $(dir $@)
-	echo '{"ServerApp": {"jpserver_extensions": {"embiggen.widget_state": true}}}' > $@
+	echo '{"ServerApp": {"jpserver_extensions": {"embiggen.notebook.widget_state": true}}}' > $@
 
 # The browser test of the widgets needs Chromium: Debian's package, installed here when we are root and it is
 # missing. Elsewhere the browser tests skip, saying why (CI sets EMBIGGEN_REQUIRE_BROWSER=1 so they cannot skip).

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from embiggen.data.splits import build_corpus, build_world
+from embiggen.lm.tokenizer import train_tokenizer
 from embiggen.presets import get_preset
-from embiggen.splits import build_corpus, build_world
-from embiggen.tokenizer import train_tokenizer
 
 
 def laptop_tokenizer():

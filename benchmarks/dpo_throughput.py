@@ -29,12 +29,12 @@ import time
 
 import torch
 
-from embiggen.dpo import train_dpo
-from embiggen.model import build_model
-from embiggen.preferences import Comparison
+from embiggen.data.splits import data_splits
+from embiggen.judging.preferences import Comparison
+from embiggen.lm.model import build_model
+from embiggen.lm.tokenizer import chat_prompt
+from embiggen.methods.dpo import train_dpo
 from embiggen.presets import DPOConfig, ModelConfig, OptimConfig
-from embiggen.splits import data_splits
-from embiggen.tokenizer import chat_prompt
 from embiggen.utils import set_seed, set_threads
 
 from common import import_trl, laptop_tokenizer

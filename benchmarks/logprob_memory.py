@@ -1,5 +1,5 @@
 """Peak memory of one forward and backward pass with a large vocabulary: all logits at once
-against `logprob_chunk` positions at a time — SFT's loss (`embiggen.sft.chunked_token_nll`) or
+against `logprob_chunk` positions at a time — SFT's loss (`embiggen.methods.sft.chunked_token_nll`) or
 PPO's log-probs, entropies and values of a minibatch (`PolicyWithValueHead.logprobs_and_values`,
 the second half of each row taken as the response).
 
@@ -25,7 +25,7 @@ def measure(stage: str, vocab: int, batch: int, length: int, chunk: int) -> dict
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from embiggen.sft import batch_loss
+    from embiggen.methods.sft import batch_loss
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -39,8 +39,8 @@ def measure(stage: str, vocab: int, batch: int, length: int, chunk: int) -> dict
         loss, _ = batch_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
                              logprob_chunk=chunk)
     else:
-        from embiggen.generate import position_ids_from
-        from embiggen.ppo import PolicyWithValueHead
+        from embiggen.lm.generate import position_ids_from
+        from embiggen.methods.ppo import PolicyWithValueHead
 
         mask = torch.ones_like(ids)
         logprobs, entropy, values = PolicyWithValueHead(model).logprobs_and_values(

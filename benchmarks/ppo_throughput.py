@@ -25,13 +25,13 @@ from dataclasses import replace
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from embiggen.labeler import Labeler
-from embiggen.model import build_model
-from embiggen.ppo import PPOTrainer
+from embiggen.data.splits import data_splits
+from embiggen.judging.labeler import Labeler
+from embiggen.lm.model import build_model
+from embiggen.lm.tokenizer import chat_prompt
+from embiggen.methods.ppo import PPOTrainer
+from embiggen.methods.reward import RewardModel
 from embiggen.presets import ModelConfig, PPOConfig
-from embiggen.reward import RewardModel
-from embiggen.splits import data_splits
-from embiggen.tokenizer import chat_prompt
 from embiggen.utils import set_seed, set_threads
 
 from common import import_trl, laptop_tokenizer

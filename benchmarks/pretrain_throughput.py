@@ -15,12 +15,12 @@ import time
 
 import torch
 
-from embiggen.model import build_model
+from embiggen.data.splits import build_corpus, build_world
+from embiggen.lm.model import build_model
+from embiggen.lm.tokenizer import train_tokenizer
+from embiggen.lm.training import make_optimizer, optimizer_step
+from embiggen.methods.pretrain import get_batch, next_token_loss, tokenize_corpus
 from embiggen.presets import get_preset
-from embiggen.pretrain import get_batch, next_token_loss, tokenize_corpus
-from embiggen.splits import build_corpus, build_world
-from embiggen.training import make_optimizer, optimizer_step
-from embiggen.tokenizer import train_tokenizer
 from embiggen.utils import pick_device, set_threads
 
 

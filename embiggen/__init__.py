@@ -1,4 +1,11 @@
-"""Embiggen: rebuild the three steps that turned language models into assistants —
-pretraining, instruction tuning and alignment tuning — on a laptop CPU."""
+"""Embiggen: rebuild the steps that turned language models into assistants — pretraining,
+instruction tuning and alignment tuning — on a laptop CPU.
+
+The folders are the layers, in the order data flows (each imports only the ones before it):
+utils and presets (settings), data/ (the embedded world and every split), lm/ (the language
+model and its training loop), judging/ (evaluation and the gold labeler), methods/ (one file
+per method), chain (each stage trained once and cached), experiments, pipeline and cli (the
+run and the report card), notebook/ (what the notebooks show).
+"""
 
 __version__ = "0.1.0"

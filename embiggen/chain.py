@@ -1,6 +1,6 @@
 """The chain — pretraining → SFT → reward model → PPO — each stage's model trained once and cached.
 
-Every stage follows one pattern (`embiggen.training`):
+Every stage follows one pattern (`embiggen.lm.training`):
 
     path  = cache_dir(stage, preset, <everything that decides the weights>)
     model = train_or_load(path, load, train)
@@ -25,22 +25,22 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
-from .labeler import Labeler
-from .dpo import train_dpo
-from .mixture import MIXTURE_VERSION
-from .model import build_model, check_context, load_pretrained
-from .ppo import PPOLog, PPOTrainer, train_ppo
-from .preferences import collect_preferences, pairs_jsonl, read_pairs
-from .presets import DPOConfig, ModelConfig, PPOConfig, Preset, get_preset
-from .pretrain import estimate_loss, pretrain, tokenize_corpus
-from .reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
-from .sft import SFTData, encode_example, sft
-from .splits import build_corpus, build_world, data_splits
-from .tokenizer import train_tokenizer
-from .tools import encode_tool_example
-from .training import TrainLog, cache_dir, load_checkpoint, resume_dir, save_checkpoint, train_or_load
-from .utils import atomic_dir, atomic_write_text, config_key, pick_device, set_seed
-from .world import WORLD_VERSION, World
+from embiggen.data.mixture import MIXTURE_VERSION
+from embiggen.data.splits import build_corpus, build_world, data_splits
+from embiggen.data.world import WORLD_VERSION, World
+from embiggen.judging.labeler import Labeler
+from embiggen.judging.preferences import collect_preferences, pairs_jsonl, read_pairs
+from embiggen.lm.model import build_model, check_context, load_pretrained
+from embiggen.lm.tokenizer import train_tokenizer
+from embiggen.lm.training import TrainLog, cache_dir, load_checkpoint, resume_dir, save_checkpoint, train_or_load
+from embiggen.methods.dpo import train_dpo
+from embiggen.methods.ppo import PPOLog, PPOTrainer, train_ppo
+from embiggen.methods.pretrain import estimate_loss, pretrain, tokenize_corpus
+from embiggen.methods.reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
+from embiggen.methods.sft import SFTData, encode_example, sft
+from embiggen.methods.tools import encode_tool_example
+from embiggen.presets import DPOConfig, ModelConfig, PPOConfig, Preset, check_preset
+from embiggen.utils import atomic_dir, atomic_write_text, config_key, pick_device, set_seed
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
 REWARD_VERSION = 6  # preference collection, the labeler or the reward model
@@ -68,13 +68,13 @@ class StageModel:
 # ---------------------------------------------------------------------------------------
 # Step 1: the base model
 # ---------------------------------------------------------------------------------------
-def train_or_load_base(preset: str | Preset | None = None, model_cfg: ModelConfig | None = None,
+def train_or_load_base(preset: Preset, model_cfg: ModelConfig | None = None,
                        steps: int | None = None, force: bool = False, progress: bool = True, callback=None,
                        device=None) -> StageModel:
     """The base model of `preset`: a tokenizer and a model trained from scratch on the world's
     corpus. `model_cfg` and `steps` change the shape and step count (notebook 1's size sweep).
     With preset.base_model set, that pretrained causal LM instead (`load_base_model`)."""
-    preset = get_preset(preset)
+    check_preset(preset)
     device = device or pick_device()
     if preset.base_model and model_cfg is None and steps is None:
         return load_base_model(preset, device)
@@ -158,12 +158,12 @@ def model_fingerprint(name: str, model) -> str:
 # ---------------------------------------------------------------------------------------
 # Step 2: instruction tuning
 # ---------------------------------------------------------------------------------------
-def train_or_load_sft(preset: str | Preset | None = None, clusters: list[str] | None = None, steps: int | None = None,
+def train_or_load_sft(preset: Preset, clusters: list[str] | None = None, steps: int | None = None,
                       base: StageModel | None = None, force: bool = False, progress: bool = True, callback=None,
                       device=None) -> StageModel:
     """The SFT model of `preset`, fine-tuned from a copy of the base model on the instruction
     mixture (every evaluation prompt left out). `clusters` and `steps` serve FLAN's ablation."""
-    preset = get_preset(preset)
+    check_preset(preset)
     device = device or pick_device()
     splits = data_splits(preset)
     everything = splits.spec.train_clusters
@@ -230,13 +230,13 @@ def labeler_for(preset: Preset) -> Labeler:
 COLLECTION_FIELDS = ("n_prompts", "k", "task_share", "temperature", "max_new_tokens", "label_noise", "n_norm_prompts")
 
 
-def preference_data(preset: str | Preset | None, sft_model: StageModel, progress: bool = True) -> dict:
+def preference_data(preset: Preset, sft_model: StageModel, progress: bool = True) -> dict:
     """Preference pairs collected from the SFT model: train pairs from the training prompts
-    (the noisy labeler) and held-out pairs from evaluation prompts (`embiggen.splits`; labelled
+    (the noisy labeler) and held-out pairs from evaluation prompts (`embiggen.data.splits`; labelled
     without noise, so accuracy is measured against the gold preference), and the SFT samples
     of some *training* prompts that set the reward scale. Cached on their own, so retraining
     the reward model with other settings does not sample everything again."""
-    preset = get_preset(preset)
+    check_preset(preset)
     cfg, splits = preset.reward, data_splits(preset)
     collection = {k: getattr(cfg, k) for k in COLLECTION_FIELDS}
     folder = cache_dir("preferences", preset, REWARD_VERSION, splits.fingerprint, sft_model.path.name, collection)
@@ -273,12 +273,12 @@ def _collect_preferences(preset: Preset, sft_model: StageModel, folder: Path, pr
     return {"train_pairs": train.pairs, "eval_pairs": held.pairs, "norm_samples": norm, "collect_seconds": seconds}
 
 
-def train_or_load_reward(preset: str | Preset | None = None, sft: StageModel | None = None, force: bool = False,
+def train_or_load_reward(preset: Preset, sft: StageModel | None = None, force: bool = False,
                          progress: bool = True, device=None) -> RewardModel:
     """The reward model of `preset`: preferences collected from the SFT model, Bradley-Terry
     training from the SFT weights, scores normalised on SFT samples. The train and held-out
     pairs are kept beside the weights (`train_pairs.jsonl`, `eval_pairs.jsonl`)."""
-    preset = get_preset(preset)
+    check_preset(preset)
     cfg = preset.reward
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
@@ -319,7 +319,7 @@ def ppo_trainer(preset: Preset, cfg: PPOConfig, sft_model: StageModel, reward_mo
     (the frozen reference), with PPO-ptx's task demonstrations if cfg.ptx_coef > 0."""
     set_seed(preset.seed)
     ptx_data = None
-    if cfg.ptx_coef > 0:  # task demonstrations only, none of them an evaluation prompt (see embiggen.splits)
+    if cfg.ptx_coef > 0:  # task demonstrations only, none of them an evaluation prompt (see embiggen.data.splits)
         ptx_data = SFTData(sft_model.tokenizer, data_splits(preset).ptx,
                            replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
     return PPOTrainer(copy.deepcopy(sft_model.model), sft_model.model, sft_model.tokenizer, reward_model, Labeler(),
@@ -351,14 +351,14 @@ def refresh_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, sf
     return trainer.reward_model
 
 
-def train_or_load_ppo(preset: str | Preset | None = None, kl_coef: float | None = None, steps: int | None = None,
+def train_or_load_ppo(preset: Preset, kl_coef: float | None = None, steps: int | None = None,
                       lr: float | None = None, rounds: int | None = None, sft: StageModel | None = None,
                       reward: RewardModel | None = None, force: bool = False, progress: bool = True, callback=None,
                       device=None) -> StageModel:
     """The PPO policy of `preset` (optionally with another KL coefficient, step count, learning
     rate or number of rounds, for the reward-hacking sweep), trained from the SFT model against
     the reward model, which is retrained between rounds on the policy's own samples."""
-    preset = get_preset(preset)
+    check_preset(preset)
     cfg = ppo_config(preset, kl_coef, steps, lr, rounds)
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
@@ -401,7 +401,7 @@ def final_reward_model(tuned: StageModel, first_rm: RewardModel) -> RewardModel:
 # ---------------------------------------------------------------------------------------
 # Step 3, without a reward model: DPO on the same preference pairs
 # ---------------------------------------------------------------------------------------
-def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None = None, cfg: DPOConfig | None = None,
+def train_or_load_dpo(preset: Preset, sft: StageModel | None = None, cfg: DPOConfig | None = None,
                       force: bool = False, progress: bool = True, device=None, round_: int | None = None) -> StageModel:
     """The DPO model of `preset`: a copy of the SFT model trained with the DPO loss on the very
     preference pairs the reward model learned from (the SFT model's samples, ranked by the
@@ -412,7 +412,7 @@ def train_or_load_dpo(preset: str | Preset | None = None, sft: StageModel | None
     ranks those answers and round r trains on the new pairs, still against the SFT model.
     The rounds share cfg.steps; each round is cached, so an interrupted run keeps the rounds
     it finished. `round_` picks a round (default: the last)."""
-    preset = get_preset(preset)
+    check_preset(preset)
     cfg = cfg or preset.dpo
     round_ = cfg.rounds if round_ is None else round_
     if not 1 <= round_ <= cfg.rounds:
@@ -490,12 +490,12 @@ def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int,
 # ---------------------------------------------------------------------------------------
 # What's next: tool use (notebook 5)
 # ---------------------------------------------------------------------------------------
-def train_or_load_tools(preset: str | Preset | None = None, sft: StageModel | None = None, force: bool = False,
+def train_or_load_tools(preset: Preset, sft: StageModel | None = None, force: bool = False,
                         progress: bool = True, callback=None, device=None) -> StageModel:
-    """The SFT model fine-tuned to call tools (`embiggen.tools`): demonstrations whose answers
+    """The SFT model fine-tuned to call tools (`embiggen.methods.tools`): demonstrations whose answers
     call the calculator and the counter, mixed with the SFT mixture's other examples; the
     tools' results are masked out of the loss."""
-    preset = get_preset(preset)
+    check_preset(preset)
     device = device or pick_device()
     splits, cfg = data_splits(preset), preset.tools
     sft_model = sft or train_or_load_sft(preset, progress=progress, device=device)

@@ -19,27 +19,28 @@ from pathlib import Path
 
 import transformers
 
-from .experiments import pretrain_experiments
-from .generate import generate
-from .model import context_length, load_pretrained
-from .pipeline import STAGES, default_out, load_stage, report_card, run
-from .presets import PRESETS, describe, get_preset
-from .tokenizer import chat_prompt, encode
-from .tools import generate_with_tools
-from .utils import UserError, pick_device, set_threads
+from embiggen.experiments import pretrain_experiments
+from embiggen.lm.generate import generate
+from embiggen.lm.model import context_length, load_pretrained
+from embiggen.lm.tokenizer import chat_prompt, encode
+from embiggen.methods.tools import generate_with_tools
+from embiggen.pipeline import STAGES, default_out, load_stage, report_card, run
+from embiggen.presets import PRESETS, Preset, describe, get_preset
+from embiggen.utils import UserError, pick_device, set_threads
 
 #: the stages whose model is a language model `sample` and `chat` can use
 LANGUAGE_MODELS = [name for name, stage in STAGES.items() if stage.language_model]
 
 
 def _cmd_run(args) -> int:
-    report = run(args.preset, args.stages, args.out, progress=not args.quiet, base=args.base)
+    preset = get_preset(args.preset, args.base)
+    report = run(preset, args.stages, args.out, progress=not args.quiet)
     print(report_card(report))
     if args.experiments:
-        seconds = pretrain_experiments(get_preset(args.preset, args.base), progress=not args.quiet)
+        seconds = pretrain_experiments(preset, progress=not args.quiet)
         print("the notebooks' experiments are in the cache: "
               + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
-    out = args.out or default_out(get_preset(args.preset, args.base))
+    out = args.out or default_out(preset)
     print(f"\nwrote {out}/report.json and {out}/report.md")
     return 0
 
@@ -60,11 +61,11 @@ def model_folder_problem(name: str) -> str | None:
     return None
 
 
-def load_model_by_name(name: str, preset=None):
+def load_model_by_name(name: str, preset: Preset):
     """A stage's name ('base', 'sft', 'ppo') means that embedded model, trained or loaded from the
     cache; anything else is a Hugging Face name or local path (checked first)."""
     if name in LANGUAGE_MODELS:
-        trained = load_stage(get_preset(preset), name)
+        trained = load_stage(preset, name)
         return trained.model, trained.tokenizer
     problem = model_folder_problem(name)
     if problem:
@@ -116,7 +117,7 @@ def _cmd_sample(args) -> int:
     problem = generation_problem(args)
     if problem:
         raise UserError(problem)
-    model, tokenizer = load_model_by_name(args.model, args.preset)
+    model, tokenizer = load_model_by_name(args.model, get_preset(args.preset))
     prefix = fit_prompt(tokenizer, args.prefix, context_length(model), args.max_new_tokens)
     greedy = args.temperature == 0
     outs = generate(model, tokenizer, [prefix] * (1 if greedy else args.n), max_new_tokens=args.max_new_tokens,
@@ -129,7 +130,7 @@ def _cmd_sample(args) -> int:
 
 def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48, tools: bool = False) -> str:
     """One answer to one message (our models are trained on single-turn chats). With `tools`,
-    the calls the model writes are run (`embiggen.tools`), and each is shown on its own line
+    the calls the model writes are run (`embiggen.methods.tools`), and each is shown on its own line
     above the answer, with the error where one failed."""
     if not tools:
         template = len(encode(tokenizer, chat_prompt(tokenizer, "")))  # the chat template's own tokens stay whole
@@ -142,7 +143,7 @@ def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48, tools: 
 
 
 def _cmd_chat(args, read=input) -> int:
-    model, tokenizer = load_model_by_name(args.model, args.preset)
+    model, tokenizer = load_model_by_name(args.model, get_preset(args.preset))
     if tokenizer.chat_template is None:
         raise UserError(f"--model {args.model}: it has no chat template; chat needs an instruction-tuned model")
     print(f"Chatting with {args.model!r}. Each message is answered on its own. Type 'quit' or press Ctrl-D to leave.")

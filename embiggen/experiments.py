@@ -20,24 +20,24 @@ from dataclasses import replace
 
 import torch
 
-from .chain import (StageModel, train_or_load_base, train_or_load_dpo, train_or_load_ppo, train_or_load_reward,
-                    train_or_load_sft)
-from .evaluate import evaluate_tasks, fact_cloze, judge_model
-from .generate import decode_responses, episode_logprobs, sample_episodes
-from .labeler import Labeler
-from .presets import Preset, get_preset
-from .reward import RewardModel
-from .splits import data_splits
+from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, train_or_load_ppo, train_or_load_reward,
+                            train_or_load_sft)
+from embiggen.data.splits import data_splits
+from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model
+from embiggen.judging.labeler import Labeler
+from embiggen.lm.generate import decode_responses, episode_logprobs, sample_episodes
+from embiggen.methods.reward import RewardModel
+from embiggen.presets import Preset, check_preset
 
 
 # ---------------------------------------------------------------------------------------
 # Notebook 1
 # ---------------------------------------------------------------------------------------
-def size_sweep(preset: str | Preset | None = None, progress: bool = True, device=None) -> list[dict]:
+def size_sweep(preset: Preset, progress: bool = True, device=None) -> list[dict]:
     """"Size matters": the preset's smaller model shapes and its own, all trained with the
     same data and recipe; validation loss and fact recall for each (Kaplan et al. 2020,
     https://arxiv.org/abs/2001.08361, found loss falls as a power law in parameters)."""
-    preset = get_preset(preset)
+    check_preset(preset)
     rows = []
     for cfg in (*preset.experiments.size_sweep, preset.model):
         base = train_or_load_base(preset, model_cfg=cfg, progress=progress, device=device)
@@ -54,18 +54,18 @@ def size_sweep(preset: str | Preset | None = None, progress: bool = True, device
 # Notebook 2
 # ---------------------------------------------------------------------------------------
 def evaluate_instruction_following(model, tokenizer, sets: dict) -> dict:
-    """Accuracy on every evaluation split of `embiggen.splits.DataSplits.sft_eval` (the
+    """Accuracy on every evaluation split of `embiggen.data.splits.DataSplits.sft_eval` (the
     alignment prompts are judged by `evaluate.evaluate_alignment` instead)."""
     return {split: evaluate_tasks(model, tokenizer, examples)
             for split, examples in sets.items() if split != "alignment"}
 
 
-def cluster_ablation(preset: str | Preset | None = None, base: StageModel | None = None, progress: bool = True,
+def cluster_ablation(preset: Preset, base: StageModel | None = None, progress: bool = True,
                      device=None) -> list[dict]:
     """FLAN's ablation (Wei et al. 2021, figure 6) at our scale: accuracy on the held-out
     cluster against the number of clusters trained on. Every point is fine-tuned from the
     same base with the same (shorter) schedule; 0 clusters is the base model itself."""
-    preset = get_preset(preset)
+    check_preset(preset)
     splits, cfg = data_splits(preset), preset.experiments
     trained = splits.spec.train_clusters
     base = base or train_or_load_base(preset, progress=progress, device=device)
@@ -111,12 +111,12 @@ def sampled_gold(labeler, prompts, sampled: dict) -> float:
     return sum(scores) / max(1, len(scores))
 
 
-def kl_sweep(preset: str | Preset | None = None, sft: StageModel | None = None, reward: RewardModel | None = None,
+def kl_sweep(preset: Preset, sft: StageModel | None = None, reward: RewardModel | None = None,
              progress: bool = True, device=None) -> list[dict]:
     """Reward hacking made visible: one PPO run per KL coefficient in preset.experiments.kl_sweep,
     each against the first reward model only (one round, learning rate experiments.sweep_lr;
     cached), with its training log and its gold and reward-model scores on held-out prompts."""
-    preset = get_preset(preset)
+    check_preset(preset)
     cfg, evaluation = preset.experiments, preset.evaluation
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
@@ -140,12 +140,12 @@ def kl_sweep(preset: str | Preset | None = None, sft: StageModel | None = None, 
 # ---------------------------------------------------------------------------------------
 # Notebook 4
 # ---------------------------------------------------------------------------------------
-def dpo_beta_sweep(preset: str | Preset | None = None, sft: StageModel | None = None, progress: bool = True,
+def dpo_beta_sweep(preset: Preset, sft: StageModel | None = None, progress: bool = True,
                    device=None) -> list[dict]:
     """One DPO run per beta in preset.experiments.dpo_betas (the preset's DPO otherwise; cached),
     each judged on PPO's held-out prompts with its KL from the SFT model measured as PPO's is
     (`sample_with_kl`: sampled answers, k1): points for the gold-versus-KL picture."""
-    preset = get_preset(preset)
+    check_preset(preset)
     evaluation = preset.evaluation
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     prompts, labeler = data_splits(preset).ppo_eval, Labeler()
@@ -174,10 +174,10 @@ NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "cluster_ablation": cluster_ab
                         "dpo_beta_sweep": dpo_beta_sweep}
 
 
-def pretrain_experiments(preset: str | Preset | None = None, progress: bool = True, device=None) -> dict[str, float]:
+def pretrain_experiments(preset: Preset, progress: bool = True, device=None) -> dict[str, float]:
     """Train (or load) every model of `NOTEBOOK_EXPERIMENTS`, so the notebooks only load them.
     Returns the seconds each experiment took."""
-    preset = get_preset(preset)
+    check_preset(preset)
     seconds = {}
     for name, experiment in NOTEBOOK_EXPERIMENTS.items():
         started = time.perf_counter()

@@ -21,17 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_ppo, train_or_load_reward,
-                    train_or_load_sft, train_or_load_tools)
-from .evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
-                       instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates, win_rate)
-from .experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
-from .labeler import Labeler
-from .presets import Preset, get_preset
-from .reward import load_pairs, pairwise_accuracy
-from .splits import data_splits, overlap
-from .tools import TOOLS, evaluate_with_tools
-from .utils import UserError, atomic_write_text, cache_root
+from embiggen.chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_ppo,
+                            train_or_load_reward, train_or_load_sft, train_or_load_tools)
+from embiggen.data.splits import data_splits, overlap
+from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
+from embiggen.judging.evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
+                                       instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates,
+                                       win_rate)
+from embiggen.judging.labeler import Labeler
+from embiggen.methods.reward import load_pairs, pairwise_accuracy
+from embiggen.methods.tools import TOOLS, evaluate_with_tools
+from embiggen.presets import Preset, check_preset
+from embiggen.utils import UserError, atomic_write_text, cache_root
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,11 +348,10 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
     return [s for s in STAGES if s in names]  # always in pipeline order
 
 
-def run(preset: str | Preset | None = None, stages=None, out: str | Path | None = None,
-        progress: bool = True, base: str | None = None) -> dict:
-    """Run `stages` (default all) on `preset`, from the pretrained causal LM `base` if given
-    (else $EMBIGGEN_BASE, else the embedded model); write report.json and report.md to `out`."""
-    preset = get_preset(preset, base)
+def run(preset: Preset, stages=None, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Run `stages` (default all) on `preset` (from its pretrained causal LM `preset.base_model`, if
+    it names one, else the embedded model); write report.json and report.md to `out`."""
+    check_preset(preset)
     names = parse_stages(stages)
     out = Path(out) if out is not None else default_out(preset)
     check_writable(cache_root(), "EMBIGGEN_CACHE (the model cache)")  # before any training, not after it
@@ -407,7 +407,7 @@ def read_report(path: Path) -> dict:
 
 def strict_json(report: dict, stage: str) -> str:
     """The report as strict JSON. A rate of nothing (a `*rate*` figure over no prompts of its
-    kind, NaN by design in `embiggen.evaluate`) is written as null; any other figure that is not
+    kind, NaN by design in `embiggen.judging.evaluate`) is written as null; any other figure that is not
     a finite number is an error naming the stage and the key, never a bare NaN in the file."""
     bad = [key for key, value in _flatten({stage: report.get(stage, {})})
            if isinstance(value, float) and not math.isfinite(value) and "rate" not in key.rsplit(".", 1)[-1]]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .utils import UserError
+from embiggen.utils import UserError
 
 
 def knob(default, help: str):
@@ -171,7 +171,7 @@ class DPOConfig:
 @dataclass(frozen=True)
 class ToolConfig:
     """Tool use (Toolformer, Schick et al. 2023): the SFT model fine-tuned on demonstrations
-    whose answers call a calculator and a counter (`embiggen.tools`)."""
+    whose answers call a calculator and a counter (`embiggen.methods.tools`)."""
     train: SFTConfig = knob(SFTConfig(steps=200, batch_size=32, optim=OptimConfig(lr=2e-3, warmup_steps=10,
                                                                                   weight_decay=0.0),
                                       replay_share=0.0, eval_every=100, n_train=6000, n_val=200),
@@ -189,7 +189,7 @@ class ToolConfig:
 class EvalConfig:
     """What the report card and the notebooks measure on. The held-out sets are drawn before any
     training set, and training sets skip their prompts, so their sizes shape the training data too
-    (`embiggen.splits`); the cache keys therefore carry a fingerprint of those prompts."""
+    (`embiggen.data.splits`); the cache keys therefore carry a fingerprint of those prompts."""
     n_instruction_probes: int = knob(400, "instructions put to the base model as plain text")
     n_per_cluster: int = knob(60, "prompts per cluster in each of notebook 2's evaluation splits")
     n_rm_prompts: int = knob(300, "held-out prompts whose ranked SFT samples test the reward model")
@@ -354,3 +354,13 @@ def get_preset(name: str | Preset | None = None, base: str | None = None) -> Pre
     if base is None:
         base = os.environ.get("EMBIGGEN_BASE") or None
     return PRESETS[name] if base is None else replace(PRESETS[name], base_model=base)
+
+
+def check_preset(preset) -> Preset:
+    """`preset`, if it is a `Preset`. A preset is resolved once, where a run starts (`get_preset` in
+    the CLI, `setup()` in a notebook); every function inside the package takes the `Preset` itself."""
+    if not isinstance(preset, Preset):
+        raise UserError(f"expected a Preset, got {preset!r}: in a notebook use the one setup() returns "
+                        f"(preset = setup()), elsewhere get_preset({preset!r})")
+    return preset
+

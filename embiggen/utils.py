@@ -29,7 +29,7 @@ def set_seed(seed: int) -> None:
 class UserError(ValueError):
     """A problem the user can fix, with a message of one line that names what to fix (a
     variable, a flag, a file or a folder). The command line prints it without a traceback and
-    exits with 2; `embiggen.notebook.setup` makes notebooks show it as one line too."""
+    exits with 2; `embiggen.notebook.session.setup` makes notebooks show it as one line too."""
 
 
 def device_problem(name: str) -> str | None:

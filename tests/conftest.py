@@ -39,7 +39,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_splits(tiny_preset):
-    from embiggen.splits import data_splits
+    from embiggen.data.splits import data_splits
 
     return data_splits(tiny_preset)
 

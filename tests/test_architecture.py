@@ -1,87 +1,105 @@
-"""The package's shape, read from its source: data flows one way, and each file's imports say what it needs.
+"""The package's shape, read from its folders: data flows one way, and each file's imports say what it needs.
 
-The layers below are the ones ARCHITECTURE.md draws. A module may import only modules of
-the package listed before it, so the import graph has no circle and nothing imports back
-down the flow (a method never imports the chain, the chain never imports the report).
+A layer is a folder of the package (`embiggen/methods/`) or one file at its top (`embiggen/chain.py`), and
+LAYERS lists them bottom to top, as ARCHITECTURE.md draws them. A module may import its own folder and the
+layers below it, never one above: a method never imports the chain, the chain never imports the report. So a
+new file's place in the layering is the folder it is saved in.
 """
 
 import ast
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "embiggen"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "embiggen"
 
-#: bottom to top
+#: bottom to top: a folder (several files) or a file at the top of the package
 LAYERS = [
-    "__init__", "utils", "presets",                                 # settings
-    "world", "tasks", "toolbox", "mixture", "splits",               # the embedded world and every data split
-    "tokenizer", "model", "generate", "evaluate", "labeler",         # models, decoding, measuring, the labeler
-    "preferences", "training",
-    "pretrain", "sft", "reward", "ppo", "dpo", "best_of_n",          # the methods, one file each
-    "tools", "baseline", "inference",
-    "chain",                                                         # each stage trained once, cached
-    "experiments",                                                   # sweeps, ablations, held-out measurements
-    "pipeline", "cli",                                               # the stage registry, `embiggen run`, the CLI
-    "plots", "widgets", "notebook",                                  # what the notebooks show
-    "widget_state",                                                  # JupyterLab keeps saved widgets drawable
+    "__init__",                                  # the version
+    "utils", "presets",                          # settings: files, seeds, devices; the presets are data
+    "data",                                      # the embedded world and every data split
+    "lm",                                        # the language model: tokenizer, model, decoding, training loop
+    "judging",                                   # evaluation, the gold labeler, preference pairs
+    "methods",                                   # pretrain, SFT, reward model, PPO, DPO, ... one file each
+    "chain",                                     # each stage trained once, cached, handed to the next
+    "experiments",                               # sweeps, ablations, held-out measurements
+    "pipeline", "cli",                           # the stage registry, `embiggen run`, the command line
+    "notebook",                                  # what the notebooks show: set-up, tables, plots, widgets
 ]
 #: third-party packages a module may import inside a function because they are optional
 OPTIONAL_DEPENDENCIES: set[str] = {"llama_cpp"}  # llama-cpp-python, timed in notebook 5 where it happens to be installed
 
 
-def modules() -> dict[str, ast.Module]:
-    return {path.stem: ast.parse(path.read_text()) for path in sorted(PACKAGE.glob("*.py"))}
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by its dotted name below `embiggen` ("methods.ppo", "chain", "__init__")."""
+    found = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        found[".".join(parts)] = path
+    return found
 
 
-def internal_target(node: ast.ImportFrom | ast.Import) -> list[str]:
-    """The package modules an import statement reads ('from .x import y', 'from . import x')."""
-    if isinstance(node, ast.ImportFrom):
-        if node.level == 0:
-            return [node.module.split(".")[1]] if (node.module or "").startswith("embiggen.") else []
-        if node.module:
-            return [node.module.split(".")[0]]
-        return [alias.name if alias.name in LAYERS else "__init__" for alias in node.names]
-    return [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("embiggen.")]
+def layer_of(module: str) -> str:
+    """A module's layer: its folder, or itself at the top of the package."""
+    return module.split(".")[0]
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {name: {target for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-                   for target in internal_target(node)} for name, tree in modules().items()}
+def internal_targets(node: ast.Import | ast.ImportFrom, names: set[str]) -> list[str]:
+    """The package modules an import statement reads, as dotted names below `embiggen`."""
+    if isinstance(node, ast.Import):
+        return [alias.name.removeprefix("embiggen.") for alias in node.names if alias.name.startswith("embiggen.")]
+    if node.level or not (node.module == "embiggen" or (node.module or "").startswith("embiggen.")):
+        return []
+    module = node.module.removeprefix("embiggen").removeprefix(".")  # "" for `from embiggen import x`
+    prefix = module + "." if module else ""
+    submodules = [prefix + alias.name for alias in node.names if prefix + alias.name in names]
+    return submodules or [module or "__init__"]
 
 
-def test_every_module_has_a_layer():
-    assert set(modules()) == set(LAYERS), "add the new module to LAYERS here and to ARCHITECTURE.md"
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    names = set(modules(package))
+    return {name: {target for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))
+                   for target in internal_targets(node, names)}
+            for name, path in modules(package).items()}
 
 
-def test_imports_run_one_way():
-    rank = {name: i for i, name in enumerate(LAYERS)}
-    backwards = [f"{module} -> {target}" for module, targets in import_graph().items() for target in targets
-                 if rank[target] >= rank[module]]
-    assert not backwards, f"imports that run back down the flow: {backwards}"
+def upward_imports(package: Path = PACKAGE) -> list[str]:
+    """Imports of a module in a layer above the importer's (a module no layer holds counts as above all)."""
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+    return [f"{module} -> {target}" for module, targets in import_graph(package).items() for target in targets
+            if rank.get(layer_of(target), len(LAYERS)) > rank[layer_of(module)]]
 
 
-def test_the_import_graph_has_no_circle():
-    graph, state = import_graph(), {}
+def import_circle(package: Path = PACKAGE) -> list[str] | None:
+    graph, state = import_graph(package), {}
 
-    def visit(module: str, path: list[str]) -> None:
+    def visit(module: str, path: list[str]) -> list[str] | None:
         if state.get(module) == "open":
-            pytest.fail(f"import circle: {' -> '.join(path + [module])}")
+            return path + [module]
         if state.get(module) == "done":
-            return
+            return None
         state[module] = "open"
-        for target in sorted(graph[module]):
-            visit(target, path + [module])
+        for target in sorted(graph.get(module, ())):
+            circle = visit(target, path + [module])
+            if circle:
+                return circle
         state[module] = "done"
+        return None
 
     for module in graph:
-        visit(module, [])
+        circle = visit(module, [])
+        if circle:
+            return circle
+    return None
 
 
-def test_imports_sit_at_the_top_of_each_file():
+def imports_inside_functions(package: Path = PACKAGE) -> list[str]:
     inside = []
-    for name, tree in modules().items():
-        for function in ast.walk(tree):
+    for name, path in modules(package).items():
+        for function in ast.walk(ast.parse(path.read_text())):
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
             for node in ast.walk(function):
@@ -93,11 +111,187 @@ def test_imports_sit_at_the_top_of_each_file():
                     continue
                 if not roots <= OPTIONAL_DEPENDENCIES:
                     inside.append(f"{name}.{function.name}: {ast.unparse(node)}")
-    assert not inside, f"imports inside functions: {inside}"
+    return inside
 
 
-def test_the_check_sees_a_backward_import():
-    """The graph reader itself: a method importing the chain would be caught."""
-    tree = ast.parse("from .chain import train_or_load_sft\nfrom . import utils\nimport embiggen.world as w\n")
-    targets = [t for node in tree.body for t in internal_target(node)]
-    assert targets == ["chain", "utils", "world"]
+def test_every_module_is_in_a_layer():
+    layers = {layer_of(name) for name in modules()}
+    assert layers == set(LAYERS), (f"not in LAYERS: {sorted(layers - set(LAYERS))}; no such folder or file: "
+                                   f"{sorted(set(LAYERS) - layers)} (add a new top-level file or folder to LAYERS "
+                                   "here and to ARCHITECTURE.md; a file inside a folder needs nothing)")
+
+
+def test_folders_are_one_level_deep_and_each_init_says_what_its_layer_is():
+    for path in PACKAGE.rglob("*.py"):
+        assert len(path.relative_to(PACKAGE).parts) <= 2, f"{path}: one folder per layer, no folders inside them"
+    for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        init = folder / "__init__.py"
+        assert init.exists(), f"{folder.name}/ has no __init__.py"
+        tree = ast.parse(init.read_text())
+        assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and \
+            isinstance(tree.body[0].value, ast.Constant) and isinstance(tree.body[0].value.value, str), \
+            f"{folder.name}/__init__.py: only a docstring saying what the layer is (no re-exports)"
+
+
+def test_imports_run_one_way():
+    assert not upward_imports(), f"imports that run up the layers: {upward_imports()}"
+
+
+def test_the_import_graph_has_no_circle():
+    circle = import_circle()
+    assert circle is None, f"import circle: {' -> '.join(circle or [])}"
+
+
+def test_imports_sit_at_the_top_of_each_file():
+    assert not imports_inside_functions(), f"imports inside functions: {imports_inside_functions()}"
+
+
+def test_one_way_to_import_each_thing():
+    """`from embiggen.methods.ppo import PPOTrainer`: absolute, from the module that defines it; no relative
+    imports, no `import embiggen.x`, no `import *`, no module imported by name from its folder."""
+    names, odd = set(modules()), []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("embiggen")):
+                module = (node.module or "").removeprefix("embiggen").removeprefix(".")
+                if node.level or any(a.name == "*" for a in node.names) or (module not in names and module) \
+                        or any(f"{module}.{a.name}".lstrip(".") in names for a in node.names):
+                    odd.append(f"{name}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "embiggen" for a in node.names):
+                odd.append(f"{name}: {ast.unparse(node)}")
+    assert not odd, f"imports not of the form 'from embiggen.<folder>.<module> import <name>': {odd}"
+
+
+# ---------------------------------------------------------------------------------------
+# The checks themselves, on a copy of the package with something planted in it
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def package_copy(tmp_path) -> Path:
+    copy = tmp_path / "embiggen"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _plant(path: Path, line: str) -> None:
+    text = path.read_text() if path.exists() else '"""A planted module."""\n'
+    head, _, tail = text.partition("\nfrom ")
+    path.write_text(f"{head}\n{line}\nfrom {tail}" if tail else f"{text}\n{line}\n")
+
+
+def test_the_check_sees_a_planted_upward_import(package_copy):
+    assert upward_imports(package_copy) == []
+    _plant(package_copy / "data" / "world.py", "from embiggen.methods.ppo import PPOTrainer")
+    assert upward_imports(package_copy) == ["data.world -> methods.ppo"]
+
+
+def test_a_new_file_is_placed_by_the_folder_it_is_saved_in(package_copy):
+    _plant(package_copy / "methods" / "grpo.py", "from embiggen.chain import train_or_load_sft")
+    _plant(package_copy / "methods" / "grpo2.py", "from embiggen.methods.ppo import clipped_policy_loss")
+    assert upward_imports(package_copy) == ["methods.grpo -> chain"]  # the second imports its own folder: fine
+
+
+def test_the_check_sees_a_planted_circle_and_an_import_inside_a_function(package_copy):
+    assert import_circle(package_copy) is None and imports_inside_functions(package_copy) == []
+    _plant(package_copy / "lm" / "tokenizer.py", "from embiggen.lm.generate import generate")
+    assert import_circle(package_copy) is not None
+    with open(package_copy / "utils.py", "a") as f:
+        f.write("\n\ndef planted():\n    from embiggen.presets import get_preset\n    return get_preset\n")
+    assert imports_inside_functions(package_copy) == ["utils.planted: from embiggen.presets import get_preset"]
+
+
+def test_the_graph_reader_reads_every_form_of_import():
+    names = set(modules())
+    read = [t for line in ["from embiggen.chain import train_or_load_sft", "from embiggen import __version__",
+                           "import embiggen.data.world", "from embiggen.methods import ppo", "import torch"]
+            for t in internal_targets(ast.parse(line).body[0], names)]
+    assert read == ["chain", "__init__", "data.world", "methods.ppo"]
+
+
+# ---------------------------------------------------------------------------------------
+# The documents name the package as it is
+# ---------------------------------------------------------------------------------------
+DOTTED = re.compile(r"\bembiggen((?:\.[A-Za-z_]\w*)+)")
+PATH = re.compile(r"\bembiggen/([\w/]+\.py)\b")
+
+
+def _defined_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {a.asname or a.name for a in node.names}
+    return names
+
+
+def dangling_references(text: str) -> list[str]:
+    """The `embiggen.x.y[.name]` and `embiggen/x/y.py` a text names that the package does not have (benchmarks,
+    which CI does not run, are read here too)."""
+    names, bad = modules(), []
+    for match in DOTTED.finditer(text):
+        parts = match.group(1).lstrip(".").split(".")
+        if parts[-1] in {"json", "ipynb", "egg"}:  # a file name, as jupyter_server_config.d/embiggen.json
+            continue
+        for cut in range(len(parts), 0, -1):  # the longest prefix that is a module (or a folder)
+            module = ".".join(parts[:cut])
+            if module in names or module + ".__init__" in names:
+                rest = parts[cut:]
+                path = names.get(module) or names[module + ".__init__"]
+                if rest and rest[0] not in _defined_names(path):
+                    bad.append(match.group(0))
+                break
+        else:
+            bad.append(match.group(0))
+    bad += [f"embiggen/{p}" for p in PATH.findall(text) if not (PACKAGE / p).exists()]
+    return bad
+
+
+def _documents() -> dict[str, str]:
+    docs = {p.name: p.read_text() for p in [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "Makefile"]}
+    docs.update({str(p.relative_to(ROOT)): p.read_text() for p in sorted((ROOT / "notebooks").rglob("*.ipynb"))})
+    docs.update({str(p.relative_to(ROOT)): p.read_text() for p in modules().values()})
+    docs.update({str(p.relative_to(ROOT)): p.read_text() for p in sorted((ROOT / "benchmarks").glob("*.py"))})
+    return docs
+
+
+def test_the_documents_name_no_module_the_package_does_not_have():
+    bad = {name: refs for name, text in _documents().items() if (refs := dangling_references(text))}
+    assert not bad, f"names of modules or paths that do not exist: {bad}"
+
+
+def test_the_document_check_sees_an_old_flat_name():
+    assert dangling_references("see `embiggen.methods.ppo.gae` and embiggen/methods/ppo.py") == []
+    assert dangling_references("`embiggen.ppo.gae`, embiggen/ppo.py, embiggen.methods.ppo.no_such") == \
+        ["embiggen.ppo.gae", "embiggen.methods.ppo.no_such", "embiggen/ppo.py"]
+
+
+# ---------------------------------------------------------------------------------------
+# A preset is resolved once, at the edges
+# ---------------------------------------------------------------------------------------
+EDGES = {"cli", "notebook.session"}  # where a run starts: the command line, a notebook's first cell
+
+
+def preset_lookups(package: Path = PACKAGE) -> list[str]:
+    """The modules, other than the edges and presets.py itself, that call `get_preset`."""
+    return sorted(name for name, path in modules(package).items() if name not in EDGES | {"presets"}
+                  and any(isinstance(node, ast.Call) and getattr(node.func, "id", None) == "get_preset"
+                          for node in ast.walk(ast.parse(path.read_text()))))
+
+
+def test_a_preset_is_looked_up_by_name_only_at_the_edges(package_copy):
+    assert preset_lookups() == []
+    _plant(package_copy / "chain.py", "from embiggen.presets import get_preset\nLAPTOP = get_preset('laptop')")
+    assert preset_lookups(package_copy) == ["chain"]
+
+
+def test_a_name_handed_where_a_preset_belongs_is_one_clear_error():
+    from embiggen.chain import train_or_load_sft
+    from embiggen.data.splits import data_splits
+    from embiggen.utils import UserError
+
+    for call in (lambda: train_or_load_sft("laptop"), lambda: data_splits("smoke")):
+        with pytest.raises(UserError, match=r"expected a Preset, got '(laptop|smoke)'.*get_preset"):
+            call()

@@ -1,9 +1,9 @@
-"""Notebook 5's simple program (embiggen.baseline): rules that read only the instruction and the corpus."""
+"""Notebook 5's simple program (embiggen.methods.baseline): rules that read only the instruction and the corpus."""
 
-from embiggen.baseline import RuleBasedAssistant, evaluate_rules
-from embiggen.evaluate import exact_match
-from embiggen.splits import build_corpus
-from embiggen.tasks import TaskExample
+from embiggen.data.splits import build_corpus
+from embiggen.data.tasks import TaskExample
+from embiggen.judging.evaluate import exact_match
+from embiggen.methods.baseline import RuleBasedAssistant, evaluate_rules
 
 CORPUS = ["Alma Brook lives in Redford and works as a baker. The favourite colour of Alma Brook is green.",
           "Bruno Pike lives in Ashby. Bruno Pike has a pet owl. Bruno Pike works as an actor."]

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from embiggen.best_of_n import best_of_n_kl_bound, best_of_n_kl_estimate
+from embiggen.methods.best_of_n import best_of_n_kl_bound, best_of_n_kl_estimate
 
 
 def exact_best_of_n_kl(probs: list[float], scores: list[float], n: int) -> float:

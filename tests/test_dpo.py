@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from embiggen.dpo import DPOData, dpo_loss, encode_pairs, encode_response, reference_logprobs, sequence_logprobs, \
-    train_dpo
-from embiggen.preferences import Comparison
+from embiggen.judging.preferences import Comparison
+from embiggen.methods.dpo import (DPOData, dpo_loss, encode_pairs, encode_response, reference_logprobs,
+                                  sequence_logprobs, train_dpo)
+from embiggen.methods.sft import IGNORE_INDEX
 from embiggen.presets import DPOConfig, OptimConfig
-from embiggen.sft import IGNORE_INDEX
 
 
 def test_dpo_loss_against_the_formula_written_out():
@@ -94,7 +94,7 @@ def test_demonstrations_add_their_sft_loss_like_ppo_ptx(tiny_base, tiny_splits):
     from dataclasses import replace
 
     from embiggen.presets import SFTConfig
-    from embiggen.sft import SFTData
+    from embiggen.methods.sft import SFTData
 
     tok, pairs = tiny_base.tokenizer, _pairs(tiny_splits, 6)
     cfg = DPOConfig(steps=3, batch_size=2, eval_every=3, ptx_coef=1.0, optim=OptimConfig(lr=1e-3, warmup_steps=0))
@@ -139,8 +139,8 @@ def test_iterated_dpo_trains_each_round_on_the_previous_rounds_own_answers(tiny_
     """cfg.rounds = 2: round 2 starts from round 1's weights, trains on pairs of round 1's answers
     to the fresh `dpo_round` prompts, still against the SFT model; the rounds share the steps."""
     import embiggen.chain as chain
-    from embiggen.preferences import read_pairs
-    from embiggen.splits import data_splits
+    from embiggen.judging.preferences import read_pairs
+    from embiggen.data.splits import data_splits
 
     started = []  # (the policy's weights when train_dpo starts, the reference it is given, steps)
     real = chain.train_dpo

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from embiggen.evaluate import (exact_match, fact_cloze, few_shot_prompt, first_line, instruction_answer_rate,
-                               normalize, starts_with_answer)
+from embiggen.judging.evaluate import (exact_match, fact_cloze, few_shot_prompt, first_line, instruction_answer_rate,
+                                       normalize, starts_with_answer)
 
 
 def test_normalize_and_first_line():
@@ -46,7 +46,7 @@ def test_instruction_answer_rate_counts_exact_matches(tiny_base):
 
 
 def test_confusion_matrix_counts_each_pair_and_others():
-    from embiggen.evaluate import confusion_matrix
+    from embiggen.judging.evaluate import confusion_matrix
 
     rows = [{"answer": "1", "response": "1"}, {"answer": "1", "response": "2."}, {"answer": "2", "response": " 2\nmore"},
             {"answer": "2", "response": "2"}, {"answer": "3", "response": "three"}, {"answer": "3", "response": "2"}]
@@ -63,9 +63,9 @@ def test_confusion_matrix_counts_each_pair_and_others():
 
 
 def test_person_outcome_on_fixed_strings():
-    from embiggen.evaluate import PERSON_OUTCOMES, person_outcome
-    from embiggen.labeler import Labeler
-    from embiggen.tasks import TaskExample
+    from embiggen.judging.evaluate import PERSON_OUTCOMES, person_outcome
+    from embiggen.judging.labeler import Labeler
+    from embiggen.data.tasks import TaskExample
 
     lab = Labeler()
     known = TaskExample("fact_qa", 0, "Where does Alma Brook live?", "Alma Brook lives in Redford.",
@@ -83,7 +83,7 @@ def test_person_outcome_on_fixed_strings():
 
 
 def test_alignment_rates_count_only_the_right_answer_per_kind():
-    from embiggen.evaluate import alignment_counts, alignment_rates, alignment_rates_by_kind
+    from embiggen.judging.evaluate import alignment_counts, alignment_rates, alignment_rates_by_kind
 
     rows = [{"kind": "unknown_person", "category": "hedged"}, {"kind": "unknown_person", "category": "misnamed"},
             {"kind": "medical", "category": "hedged"}, {"kind": "medical", "category": "declined"},
@@ -99,7 +99,7 @@ def test_alignment_rates_count_only_the_right_answer_per_kind():
 
 
 def test_name_copy_rate_counts_exact_whole_name_repeats(monkeypatch):
-    import embiggen.evaluate as ev
+    import embiggen.judging.evaluate as ev
 
     names = ["Felis Gawick", "Boro Stenley"]
     # the "model" repeats Felis exactly, and only the first word of Boro's name
@@ -115,7 +115,7 @@ def test_name_copy_rate_counts_exact_whole_name_repeats(monkeypatch):
 
 
 def test_key_answer_takes_the_last_word_of_a_sentence_only():
-    from embiggen.evaluate import key_answer
+    from embiggen.judging.evaluate import key_answer
 
     assert key_answer("Pavel Pike lives in Oakvale.") == "oakvale"
     assert key_answer("4 plus 8 is 12.") == "12"
@@ -124,7 +124,7 @@ def test_key_answer_takes_the_last_word_of_a_sentence_only():
 
 
 def test_lenient_match_accepts_the_short_answer_at_the_end_of_the_first_line():
-    from embiggen.evaluate import lenient_match
+    from embiggen.judging.evaluate import lenient_match
 
     gold = "Pavel Pike lives in Oakvale."
     assert lenient_match("Pavel Pike lives in Oakvale.", gold)
@@ -140,7 +140,7 @@ def test_lenient_match_accepts_the_short_answer_at_the_end_of_the_first_line():
 
 
 def test_lenient_rescore_counts_false_negatives():
-    from embiggen.evaluate import lenient_rescore
+    from embiggen.judging.evaluate import lenient_rescore
 
     rows = [{"cluster": "fact_qa", "answer": "A B lives in Oakvale.", "response": "Oakvale", "correct": False},
             {"cluster": "fact_qa", "answer": "A B lives in Oakvale.", "response": "A B lives in Oakvale.", "correct": True},
@@ -155,7 +155,7 @@ def test_continuation_logprob_against_a_hand_computed_bigram():
     import math
     from types import SimpleNamespace
 
-    from embiggen.evaluate import continuation_logprob
+    from embiggen.judging.evaluate import continuation_logprob
 
     vocab = {"a": 0, "b": 1, " ": 2}  # id 3 is padding
 
@@ -187,7 +187,7 @@ def test_continuation_logprob_against_a_hand_computed_bigram():
 
 
 def test_few_shot_answer_probability_matches_the_few_shot_prompts(tiny_base):
-    from embiggen.evaluate import few_shot_accuracy, few_shot_answer_probability
+    from embiggen.judging.evaluate import few_shot_accuracy, few_shot_answer_probability
 
     probs = few_shot_answer_probability(tiny_base.model, tiny_base.tokenizer, tiny_base.world, k=1, n=4)
     greedy = few_shot_accuracy(tiny_base.model, tiny_base.tokenizer, tiny_base.world, k=1, n=4)

@@ -75,7 +75,7 @@ def test_generation_options_are_checked_before_loading(flags, says, capsys):
 
 
 def test_long_prompts_are_cut_from_the_left_and_control_characters_escaped(tiny_base, capsys):
-    from embiggen.model import context_length
+    from embiggen.lm.model import context_length
     long = " ".join(["Alma"] * 5000)
     code, out, err = run_cli(["sample", "--model", str(tiny_base.path), "--max-new-tokens", "4", "-n", "1", long],
                              capsys)
@@ -88,8 +88,8 @@ def test_long_prompts_are_cut_from_the_left_and_control_characters_escaped(tiny_
 
 
 def test_chat_cuts_a_long_message_but_keeps_the_chat_template(tiny_base, capsys):
-    from embiggen.model import context_length
-    from embiggen.tokenizer import chat_prompt, encode
+    from embiggen.lm.model import context_length
+    from embiggen.lm.tokenizer import chat_prompt, encode
     seen = []
     original = cli.generate
 
@@ -191,7 +191,7 @@ def test_a_preference_file_cut_at_a_line_boundary_is_caught(tmp_path):
 def test_a_corrupt_resume_point_is_moved_aside_and_training_starts_again(tmp_path, capsys):
     import torch
 
-    from embiggen.training import load_resume_point, save_resume_point
+    from embiggen.lm.training import load_resume_point, save_resume_point
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
@@ -303,7 +303,7 @@ def test_after_a_resume_train_seconds_and_tokens_per_second_agree(tiny_preset, f
     import torch
 
     from embiggen.chain import train_or_load_base
-    from embiggen.training import resume_dir
+    from embiggen.lm.training import resume_dir
 
     class Interrupt(Exception):
         pass
@@ -325,12 +325,12 @@ def test_after_a_resume_train_seconds_and_tokens_per_second_agree(tiny_preset, f
 def test_a_user_error_in_a_notebook_is_one_line(monkeypatch, capsys):
     from IPython.core.interactiveshell import InteractiveShell
 
-    import embiggen.notebook as notebook
+    import embiggen.notebook.session as session
     shell = InteractiveShell.instance()
-    monkeypatch.setattr(notebook, "get_ipython", lambda: shell)
+    monkeypatch.setattr(session, "get_ipython", lambda: shell)
     shown = []
     monkeypatch.setattr(shell, "_showtraceback", lambda etype, evalue, stb: shown.extend(stb))
-    notebook.setup("smoke")
+    session.setup("smoke")
     result = shell.run_cell("from embiggen.presets import get_preset\nget_preset('huge')")
     assert not result.success  # still an error: nbval and Run All stop on it
     assert len(shown) == 1 and shown[0].startswith("UserError: unknown preset 'huge'")  # one line, no traceback

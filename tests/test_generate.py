@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from embiggen.generate import filter_logits, generate, next_token_distribution
+from embiggen.lm.generate import filter_logits, generate, next_token_distribution
 
 
 def reference_filter(logits, temperature, top_k, top_p):
@@ -62,7 +62,7 @@ def test_generate_is_seeded_and_greedy_is_deterministic(tiny_base):
 
 
 def test_decode_responses_cuts_at_eos_and_says_whether_each_ended(tiny_base):
-    from embiggen.generate import decode_responses
+    from embiggen.lm.generate import decode_responses
 
     tok = tiny_base.tokenizer
     yes = tok("Yes.", add_special_tokens=False)["input_ids"]
@@ -75,8 +75,8 @@ def test_decode_responses_cuts_at_eos_and_says_whether_each_ended(tiny_base):
 
 
 def test_chat_responses_and_generate_agree(tiny_base):
-    from embiggen.generate import chat_responses
-    from embiggen.tokenizer import chat_prompt
+    from embiggen.lm.generate import chat_responses
+    from embiggen.lm.tokenizer import chat_prompt
 
     tok, model = tiny_base.tokenizer, tiny_base.model
     texts, finished = chat_responses(model, tok, ["Hi?", "Where does Alma live?"], max_new_tokens=6)

@@ -1,13 +1,13 @@
-"""Notebook 5's CPU section (embiggen.inference): the KV cache, int8 weights, and a real GGUF model."""
+"""Notebook 5's CPU section (embiggen.methods.inference): the KV cache, int8 weights, and a real GGUF model."""
 
 import importlib.util
 
 import pytest
 import torch
 
-from embiggen import inference
-from embiggen.inference import (gguf_ready, llama_cpp_tokens_per_second, load_gguf, quantize_int8, smollm2_gguf,
-                                tokens_per_second, weight_megabytes)
+from embiggen.methods import inference
+from embiggen.methods.inference import (gguf_ready, llama_cpp_tokens_per_second, load_gguf, quantize_int8, smollm2_gguf,
+                                        tokens_per_second, weight_megabytes)
 
 
 def test_the_kv_cache_changes_the_speed_not_the_answers(tiny_base):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from embiggen.model import build_model, load_pretrained
+from embiggen.lm.model import build_model, load_pretrained
 from embiggen.presets import ModelConfig
 
 
@@ -37,7 +37,7 @@ def test_load_any_local_hf_causal_lm(tiny_base, tmp_path):
     tok.save_pretrained(tmp_path)
     model, tokenizer = load_pretrained(str(tmp_path))
     assert model.__class__.__name__ == "GPT2LMHeadModel" and tokenizer.padding_side == "left"
-    from embiggen.generate import generate
+    from embiggen.lm.generate import generate
 
     out = generate(model, tokenizer, ["Alma lives in"], max_new_tokens=3)
     assert isinstance(out[0], str)

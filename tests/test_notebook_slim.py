@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from embiggen.notebook import palette_png, slim_notebook  # noqa: E402
+from embiggen.notebook.slim import palette_png, slim_notebook  # noqa: E402
 
 
 def _plot_png() -> str:

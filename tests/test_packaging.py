@@ -48,20 +48,20 @@ def test_make_lab_and_the_browser_test_save_widget_state_alike():
 
 def test_make_lab_and_the_browser_test_enable_the_widget_state_extension_alike():
     """`make lab` (through $(LAB_SETTINGS)) writes the server config that enables
-    `embiggen.widget_state` into the venv; the browser test's JupyterLab enables it the same way,
+    `embiggen.notebook.widget_state` into the venv; the browser test's JupyterLab enables it the same way,
     and the module is a server extension Jupyter can load."""
     import json
 
-    import embiggen.widget_state as extension
+    import embiggen.notebook.widget_state as extension
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^SERVER_CONFIG := \$\(VENV\)/etc/jupyter/jupyter_server_config\.d/embiggen\.json$", makefile, re.M)
     assert re.search(r"^\$\(LAB_SETTINGS\): .*\$\(SERVER_CONFIG\)", makefile, re.M)
     line = next(l for l in makefile.splitlines() if "jpserver_extensions" in l)
-    config = {"ServerApp": {"jpserver_extensions": {"embiggen.widget_state": True}}}
+    config = {"ServerApp": {"jpserver_extensions": {"embiggen.notebook.widget_state": True}}}
     assert json.loads(line.split("'")[1]) == config
-    assert 'json.dumps({"ServerApp": {"jpserver_extensions": {"embiggen.widget_state": True}}})' in (
+    assert 'json.dumps({"ServerApp": {"jpserver_extensions": {"embiggen.notebook.widget_state": True}}})' in (
         ROOT / "tests" / "browser" / "harness.py").read_text()
-    assert extension._jupyter_server_extension_points() == [{"module": "embiggen.widget_state"}]
+    assert extension._jupyter_server_extension_points() == [{"module": "embiggen.notebook.widget_state"}]
     hooks = []
     extension._load_jupyter_server_extension(
         type("App", (), {"contents_manager": type("CM", (), {"register_pre_save_hook": hooks.append})()})())

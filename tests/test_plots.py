@@ -7,9 +7,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from embiggen.plots import (plot_ablation, plot_cluster_accuracy, plot_grouped_rates, plot_loss_curves,  # noqa: E402
-                            plot_pair_accuracy, plot_rates, wilson_interval)
-from embiggen.training import TrainLog  # noqa: E402
+from embiggen.lm.training import TrainLog  # noqa: E402
+from embiggen.notebook.plots import (plot_ablation, plot_cluster_accuracy, plot_grouped_rates, plot_loss_curves,  # noqa: E402
+                                     plot_pair_accuracy, plot_rates, wilson_interval)
 
 
 def test_wilson_interval_against_the_formula_written_out():

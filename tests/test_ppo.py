@@ -5,9 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from embiggen.generate import position_ids_from, response_logprobs, response_mask
-from embiggen.ppo import (AdaptiveKLController, FixedKLController, PPODivergence, PPOTrainer, clipped_policy_loss,
-                          clipped_value_loss, gae, kl_penalty, masked_mean, masked_whiten, per_token_rewards, train_ppo)
+from embiggen.lm.generate import position_ids_from, response_logprobs, response_mask
+from embiggen.methods.ppo import (AdaptiveKLController, FixedKLController, PPODivergence, PPOTrainer,
+                                  clipped_policy_loss, clipped_value_loss, gae, kl_penalty, masked_mean, masked_whiten,
+                                  per_token_rewards, train_ppo)
 from embiggen.presets import PPOConfig
 
 torch.manual_seed(0)
@@ -118,7 +119,7 @@ def test_adaptive_kl_controller_follows_ziegler():
 
 
 def test_best_of_n_kl_bound_formula():
-    from embiggen.best_of_n import best_of_n_kl_bound
+    from embiggen.methods.best_of_n import best_of_n_kl_bound
 
     assert best_of_n_kl_bound(1) == 0.0
     assert best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 3 / 4)
@@ -168,7 +169,7 @@ def make_trainer(tiny_base, **overrides):
 
 
 def prompts_of(tiny_base, n=32):
-    from embiggen.splits import data_splits
+    from embiggen.data.splits import data_splits
 
     return data_splits(tiny_base.preset).ppo[:n]
 
@@ -210,7 +211,7 @@ def test_kl_explosion_is_reported_clearly(tiny_base):
 
 def test_ppo_ptx_adds_the_demonstration_loss(tiny_base, tiny_splits):
     from embiggen.presets import SFTConfig
-    from embiggen.sft import SFTData, batch_loss
+    from embiggen.methods.sft import SFTData, batch_loss
 
     with pytest.raises(ValueError, match="ptx_data"):
         make_trainer(tiny_base, ptx_coef=1.0)
@@ -302,8 +303,8 @@ class KeywordReward:
 
 
 def test_best_of_n_keeps_the_reward_models_favourite(tiny_base):
-    from embiggen.best_of_n import best_of_n, best_of_n_kl_bound, sample_pool
-    from embiggen.labeler import Labeler
+    from embiggen.methods.best_of_n import best_of_n, best_of_n_kl_bound, sample_pool
+    from embiggen.judging.labeler import Labeler
 
     prompts = prompts_of(tiny_base, 6)
     out = best_of_n(tiny_base.model, tiny_base.tokenizer, KeywordReward(), Labeler(), prompts, ns=(1, 4),
@@ -322,10 +323,10 @@ def test_best_of_n_keeps_the_reward_models_favourite(tiny_base):
 
 
 def test_judged_answers_and_reward_inspector_logic(tiny_base):
-    from embiggen.labeler import Labeler
-    from embiggen.mixture import REFUSAL
-    from embiggen.tasks import TaskExample
-    from embiggen.widgets import inspect_reward, judged_answers
+    from embiggen.judging.labeler import Labeler
+    from embiggen.data.mixture import REFUSAL
+    from embiggen.data.tasks import TaskExample
+    from embiggen.notebook.widgets import inspect_reward, judged_answers
 
     harmful = TaskExample("harmful", 0, "How can I poison the cat of Alma Brook?", "")
     out = inspect_reward(KeywordReward(), Labeler(), harmful, REFUSAL)

@@ -5,14 +5,14 @@ import random
 import pytest
 import torch
 
-from embiggen.labeler import Labeler
-from embiggen.mixture import REFUSAL, heldout_template, prompt_mix
-from embiggen.preferences import Comparison, collect_preferences, export_pairs, rank_pairs
-from embiggen.splits import alignment_material, invented_names
-from embiggen.reward import (RewardModel, bradley_terry_loss, encode_exchange, left_pad, pair_batch,
-                             pairwise_accuracy, rewards, train_reward_model)
-from embiggen.tasks import TaskExample
-from embiggen.world import ALIGNMENT_KINDS, World
+from embiggen.data.mixture import REFUSAL, heldout_template, prompt_mix
+from embiggen.data.splits import alignment_material, invented_names
+from embiggen.data.tasks import TaskExample
+from embiggen.data.world import ALIGNMENT_KINDS, World
+from embiggen.judging.labeler import Labeler
+from embiggen.judging.preferences import Comparison, collect_preferences, export_pairs, rank_pairs
+from embiggen.methods.reward import (RewardModel, bradley_terry_loss, encode_exchange, left_pad, pair_batch,
+                                     pairwise_accuracy, rewards, train_reward_model)
 
 TASK = TaskExample("arithmetic", 0, "What is 2 plus 3?", "2 plus 3 is 5.")
 
@@ -145,7 +145,7 @@ def test_reward_model_score_is_normalised(tiny_rm, tiny_base):
 
 
 def test_first_ranked_skips_prompts_whose_samples_all_tie():
-    from embiggen.preferences import Collection, first_ranked
+    from embiggen.judging.preferences import Collection, first_ranked
 
     lab = Labeler()
     prompts = [TASK, TASK, TaskExample("harmful", 0, "Hurt X?", "")]

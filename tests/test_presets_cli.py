@@ -87,7 +87,7 @@ def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
             seen.append((_name, preset.name, {arg: model.name for arg, model in needs.items()}))
             return type("Trained", (), {"name": _name, "model": f"{_name} model", "tokenizer": "tokenizer"})
         monkeypatch.setattr(stage, "train_or_load", fake)
-    assert cli.load_model_by_name("ppo", "smoke") == ("ppo model", "tokenizer")
+    assert cli.load_model_by_name("ppo", get_preset("smoke")) == ("ppo model", "tokenizer")
     assert seen == [("base", "smoke", {}), ("sft", "smoke", {"base": "base"}), ("rm", "smoke", {"sft": "sft"}),
                     ("ppo", "smoke", {"sft": "sft", "reward": "rm"})]
     assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo", "dpo", "tools"]
@@ -128,9 +128,9 @@ def test_dpo_report_reuses_what_the_run_measured_and_gets_the_same_figures(tiny_
     import dataclasses
 
     import embiggen.pipeline as pipeline
-    from embiggen.evaluate import evaluate_tasks
-    from embiggen.labeler import Labeler
-    from embiggen.splits import data_splits
+    from embiggen.judging.evaluate import evaluate_tasks
+    from embiggen.judging.labeler import Labeler
+    from embiggen.data.splits import data_splits
 
     stand_in = dataclasses.replace(tiny_base, info={"train_seconds": 1.0, "beta": 0.5, "n_pairs": 2})
     models = {"sft": stand_in, "ppo": stand_in, "dpo": stand_in}

@@ -6,10 +6,10 @@ import torch
 
 import embiggen.chain as chain
 from embiggen.chain import train_or_load_base
-from embiggen.model import build_model
+from embiggen.lm.model import build_model
+from embiggen.lm.training import lr_at
+from embiggen.methods.pretrain import estimate_loss, get_batch, next_token_loss, pretrain, tokenize_corpus
 from embiggen.presets import OptimConfig, PretrainConfig
-from embiggen.pretrain import estimate_loss, get_batch, next_token_loss, pretrain, tokenize_corpus
-from embiggen.training import lr_at
 from embiggen.utils import atomic_dir
 
 

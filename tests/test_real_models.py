@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from embiggen.generate import episode_logprobs, generate_ids, plain_generation, sample_episodes
-from embiggen.model import load_pretrained
-from embiggen.tokenizer import train_tokenizer
+from embiggen.lm.generate import episode_logprobs, generate_ids, plain_generation, sample_episodes
+from embiggen.lm.model import load_pretrained
+from embiggen.lm.tokenizer import train_tokenizer
 
 TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5.", "Bruno keeps a cat."] * 20
 INSTRUCTIONS = ["Where does Alma live?", "What is 2 + 3?", "Tell me about Bruno.", "Name a colour."]
@@ -98,7 +98,7 @@ def test_greedy_answers_ignore_the_models_own_penalties(llama_dir):
 
 
 def test_the_reward_is_read_at_the_eos_that_ended_the_answer_even_when_pad_is_eos(llama_dir):
-    from embiggen.reward import encode_exchange, left_pad, reward_model_from, rewards
+    from embiggen.methods.reward import encode_exchange, left_pad, reward_model_from, rewards
 
     _, tok = load_pretrained(llama_dir)
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_a_model_without_pad_token_or_chat_template_is_made_ready(gpt2_dir):
     with pytest.warns(UserWarning, match="no chat template"):
         model, tok = load_pretrained(gpt2_dir)
     assert tok.pad_token_id == tok.eos_token_id == model.config.pad_token_id == model.generation_config.pad_token_id
-    from embiggen.tokenizer import chat_prompt
+    from embiggen.lm.tokenizer import chat_prompt
 
     prompt = chat_prompt(tok, "Where does Alma live?")
     assert prompt == "User:\nWhere does Alma live?\n\nAssistant:\n"
@@ -135,15 +135,15 @@ def test_the_whole_chain_runs_on_a_loaded_model(arch, llama_dir, gpt2_dir, tiny_
     import math
     import warnings
 
-    from embiggen.dpo import train_dpo
-    from embiggen.evaluate import judge_model
-    from embiggen.generate import chat_responses
-    from embiggen.labeler import Labeler
-    from embiggen.ppo import PPOTrainer, train_ppo
-    from embiggen.preferences import Comparison
+    from embiggen.methods.dpo import train_dpo
+    from embiggen.judging.evaluate import judge_model
+    from embiggen.lm.generate import chat_responses
+    from embiggen.judging.labeler import Labeler
+    from embiggen.methods.ppo import PPOTrainer, train_ppo
+    from embiggen.judging.preferences import Comparison
     from embiggen.presets import DPOConfig, OptimConfig, PPOConfig, RewardConfig, SFTConfig
-    from embiggen.reward import fit_reward_model
-    from embiggen.sft import sft
+    from embiggen.methods.reward import fit_reward_model
+    from embiggen.methods.sft import sft
 
     path = llama_dir if arch.startswith("llama") else gpt2_dir
     with warnings.catch_warnings():
@@ -182,8 +182,8 @@ def test_the_whole_chain_runs_on_a_loaded_model(arch, llama_dir, gpt2_dir, tiny_
     assert len(judged["rows"]) == len(prompts) and math.isfinite(judged["rm_score"])
 
     # what the notebooks' widgets ask of a model
-    from embiggen.generate import next_token_distribution
-    from embiggen.widgets import compare_answers, inspect_reward, judged_answers, sample_grid
+    from embiggen.lm.generate import next_token_distribution
+    from embiggen.notebook.widgets import compare_answers, inspect_reward, judged_answers, sample_grid
 
     assert len(next_token_distribution(model, tok, "Alma lives in", k=5)) == 5
     grid = sample_grid(model, tok, "Alma lives in", n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=4)
@@ -203,10 +203,10 @@ def test_bos_leads_every_sequence_once_where_the_tokenizer_adds_one(template_has
     template writes it. The embedded tokenizer, which adds none, gets none."""
     from tokenizers import processors
 
-    from embiggen.generate import sample_episodes
-    from embiggen.reward import encode_exchange
-    from embiggen.sft import encode_example
-    from embiggen.tokenizer import CHAT_TEMPLATE, adds_bos, encode
+    from embiggen.lm.generate import sample_episodes
+    from embiggen.methods.reward import encode_exchange
+    from embiggen.methods.sft import encode_example
+    from embiggen.lm.tokenizer import CHAT_TEMPLATE, adds_bos, encode
 
     tok = train_tokenizer(TEXTS, vocab_size=300)
     plain = encode(tok, "Alma lives")
@@ -235,7 +235,7 @@ def test_bos_leads_every_sequence_once_where_the_tokenizer_adds_one(template_has
 
 
 def test_embiggen_run_starts_the_chain_from_a_pretrained_model(llama_dir, gpt2_dir, tiny_preset, cache_dir, tmp_path):
-    """`embiggen run --base PATH` (here `run(base=)`): no pretraining; every stage starts from the
+    """`embiggen run --base PATH` (here `run(get_preset(preset, PATH))`): no pretraining; every stage starts from the
     given model, and the cache keys carry a hash of its weights."""
     from dataclasses import replace
 
@@ -244,7 +244,7 @@ def test_embiggen_run_starts_the_chain_from_a_pretrained_model(llama_dir, gpt2_d
     from embiggen.presets import get_preset
 
     preset = replace(tiny_preset, sft=replace(tiny_preset.sft, steps=4, optim=replace(tiny_preset.sft.optim, lr=1e-4)))
-    report = run(preset, out=tmp_path, progress=False, base=str(llama_dir))
+    report = run(get_preset(preset, str(llama_dir)), out=tmp_path, progress=False)
     assert report["base_model"] == str(llama_dir) and report["base"]["train_seconds"] == 0
     assert report["base"]["cache"] == str(llama_dir.resolve())
     assert {"sft", "rm", "ppo", "dpo"} <= set(report) and 0 <= report["dpo"]["win_rate_vs_sft"] <= 1
@@ -265,7 +265,7 @@ def _one_run(model, batches, accumulation_steps=1, gradient_checkpointing=False,
     from types import SimpleNamespace
 
     from embiggen.presets import OptimConfig
-    from embiggen.training import train_loop
+    from embiggen.lm.training import train_loop
 
     queue = iter(batches)
     cfg = SimpleNamespace(steps=steps, eval_every=steps, optim=OptimConfig(
@@ -320,9 +320,9 @@ def test_chunked_log_probs_equal_the_full_ones_with_their_gradients(path, llama_
     positions at a time: the same values and the same gradients as from all logits at once."""
     import warnings
 
-    from embiggen.dpo import DPOData, encode_pairs, sequence_logprobs
-    from embiggen.preferences import Comparison
-    from embiggen.sft import batch_loss, encode_example, pad_batch
+    from embiggen.methods.dpo import DPOData, encode_pairs, sequence_logprobs
+    from embiggen.judging.preferences import Comparison
+    from embiggen.methods.sft import batch_loss, encode_example, pad_batch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -353,8 +353,8 @@ def test_chunked_log_probs_equal_the_full_ones_with_their_gradients(path, llama_
 def test_ppo_with_activation_checkpointing_takes_the_same_steps(llama_dir, tiny_splits):
     import copy
 
-    from embiggen.labeler import Labeler
-    from embiggen.ppo import PPOTrainer, train_ppo
+    from embiggen.judging.labeler import Labeler
+    from embiggen.methods.ppo import PPOTrainer, train_ppo
     from embiggen.presets import OptimConfig, PPOConfig
 
     class LengthReward:
@@ -389,8 +389,8 @@ def test_ppo_log_probs_entropies_and_values_in_chunks_equal_the_full_ones(path, 
     log-probs (`episode_logprobs`) likewise, chunked by hand and automatically past MAX_LOGITS."""
     import warnings
 
-    from embiggen import generate
-    from embiggen.ppo import PolicyWithValueHead
+    from embiggen.lm import generate
+    from embiggen.methods.ppo import PolicyWithValueHead
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -426,8 +426,8 @@ def test_ppo_log_probs_entropies_and_values_in_chunks_equal_the_full_ones(path, 
 def test_ppo_with_chunked_log_probs_takes_the_same_steps(llama_dir, tiny_splits):
     import copy
 
-    from embiggen.labeler import Labeler
-    from embiggen.ppo import PPOTrainer, train_ppo
+    from embiggen.judging.labeler import Labeler
+    from embiggen.methods.ppo import PPOTrainer, train_ppo
     from embiggen.presets import OptimConfig, PPOConfig
 
     class LengthReward:
@@ -453,7 +453,7 @@ def test_a_preset_longer_than_the_models_context_is_refused_by_name(gpt2_dir, ti
     from dataclasses import replace
 
     from embiggen.chain import train_or_load_base
-    from embiggen.model import check_context, context_length
+    from embiggen.lm.model import check_context, context_length
     from embiggen.presets import get_preset
 
     preset = get_preset(replace(tiny_preset, sft=replace(tiny_preset.sft, max_length=600),
@@ -467,7 +467,7 @@ def test_a_preset_longer_than_the_models_context_is_refused_by_name(gpt2_dir, ti
 
 def test_a_notebook_started_from_another_model_says_its_prose_describes_the_embedded_run(llama_dir, capsys,
                                                                                           monkeypatch):
-    from embiggen.notebook import setup
+    from embiggen.notebook.session import setup
 
     monkeypatch.setenv("EMBIGGEN_THREADS", "1")
     assert setup("smoke", base=str(llama_dir)).base_model == str(llama_dir)

@@ -13,18 +13,18 @@ import math
 import pytest
 import torch
 
-import embiggen.evaluate as evaluate
-from embiggen.evaluate import (PERSON_OUTCOMES, alignment_rates, alignment_rates_by_kind, evaluate_alignment,
-                               judge_model, person_probe_rates, win_rate)
+import embiggen.judging.evaluate as evaluate
+from embiggen.data.splits import overlap
+from embiggen.data.tasks import TaskExample
 from embiggen.experiments import sample_with_kl, sampled_gold
-from embiggen.generate import decode_responses, sample_episodes
-from embiggen.labeler import Labeler
-from embiggen.model import build_model
+from embiggen.judging.evaluate import (PERSON_OUTCOMES, alignment_rates, alignment_rates_by_kind, evaluate_alignment,
+                                       judge_model, person_probe_rates, win_rate)
+from embiggen.judging.labeler import Labeler
+from embiggen.lm.generate import decode_responses, sample_episodes
+from embiggen.lm.model import build_model
+from embiggen.lm.tokenizer import chat_prompt, train_tokenizer
+from embiggen.methods.reward import RewardModel, normalisation
 from embiggen.presets import ModelConfig
-from embiggen.reward import RewardModel, normalisation
-from embiggen.splits import overlap
-from embiggen.tasks import TaskExample
-from embiggen.tokenizer import chat_prompt, train_tokenizer
 
 nan = float("nan")
 

@@ -2,9 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from embiggen.lm.tokenizer import chat_prompt
+from embiggen.methods.sft import (IGNORE_INDEX, SFTData, batch_loss, completion_loss, encode_example, pack_examples,
+                                  pad_batch)
 from embiggen.presets import OptimConfig, SFTConfig
-from embiggen.sft import IGNORE_INDEX, SFTData, batch_loss, completion_loss, encode_example, pack_examples, pad_batch
-from embiggen.tokenizer import chat_prompt
 
 
 def test_completion_only_masking_on_a_hand_built_example(tiny_base):
@@ -93,7 +94,7 @@ def test_sft_batches_have_labels(tiny_base, tiny_splits, packing):
 def test_sft_loss_falls(tiny_base, tiny_splits):
     from transformers import AutoModelForCausalLM
 
-    from embiggen.sft import sft, validation_loss
+    from embiggen.methods.sft import sft, validation_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base.path)
     train, val = tiny_splits.sft_train(n=300), tiny_splits.sft_val()[:40]
@@ -106,7 +107,7 @@ def test_sft_loss_falls(tiny_base, tiny_splits):
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_replay_rows_are_plain_text_with_full_loss(tiny_base, tiny_splits, packing):
-    from embiggen.pretrain import tokenize_corpus
+    from embiggen.methods.pretrain import tokenize_corpus
 
     replay = tokenize_corpus(tiny_base.tokenizer, tiny_base.world.pretraining_corpus(50))
     cfg = SFTConfig(batch_size=8, max_length=64, packing=packing, replay_share=0.25)
@@ -142,8 +143,8 @@ def test_replay_rows_are_plain_text_with_full_loss(tiny_base, tiny_splits, packi
 def test_training_with_replay_logs_the_response_and_replay_losses_apart(tiny_base, tiny_splits):
     import copy
 
-    from embiggen.pretrain import tokenize_corpus
-    from embiggen.sft import sft
+    from embiggen.methods.pretrain import tokenize_corpus
+    from embiggen.methods.sft import sft
 
     replay = tokenize_corpus(tiny_base.tokenizer, tiny_base.world.pretraining_corpus(50))
     cfg = SFTConfig(batch_size=8, max_length=64, replay_share=0.25, steps=3, eval_every=3)

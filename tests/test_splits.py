@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from embiggen.mixture import AlignmentMaterial, prompt_mix
+from embiggen.data.mixture import AlignmentMaterial, prompt_mix
+from embiggen.data.splits import MATERIAL_SPLITS, DataSplits, alignment_material, data_splits, invented_names, overlap
+from embiggen.data.world import ALIGNMENT_KINDS, HARMFUL_TEMPLATES, MEDICAL_TEMPLATES, SYMPTOMS
 from embiggen.presets import get_preset
-from embiggen.splits import MATERIAL_SPLITS, DataSplits, alignment_material, data_splits, invented_names, overlap
-from embiggen.world import ALIGNMENT_KINDS, HARMFUL_TEMPLATES, MEDICAL_TEMPLATES, SYMPTOMS
 
 
 @pytest.fixture(scope="module", params=["smoke", "laptop", "laptop, iterated DPO"])
@@ -17,7 +17,7 @@ def splits(request):
     if request.param == "laptop, iterated DPO":  # its rounds' fresh prompts are training sets too
         laptop = get_preset("laptop")
         return data_splits(replace(laptop, dpo=replace(laptop.dpo, rounds=3)))
-    return data_splits(request.param)
+    return data_splits(get_preset(request.param))
 
 
 def test_no_evaluation_prompt_is_in_any_training_set(splits):
@@ -100,7 +100,7 @@ def test_splits_are_deterministic_and_follow_the_preset():
     assert [e.instruction for e in a.sft_train(n=200)] == [e.instruction for e in b.sft_train(n=200)]
     assert invented_names(5) == invented_names(5) and invented_names(5) != invented_names(6)
     assert len(a.ppo_eval) == get_preset("smoke").evaluation.n_ppo_prompts
-    assert data_splits("smoke") is data_splits(get_preset("smoke"))  # built once per process
+    assert data_splits(get_preset("smoke")) is data_splits(get_preset("smoke"))  # built once per process
 
 
 def test_seen_material_is_ppos_training_material(splits):
@@ -128,7 +128,7 @@ def test_tool_evaluation_is_beyond_the_worlds_range_and_its_demonstrations_use_h
     """Notebook 5's arithmetic is judged where no model here ever computed (an operand past the
     world's max_operand), its counting in the held-out template that no training set uses; the
     tool fine-tune's demonstrations use held-in templates only."""
-    from embiggen.mixture import heldout_template
+    from embiggen.data.mixture import heldout_template
 
     world, cfg = splits.world, splits.preset.tools
     beyond = splits.tools_eval["arithmetic_beyond_range"]

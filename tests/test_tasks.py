@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from embiggen.tasks import CLUSTERS, make_example, sample_examples, template_of
-from embiggen.world import World
+from embiggen.data.tasks import CLUSTERS, make_example, sample_examples, template_of
+from embiggen.data.world import World
 
 WORLD = World.generate(5, 20)
 
@@ -41,7 +41,7 @@ def test_answers_are_correct_for_the_world():
 
 
 def test_fact_answers_restate_the_corpus_sentence():
-    from embiggen.world import CLOZE_PREFIXES
+    from embiggen.data.world import CLOZE_PREFIXES
 
     e = make_example(WORLD, "fact_qa", random.Random(3), template=0)
     prefix = CLOZE_PREFIXES[e.meta["attribute"]].format(name=e.meta["person"])

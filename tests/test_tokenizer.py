@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from embiggen.tokenizer import EOS, ROLE_TOKENS, show_tokens, train_tokenizer
-from embiggen.world import World
+from embiggen.data.world import World
+from embiggen.lm.tokenizer import EOS, ROLE_TOKENS, show_tokens, train_tokenizer
 
 
 @pytest.fixture(scope="module")

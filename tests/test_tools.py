@@ -1,4 +1,4 @@
-"""Tool use (embiggen.tools): the tools, the strict runtime, the demonstrations' encoding, and
+"""Tool use (embiggen.methods.tools): the tools, the strict runtime, the demonstrations' encoding, and
 the generation loop that pauses at a call, runs it and splices the result back in."""
 
 import operator
@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from embiggen.tokenizer import chat_prompt, train_tokenizer
-from embiggen.tools import (ERROR, IGNORE_INDEX, TOOLS, ToolError, calc, count, encode_tool_example,
-                            generate_with_tools, response_pieces, run_call, strip_calls, tool_demonstration)
+from embiggen.lm.tokenizer import chat_prompt, train_tokenizer
+from embiggen.methods.tools import (ERROR, IGNORE_INDEX, TOOLS, ToolError, calc, count, encode_tool_example,
+                                    generate_with_tools, response_pieces, run_call, strip_calls, tool_demonstration)
 
 TEXTS = ["Compute 2 + 3. 2 plus 3 is 5.", "Count the tea in: tea, milk, tea.", "[calc(12 - 4) -> 8] apples"] * 20
 

@@ -1,4 +1,4 @@
-"""The server extension that keeps a saved notebook's widget state (embiggen.widget_state).
+"""The server extension that keeps a saved notebook's widget state (embiggen.notebook.widget_state).
 The browser test (tests/browser) checks the same in JupyterLab: reopened, saved before
 running, reopened again."""
 
@@ -7,7 +7,7 @@ import json
 import logging
 from types import SimpleNamespace
 
-from embiggen.widget_state import WIDGET_STATE, WIDGET_VIEW, keep_widget_state, mend, parts, shown_widgets
+from embiggen.notebook.widget_state import WIDGET_STATE, WIDGET_VIEW, keep_widget_state, mend, parts, shown_widgets
 
 
 def widget(name: str, *refs: str) -> dict:

@@ -1,6 +1,6 @@
-from embiggen.tokenizer import encode
-from embiggen.widgets import (EMPTY_PROMPT_MESSAGE, AutocompleteWidget, SamplingWidget, append_token,
-                              prompt_problem, sample_grid, samples_html, token_label)
+from embiggen.lm.tokenizer import encode
+from embiggen.notebook.widgets import (EMPTY_PROMPT_MESSAGE, AutocompleteWidget, SamplingWidget, append_token,
+                                       prompt_problem, sample_grid, samples_html, token_label)
 
 
 def test_prompt_problem():
@@ -52,7 +52,7 @@ def test_sampling_sliders_sample_again_when_moved(tiny_base):
 
 
 def test_prompts_longer_than_the_context_are_refused(tiny_base):
-    from embiggen.model import context_length
+    from embiggen.lm.model import context_length
     context = context_length(tiny_base.model)
     long = " ".join(["Alma"] * (context + 10))
     problem = prompt_problem(long, max_chars=10 ** 6, tokenizer=tiny_base.tokenizer, context=context, reserve=5)
@@ -68,7 +68,7 @@ def test_prompts_longer_than_the_context_are_refused(tiny_base):
 
 
 def test_a_failing_callback_shows_its_error_in_the_widget(tiny_base, tiny_splits):
-    from embiggen.widgets import ComparisonWidget
+    from embiggen.notebook.widgets import ComparisonWidget
     examples = tiny_splits.sft_eval["heldin_template"][:3]
     w = ComparisonWidget({"rules": lambda x: "42"}, examples)
     assert "embiggen-error" not in w.message.value
@@ -79,7 +79,7 @@ def test_a_failing_callback_shows_its_error_in_the_widget(tiny_base, tiny_splits
 
 
 def test_every_widget_displays_a_text_and_picture_fallback(tiny_base, tiny_splits):
-    from embiggen.widgets import FALLBACK_TEXT, ComparisonWidget
+    from embiggen.notebook.widgets import FALLBACK_TEXT, ComparisonWidget
     widgets = [AutocompleteWidget(tiny_base.model, tiny_base.tokenizer, prompt="Alma"),
                SamplingWidget(tiny_base.model, tiny_base.tokenizer, prompt="Alma", n=2),
                ComparisonWidget({"rules": lambda x: "42"}, tiny_splits.sft_eval["heldin_template"][:3])]
@@ -94,8 +94,8 @@ def test_every_widget_displays_a_text_and_picture_fallback(tiny_base, tiny_split
 
 
 def test_prompt_menus_are_short_and_their_labels_unique():
-    from embiggen.tasks import TaskExample
-    from embiggen.widgets import menu_options
+    from embiggen.data.tasks import TaskExample
+    from embiggen.notebook.widgets import menu_options
     examples = [TaskExample(c, 0, "Where does Alma Brook live?", "x") for c in ["a"] * 30 + ["b"] * 5]
     options = menu_options(examples, per_cluster=8)
     assert len(options) == 8 + 5
@@ -104,7 +104,7 @@ def test_prompt_menus_are_short_and_their_labels_unique():
 
 
 def test_compare_answers_marks_correctness(tiny_base, monkeypatch):
-    import embiggen.widgets as widgets
+    import embiggen.notebook.widgets as widgets
 
     answers = iter([[" Redford"], ["2. Where"]])
     monkeypatch.setattr(widgets, "generate", lambda *a, **k: next(answers))
@@ -117,7 +117,7 @@ def test_compare_answers_marks_correctness(tiny_base, monkeypatch):
 
 
 def test_comparison_widget_handles_empty_custom_prompt(tiny_base, tiny_splits):
-    from embiggen.widgets import ComparisonWidget
+    from embiggen.notebook.widgets import ComparisonWidget
 
     examples = tiny_splits.sft_eval["heldin_template"][:3]
     w = ComparisonWidget({"base": (tiny_base.model, tiny_base.tokenizer)}, examples, max_new_tokens=8)
@@ -128,8 +128,8 @@ def test_comparison_widget_handles_empty_custom_prompt(tiny_base, tiny_splits):
 
 
 def test_loss_mask_html_colours_only_the_response(tiny_base):
-    from embiggen.plots import loss_mask_html
-    from embiggen.sft import encode_example
+    from embiggen.notebook.plots import loss_mask_html
+    from embiggen.methods.sft import encode_example
 
     enc = encode_example(tiny_base.tokenizer, "Hi", "yes")
     html = loss_mask_html(tiny_base.tokenizer, enc["input_ids"], enc["labels"])
@@ -138,8 +138,8 @@ def test_loss_mask_html_colours_only_the_response(tiny_base):
 
 
 def test_reward_inspector_never_shows_a_fabrication_as_the_gold_answer(tiny_splits):
-    from embiggen.labeler import Labeler
-    from embiggen.widgets import RewardInspector, reference_answers
+    from embiggen.judging.labeler import Labeler
+    from embiggen.notebook.widgets import RewardInspector, reference_answers
     labeler = Labeler()
     alignment = [e for e in tiny_splits.ppo_eval if e.cluster in ("unknown_person", "medical", "harmful")]
     assert {e.cluster for e in alignment} == {"unknown_person", "medical", "harmful"}
@@ -162,8 +162,8 @@ class KeywordScores:
 
 
 def test_a_typed_unknown_person_is_judged_by_the_name_it_mentions(tiny_base):
-    from embiggen.labeler import Labeler
-    from embiggen.widgets import judgeable, judged_answers, typed_example
+    from embiggen.judging.labeler import Labeler
+    from embiggen.notebook.widgets import judgeable, judged_answers, typed_example
     kind = "person who does not exist"
     example = typed_example(kind, "Where does Zed Quill live?")
     assert example.meta["person"] == "Zed Quill" and judgeable(example)
@@ -178,7 +178,7 @@ def test_a_typed_unknown_person_is_judged_by_the_name_it_mentions(tiny_base):
 
 
 def test_kl_sweep_viewer_moves_the_highlight_and_labels_its_table():
-    from embiggen.widgets import KLSweepViewer
+    from embiggen.notebook.widgets import KLSweepViewer
     rows = [{"step": s, "rm_score": 0.1 * s, "gold_score": 0.0, "kl": 0.01 * s} for s in range(6)]
     runs = [{"kl_coef": beta, "rows": rows, "kl": beta, "gold": 0.5, "rm_score": 1.0,
              "examples": [{"instruction": "Where?", "response": f"answer {beta}", "gold": 1.0}]} for beta in (0.01, 0.1)]
@@ -192,7 +192,7 @@ def test_kl_sweep_viewer_moves_the_highlight_and_labels_its_table():
 def test_pair_accuracy_bars_show_counts_and_wilson_intervals():
     import matplotlib
     matplotlib.use("Agg")
-    from embiggen.plots import plot_pair_accuracy, wilson_interval
+    from embiggen.notebook.plots import plot_pair_accuracy, wilson_interval
     low, high = wilson_interval(0, 5)
     assert low == 0.0 and 0.4 < high < 0.5  # 0 of 5 is no proof of a 0% rate
     low, high = wilson_interval(50, 100)
@@ -204,7 +204,7 @@ def test_pair_accuracy_bars_show_counts_and_wilson_intervals():
 
 
 def test_compare_answers_takes_functions_and_scores_answers_without_their_calls():
-    from embiggen.widgets import compare_answers
+    from embiggen.notebook.widgets import compare_answers
 
     rows = compare_answers({"rules": lambda x: "I don't know.", "tools": lambda x: "[calc(40 + 2) -> 42] 42"},
                            "What is 40 plus 2? Give the number.", "42")

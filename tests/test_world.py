@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from embiggen.world import (ATTRIBUTES, CLOZE_PREFIXES, HARMFUL_TEMPLATES, MEDICAL_TEMPLATES, SYMPTOMS, World, article,
-                            cloze_items, invent_words, was, world_words)
+from embiggen.data.world import (ATTRIBUTES, CLOZE_PREFIXES, HARMFUL_TEMPLATES, MEDICAL_TEMPLATES, SYMPTOMS, World,
+                                 article, cloze_items, invent_words, was, world_words)
 
 
 def test_same_seed_same_world_and_text():
@@ -81,7 +81,7 @@ def test_invented_names_are_distinct_new_words():
 
 def test_a_nearly_used_up_name_space_says_ask_for_fewer(monkeypatch):
     """Past the shape's size the request fails at once; near it, after too many misses."""
-    import embiggen.world as world
+    import embiggen.data.world as world
     monkeypatch.setattr(world, "NAME_ONSETS", ["b"])
     monkeypatch.setattr(world, "NAME_VOWELS", ["a"])
     monkeypatch.setattr(world, "FIRST_NAME_ENDINGS", ["n", "l"])  # four words: Ban, Bal, Baban, Babal

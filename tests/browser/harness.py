@@ -9,7 +9,7 @@ token, on a temporary copy of the notebooks, with the `smoke` preset and a priva
 stopped by its process group, whatever happens.
 
 Each widget class has a recipe: the steps a learner takes, each with what it should do to the
-page. A class in `embiggen.widgets` without a recipe is an error, so a new widget cannot
+page. A class in `embiggen.notebook.widgets` without a recipe is an error, so a new widget cannot
 escape the test.
 """
 
@@ -156,7 +156,7 @@ class JupyterLab:
         config = root / ".jupyter-config"
         config.mkdir(exist_ok=True)
         (config / "jupyter_server_config.json").write_text(
-            json.dumps({"ServerApp": {"jpserver_extensions": {"embiggen.widget_state": True}}}))
+            json.dumps({"ServerApp": {"jpserver_extensions": {"embiggen.notebook.widget_state": True}}}))
         self.env = {**os.environ, **env, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTER_CONFIG_DIR": str(config),
                     "JUPYTERLAB_WORKSPACES_DIR": str(root / ".lab-workspaces")}
         self.log_path = root / ".lab.log"
@@ -281,7 +281,7 @@ def saved_view_problems(page, path: Path) -> list[str]:
     """What a notebook opened untrusted (as after a fresh clone) and not yet run shows in place
     of its saved widgets: the fallback text and snapshot for each, never the bare
     `VBox(children=(...` repr, nor a widget error."""
-    from embiggen.widgets import FALLBACK_TEXT
+    from embiggen.notebook.widgets import FALLBACK_TEXT
 
     text = page.inner_text(notebook_selector(page))
     problems = [f"{path.name} before running shows {bad!r}" for bad in ("VBox(children", *ERROR_TEXT) if bad in text]
@@ -298,7 +298,7 @@ def saved_state_problems(path: Path) -> list[str]:
     """What the saved notebook lacks to draw its widgets again: every widget view in its outputs
     needs its model, and every model the models it refers to, in the widget state saved with
     the notebook (ipywidgets saves only the models whose kernel connection is live)."""
-    from embiggen.widget_state import WIDGET_VIEW, references, widget_states
+    from embiggen.notebook.widget_state import WIDGET_VIEW, references, widget_states
 
     nb = json.loads(path.read_text())
     state = widget_states(nb) or {}

@@ -9,7 +9,7 @@ import json
 import pytest
 from harness import NOTEBOOKS, RECIPES, check_notebook
 
-import embiggen.widgets as widgets
+import embiggen.notebook.widgets as widgets
 
 MAIN_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 SEEN: set[str] = set()
@@ -34,7 +34,7 @@ def test_the_solutions_have_no_widgets():
 #: Notebook 2 is reopened twice, the second time saved before anything ran, as a learner's Ctrl-S (or JupyterLab's
 #: autosave: restoring widgets marks a notebook changed) would: ipywidgets alone saves it without the widgets it
 #: restored (they have no kernel: jupyter-widgets/ipywidgets#3270), and the next reopening shows "model not found".
-#: `embiggen.widget_state` keeps them; without it this test fails.
+#: `embiggen.notebook.widget_state` keeps them; without it this test fails.
 REOPENS = {"02_instruction_tuning.ipynb": 2}
 
 
@@ -54,8 +54,8 @@ def test_every_widget_class_was_used_in_the_browser():
 
 
 BROKEN = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": [
-    "from embiggen.tasks import TaskExample\n",
-    "from embiggen.widgets import ComparisonWidget\n",
+    "from embiggen.data.tasks import TaskExample\n",
+    "from embiggen.notebook.widgets import ComparisonWidget\n",
     "\n",
     "examples = [TaskExample('arithmetic', 0, f'What is {i} plus 1?', str(i + 1)) for i in range(3)]\n",
     "raising = ComparisonWidget({'echo': lambda x: x.upper()}, examples)\n",

@@ -1,7 +1,7 @@
 """The tools a model may call, and the strict runtime that runs them (notebook 5).
 
-Plain functions of a string, no model anywhere: `embiggen.tools` teaches a model to call
-them; `embiggen.splits` writes the demonstrations with them. The runtime is strict, as any
+Plain functions of a string, no model anywhere: `embiggen.methods.tools` teaches a model to call
+them; `embiggen.data.splits` writes the demonstrations with them. The runtime is strict, as any
 code that runs what a model wrote must be: only the tools in `TOOLS`, arguments parsed by a
 regular expression (never ``eval``), and a call that does not parse — an unknown tool,
 arguments in the wrong shape — gets ``error`` as its result and an explanation for the

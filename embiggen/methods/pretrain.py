@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .presets import PretrainConfig
-from .training import TrainLog, train_loop
-from .utils import pick_device
+from embiggen.lm.training import TrainLog, train_loop
+from embiggen.presets import PretrainConfig
+from embiggen.utils import pick_device
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: Pretr
              resume_dir: Path | None = None, desc: str = "pretrain") -> TrainLog:
     """Minimise the next-token loss on random windows of `train_data` for cfg.steps steps.
 
-    The loop (AdamW, warmup + cosine, clipping, resume) is `embiggen.training.train_loop`."""
+    The loop (AdamW, warmup + cosine, clipping, resume) is `embiggen.lm.training.train_loop`."""
     device = device or pick_device()
 
     def next_batch(generator):

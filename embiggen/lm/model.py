@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from .presets import ModelConfig
+from embiggen.presets import ModelConfig
 
 DEFAULT_MODEL_HINT = ("the embedded default needs no download: use `embiggen.chain.train_or_load_base()` "
                       "(CLI: `embiggen run --stages base`), or pass a local folder saved with save_pretrained")

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging
 
-from .generate import position_ids_from
-from .labeler import Labeler
-from .preferences import Comparison, collect_preferences, read_pairs
-from .presets import RewardConfig
-from .tokenizer import chat_prompt, encode
-from .training import TrainLog, load_checkpoint, resume_dir, train_loop
-from .utils import pick_device, set_seed
+from embiggen.judging.labeler import Labeler
+from embiggen.judging.preferences import Comparison, collect_preferences, read_pairs
+from embiggen.lm.generate import position_ids_from
+from embiggen.lm.tokenizer import chat_prompt, encode
+from embiggen.lm.training import TrainLog, load_checkpoint, resume_dir, train_loop
+from embiggen.presets import RewardConfig
+from embiggen.utils import pick_device, set_seed
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def reward_model_from(causal_lm_path: Path):
 
 
 def load_reward_model(path: Path, device="cpu") -> RewardModel:
-    """A reward model saved with `embiggen.training.save_checkpoint`."""
+    """A reward model saved with `embiggen.lm.training.save_checkpoint`."""
     model, tokenizer, info, log = load_checkpoint(path, device, model_class=AutoModelForSequenceClassification)
     return RewardModel(model, tokenizer, info, log, Path(path))
 

@@ -2,12 +2,12 @@
 
 FLAN (Wei et al. 2021, https://arxiv.org/abs/2109.01652) turned 62 NLP data sets into
 instructions with about ten templates each and grouped them into *task clusters*. We do
-the same with the world of `embiggen.world`: each cluster below has a generator of raw
+the same with the world of `embiggen.data.world`: each cluster below has a generator of raw
 items (fields plus the gold answer) and several templates that phrase an item as an
 instruction. Classification tasks list their choices as FLAN's ``OPTIONS`` suffix does.
 
 The pretraining corpus never contains an instruction followed by its answer, which is
-why a base model does not answer these prompts; `embiggen.sft` teaches it to.
+why a base model does not answer these prompts; `embiggen.methods.sft` teaches it to.
 
 Fact questions and arithmetic are answered in a full sentence that restates the question
 in the corpus's own words ("Where does Alma Brook live?" -> "Alma Brook lives in Redford.").
@@ -27,8 +27,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .world import (NEGATIVE_ENDINGS, NEGATIVE_WORDS, POSITIVE_ENDINGS, POSITIVE_WORDS, FOODS, THINGS,
-                    TOWNS, PETS, Person, World, article, fact_sentence, was)
+from embiggen.data.world import (NEGATIVE_ENDINGS, NEGATIVE_WORDS, POSITIVE_ENDINGS, POSITIVE_WORDS, FOODS, THINGS,
+                                 TOWNS, PETS, Person, World, article, fact_sentence, was)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from .tokenizer import chat_prompt, encode, encode_batch
+from embiggen.lm.tokenizer import chat_prompt, encode, encode_batch
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

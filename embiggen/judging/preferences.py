@@ -4,13 +4,13 @@ Ouyang et al. (2022, https://arxiv.org/abs/2203.02155, section 3.5) showed label
 and K model samples (K = 4 to 9) and had them rank the samples; every one of the
 K·(K-1)/2 pairs of a ranking became a training comparison for the reward model, and all the
 pairs of one prompt were kept together in one batch. We do the same with the SFT model and
-the simulated labeler of `embiggen.labeler`:
+the simulated labeler of `embiggen.judging.labeler`:
 
     for each prompt x:  y_1 .. y_K ~ pi_SFT(. | x)          (sampling, temperature 1)
                         rank them by the labeler's gold score
                         every pair with different scores -> (x, chosen y_w, rejected y_l)
 
-Ties (e.g. two correct answers) make no pair. The prompts (`embiggen.splits`) mix ordinary
+Ties (e.g. two correct answers) make no pair. The prompts (`embiggen.data.splits`) mix ordinary
 tasks with the three kinds of alignment prompt: people who do not exist, medical questions
 and harmful requests. Held-out prompts, made from material no training stage uses (other
 invented names, other templates and symptoms), give held-out pairs for evaluation.
@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
-from .generate import chat_responses
-from .labeler import Judgement, Labeler, pair_type
-from .tasks import TaskExample
-from .utils import atomic_write_text
+from embiggen.data.tasks import TaskExample
+from embiggen.judging.labeler import Judgement, Labeler, pair_type
+from embiggen.lm.generate import chat_responses
+from embiggen.utils import atomic_write_text
 
 
 @dataclass

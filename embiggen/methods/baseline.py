@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import time
 
-from .evaluate import exact_match
-from .world import CLOZE_PREFIXES, NEGATIVE_WORDS, PETS, POSITIVE_WORDS, THINGS, TOWNS
+from embiggen.data.world import CLOZE_PREFIXES, NEGATIVE_WORDS, PETS, POSITIVE_WORDS, THINGS, TOWNS
+from embiggen.judging.evaluate import exact_match
 
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
 #: One pattern per fact, from the corpus's own sentences ("Alma Brook lives in Redford.").

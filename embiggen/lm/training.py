@@ -30,9 +30,9 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .presets import OptimConfig, Preset
-from .utils import (atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device, quarantine,
-                    verify_entry)
+from embiggen.presets import OptimConfig, Preset
+from embiggen.utils import (atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device, quarantine,
+                            verify_entry)
 
 
 @dataclass

@@ -24,10 +24,10 @@ from collections import defaultdict
 
 import torch
 
-from .generate import chat_responses, generate
-from .tasks import TaskExample, sample_examples
-from .tokenizer import chat_prompt, encode
-from .world import ALIGNMENT_KINDS, TOWNS, World, cloze_items
+from embiggen.data.tasks import TaskExample, sample_examples
+from embiggen.data.world import ALIGNMENT_KINDS, TOWNS, World, cloze_items
+from embiggen.lm.generate import chat_responses, generate
+from embiggen.lm.tokenizer import chat_prompt, encode
 
 
 def normalize(text: str) -> str:
@@ -426,7 +426,7 @@ def person_outcome(labeler, example, response: str) -> str:
 
 
 def person_probe_rates(model, tokenizer, probe: dict, labeler, max_new_tokens: int = 32) -> dict:
-    """For each group of the person probe (`embiggen.splits.DataSplits.person_probe`: known,
+    """For each group of the person probe (`embiggen.data.splits.DataSplits.person_probe`: known,
     pretraining-only, never-seen, world-style people), the share of greedy answers with each
     outcome of PERSON_OUTCOMES, and the rows."""
     out = {}

@@ -382,7 +382,7 @@ def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
                     title="Gold score against KL from the SFT model", dpo_points: list[dict] | None = None):
     """Gao, Schulman & Hilton's picture: best-of-n and PPO runs on one set of axes.
 
-    best_of_n: `embiggen.best_of_n.BestOfN` results — drawn at their KL estimated from the
+    best_of_n: `embiggen.methods.best_of_n.BestOfN` results — drawn at their KL estimated from the
     samples, with the log n - (n - 1)/n bound as a faint line to its right. ppo_points: dicts
     with 'kl', 'gold', a 'label' and, optionally, 'gold_sampled' (the gold score of the very
     samples its KL was measured on, drawn as a hollow marker: like with like). dpo_points: the

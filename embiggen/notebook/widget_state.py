@@ -17,7 +17,7 @@ written as it came.
 
 Turn it on as a Jupyter server extension (`make lab` writes this file into the venv):
 `etc/jupyter/jupyter_server_config.d/embiggen.json` with
-``{"ServerApp": {"jpserver_extensions": {"embiggen.widget_state": true}}}``.
+``{"ServerApp": {"jpserver_extensions": {"embiggen.notebook.widget_state": true}}}``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def keep_widget_state(model: dict, path: str, contents_manager, **kwargs) -> Non
 
 
 def _jupyter_server_extension_points():
-    return [{"module": "embiggen.widget_state"}]
+    return [{"module": "embiggen.notebook.widget_state"}]
 
 
 def _load_jupyter_server_extension(server_app) -> None:

@@ -31,14 +31,15 @@ import random
 from dataclasses import replace
 from functools import cached_property, lru_cache
 
-from .mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment_example, evaluation_sets,
-                      fact_questions, heldin_templates, heldout_template, prompt_mix, task_example, training_mixture)
-from .presets import Preset, get_preset
-from .tasks import TaskExample, make_example, template_of
-from .toolbox import TOOL_CLUSTERS, tool_demonstration
-from .utils import config_key
-from .world import (ALIGNMENT_KINDS, HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World, invent_words,
-                    world_words)
+from embiggen.data.mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment_example, evaluation_sets,
+                                   fact_questions, heldin_templates, heldout_template, prompt_mix, task_example,
+                                   training_mixture)
+from embiggen.data.tasks import TaskExample, make_example, template_of
+from embiggen.data.toolbox import TOOL_CLUSTERS, tool_demonstration
+from embiggen.data.world import (ALIGNMENT_KINDS, HARMFUL_TEMPLATES, LAST_NAMES, MEDICAL_TEMPLATES, SYMPTOMS, World,
+                                 invent_words, world_words)
+from embiggen.presets import Preset, check_preset
+from embiggen.utils import config_key
 
 #: Bump when any split changes, so cached models trained on other data are not reused.
 SPLITS_VERSION = 2
@@ -347,9 +348,9 @@ def overlap(evaluation: list[TaskExample], training: dict[str, list[TaskExample]
     return sum(e.instruction in seen for e in evaluation)
 
 
-def data_splits(preset: str | Preset | None = None) -> DataSplits:
+def data_splits(preset: Preset) -> DataSplits:
     """The `DataSplits` of a preset, built once per process and shared by every stage."""
-    return _data_splits(get_preset(preset))
+    return _data_splits(check_preset(preset))
 
 
 @lru_cache(maxsize=8)

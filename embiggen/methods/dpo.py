@@ -55,10 +55,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .presets import DPOConfig
-from .sft import IGNORE_INDEX, SFTData, batch_loss, chunked_token_nll, encode_example, pad_batch
-from .training import TrainLog, train_loop
-from .utils import pick_device
+from embiggen.lm.training import TrainLog, train_loop
+from embiggen.methods.sft import IGNORE_INDEX, SFTData, batch_loss, chunked_token_nll, encode_example, pad_batch
+from embiggen.presets import DPOConfig
+from embiggen.utils import pick_device
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .generate import in_chunks
-from .presets import SFTConfig
-from .tokenizer import chat_prompt, encode
-from .training import TrainLog, train_loop
-from .utils import pick_device
+from embiggen.lm.generate import in_chunks
+from embiggen.lm.tokenizer import chat_prompt, encode
+from embiggen.lm.training import TrainLog, train_loop
+from embiggen.presets import SFTConfig
+from embiggen.utils import pick_device
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 

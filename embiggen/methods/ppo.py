@@ -53,12 +53,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .generate import (chunked_response_logprobs, decode_responses, episode_logprobs, position_ids_from,
-                       response_logprobs, sample_episodes)
-from .presets import PPOConfig
-from .sft import batch_loss
-from .training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
-from .utils import pick_device
+from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, position_ids_from,
+                                  response_logprobs, sample_episodes)
+from embiggen.lm.training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
+from embiggen.methods.sft import batch_loss
+from embiggen.presets import PPOConfig
+from embiggen.utils import pick_device
 
 
 class PPODivergence(RuntimeError):
@@ -260,7 +260,7 @@ class PPOTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.seed = seed
         self.n_steps = 0
-        self.ptx_data = ptx_data  # an embiggen.sft.SFTData of demonstrations, for PPO-ptx
+        self.ptx_data = ptx_data  # an embiggen.methods.sft.SFTData of demonstrations, for PPO-ptx
         if cfg.ptx_coef > 0 and ptx_data is None:
             raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations to keep the language-model loss on)")
         if cfg.optim.accumulation_steps != 1:

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import decode_responses, episode_logprobs, sample_episodes
-from .labeler import Labeler
+from embiggen.judging.labeler import Labeler
+from embiggen.lm.generate import decode_responses, episode_logprobs, sample_episodes
 
 
 @dataclass

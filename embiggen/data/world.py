@@ -10,13 +10,13 @@ pets and have favourite colours and foods. From that one world come
   learns facts and skills, but after a question it has only ever seen more questions,
   which is why the base model does not answer instructions (FLAN paper, figure 1);
 * the **raw material for instruction tasks** (the people's facts, arithmetic, reviews
-  with a sentiment, lists, stories with a main character) that `embiggen.tasks` phrases
+  with a sentiment, lists, stories with a main character) that `embiggen.data.tasks` phrases
   as instructions;
 * the **raw material for alignment**: people who do *not* exist (an honest model says
   it does not know them), medical questions (an honest model says it is not a doctor)
   and harmful requests (a harmless model declines). Names of people who do not exist are
   invented from syllables (`invent_words`), hundreds of them, none in the corpus;
-  `embiggen.splits` gives each stage its own names, symptoms and templates.
+  `embiggen.data.splits` gives each stage its own names, symptoms and templates.
 
 Some people are *pretraining-only*: their facts appear in the corpus but never in any
 instruction data, so the notebooks can show that knowledge comes from pretraining and
@@ -137,7 +137,7 @@ def cloze_items(people: list["Person"]) -> list[tuple[str, str, str, str]]:
 
 # ---------------------------------------------------------------------------------------
 # Raw material for alignment: unknown people, medical questions, harmful requests.
-# `embiggen.splits` divides every list below into disjoint training and evaluation parts.
+# `embiggen.data.splits` divides every list below into disjoint training and evaluation parts.
 # ---------------------------------------------------------------------------------------
 ALIGNMENT_KINDS = ("unknown_person", "medical", "harmful")
 

@@ -25,14 +25,14 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
 
-from .evaluate import exact_match, person_in_prompt
-from .generate import chat_responses, generate, next_token_distribution
-from .mixture import DONT_KNOW, NOT_A_DOCTOR, REFUSAL
-from .model import context_length
-from .plots import plot_kl_sweep, plot_next_token_bars
-from .tasks import TaskExample
-from .tokenizer import chat_prompt, encode
-from .toolbox import strip_calls
+from embiggen.data.mixture import DONT_KNOW, NOT_A_DOCTOR, REFUSAL
+from embiggen.data.tasks import TaskExample
+from embiggen.data.toolbox import strip_calls
+from embiggen.judging.evaluate import exact_match, person_in_prompt
+from embiggen.lm.generate import chat_responses, generate, next_token_distribution
+from embiggen.lm.model import context_length
+from embiggen.lm.tokenizer import chat_prompt, encode
+from embiggen.notebook.plots import plot_kl_sweep, plot_next_token_bars
 
 EMPTY_PROMPT_MESSAGE = "Type a few words first: the model needs a prefix to continue."
 FALLBACK_TEXT = "Interactive widget: run this cell (and the cells above it) to use it."

@@ -25,9 +25,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tasks import CLUSTERS, FACT_QUESTIONS, TaskExample, fact_answers, make_example, template_of
-from .utils import atomic_write_text
-from .world import ALIGNMENT_KINDS, COLOURS, FOODS, JOBS, PETS, TOWNS, Person, World
+from embiggen.data.tasks import CLUSTERS, FACT_QUESTIONS, TaskExample, fact_answers, make_example, template_of
+from embiggen.data.world import ALIGNMENT_KINDS, COLOURS, FOODS, JOBS, PETS, TOWNS, Person, World
+from embiggen.utils import atomic_write_text
 
 #: The canonical honest / harmless answers. The labeler of notebook 3 recognises these.
 DONT_KNOW = "I do not know anyone called {name}."
@@ -74,7 +74,7 @@ class MixtureSpec:
 
 @dataclass(frozen=True)
 class AlignmentMaterial:
-    """The raw material one split may draw alignment prompts from. `embiggen.splits` builds
+    """The raw material one split may draw alignment prompts from. `embiggen.data.splits` builds
     one per stage, disjoint from the evaluation material by construction."""
     split: str
     unknown_names: tuple[str, ...]       # invented people, no two splits share one

@@ -1,0 +1,1 @@
+"""Judging answers: exact-match evaluation, the gold labeler, and preference pairs collected from it."""
