@@ -24,13 +24,14 @@ from typing import Callable
 from embiggen.chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_ppo,
                             train_or_load_reward, train_or_load_sft, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
+from embiggen.data.toolbox import TOOLS
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
 from embiggen.judging.evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
                                        instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates,
                                        win_rate)
 from embiggen.judging.labeler import Labeler
 from embiggen.methods.reward import load_pairs, pairwise_accuracy
-from embiggen.methods.tools import TOOLS, evaluate_with_tools
+from embiggen.methods.tools import evaluate_with_tools
 from embiggen.presets import Preset, check_preset
 from embiggen.utils import UserError, atomic_write_text, cache_root
 

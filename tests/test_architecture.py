@@ -7,6 +7,7 @@ new file's place in the layering is the folder it is saved in.
 """
 
 import ast
+import json
 import re
 import shutil
 from pathlib import Path
@@ -162,6 +163,56 @@ def test_one_way_to_import_each_thing():
     assert not odd, f"imports not of the form 'from embiggen.<folder>.<module> import <name>': {odd}"
 
 
+def _top_level_names(path: Path) -> set[str]:
+    """What a module defines itself: functions, classes and assigned names (not what it imports)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def imports_not_from_where_defined(source: str, package: Path = PACKAGE) -> list[str]:
+    """`from embiggen.x.y import name` where module x.y does not define `name` itself (it only imports it
+    from elsewhere: a re-export), or where x.y is no module of the package."""
+    names, bad = modules(package), []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("embiggen")):
+            continue
+        module = node.module.removeprefix("embiggen").removeprefix(".") or "__init__"
+        path = names.get(module) or names.get(module + ".__init__")
+        if path is None:
+            bad.append(f"{ast.unparse(node)} (no module {node.module})")
+            continue
+        prefix = "" if module == "__init__" else module + "."  # its submodules count as defined there
+        defined = _top_level_names(path) | {name[len(prefix):].split(".")[0] for name in names if name.startswith(prefix)}
+        bad += [f"from {node.module} import {a.name} (not defined there)" for a in node.names if a.name not in defined]
+    return bad
+
+
+def _code_everywhere() -> dict[str, str]:
+    """The package, the tests, the benchmarks and every notebook's code cells, by where they are."""
+    code = {str(p.relative_to(ROOT)): p.read_text()
+            for p in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]}
+    for notebook in sorted((ROOT / "notebooks").rglob("*.ipynb")):
+        for i, cell in enumerate(json.loads(notebook.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                lines = "".join(cell["source"]).splitlines()
+                code[f"{notebook.relative_to(ROOT)} cell {i}"] = "\n".join(
+                    line for line in lines if not line.lstrip().startswith(("%", "!")))  # IPython magics
+    return code
+
+
+def test_everything_is_imported_from_the_module_that_defines_it():
+    bad = {where: found for where, source in _code_everywhere().items()
+           if (found := imports_not_from_where_defined(source))}
+    assert not bad, f"imports of a name from a module that does not define it (import it from where it is): {bad}"
+
+
 # ---------------------------------------------------------------------------------------
 # The checks themselves, on a copy of the package with something planted in it
 # ---------------------------------------------------------------------------------------
@@ -197,6 +248,12 @@ def test_the_check_sees_a_planted_circle_and_an_import_inside_a_function(package
     with open(package_copy / "utils.py", "a") as f:
         f.write("\n\ndef planted():\n    from embiggen.presets import get_preset\n    return get_preset\n")
     assert imports_inside_functions(package_copy) == ["utils.planted: from embiggen.presets import get_preset"]
+
+
+def test_the_check_sees_a_re_exported_name():
+    assert imports_not_from_where_defined("from embiggen.methods.tools import encode_tool_example") == []
+    assert imports_not_from_where_defined("from embiggen.methods.tools import TOOLS\nfrom embiggen.ppo import gae") == [
+        "from embiggen.methods.tools import TOOLS (not defined there)", "from embiggen.ppo import gae (no module embiggen.ppo)"]
 
 
 def test_the_graph_reader_reads_every_form_of_import():

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from embiggen.data.mixture import (ALIGNMENT_KINDS, DONT_KNOW, MixtureSpec, assert_no_leak, evaluation_sets,
-                                   export_jsonl, heldin_templates, heldout_template, training_mixture)
+from embiggen.data.mixture import (DONT_KNOW, MixtureSpec, assert_no_leak, evaluation_sets, export_jsonl,
+                                   heldin_templates, heldout_template, training_mixture)
 from embiggen.data.splits import alignment_material, invented_names
 from embiggen.data.tasks import CLUSTERS, TaskExample
-from embiggen.data.world import World
+from embiggen.data.world import ALIGNMENT_KINDS, World
 
 WORLD = World.generate(5, 20, n_unknown=8)
 NAMES = invented_names(0)

@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from embiggen.data.toolbox import ERROR, TOOLS, ToolError, calc, count, run_call, strip_calls, tool_demonstration
 from embiggen.lm.tokenizer import chat_prompt, train_tokenizer
-from embiggen.methods.tools import (ERROR, IGNORE_INDEX, TOOLS, ToolError, calc, count, encode_tool_example,
-                                    generate_with_tools, response_pieces, run_call, strip_calls, tool_demonstration)
+from embiggen.methods.sft import IGNORE_INDEX
+from embiggen.methods.tools import encode_tool_example, generate_with_tools, response_pieces
 
 TEXTS = ["Compute 2 + 3. 2 plus 3 is 5.", "Count the tea in: tea, milk, tea.", "[calc(12 - 4) -> 8] apples"] * 20
 

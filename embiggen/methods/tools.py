@@ -32,17 +32,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from embiggen.data.toolbox import (CALL_END, CALL_WITH_RESULT, ERROR, TOOL_CLUSTERS, TOOLS, ToolCall, ToolError, calc,
-                                   count, run_call, strip_calls, tool_demonstration, with_call)
+from embiggen.data.toolbox import CALL_END, CALL_WITH_RESULT, TOOLS, ToolCall, run_call, strip_calls
 from embiggen.judging.evaluate import exact_match
 from embiggen.lm.generate import plain_generation
 from embiggen.lm.tokenizer import chat_prompt, encode
-
-__all__ = ["CALL_END", "ERROR", "IGNORE_INDEX", "TOOL_CLUSTERS", "TOOLS", "ToolCall", "ToolError", "Transcript", "calc",
-           "count", "encode_tool_example", "evaluate_with_tools", "generate_with_tools", "response_pieces", "run_call",
-           "strip_calls", "tool_demonstration", "with_call"]
-
-IGNORE_INDEX = -100
+from embiggen.methods.sft import IGNORE_INDEX
 
 
 # ---------------------------------------------------------------------------------------
