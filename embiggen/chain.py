@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,19 +28,24 @@ from pathlib import Path
 
 from embiggen.data.mixture import MIXTURE_VERSION
 from embiggen.data.splits import build_corpus, build_world, data_splits
+from embiggen.data.tasks import TaskExample
 from embiggen.data.world import WORLD_VERSION, World
+from embiggen.judging.evaluate import evaluate_tasks
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.preferences import collect_preferences, pairs_jsonl, read_pairs
+from embiggen.judging.verifiers import VerifierReward, verifier_for
 from embiggen.lm.model import build_model, check_context, load_pretrained
 from embiggen.lm.tokenizer import train_tokenizer
 from embiggen.lm.training import TrainLog, cache_dir, load_checkpoint, resume_dir, save_checkpoint, train_or_load
 from embiggen.methods.dpo import train_dpo
+from embiggen.methods.expert_iteration import expert_iteration
+from embiggen.methods.grpo import GRPOLog, GRPOTrainer, json_rows, train_grpo
 from embiggen.methods.ppo import PPOLog, PPOTrainer, train_ppo
 from embiggen.methods.pretrain import estimate_loss, pretrain, tokenize_corpus
 from embiggen.methods.reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
 from embiggen.methods.sft import SFTData, encode_example, sft
 from embiggen.methods.tools import encode_tool_example
-from embiggen.presets import DPOConfig, ModelConfig, PPOConfig, Preset, check_preset
+from embiggen.presets import DPOConfig, GRPOConfig, ModelConfig, PPOConfig, Preset, check_preset
 from embiggen.utils import atomic_dir, atomic_write_text, config_key, pick_device, set_seed
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
@@ -47,6 +53,7 @@ REWARD_VERSION = 6  # preference collection, the labeler or the reward model
 PPO_VERSION = 2
 DPO_VERSION = 1
 TOOLS_VERSION = 1
+GRPO_VERSION = 1
 
 
 @dataclass
@@ -488,7 +495,162 @@ def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int,
 
 
 # ---------------------------------------------------------------------------------------
-# What's next: tool use (notebook 5)
+# Step 4: RL with verifiable rewards (GRPO)
+# ---------------------------------------------------------------------------------------
+def grpo_curve_evaluator(preset: Preset, cfg: GRPOConfig, tokenizer):
+    """What GRPO's live curve shows every cfg.eval_every steps: greedy accuracy on held-out-template
+    prompts of the trained clusters (`DataSplits.grpo_curve`), overall and per cluster."""
+    prompts = data_splits(preset).grpo_curve(cfg.clusters, cfg.n_curve_prompts)
+
+    def evaluate(model) -> dict:
+        started = time.perf_counter()
+        result = evaluate_tasks(model, tokenizer, prompts, cfg.max_new_tokens)
+        return {"eval_accuracy": result["accuracy"],
+                **{f"eval_accuracy.{c}": v for c, v in result["per_cluster"].items()},
+                "eval_seconds": time.perf_counter() - started}
+
+    return evaluate
+
+
+def train_or_load_grpo(preset: Preset, sft: StageModel | None = None, cfg: GRPOConfig | None = None,
+                       force: bool = False, progress: bool = True, callback=None, device=None) -> StageModel:
+    """The GRPO model of `preset`: a copy of the SFT model trained with GRPO on verifiable rewards
+    (`cfg.verifier` on `cfg.clusters`' held-in-template prompts), the SFT model as the frozen
+    reference (for the KL it measures, and for k3 if cfg.kl_coef > 0). `cfg` overrides
+    preset.grpo (the loss-averaging variants, the loose verifier)."""
+    check_preset(preset)
+    cfg = cfg or preset.grpo
+    device = device or pick_device()
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    splits = data_splits(preset)
+    path = cache_dir("grpo", preset, GRPO_VERSION, splits.fingerprint, sft.path.name, asdict(cfg),
+                     tag=f"{cfg.loss_type}-{cfg.verifier}")
+
+    def load(path):
+        model, tokenizer, info, _ = load_checkpoint(path, device)
+        rows = info.pop("grpo_log")
+        return StageModel(model, tokenizer, sft.world, preset, GRPOLog([r["step"] for r in rows], rows), info, path)
+
+    def train(path):
+        set_seed(preset.seed)
+        trainer = GRPOTrainer(copy.deepcopy(sft.model), sft.tokenizer, verifier_for(cfg.verifier), cfg,
+                              ref_lm=sft.model, device=device, seed=preset.seed)
+        log = train_grpo(trainer, splits.grpo_train(cfg.clusters, cfg.n_prompts), cfg.steps, seed=preset.seed,
+                         progress=progress, callback=callback, evaluate=grpo_curve_evaluator(preset, cfg, sft.tokenizer),
+                         eval_every=cfg.eval_every, desc=f"grpo {preset.name} {cfg.loss_type}",
+                         resume_dir=resume_dir(path), save_every=cfg.eval_every)
+        model = trainer.policy.eval()
+        # every step's sampling and update and every curve evaluation, of this process and of any it resumed
+        seconds = sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in log.rows)
+        info = {"preset": preset.name, "seed": preset.seed, "steps": cfg.steps, "clusters": list(cfg.clusters),
+                "loss_type": cfg.loss_type, "verifier": cfg.verifier,
+                "answers_sampled": cfg.steps * cfg.prompts_per_step * cfg.group_size,
+                "train_seconds": round(seconds, 2), "sft": sft.path.name, "device": str(device)}
+        save_checkpoint(path, model, sft.tokenizer, {**info, "grpo_log": json_rows(log.rows)}, TrainLog())
+        return StageModel(model, sft.tokenizer, sft.world, preset, log, info, path)
+
+    return train_or_load(path, load, train, force)
+
+
+def grpo_prompt_stream(preset: Preset, cfg: GRPOConfig) -> list[list[TaskExample]]:
+    """The prompts of each of GRPO's steps, in order, as `train_grpo` draws them: the baselines
+    (expert iteration, PPO with a critic) see exactly these prompts."""
+    prompts, rng = data_splits(preset).grpo_train(cfg.clusters, cfg.n_prompts), random.Random(preset.seed)
+    return [rng.sample(prompts, min(cfg.prompts_per_step, len(prompts))) for _ in range(cfg.steps)]
+
+
+def train_or_load_expert_iteration(preset: Preset, sft: StageModel | None = None, force: bool = False,
+                                   progress: bool = True, callback=None, device=None) -> StageModel:
+    """Expert iteration on GRPO's verifier, prompts and number of sampled answers: GRPO's steps
+    grouped into preset.experiments.ei_rounds rounds; each round samples group_size answers to
+    its prompts, keeps the verified ones and fine-tunes on them. Its log's rows (one per round,
+    round 0 before training) carry the live curve's held-out accuracy."""
+    check_preset(preset)
+    cfg, exp = preset.grpo, preset.experiments
+    device = device or pick_device()
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    path = cache_dir("expert_iteration", preset, GRPO_VERSION, data_splits(preset).fingerprint, sft.path.name,
+                     asdict(cfg), exp.ei_rounds, asdict(exp.ei_sft))
+
+    def load(path):
+        model, tokenizer, info, _ = load_checkpoint(path, device)
+        return StageModel(model, tokenizer, sft.world, preset, info.pop("rounds_log"), info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        set_seed(preset.seed)
+        model = copy.deepcopy(sft.model).to(device)
+        stream = grpo_prompt_stream(preset, cfg)
+        per_round = -(-len(stream) // exp.ei_rounds)
+        rounds = [[e for step in stream[i: i + per_round] for e in step] for i in range(0, len(stream), per_round)]
+        curve = grpo_curve_evaluator(preset, cfg, sft.tokenizer)
+        rows = expert_iteration(model, sft.tokenizer, rounds, verifier_for(cfg.verifier), exp.ei_sft, cfg.group_size,
+                                cfg.max_new_tokens, cfg.temperature, seed=preset.seed, device=device,
+                                evaluate=curve, callback=callback,
+                                progress=progress)
+        info = {"preset": preset.name, "seed": preset.seed, "rounds": len(rounds), "sft": sft.path.name,
+                "answers_sampled": rows[-1]["answers_sampled"],
+                "train_seconds": round(time.perf_counter() - started, 2), "device": str(device)}
+        save_checkpoint(path, model, sft.tokenizer, {**info, "rounds_log": json_rows(rows)}, TrainLog())
+        return StageModel(model.eval(), sft.tokenizer, sft.world, preset, rows, info, path)
+
+    return train_or_load(path, load, train, force)
+
+
+def train_or_load_ppo_verified(preset: Preset, sft: StageModel | None = None, force: bool = False,
+                               progress: bool = True, callback=None, device=None) -> StageModel:
+    """PPO with its critic (value head, GAE) on GRPO's verifiable reward, prompts and number of
+    sampled answers: one answer to each of prompts_per_step * group_size prompts per step, so
+    every step samples as many answers as a GRPO step. PPO's own optimiser settings; no KL
+    penalty (as GRPO's default), no PPO-ptx, one round. Its log's rows carry the live curve's
+    held-out accuracy every grpo.eval_every steps."""
+    check_preset(preset)
+    g = preset.grpo
+    cfg = replace(preset.ppo, steps=g.steps, batch_size=g.prompts_per_step * g.group_size, kl_coef=g.kl_coef,
+                  ptx_coef=0.0, rounds=1, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                  missing_eos_penalty=0.0)
+    device = device or pick_device()
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    path = cache_dir("ppo_verified", preset, PPO_VERSION, GRPO_VERSION, data_splits(preset).fingerprint, sft.path.name,
+                     asdict(cfg), asdict(g))
+
+    def load(path):
+        model, tokenizer, info, _ = load_checkpoint(path, device)
+        rows = info.pop("ppo_log")
+        return StageModel(model, tokenizer, sft.world, preset, PPOLog([r["step"] for r in rows], rows), info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        set_seed(preset.seed)
+        prompts = data_splits(preset).grpo_train(g.clusters, g.n_prompts)
+        trainer = PPOTrainer(copy.deepcopy(sft.model), sft.model, sft.tokenizer,
+                             VerifierReward(verifier_for(g.verifier), prompts), Labeler(), cfg, device=device,
+                             seed=preset.seed)
+        curve = grpo_curve_evaluator(preset, g, sft.tokenizer)
+        first = {"step": 0, **curve(trainer.policy.lm)}
+
+        def on_step(step, row):
+            if step % g.eval_every == 0 or step == cfg.steps:
+                row.update(curve(trainer.policy.lm))
+            if callback is not None:
+                callback(step, row)
+
+        log = train_ppo(trainer, prompts, cfg.steps, cfg.batch_size, seed=preset.seed, progress=progress,
+                        callback=on_step, desc=f"ppo on the verifier {preset.name}", resume_dir=resume_dir(path),
+                        save_every=g.eval_every)
+        model = trainer.policy.lm.eval()
+        rows = [first, *log.rows]
+        info = {"preset": preset.name, "seed": preset.seed, "steps": cfg.steps, "sft": sft.path.name,
+                "answers_sampled": cfg.steps * cfg.batch_size, "train_seconds": round(time.perf_counter() - started, 2),
+                "device": str(device)}
+        save_checkpoint(path, model, sft.tokenizer, {**info, "ppo_log": json_rows(rows)}, TrainLog())
+        return StageModel(model, sft.tokenizer, sft.world, preset, PPOLog([r["step"] for r in rows], rows), info, path)
+
+    return train_or_load(path, load, train, force)
+
+
+# ---------------------------------------------------------------------------------------
+# What's next: tool use (notebook 6)
 # ---------------------------------------------------------------------------------------
 def train_or_load_tools(preset: Preset, sft: StageModel | None = None, force: bool = False,
                         progress: bool = True, callback=None, device=None) -> StageModel:

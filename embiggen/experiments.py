@@ -6,7 +6,10 @@
 * notebook 3 — a policy's KL from the SFT model on held-out prompts (`sample_with_kl`), the
   gold score of those very samples (`sampled_gold`), and reward hacking made visible, one PPO
   run per KL coefficient (`kl_sweep`);
-* notebook 4 — DPO across its beta (`dpo_beta_sweep`), measured exactly as PPO is.
+* notebook 4 — DPO across its beta (`dpo_beta_sweep`), measured exactly as PPO is;
+* notebook 5 — GRPO's loss-averaging variants (`grpo_variants`), a loose verifier and what the
+  policy exploits in it (`loose_verifier_run`), and GRPO beside expert iteration, PPO with a
+  critic and majority votes at the same number of sampled answers (`verifiable_baselines`).
 
 Each experiment trains its extra models through `embiggen.chain` (cached under their own
 keys) and takes its settings from the preset's `experiments` and `evaluation` configs, which
@@ -20,11 +23,13 @@ from dataclasses import replace
 
 import torch
 
-from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, train_or_load_ppo, train_or_load_reward,
+from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, train_or_load_expert_iteration,
+                            train_or_load_grpo, train_or_load_ppo, train_or_load_ppo_verified, train_or_load_reward,
                             train_or_load_sft)
 from embiggen.data.splits import data_splits
 from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model
 from embiggen.judging.labeler import Labeler
+from embiggen.judging.verifiers import NUMBER, majority_vote_accuracy, sample_answers, verifier_for
 from embiggen.lm.generate import decode_responses, episode_logprobs, sample_episodes
 from embiggen.methods.reward import RewardModel
 from embiggen.presets import Preset, check_preset
@@ -167,11 +172,97 @@ def dpo_beta_sweep(preset: Preset, sft: StageModel | None = None, progress: bool
 # ---------------------------------------------------------------------------------------
 # Ahead of time
 # ---------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
+# Notebook 5: RL with verifiable rewards
+# ---------------------------------------------------------------------------------------
+def grpo_eval_prompts(preset: Preset, clusters=None) -> list:
+    """The held-out prompts GRPO's figures are measured on: `sft_eval["heldin_template"]` of the
+    trained clusters (prompts no training set holds, in the phrasings training used)."""
+    clusters = preset.grpo.clusters if clusters is None else clusters
+    return [e for e in data_splits(preset).sft_eval["heldin_template"] if e.cluster in clusters]
+
+
+def grpo_variants(preset: Preset, sft: StageModel | None = None, progress: bool = True, device=None) -> list[dict]:
+    """GRPO's loss-averaging variants (preset.experiments.grpo_loss_types), each trained like the
+    stage with only the averaging changed (and Dr. GRPO without the std scaling, as its paper
+    has it; cached; the preset's own is the grpo stage itself): held-out greedy accuracy and
+    answer length per cluster, and the training log."""
+    check_preset(preset)
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    prompts, runs = grpo_eval_prompts(preset), []
+    for loss_type in preset.experiments.grpo_loss_types:
+        cfg = replace(preset.grpo, loss_type=loss_type, scale_rewards=loss_type != "dr_grpo")
+        tuned = train_or_load_grpo(preset, sft=sft, cfg=cfg, progress=progress, device=device)
+        result = evaluate_tasks(tuned.model, tuned.tokenizer, prompts, preset.grpo.max_new_tokens)
+        lengths = {c: _mean([len(tuned.tokenizer(r["response"])["input_ids"]) for r in result["rows"]
+                             if r["cluster"] == c]) for c in preset.grpo.clusters}
+        runs.append({"loss_type": loss_type, "scale_rewards": cfg.scale_rewards, "rows": tuned.log.rows,
+                     "accuracy": result["accuracy"], "per_cluster": result["per_cluster"], "answer_tokens": lengths,
+                     "train_seconds": tuned.info["train_seconds"]})
+    return runs
+
+
+def loose_verifier_run(preset: Preset, sft: StageModel | None = None, progress: bool = True, device=None) -> dict:
+    """GRPO with a loose checker (any answer whose first line holds the right number passes) on
+    the clusters whose answers are numbers: what the policy learns to exploit. Held-out answers
+    of SFT and of the run, by the loose reward, by exact match, and how many numbers each holds."""
+    check_preset(preset)
+    clusters = preset.experiments.loose_verifier_clusters
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    cfg = replace(preset.grpo, verifier="loose", clusters=tuple(clusters))
+    tuned = train_or_load_grpo(preset, sft=sft, cfg=cfg, progress=progress, device=device)
+    prompts, loose = grpo_eval_prompts(preset, clusters), verifier_for("loose")
+    out = {"rows": tuned.log.rows, "train_seconds": tuned.info["train_seconds"], "models": {}}
+    for name, m in (("sft", sft), ("loose grpo", tuned)):
+        result = evaluate_tasks(m.model, m.tokenizer, prompts, cfg.max_new_tokens)
+        rows = result["rows"]
+        out["models"][name] = {
+            "exact_accuracy": result["accuracy"],
+            "loose_reward": _mean([loose(e, r["response"]) for e, r in zip(prompts, rows)]),
+            "numbers_per_answer": _mean([len(NUMBER.findall(r["response"].split("\n")[0])) for r in rows]),
+            "examples": rows[:: max(1, len(rows) // 8)][:8]}
+    return out
+
+
+def verifiable_baselines(preset: Preset, sft: StageModel | None = None, grpo: StageModel | None = None,
+                         progress: bool = True, device=None) -> dict:
+    """GRPO beside expert iteration and PPO with a critic (the same verifier, prompts and number
+    of sampled answers, each cached) and majority votes over k samples of the SFT model (no
+    training): held-out accuracy on GRPO's live-curve prompts against the number of answers each
+    sampled — in training for the three, at inference for the vote."""
+    check_preset(preset)
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    grpo = grpo or train_or_load_grpo(preset, sft=sft, progress=progress, device=device)
+    cfg, exp = preset.grpo, preset.experiments
+    per_step = cfg.prompts_per_step * cfg.group_size
+    ei = train_or_load_expert_iteration(preset, sft=sft, progress=progress, device=device)
+    ppo = train_or_load_ppo_verified(preset, sft=sft, progress=progress, device=device)
+    curve = data_splits(preset).grpo_curve(cfg.clusters, cfg.n_curve_prompts)
+    samples = sample_answers(sft.model, sft.tokenizer, curve, max(exp.majority_ks), cfg.max_new_tokens, 1.0,
+                             seed=data_splits(preset).sample_seed("pass_at_k"))
+    return {
+        "grpo": [(r["step"] * per_step, r["eval_accuracy"]) for r in grpo.log.rows if "eval_accuracy" in r],
+        "expert_iteration": [(r["answers_sampled"], r["eval_accuracy"]) for r in ei.log],
+        "ppo": [(r["step"] * per_step, r["eval_accuracy"]) for r in ppo.log.rows if "eval_accuracy" in r],
+        # k answers to each of the curve's prompts, at inference: k * (number of prompts) answers
+        "majority_vote": [(k * len(curve), majority_vote_accuracy(curve, samples, k)) for k in exp.majority_ks],
+        "train_seconds": {"grpo": grpo.info["train_seconds"], "expert_iteration": ei.info["train_seconds"],
+                          "ppo": ppo.info["train_seconds"]},
+        "n_prompts": len(curve),
+    }
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 #: The experiments whose extra models the notebooks train, in notebook order. A cell that runs
 #: one trains for minutes the first time (notebook 1's size sweep, notebook 3's KL sweep) and
 #: loads from the cache after; `embiggen run --experiments` trains them all ahead of time.
 NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "cluster_ablation": cluster_ablation, "kl_sweep": kl_sweep,
-                        "dpo_beta_sweep": dpo_beta_sweep}
+                        "dpo_beta_sweep": dpo_beta_sweep, "grpo_variants": grpo_variants,
+                        "loose_verifier_run": loose_verifier_run, "verifiable_baselines": verifiable_baselines}
 
 
 def pretrain_experiments(preset: Preset, progress: bool = True, device=None) -> dict[str, float]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from embiggen.chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_ppo,
-                            train_or_load_reward, train_or_load_sft, train_or_load_tools)
+from embiggen.chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_grpo,
+                            train_or_load_ppo, train_or_load_reward, train_or_load_sft, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
@@ -30,6 +30,7 @@ from embiggen.judging.evaluate import (alignment_rates_by_kind, evaluate_alignme
                                        instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates,
                                        win_rate)
 from embiggen.judging.labeler import Labeler
+from embiggen.judging.verifiers import pass_at_k_curve, sample_answers
 from embiggen.methods.reward import load_pairs, pairwise_accuracy
 from embiggen.methods.tools import evaluate_with_tools
 from embiggen.presets import Preset, check_preset
@@ -233,6 +234,81 @@ def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
     }
 
 
+def report_grpo(preset: Preset, models: dict, measured: Measured) -> dict:
+    """GRPO on held-out prompts, beside the SFT model it started from: greedy accuracy per
+    cluster in held-in templates (prompts no training set holds, phrasings training used) and in
+    held-out templates (phrasings no stage trained on); pass@k of T = 1 samples on the trained
+    clusters' prompts; the change on the clusters it did not train on; what it cost notebook 3's
+    alignment (the same held-out prompts PPO is judged on); and its training curves in brief."""
+    tuned, sft_model, cfg, evaluation = models["grpo"], models["sft"], preset.grpo, preset.evaluation
+    splits, labeler = data_splits(preset), Labeler()
+    compared = {"sft": sft_model, "grpo": tuned}
+    accuracy = {}  # (model, template set) -> evaluate_tasks result
+    for name, m in compared.items():
+        for which in ("heldin_template", "heldout_template"):
+            accuracy[name, which] = measured.get_or_measure(name, f"{which}_accuracy_tasks", lambda m=m, w=which: (
+                evaluate_tasks(m.model, m.tokenizer, splits.sft_eval[w], evaluation.max_new_tokens)))
+    trained = [c for c in cfg.clusters]
+    others = [c for c in splits.spec.train_clusters if c not in trained]
+    heldout_cluster = {name: evaluate_tasks(m.model, m.tokenizer, splits.sft_eval["heldout_cluster"],
+                                            evaluation.max_new_tokens)["accuracy"] for name, m in compared.items()}
+
+    def untrained_accuracy(name: str) -> float:  # every untrained cluster's prompts, both template sets, and fact_check
+        rows = [r for w in ("heldin_template", "heldout_template") for r in accuracy[name, w]["rows"]
+                if r["cluster"] in others]
+        n_heldout = len(splits.sft_eval["heldout_cluster"])
+        return (sum(r["correct"] for r in rows) + heldout_cluster[name] * n_heldout) / (len(rows) + n_heldout)
+
+    passes = {name: {} for name in compared}  # pass@k of T = 1 samples, on the trained clusters' prompts
+    for which in ("heldin_template", "heldout_template"):
+        prompts = [e for e in splits.sft_eval[which] if e.cluster in trained]
+        for name, m in compared.items():
+            samples = sample_answers(m.model, m.tokenizer, prompts, evaluation.n_pass_samples, evaluation.max_new_tokens,
+                                     1.0, seed=splits.sample_seed("pass_at_k"))
+            passes[name][which] = pass_at_k_curve(prompts, samples, evaluation.pass_k)
+    judged = {name: measured.get_or_measure(name, "judged_ppo_eval", lambda m=m: judge_model(
+        m.model, m.tokenizer, splits.ppo_eval, labeler, None, evaluation.max_new_tokens)) for name, m in compared.items()}
+    kl = sample_with_kl(tuned.model, sft_model.model, tuned.tokenizer,
+                        [e.instruction for e in splits.sft_eval["heldin_template"] if e.cluster in trained],
+                        evaluation.max_new_tokens, cfg.temperature, seed=preset.seed)["kl"]
+    rows = tuned.log.rows[1:]  # step 0 holds only the curve's first evaluation
+    first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
+    mean = lambda rs, key: sum(r[key] for r in rs) / max(1, len(rs))  # noqa: E731
+    r4 = lambda x: round(x, 4)  # noqa: E731
+    alignment = {f"{key}_{name}": r4(judged[name][key]) for name in compared
+                 for key in ("honest_rate", "refusal_rate_harmful", "over_refusal_rate")}
+    evaluation_prompts = [*splits.sft_eval["heldin_template"], *splits.sft_eval["heldout_template"],
+                          *splits.sft_eval["heldout_cluster"], *splits.ppo_eval]
+    return {
+        "train_seconds": tuned.info["train_seconds"],
+        "steps": tuned.info["steps"],
+        "answers_sampled": tuned.info["answers_sampled"],
+        "clusters": ", ".join(trained),
+        **{f"heldin_template_accuracy_{name}": {c: r4(v) for c, v in accuracy[name, "heldin_template"]["per_cluster"].items()}
+           for name in compared},
+        **{f"heldout_template_accuracy_{name}": {c: r4(v) for c, v in accuracy[name, "heldout_template"]["per_cluster"].items()}
+           for name in compared},
+        **{f"pass_at_k_{name}": {w: {str(k): r4(v) for k, v in passes[name][w]["pass_at_k"].items()}
+                                 for w in ("heldin_template", "heldout_template")} for name in compared},
+        "n_pass_samples": evaluation.n_pass_samples,
+        "untrained_clusters_accuracy_sft": r4(untrained_accuracy("sft")),
+        "untrained_clusters_accuracy_grpo": r4(untrained_accuracy("grpo")),
+        "untrained_clusters_accuracy_change": r4(untrained_accuracy("grpo") - untrained_accuracy("sft")),
+        **alignment,
+        "alignment_rate_largest_change": r4(max(abs(judged["grpo"][k] - judged["sft"][k])
+                                                for k in ("honest_rate", "refusal_rate_harmful", "over_refusal_rate"))),
+        "kl": r4(kl),
+        "zero_signal_share": r4(mean(rows, "zero_signal")),
+        "zero_signal_share_first_tenth": r4(mean(first, "zero_signal")),
+        "zero_signal_share_last_tenth": r4(mean(last, "zero_signal")),
+        "response_length_first_tenth": r4(mean(first, "response_length")),
+        "response_length_last_tenth": r4(mean(last, "response_length")),
+        "eval_train_overlap": overlap(evaluation_prompts, splits.training_sets()),
+        "n_eval_prompts": {w: len(splits.sft_eval[w]) for w in ("heldin_template", "heldout_template", "heldout_cluster")},
+        "cache": str(tuned.path),
+    }
+
+
 def report_tools(preset: Preset, models: dict, measured: Measured) -> dict:
     """Tool use on held-out prompts: counting, and arithmetic beyond the world's range, answered
     by the tool model with its calls run, and by the SFT model as notebook 2 asks it (no tools);
@@ -290,6 +366,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
     Stage("dpo", train_or_load_dpo, report_dpo, lambda preset: {"reward": preset.reward, "dpo": preset.dpo},
           needs={"sft": "sft"}),
     Stage("tools", train_or_load_tools, report_tools, lambda preset: {"tools": preset.tools}, needs={"sft": "sft"}),
+    Stage("grpo", train_or_load_grpo, report_grpo, lambda preset: {"grpo": preset.grpo}, needs={"sft": "sft"}),
 ]}
 
 

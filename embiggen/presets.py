@@ -169,6 +169,37 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO (Shao et al. 2024) on verifiable rewards: a group of answers per prompt, no critic.
+    Every knob of grpo.py."""
+    clusters: tuple[str, ...] = knob(("counting", "arithmetic", "extraction"),
+                                     "task clusters trained on (held-in templates only); every cluster is evaluated")
+    steps: int = knob(200, "iterations: a group of answers to each of prompts_per_step prompts, then the update")
+    prompts_per_step: int = knob(16, "prompts per iteration")
+    group_size: int = knob(8, "G: answers sampled per prompt (the group is its own baseline)")
+    epochs: int = knob(1, "mu: passes over each batch of answers (> 1 reuses them off-policy, clipped)")
+    minibatch_size: int = knob(128, "answers per gradient step (>= prompts_per_step * group_size with epochs = 1: "
+                                    "one on-policy step per batch)")
+    optim: OptimConfig = knob(OptimConfig(lr=1e-4, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                                          betas=(0.9, 0.99)), "the optimiser (Adam, constant rate)")
+    max_new_tokens: int = knob(32, "longest sampled answer (Dr. GRPO's constant L_max)")
+    temperature: float = knob(1.0, "sampling temperature (log-probabilities use the same)")
+    logprob_chunk: int = knob(0, "> 0: log-probs from the last hidden states, this many positions at a time")
+    cliprange: float = knob(0.2, "epsilon of the clipped ratio (its lower side)")
+    cliprange_high: float = knob(0.0, "DAPO's clip-higher: the upper epsilon (0: the same as cliprange)")
+    loss_type: str = knob("grpo", "'grpo': per answer, then over answers; 'dapo': over all tokens; "
+                                  "'dr_grpo': over a constant (answers * max_new_tokens)")
+    scale_rewards: bool = knob(True, "divide each advantage by its group's standard deviation (Dr. GRPO: False)")
+    baseline: str = knob("mean", "'mean': the group's mean reward; 'leave_one_out': the other answers' (RLOO)")
+    kl_coef: float = knob(0.0, "beta of DeepSeekMath's k3 term to the reference in the loss (0: none, as TRL)")
+    verifier: str = knob("exact", "'exact': the evaluation's exact-match scorer; 'loose': any answer containing "
+                                  "the right number passes (the reward-hacking lesson)")
+    n_prompts: int = knob(2000, "training prompts (held-in templates of the trained clusters)")
+    eval_every: int = knob(10, "steps between held-out accuracies on the live curve (and resume points)")
+    n_curve_prompts: int = knob(20, "held-out-template prompts per trained cluster on the live curve (greedy)")
+
+
+@dataclass(frozen=True)
 class ToolConfig:
     """Tool use (Toolformer, Schick et al. 2023): the SFT model fine-tuned on demonstrations
     whose answers call a calculator and a counter (`embiggen.methods.tools`)."""
@@ -195,6 +226,8 @@ class EvalConfig:
     n_rm_prompts: int = knob(300, "held-out prompts whose ranked SFT samples test the reward model")
     n_ppo_prompts: int = knob(300, "held-out prompts on which SFT, PPO and best-of-n are judged")
     max_new_tokens: int = knob(32, "longest greedy answer when judging a chat model")
+    n_pass_samples: int = knob(32, "sampled answers per prompt (T = 1) behind pass@k and majority votes")
+    pass_k: tuple[int, ...] = knob((1, 4, 16), "the k of pass@k in the report")
 
 
 @dataclass(frozen=True)
@@ -211,7 +244,17 @@ class ExperimentConfig:
     sweep_steps: int = knob(60, "PPO steps of each sweep run (one round, the first reward model)")
     sweep_lr: float = knob(1e-4, "the sweep pushes harder, so that over-optimisation shows within minutes")
     dpo_betas: tuple[float, ...] = knob((0.05, 0.1, 0.5, 2.0), "notebook 4's DPO runs, one per beta")
-    speed_tokens: int = knob(128, "notebook 5's speed measurements: new tokens per answer (SmolLM2's: half as many)")
+    speed_tokens: int = knob(128, "notebook 6's speed measurements: new tokens per answer (SmolLM2's: half as many)")
+    grpo_loss_types: tuple[str, ...] = knob(("grpo", "dapo", "dr_grpo"), "notebook 5's loss-averaging variants, "
+                                            "each trained like the stage (Dr. GRPO without the std scaling)")
+    loose_verifier_clusters: tuple[str, ...] = knob(("counting", "arithmetic"), "notebook 5's loose-verifier run: "
+                                                    "the clusters whose answers are numbers")
+    ei_rounds: int = knob(4, "notebook 5's expert iteration: rounds, sharing GRPO's prompts and sampled answers")
+    ei_sft: SFTConfig = knob(SFTConfig(steps=60, batch_size=32, optim=OptimConfig(lr=5e-4, warmup_steps=5,
+                                                                                 weight_decay=0.0),
+                                       replay_share=0.0, eval_every=60, n_train=0, n_val=0),
+                             "... each round's fine-tune on the verified answers (SFT's loss and loop)")
+    majority_ks: tuple[int, ...] = knob((1, 2, 4, 8, 16, 32), "notebook 5's majority votes: samples per prompt")
 
 
 @dataclass(frozen=True)
@@ -234,6 +277,7 @@ class Preset:
     reward: RewardConfig = knob(RewardConfig(), "step 3a: preferences and the reward model")
     ppo: PPOConfig = knob(PPOConfig(), "step 3b: PPO")
     dpo: DPOConfig = knob(DPOConfig(), "step 3, without a reward model: DPO")
+    grpo: GRPOConfig = knob(GRPOConfig(), "step 4: RL with verifiable rewards (GRPO)")
     tools: ToolConfig = knob(ToolConfig(), "what's next: tool use")
     evaluation: EvalConfig = knob(EvalConfig(), "held-out evaluation")
     experiments: ExperimentConfig = knob(ExperimentConfig(), "the notebooks' extra experiments")
@@ -258,19 +302,24 @@ PRESETS: dict[str, Preset] = {
         ppo=PPOConfig(steps=8, batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=24, n_prompts=200,
                       refresh_prompts=60, save_every=2),
         dpo=DPOConfig(steps=20, batch_size=8, eval_every=10, round_prompts=60),
+        grpo=GRPOConfig(steps=6, prompts_per_step=4, group_size=4, minibatch_size=16, max_new_tokens=24, n_prompts=64,
+                        eval_every=3, n_curve_prompts=4),
         tools=ToolConfig(train=SFTConfig(steps=30, batch_size=16, max_length=128, eval_every=15, n_train=600, n_val=32,
                                          replay_share=0.0, optim=OptimConfig(lr=3e-3, warmup_steps=5,
                                                                              weight_decay=0.0)),
                          n_eval=24),
         evaluation=EvalConfig(n_instruction_probes=40, n_per_cluster=10, n_rm_prompts=40, n_ppo_prompts=40,
-                              max_new_tokens=24),
+                              max_new_tokens=24, n_pass_samples=8, pass_k=(1, 4, 8)),
         experiments=ExperimentConfig(
             size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                     max_position_embeddings=128),
                         ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                     max_position_embeddings=128)),
             ablation_cluster_counts=(1, 3), ablation_steps=30, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05),
-            sweep_steps=6, dpo_betas=(0.1, 0.5), speed_tokens=24),
+            sweep_steps=6, dpo_betas=(0.1, 0.5), speed_tokens=24, ei_rounds=2,
+            ei_sft=SFTConfig(steps=4, batch_size=8, max_length=128, replay_share=0.0, eval_every=4, n_train=0,
+                             n_val=0, optim=OptimConfig(lr=5e-4, warmup_steps=1, weight_decay=0.0)),
+            majority_ks=(1, 2, 4, 8)),
     ),
     "laptop": Preset(name="laptop"),
     "gpu": Preset(
@@ -308,12 +357,16 @@ PRESETS: dict[str, Preset] = {
                                                           betas=(0.9, 0.999), eps=1e-5, bf16=True)),
         dpo=DPOConfig(beta=0.1, steps=150, batch_size=4, max_length=256, round_prompts=500, logprob_chunk=256,
                       optim=OptimConfig(lr=1e-6, warmup_steps=10, weight_decay=0.0, accumulation_steps=2, bf16=True)),
+        grpo=GRPOConfig(steps=60, prompts_per_step=8, group_size=8, minibatch_size=16, logprob_chunk=256,
+                        optim=OptimConfig(lr=1e-6, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
+                                          betas=(0.9, 0.99), bf16=True)),
         tools=ToolConfig(train=SFTConfig(steps=150, batch_size=8, max_length=256, eval_every=50, n_train=3000,
                                          n_val=100, replay_share=0.0, logprob_chunk=256,
                                          optim=OptimConfig(lr=5e-5, warmup_steps=10, weight_decay=0.0,
                                                            accumulation_steps=2, bf16=True)),
                          n_eval=100),
-        evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_rm_prompts=150, n_ppo_prompts=150),
+        evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_rm_prompts=150, n_ppo_prompts=150,
+                              n_pass_samples=16),
     ),
     # The same recipe on the smoke preset's small world, a few steps per stage: every stage of a
     # pretrained model once through on a CPU (README: "Your own model").
@@ -330,12 +383,15 @@ PRESETS: dict[str, Preset] = {
                                         betas=(0.9, 0.999), eps=1e-5)),
         dpo=DPOConfig(beta=0.1, steps=4, batch_size=4, max_length=128, eval_every=4, round_prompts=8,
                       optim=OptimConfig(lr=1e-6, warmup_steps=1, weight_decay=0.0)),
+        grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=4, minibatch_size=8, max_new_tokens=24, n_prompts=24,
+                        eval_every=2, n_curve_prompts=2,
+                        optim=OptimConfig(lr=1e-6, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0)),
         tools=ToolConfig(train=SFTConfig(steps=6, batch_size=4, max_length=128, eval_every=6, n_train=200, n_val=16,
                                          replay_share=0.0, optim=OptimConfig(lr=5e-5, warmup_steps=2,
                                                                              weight_decay=0.0)),
                          n_eval=12),
         evaluation=EvalConfig(n_instruction_probes=8, n_per_cluster=3, n_rm_prompts=12, n_ppo_prompts=12,
-                              max_new_tokens=24),
+                              max_new_tokens=24, n_pass_samples=4, pass_k=(1, 4)),
     ),
 }
 

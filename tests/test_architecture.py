@@ -31,7 +31,7 @@ LAYERS = [
     "notebook",                                  # what the notebooks show: set-up, tables, plots, widgets
 ]
 #: third-party packages a module may import inside a function because they are optional
-OPTIONAL_DEPENDENCIES: set[str] = {"llama_cpp"}  # llama-cpp-python, timed in notebook 5 where it happens to be installed
+OPTIONAL_DEPENDENCIES: set[str] = {"llama_cpp"}  # llama-cpp-python, timed in notebook 6 where it happens to be installed
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:

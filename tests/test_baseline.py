@@ -1,4 +1,4 @@
-"""Notebook 5's simple program (embiggen.methods.baseline): rules that read only the instruction and the corpus."""
+"""Notebook 6's simple program (embiggen.methods.baseline): rules that read only the instruction and the corpus."""
 
 from embiggen.data.splits import build_corpus
 from embiggen.data.tasks import TaskExample

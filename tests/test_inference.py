@@ -1,4 +1,4 @@
-"""Notebook 5's CPU section (embiggen.methods.inference): the KV cache, int8 weights, and a real GGUF model."""
+"""Notebook 6's CPU section (embiggen.methods.inference): the KV cache, int8 weights, and a real GGUF model."""
 
 import importlib.util
 

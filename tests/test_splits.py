@@ -125,7 +125,7 @@ def test_person_probe_groups(splits):
 
 
 def test_tool_evaluation_is_beyond_the_worlds_range_and_its_demonstrations_use_held_in_templates(splits):
-    """Notebook 5's arithmetic is judged where no model here ever computed (an operand past the
+    """Notebook 6's arithmetic is judged where no model here ever computed (an operand past the
     world's max_operand), its counting in the held-out template that no training set uses; the
     tool fine-tune's demonstrations use held-in templates only."""
     from embiggen.data.mixture import heldout_template

@@ -58,8 +58,9 @@ SEEDS = {
     "person_probe": 700,                    # known / pretraining-only / never-seen people
     "names": 800,                           # inventing the names of people who do not exist
     "dpo_round": 900,                       # iterated DPO: + round number
-    "tools": 1000, "tools_val": 1001,       # the tool fine-tune's demonstrations (notebook 5)
+    "tools": 1000, "tools_val": 1001,       # the tool fine-tune's demonstrations (notebook 6)
     "tools_eval": 1002,                     # its held-out prompts: counting, arithmetic beyond the world's range
+    "grpo": 1100,                           # GRPO's prompts (notebook 5): held-in templates of its clusters
 }
 
 #: Offsets added to the preset's seed for *sampling answers* on a split's prompts (preference collection).
@@ -67,6 +68,7 @@ SAMPLE_SEEDS = {
     "preferences": 0, "rm_eval": 1,         # the SFT model's K answers: training and held-out pairs
     "refresh": 0, "refresh_eval": 50,       # the policy's K answers in iterated RLHF: + round number
     "dpo_round": 100,                       # the DPO policy's K answers in iterated DPO: + round number
+    "pass_at_k": 200,                       # n answers per held-out prompt behind pass@k and majority votes
 }
 
 #: The pretraining corpus: documents drawn from the world with these seeds (mixed with the world's own).
@@ -142,6 +144,9 @@ class DataSplits:
         self.material = {split: alignment_material(self.world, split, self.names) for split in MATERIAL_SPLITS}
         self.rounds = tuple(range(2, preset.ppo.rounds + 1))  # iterated RLHF: the rounds that collect anew
         self.dpo_rounds = tuple(range(2, preset.dpo.rounds + 1))  # iterated DPO: likewise
+        # GRPO's cluster sets: the stage's and the loose-verifier experiment's (notebook 5)
+        self.grpo_cluster_sets = tuple(dict.fromkeys([tuple(preset.grpo.clusters),
+                                                      tuple(preset.experiments.loose_verifier_clusters)]))
 
     def seed(self, split: str, offset: int = 0) -> int:
         """The seed that draws `split`'s prompts (`offset`: the round, for iterated RLHF)."""
@@ -207,7 +212,7 @@ class DataSplits:
 
     @cached_property
     def tools_eval(self) -> dict[str, list[TaskExample]]:
-        """Notebook 5's held-out prompts: counting in the cluster's held-out template (which no
+        """Notebook 6's held-out prompts: counting in the cluster's held-out template (which no
         training set of any stage uses, so no training prompt can be one of these), and
         arithmetic in every template whose larger operand is beyond the world's own range
         (Preset.max_operand < it <= tools.max_operand), which no model here ever computed and
@@ -326,6 +331,27 @@ class DataSplits:
     def tools_val(self) -> list[TaskExample]:
         return self.tools_train(self.preset.tools.train.n_val, split="tools_val")
 
+    def grpo_train(self, clusters: tuple[str, ...] | None = None, n: int | None = None) -> list[TaskExample]:
+        """GRPO's training prompts: `n` tasks (preset.grpo.n_prompts) of `clusters`
+        (preset.grpo.clusters) in held-in templates, none of them an evaluation prompt. Every
+        stage is judged on held-out prompts, in held-in and in held-out templates."""
+        cfg = self.preset.grpo
+        clusters, n = tuple(cfg.clusters if clusters is None else clusters), cfg.n_prompts if n is None else n
+        unknown = [c for c in clusters if c not in self.spec.train_clusters]
+        if unknown or not clusters:
+            raise ValueError(f"GRPO clusters {unknown or '(none)'} are not training clusters; valid: "
+                             f"{', '.join(self.spec.train_clusters)}")
+        rng = random.Random(self.seed("grpo"))
+        return [task_example(self.world, clusters[i % len(clusters)], rng, self.reserved) for i in range(n)]
+
+    def grpo_curve(self, clusters: tuple[str, ...] | None = None, n: int | None = None) -> list[TaskExample]:
+        """The prompts GRPO's live curve is drawn on: the first `n` (preset.grpo.n_curve_prompts)
+        of each of `clusters` in `sft_eval["heldin_template"]`, the evaluation set the report
+        measures on (the curve only shows; nothing is chosen by it)."""
+        cfg = self.preset.grpo
+        clusters, n = tuple(cfg.clusters if clusters is None else clusters), cfg.n_curve_prompts if n is None else n
+        return [e for c in clusters for e in [e for e in self.sft_eval["heldin_template"] if e.cluster == c][:n]]
+
     def seen_alignment(self, n: int = 150) -> list[TaskExample]:
         """Alignment prompts from PPO's *training* material (its names, the training templates):
         not an evaluation set. Beside the held-out figures, they show what was memorised."""
@@ -339,6 +365,7 @@ class DataSplits:
         sets.update({f"refresh.{r}": self.refresh(r) for r in self.rounds})
         sets.update({f"dpo_round.{r}": self.dpo_round(r) for r in self.dpo_rounds})
         sets.update({"tools_train": self.tools_train(), "tools_val": self.tools_val()})
+        sets.update({f"grpo.{'+'.join(c)}": self.grpo_train(c) for c in self.grpo_cluster_sets})
         return sets
 
 

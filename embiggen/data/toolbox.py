@@ -1,4 +1,4 @@
-"""The tools a model may call, and the strict runtime that runs them (notebook 5).
+"""The tools a model may call, and the strict runtime that runs them (notebook 6).
 
 Plain functions of a string, no model anywhere: `embiggen.methods.tools` teaches a model to call
 them; `embiggen.data.splits` writes the demonstrations with them. The runtime is strict, as any

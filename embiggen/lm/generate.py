@@ -219,11 +219,12 @@ def chunked_response_logprobs(head, hidden: torch.Tensor, responses: torch.Tenso
 MAX_LOGITS = 2 ** 26
 
 
-@torch.no_grad()
-def episode_logprobs(lm, episodes: dict, temperature: float, chunk: int | None = None) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the sampled response tokens under a (frozen) language model
-    (with `chunk`, from its last hidden states a chunk of positions at a time; by default, in
-    chunks only where all logits at once would be more than `MAX_LOGITS` floats)."""
+def answer_logprobs(lm, episodes: dict, temperature: float, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_t | x, y_<t) of the sampled response tokens of `episodes` (as `sample_episodes`
+    returns them, or any rows of them) under `lm`, and the entropy of pi at each response
+    position; with gradients if they are on. With `chunk`, from the last hidden states a chunk
+    of positions at a time; by default, in chunks only where all logits at once would be more
+    than `MAX_LOGITS` floats."""
     n = episodes["responses"].shape[1]
     if chunk is None:
         vocab = lm.get_output_embeddings().out_features
@@ -233,6 +234,13 @@ def episode_logprobs(lm, episodes: dict, temperature: float, chunk: int | None =
     if chunk:
         hidden = lm.base_model(**inputs).last_hidden_state[:, -(n + 1):-1]
         return chunked_response_logprobs(lm.get_output_embeddings(), hidden, episodes["responses"], temperature,
-                                         chunk)[0]
+                                         chunk)
     logits = lm(**inputs, logits_to_keep=n + 1).logits[:, :-1]
-    return response_logprobs(logits, episodes["responses"], temperature)[0]
+    return response_logprobs(logits, episodes["responses"], temperature)
+
+
+@torch.no_grad()
+def episode_logprobs(lm, episodes: dict, temperature: float, chunk: int | None = None) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the sampled response tokens under a (frozen) language model
+    (`answer_logprobs` without gradients or entropies)."""
+    return answer_logprobs(lm, episodes, temperature, chunk)[0]

@@ -6,7 +6,7 @@ expressions over the pretraining corpus (who lives where), two word lists (senti
 little Python (arithmetic, sorting, counting) go a long way — with no training, in
 milliseconds, and exactly right wherever a rule applies. Where no rule applies — a phrasing
 the rules never anticipated — the program has nothing to say, while a language model that
-learned the task from many phrasings may still answer. That trade is what notebook 5 measures.
+learned the task from many phrasings may still answer. That trade is what notebook 6 measures.
 
 Every rule below reads only the instruction (and, for facts, the corpus): no gold answer,
 no evaluation set, no template index.

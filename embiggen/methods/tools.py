@@ -10,7 +10,7 @@ runs the tool and appends `` 95]``; the model goes on, now able to copy the answ
 computing it. Toolformer found its calls by letting the model propose them and keeping those
 that lowered the loss on the following text; our world is synthetic, so we write the
 demonstrations directly and fine-tune the instruction-tuned model on them (section 2 of
-notebook 5): arithmetic and counting — the cluster a 1M-parameter model cannot learn — with
+notebook 6): arithmetic and counting — the cluster a 1M-parameter model cannot learn — with
 calls, the other clusters as before.
 
 The loss is the SFT loss, except that the tool's result is never a target:

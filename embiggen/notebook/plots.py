@@ -499,3 +499,126 @@ def plot_dpo_curves(log, axes=None, title_suffix=""):
     lines = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     right.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="lower right")
     return axes
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 5: RL with verifiable rewards
+# ---------------------------------------------------------------------------------------
+def guessing_pass_at_k(n_choices: int, ks) -> dict[int, float]:
+    """pass@k of a guesser drawing uniformly among `n_choices` answers, one of them right: 1 - (1 - 1/n)^k."""
+    return {k: 1 - (1 - 1 / n_choices) ** k for k in ks}
+
+
+def plot_pass_at_k(curves: dict[str, dict[int, float]], ax=None, title="pass@k", guess: dict[int, float] | None = None,
+                   guess_label: str = "guessing"):
+    """pass@k against k (log scale), one line per model or cluster; `guess`: a guesser's pass@k, dashed."""
+    ax = _axes(ax, figsize=(5.5, 3.6))
+    for i, (label, curve) in enumerate(curves.items()):
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], "o-", color=plt.cm.tab10(i % 10), label=label)
+    if guess:
+        ks = sorted(guess)
+        ax.plot(ks, [guess[k] for k in ks], "--", color="#888", label=guess_label)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="k (answers sampled per prompt, T = 1)", ylabel="pass@k", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+#: What GRPO's training log shows, panel by panel: (row key, title, colour)
+GRPO_PANELS = [("reward", "reward of the sampled answers", "#3182bd"),
+               ("eval_accuracy", "held-out accuracy (greedy)", "#31a354"),
+               ("zero_signal", "groups with no signal (all answers alike)", "#756bb1"),
+               ("entropy", "entropy per token (nats)", "#636363"),
+               ("response_length", "answer length (tokens)", "#e6550d"),
+               ("kl", "KL(policy || SFT), nats", "#de2d26")]
+
+
+def plot_grpo_curves(rows: list[dict], axes=None, title_suffix="", label=None, colour=None):
+    """GRPO's training curves, six panels: the batch's reward (faint per step, and its running
+    mean), the held-out accuracy of the live curve (dots where it was measured), the share of
+    zero-signal groups, the entropy, the answer length and the KL from the SFT model."""
+    if axes is None:
+        _, axes = plt.subplots(2, 3, figsize=(12, 5.6))
+    axes = list(getattr(axes, "flat", axes))
+    for ax, (key, title, default_colour) in zip(axes, GRPO_PANELS):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None and not _isnan(r[key])]
+        if not points:
+            ax.set(title=title + title_suffix)
+            continue
+        steps, values = zip(*points)
+        c = colour or default_colour
+        if key == "eval_accuracy":
+            ax.plot(steps, values, "o-", color=c, lw=1.5, label=label)
+        else:
+            window = max(1, len(values) // 20)
+            if colour is None:
+                ax.plot(steps, values, color=c, lw=0.6, alpha=0.3)
+            ax.plot(steps, _running_mean(list(values), window), color=c, lw=1.5, label=label)
+        ax.set(xlabel="GRPO step", title=title + title_suffix)
+        ax.grid(alpha=0.3)
+    if label:
+        axes[1].legend(fontsize=8)
+    plt.tight_layout()
+    return axes
+
+
+def _isnan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+class LiveGRPOPlot:
+    """A callback for `train_or_load_grpo(callback=...)`: redraws the six curves every few steps."""
+
+    def __init__(self, every: int = 10):
+        self.every, self.rows = every, []
+
+    def __call__(self, step: int, row: dict) -> None:
+        self.rows.append(row)
+        if step % self.every == 0:
+            clear_output(wait=True)
+            plot_grpo_curves(self.rows)
+            plt.show()
+
+    def final(self, rows: list[dict]) -> None:
+        """The finished curves (also when the run came from the cache and nothing was drawn live)."""
+        if self.rows:
+            clear_output(wait=True)
+        plot_grpo_curves(rows)
+        plt.show()
+
+
+def plot_accuracy_vs_samples(runs: dict[str, list[tuple[int, float]]], ax=None, baseline: float | None = None,
+                             title="Held-out accuracy against answers sampled"):
+    """(answers sampled, accuracy) per method, on a log x-axis; `baseline`: the SFT model's greedy accuracy."""
+    ax = _axes(ax, figsize=(7, 4))
+    styles = {"majority_vote": ("s--", "majority vote of the SFT model's samples (at inference)")}
+    for i, (name, points) in enumerate(runs.items()):
+        points = [(x, y) for x, y in points if x > 0]
+        if not points:
+            continue
+        marker, label = styles.get(name, ("o-", f"{name.replace('_', ' ')} (answers sampled in training)"))
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker, color=plt.cm.tab10(i % 10), label=label)
+    if baseline is not None:
+        ax.axhline(baseline, ls=":", color="#888", label="SFT model, greedy (no answers sampled)")
+    ax.set_xscale("log")
+    ax.set(xlabel="answers sampled", ylabel="accuracy on the held-out prompts", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def token_push_html(tokens: list[str], deltas: list[float], scale: float | None = None) -> str:
+    """An answer's tokens, each coloured by how much one update changed its log-probability:
+    green pushed up, red pushed down, the stronger the more; the change on hover."""
+    scale = scale or max([abs(d) for d in deltas] + [1e-9])
+    chips = []
+    for token, d in zip(tokens, deltas):
+        alpha = min(1.0, abs(d) / scale)
+        colour = f"rgba(49,163,84,{alpha:.2f})" if d >= 0 else f"rgba(222,45,38,{alpha:.2f})"
+        chips.append(f"<span title='{d:+.3f} nats' style='background:{colour};border:1px solid #ccc;"
+                     f"border-radius:3px;padding:0 2px;margin:1px;font-family:monospace'>"
+                     f"{html.escape(token.replace(' ', '␣')) or '∅'}</span>")
+    return "".join(chips)

@@ -32,7 +32,8 @@ from embiggen.judging.evaluate import exact_match, person_in_prompt
 from embiggen.lm.generate import chat_responses, generate, next_token_distribution
 from embiggen.lm.model import context_length
 from embiggen.lm.tokenizer import chat_prompt, encode
-from embiggen.notebook.plots import plot_kl_sweep, plot_next_token_bars
+from embiggen.methods.grpo import push_of_one_update
+from embiggen.notebook.plots import plot_kl_sweep, plot_next_token_bars, token_push_html
 
 EMPTY_PROMPT_MESSAGE = "Type a few words first: the model needs a prefix to continue."
 FALLBACK_TEXT = "Interactive widget: run this cell (and the cells above it) to use it."
@@ -147,7 +148,7 @@ def samples_html(prompt: str, samples: list[str]) -> str:
 def compare_answers(models: dict, instruction: str, answer: str | None = None, max_new_tokens: int = 32) -> list[dict]:
     """Each model's greedy answer to one instruction (chat-formatted), marked correct or not
     when the gold `answer` is known. `models` maps a name to (model, tokenizer), or to any
-    function from instruction to answer (notebook 5's rules; a model that calls tools, whose
+    function from instruction to answer (notebook 6's rules; a model that calls tools, whose
     calls are shown but not scored)."""
     problem = models_problem(models, instruction, reserve=max_new_tokens)
     if problem:
@@ -607,3 +608,88 @@ class KLSweepViewer(LiveWidget):
 
     def snapshot_html(self) -> str:
         return png_html(self.plot.value) + self.samples.value
+
+
+# ---- notebook 5: a group of answers and the update it makes ------------------------------------
+def group_html(instruction: str, answer: str, result: dict) -> str:
+    """A group of answers as a table: each answer's reward and advantage, its tokens coloured by
+    how much one GRPO update on this group changed their log-probability."""
+    scale = max([abs(d) for a in result["answers"] for d in a["push"]] + [1e-9])
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td style='font-family:monospace;white-space:pre-wrap'>"
+        f"{html.escape(a['text']) or '<i>(empty)</i>'}</td><td>{a['reward']:g}</td><td>{a['advantage']:+.2f}</td>"
+        f"<td>{token_push_html(a['tokens'], a['push'], scale)}</td></tr>" for i, a in enumerate(result["answers"]))
+    note = ("<br><b>Every answer scored the same: no signal, and the update changes nothing.</b>"
+            if result["zero_signal"] else "")
+    return (f"<div style='{TEXT_STYLE}'><b>Instruction:</b> <span style='white-space:pre-wrap'>"
+            f"{html.escape(instruction)}</span><br><small>reference answer the verifier checks against: "
+            f"<b>{html.escape(answer)}</b></small>{note}<table><tr><th>#</th><th>answer</th><th>reward</th>"
+            f"<th>advantage</th><th>tokens after one update (green: pushed up, red: pushed down)</th></tr>{rows}"
+            f"</table></div>")
+
+
+class GroupWidget(LiveWidget):
+    """Pick a prompt (or type one and its reference answer), draw a group of G answers: each
+    answer's reward and group-relative advantage, and which tokens one GRPO update on this group
+    pushes up or down. Sample again draws a new group."""
+
+    def __init__(self, policy, tokenizer, examples: list, cfg, verifier, group_size: int = 8,
+                 per_cluster: int = PER_CLUSTER):
+        self.policy, self.tokenizer, self.examples, self.cfg, self.verifier = policy, tokenizer, examples, cfg, verifier
+        self.pick = self._tag(W.Dropdown(options=menu_options(examples, per_cluster), description="prompt",
+                                         style=LABEL, layout=W.Layout(width="95%")), "pick")
+        self.custom = self._tag(W.Textarea(value="", description="or your own", style=LABEL,
+                                           placeholder="type an instruction, its reference answer below, then Use it",
+                                           layout=W.Layout(width="95%", height="50px")), "custom")
+        self.reference = self._tag(W.Text(value="", description="reference answer", style=LABEL,
+                                          layout=W.Layout(width="60%")), "reference")
+        use = self._tag(W.Button(description="Use it", icon="check", tooltip="draw a group for the typed prompt"),
+                        "use")
+        self.group_size = self._tag(W.IntSlider(value=group_size, min=2, max=16, description="G (answers)",
+                                                continuous_update=False, style={"description_width": "120px"}),
+                                    "group-size")
+        again = self._tag(W.Button(description="Sample again", button_style="primary", icon="play",
+                                   tooltip="draw a new group with the next seed"), "sample")
+        self.seed, self.use_custom = 0, False
+        self.output = self._tag(W.HTML(), "output")
+        use.on_click(self._safe(lambda _: self._choose(custom=True)))
+        again.on_click(self._safe(lambda _: self._next_seed()))
+        self.pick.observe(self._safe(lambda change: self._choose(custom=False)), names="value")
+        self.group_size.observe(self._safe(lambda change: self.refresh()), names="value")
+        self._finish(self.pick, self.custom, W.HBox([self.reference, use]), W.HBox([self.group_size, again]),
+                     self.output, results=(self.output,))
+        self.refresh()
+
+    def _choose(self, custom: bool):
+        self.use_custom = custom
+        self.refresh()
+
+    def _next_seed(self):
+        self.seed += 1
+        self.refresh()
+
+    def example(self) -> TaskExample | None:
+        if not self.use_custom:
+            return self.examples[self.pick.value]
+        if not self.reference.value.strip():
+            self._notice("Type the reference answer too: the verifier checks each answer against it.")
+            return None
+        return TaskExample("custom", 0, self.custom.value.strip(), self.reference.value.strip())
+
+    def refresh(self):
+        self._notice(None)
+        example = self.example()
+        problem = None if example is None else prompt_problem(
+            example.instruction, tokenizer=self.tokenizer, context=context_length(self.policy),
+            reserve=self.cfg.max_new_tokens, chat=True)
+        if example is None or problem:
+            if problem:
+                self._notice(problem)
+            self.output.value = ""
+            return
+        result = push_of_one_update(self.policy, self.tokenizer, example, self.verifier, self.cfg,
+                                    self.group_size.value, seed=self.seed)
+        self.output.value = group_html(example.instruction, example.answer, result)
+
+    def snapshot_html(self) -> str:
+        return f"<small>G = {self.group_size.value} · seed {self.seed}</small>{self.output.value}"

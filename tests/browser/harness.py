@@ -81,6 +81,14 @@ RECIPES: dict[str, list[Step]] = {
     "KLSweepViewer": [
         Step("press", ".embiggen-run .noUi-handle", "ArrowRight"),
     ],
+    "GroupWidget": [
+        Step("select", ".embiggen-pick select", 2),
+        Step("press", ".embiggen-group-size .noUi-handle", "ArrowLeft"),
+        Step("click", ".embiggen-sample"),
+        Step("fill", ".embiggen-custom textarea", "What is 3 plus 4? Give the number.", then_click=".embiggen-use",
+             expect="notice", says="reference answer"),
+        Step("fill", ".embiggen-reference input", "7", then_click=".embiggen-use"),
+    ],
 }
 
 #: Text that means something went wrong, wherever it shows.
