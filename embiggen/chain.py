@@ -535,10 +535,11 @@ def train_or_load_grpo(preset: Preset, sft: StageModel | None = None, cfg: GRPOC
         set_seed(preset.seed)
         trainer = GRPOTrainer(copy.deepcopy(sft.model), sft.tokenizer, verifier_for(cfg.verifier), cfg,
                               ref_lm=sft.model, device=device, seed=preset.seed)
+        desc = f"grpo {preset.name} {cfg.loss_type}" + ("" if cfg.verifier == "exact" else f", {cfg.verifier} verifier")
         log = train_grpo(trainer, splits.grpo_train(cfg.clusters, cfg.n_prompts), cfg.steps, seed=preset.seed,
-                         progress=progress, callback=callback, evaluate=grpo_curve_evaluator(preset, cfg, sft.tokenizer),
-                         eval_every=cfg.eval_every, desc=f"grpo {preset.name} {cfg.loss_type}",
-                         resume_dir=resume_dir(path), save_every=cfg.eval_every)
+                         progress=progress, callback=callback, desc=desc, eval_every=cfg.eval_every,
+                         evaluate=grpo_curve_evaluator(preset, cfg, sft.tokenizer), resume_dir=resume_dir(path),
+                         save_every=cfg.eval_every)
         model = trainer.policy.eval()
         # every step's sampling and update and every curve evaluation, of this process and of any it resumed
         seconds = sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in log.rows)
@@ -601,14 +602,15 @@ def train_or_load_ppo_verified(preset: Preset, sft: StageModel | None = None, fo
                                progress: bool = True, callback=None, device=None) -> StageModel:
     """PPO with its critic (value head, GAE) on GRPO's verifiable reward, prompts and number of
     sampled answers: one answer to each of prompts_per_step * group_size prompts per step, so
-    every step samples as many answers as a GRPO step. PPO's own optimiser settings; no KL
-    penalty (as GRPO's default), no PPO-ptx, one round. Its log's rows carry the live curve's
-    held-out accuracy every grpo.eval_every steps."""
+    every step samples as many answers as a GRPO step; GRPO's learning rate and KL coefficient
+    (none by default), two epochs of two minibatches per batch, no PPO-ptx, one round. Its log's
+    rows carry the live curve's held-out accuracy every grpo.eval_every steps."""
     check_preset(preset)
     g = preset.grpo
-    cfg = replace(preset.ppo, steps=g.steps, batch_size=g.prompts_per_step * g.group_size, kl_coef=g.kl_coef,
-                  ptx_coef=0.0, rounds=1, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                  missing_eos_penalty=0.0)
+    answers = g.prompts_per_step * g.group_size
+    cfg = replace(preset.ppo, steps=g.steps, batch_size=answers, minibatch_size=max(1, answers // 2), ppo_epochs=2,
+                  optim=replace(preset.ppo.optim, lr=g.optim.lr), kl_coef=g.kl_coef, ptx_coef=0.0, rounds=1,
+                  max_new_tokens=g.max_new_tokens, temperature=g.temperature, missing_eos_penalty=0.0)
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     path = cache_dir("ppo_verified", preset, PPO_VERSION, GRPO_VERSION, data_splits(preset).fingerprint, sft.path.name,

@@ -191,7 +191,8 @@ class GRPOConfig:
                                   "'dr_grpo': over a constant (answers * max_new_tokens)")
     scale_rewards: bool = knob(True, "divide each advantage by its group's standard deviation (Dr. GRPO: False)")
     baseline: str = knob("mean", "'mean': the group's mean reward; 'leave_one_out': the other answers' (RLOO)")
-    kl_coef: float = knob(0.0, "beta of DeepSeekMath's k3 term to the reference in the loss (0: none, as TRL)")
+    kl_coef: float = knob(0.04, "beta of DeepSeekMath's k3 term to the reference (the SFT model) in the loss: it "
+                                "keeps what GRPO does not train on near SFT (DeepSeekMath's 0.04; 0: none, as TRL)")
     verifier: str = knob("exact", "'exact': the evaluation's exact-match scorer; 'loose': any answer containing "
                                   "the right number passes (the reward-hacking lesson)")
     n_prompts: int = knob(2000, "training prompts (held-in templates of the trained clusters)")

@@ -171,7 +171,7 @@ def short_answer(example, response) -> float:
 
 
 def tiny_cfg(**overrides) -> GRPOConfig:
-    base = GRPOConfig(steps=6, prompts_per_step=4, group_size=4, minibatch_size=16, max_new_tokens=16,
+    base = GRPOConfig(steps=6, prompts_per_step=4, group_size=4, minibatch_size=16, max_new_tokens=16, kl_coef=0.0,
                       optim=OptimConfig(lr=1e-2, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0))
     return replace(base, **overrides)
 

@@ -29,13 +29,13 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 def test_unknown_stage_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid stages: base, sft, rm, ppo, dpo, tools"):
+    with pytest.raises(ValueError, match="valid stages: base, sft, rm, ppo, dpo, tools, grpo"):
         parse_stages("base,kto")
     with pytest.raises(ValueError, match="valid stages"):
         parse_stages(",")
     assert parse_stages("sft,base") == ["base", "sft"]
-    assert parse_stages(None) == parse_stages("tools,dpo,ppo,rm,sft,base") == ["base", "sft", "rm", "ppo", "dpo",
-                                                                               "tools"]
+    assert parse_stages(None) == parse_stages("grpo,tools,dpo,ppo,rm,sft,base") == ["base", "sft", "rm", "ppo", "dpo",
+                                                                                    "tools", "grpo"]
 
 
 def test_cli_reports_bad_input_without_traceback(capsys):
@@ -90,7 +90,7 @@ def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
     assert cli.load_model_by_name("ppo", get_preset("smoke")) == ("ppo model", "tokenizer")
     assert seen == [("base", "smoke", {}), ("sft", "smoke", {"base": "base"}), ("rm", "smoke", {"sft": "sft"}),
                     ("ppo", "smoke", {"sft": "sft", "reward": "rm"})]
-    assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo", "dpo", "tools"]
+    assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo", "dpo", "tools", "grpo"]
 
 
 def test_report_card_judges_every_heldin_cluster_but_not_the_heldout_one():
@@ -160,7 +160,8 @@ def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch
     monkeypatch.setattr(experiments, "NOTEBOOK_EXPERIMENTS",
                         {name: (lambda preset, progress, device, name=name: called.append((name, preset.name)))
                          for name in experiments.NOTEBOOK_EXPERIMENTS})
-    assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "cluster_ablation", "kl_sweep", "dpo_beta_sweep"}
+    assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "cluster_ablation", "kl_sweep", "dpo_beta_sweep",
+                                                     "grpo_variants", "loose_verifier_run", "verifiable_baselines"}
     monkeypatch.setattr(cli, "run", lambda *a, **k: {"preset": "smoke", "seed": 1})
     monkeypatch.setattr(cli, "report_card", lambda report: "card")
     assert cli.main(["run", "--preset", "smoke", "--out", "/tmp/x"]) == 0
