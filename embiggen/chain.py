@@ -53,7 +53,8 @@ REWARD_VERSION = 6  # preference collection, the labeler or the reward model
 PPO_VERSION = 2
 DPO_VERSION = 1
 TOOLS_VERSION = 1
-GRPO_VERSION = 1
+GRPO_VERSION = 2  # 2: each prompt's G answers sampled from one reading of it (the same distribution)
+VERIFIED_BASELINES_VERSION = 1  # expert iteration and PPO on the verifier
 
 
 @dataclass
@@ -570,8 +571,8 @@ def train_or_load_expert_iteration(preset: Preset, sft: StageModel | None = None
     cfg, exp = preset.grpo, preset.experiments
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
-    path = cache_dir("expert_iteration", preset, GRPO_VERSION, data_splits(preset).fingerprint, sft.path.name,
-                     asdict(cfg), exp.ei_rounds, asdict(exp.ei_sft))
+    path = cache_dir("expert_iteration", preset, VERIFIED_BASELINES_VERSION, data_splits(preset).fingerprint,
+                     sft.path.name, asdict(cfg), exp.ei_rounds, asdict(exp.ei_sft))
 
     def load(path):
         model, tokenizer, info, _ = load_checkpoint(path, device)
@@ -613,8 +614,8 @@ def train_or_load_ppo_verified(preset: Preset, sft: StageModel | None = None, fo
                   max_new_tokens=g.max_new_tokens, temperature=g.temperature, missing_eos_penalty=0.0)
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
-    path = cache_dir("ppo_verified", preset, PPO_VERSION, GRPO_VERSION, data_splits(preset).fingerprint, sft.path.name,
-                     asdict(cfg), asdict(g))
+    path = cache_dir("ppo_verified", preset, PPO_VERSION, VERIFIED_BASELINES_VERSION, data_splits(preset).fingerprint,
+                     sft.path.name, asdict(cfg), asdict(g))
 
     def load(path):
         model, tokenizer, info, _ = load_checkpoint(path, device)

@@ -29,7 +29,7 @@ from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, t
 from embiggen.data.splits import data_splits
 from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model
 from embiggen.judging.labeler import Labeler
-from embiggen.judging.verifiers import NUMBER, majority_vote_accuracy, sample_answers, verifier_for
+from embiggen.judging.verifiers import majority_vote_accuracy, sample_answers, verifier_for
 from embiggen.lm.generate import decode_responses, episode_logprobs, sample_episodes
 from embiggen.methods.reward import RewardModel
 from embiggen.presets import Preset, check_preset
@@ -203,9 +203,10 @@ def grpo_variants(preset: Preset, sft: StageModel | None = None, progress: bool 
 
 
 def loose_verifier_run(preset: Preset, sft: StageModel | None = None, progress: bool = True, device=None) -> dict:
-    """GRPO with a loose checker (any answer whose first line holds the right number passes) on
-    the clusters whose answers are numbers: what the policy learns to exploit. Held-out answers
-    of SFT and of the run, by the loose reward, by exact match, and how many numbers each holds."""
+    """GRPO with a loose checker (an answer passes if it contains the reference anywhere) on
+    preset.experiments.loose_verifier_clusters: what the policy learns to exploit. Held-out
+    answers of SFT and of the run, by the loose reward and by exact match, the share that pass
+    only the loose check, and how many words longer than the reference they are."""
     check_preset(preset)
     clusters = preset.experiments.loose_verifier_clusters
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
@@ -214,13 +215,14 @@ def loose_verifier_run(preset: Preset, sft: StageModel | None = None, progress: 
     prompts, loose = grpo_eval_prompts(preset, clusters), verifier_for("loose")
     out = {"rows": tuned.log.rows, "train_seconds": tuned.info["train_seconds"], "models": {}}
     for name, m in (("sft", sft), ("loose grpo", tuned)):
-        result = evaluate_tasks(m.model, m.tokenizer, prompts, cfg.max_new_tokens)
-        rows = result["rows"]
+        rows = evaluate_tasks(m.model, m.tokenizer, prompts, cfg.max_new_tokens)["rows"]
+        passes = [loose(e, r["response"]) for e, r in zip(prompts, rows)]
         out["models"][name] = {
-            "exact_accuracy": result["accuracy"],
-            "loose_reward": _mean([loose(e, r["response"]) for e, r in zip(prompts, rows)]),
-            "numbers_per_answer": _mean([len(NUMBER.findall(r["response"].split("\n")[0])) for r in rows]),
-            "examples": rows[:: max(1, len(rows) // 8)][:8]}
+            "exact_accuracy": _mean(r["correct"] for r in rows),
+            "loose_reward": _mean(passes),
+            "loose_only": _mean(p == 1.0 and not r["correct"] for p, r in zip(passes, rows)),
+            "extra_words": _mean(len(r["response"].split()) - len(e.answer.split()) for e, r in zip(prompts, rows)),
+            "examples": [r for p, r in zip(passes, rows) if p == 1.0 and not r["correct"]][:8] or rows[:4]}
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embiggen.data.tasks import TaskExample
-from embiggen.judging.verifiers import (exact_reward, loose_number_reward, majority_answer, majority_vote_accuracy,
+from embiggen.judging.verifiers import (contains_reward, exact_reward, majority_answer, majority_vote_accuracy,
                                         pass_at_k, pass_at_k_curve, verifier_for)
 from embiggen.methods.grpo import (GRPOTrainer, aggregate, clipped_token_losses, group_advantages, grpo_loss, kl_k3,
                                    train_grpo, zero_signal)
@@ -127,13 +127,14 @@ def test_verifiers_use_the_evaluation_scorer_and_never_raise():
     assert exact_reward(ADD, "4 plus 8 is 12.") == 1.0 and exact_reward(ADD, " 4 plus 8 is 12\nmore") == 1.0
     assert exact_reward(ADD, "12") == 0.0 and exact_reward(COUNT, "2") == 1.0
     for bad in ["", "   ", None, 12, b"2", ["2"]]:
-        assert exact_reward(COUNT, bad) == 0.0 and loose_number_reward(COUNT, bad) == 0.0
-    # the loose checker accepts any first line that holds the number somewhere
-    assert loose_number_reward(ADD, "12") == 1.0 and loose_number_reward(ADD, "10, 11, 12, 13") == 1.0
-    assert loose_number_reward(ADD, "4 plus 8 is 13.") == 0.0 and loose_number_reward(ADD, "121") == 0.0
-    assert loose_number_reward(TaskExample("list_ops", 0, "Sort: b, a.", "a, b"), "a, b") == 0.0
-    loose = verifier_for("loose")
-    assert loose(COUNT, "1 2 3") == 1.0 and loose(TaskExample("list_ops", 0, "Sort: b, a.", "a, b"), "a, b") == 1.0
+        assert exact_reward(COUNT, bad) == 0.0 and contains_reward(COUNT, bad) == 0.0
+    # the loose checker accepts any answer that contains the reference, anywhere
+    sort = TaskExample("list_ops", 0, "Sort: rice, apples.", "apples, rice")
+    assert contains_reward(sort, "apples, rice") == 1.0 and contains_reward(sort, "Apples, rice, tea.") == 1.0
+    assert contains_reward(sort, "rice, apples") == 0.0 and exact_reward(sort, "apples, rice, tea") == 0.0
+    assert contains_reward(COUNT, "1, 2, 3") == 1.0 and contains_reward(COUNT, "12") == 1.0  # the bug, on purpose
+    assert contains_reward(TaskExample("counting", 0, "?", ""), "anything") == 0.0
+    assert verifier_for("exact") is exact_reward and verifier_for("loose") is contains_reward
     with pytest.raises(ValueError, match="verifier"):
         verifier_for("lenient")
 
@@ -345,3 +346,23 @@ def test_the_grpo_stage_trains_caches_and_reports(tiny_preset, tiny_base, cache_
     for key in ("train_seconds", "kl", "zero_signal_share", "untrained_clusters_accuracy_change",
                 "alignment_rate_largest_change", "response_length_first_tenth", "honest_rate_grpo"):
         assert key in report and (report[key] != report[key] or isinstance(report[key], float | int)), key
+
+
+def test_grouped_sampling_reads_each_prompt_once_and_decodes_as_generate_does(tiny_base):
+    from embiggen.lm.generate import answer_logprobs, generate_ids, sample_grouped_episodes
+    from embiggen.lm.tokenizer import chat_prompt
+
+    model, tok = tiny_base.model, tiny_base.tokenizer
+    instructions = [e.instruction for e in prompts_of(tiny_base, 3)]
+    greedy = sample_grouped_episodes(model, tok, instructions, 2, 12, greedy=True)
+    reference = generate_ids(model, tok, [chat_prompt(tok, x) for x in instructions for _ in range(2)], 12)
+    for row, ids in zip(greedy["responses"], reference):
+        assert torch.equal(row[: len(ids)], ids)
+    torch.manual_seed(0)
+    ep = sample_grouped_episodes(model, tok, instructions, 4, 12)
+    assert ep["sequences"].shape[0] == 12 and torch.equal(ep["sequences"][0, :ep["prompt_len"]],
+                                                          ep["sequences"][3, :ep["prompt_len"]])
+    # the rows are ordinary episodes: their log-probabilities recomputed in one pass are finite and the masks agree
+    logp, _ = answer_logprobs(model, ep, 1.0)
+    assert torch.isfinite(logp[ep["mask"].bool()]).all()
+    assert torch.equal(ep["attention_mask"][:, ep["prompt_len"]:], ep["mask"])

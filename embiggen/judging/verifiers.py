@@ -12,7 +12,7 @@ Here the program is the exact-match scorer every evaluation in the course uses (
 the first line of the answer, lower case, surrounding punctuation stripped, must equal the
 reference answer the world's generator computed). So the reward RL optimises is exactly the
 accuracy the notebooks report, and nothing else — which is its strength and, when the checker is
-loose, its weakness (`loose_number_reward`).
+loose, its weakness (`contains_reward`).
 
 **pass@k** (Chen et al. 2021, https://arxiv.org/abs/2107.03374) is the chance that at least one
 of k sampled answers is correct. From n >= k samples of which c are correct, the unbiased
@@ -28,12 +28,11 @@ that headroom is what RL with a verifier can turn into greedy accuracy.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 
 import torch
 
-from embiggen.data.tasks import CLUSTERS, TaskExample
+from embiggen.data.tasks import TaskExample
 from embiggen.judging.evaluate import exact_match, first_line, key_answer, normalize
 from embiggen.lm.generate import chat_responses
 
@@ -46,38 +45,23 @@ def exact_reward(example: TaskExample, response) -> float:
     return float(exact_match(response, example.answer))
 
 
-NUMBER = re.compile(r"-?\d+")
-
-
-def loose_number_reward(example: TaskExample, response) -> float:
-    """A loose checker, for the lesson on what a verifier cannot see: 1.0 if the answer's number
-    (the last word of the reference, as in "4 plus 8 is 12." -> 12) appears *anywhere* in the
-    response's first line. "12" and "4 plus 8 is 12." pass; so does "10, 11, 12, 13".
-    An answer that is not text, or a reference without a number, scores 0."""
-    if not isinstance(response, str):
+def contains_reward(example: TaskExample, response) -> float:
+    """A loose checker, for the lesson on what a verifier cannot see: 1.0 if the reference answer
+    appears *anywhere* in the response (a bare ``answer in response``, both normalised as the
+    scorer normalises them), else 0.0. "apples, rice" passes for the reference "apples, rice";
+    so does "apples, rice, tea", and "2, 3, 4" passes for "3". Not text, or no reference: 0."""
+    if not isinstance(response, str) or not normalize(example.answer):
         return 0.0
-    key = key_answer(example.answer)
-    if not NUMBER.fullmatch(key):
-        return 0.0
-    return float(key in NUMBER.findall(first_line(response)))
-
-
-#: Every task cluster's verifier: each answer is checked against the reference by the evaluation's scorer.
-VERIFIERS = {cluster: exact_reward for cluster in CLUSTERS}
-#: The loose checkers (for clusters whose answers are numbers).
-LOOSE_VERIFIERS = {"arithmetic": loose_number_reward, "counting": loose_number_reward}
+    return float(normalize(example.answer) in normalize(response))
 
 
 def verifier_for(name: str):
-    """`"exact"`: the scorer evaluation uses (every cluster); `"loose"`: any answer holding the
-    right number passes (arithmetic and counting; others as exact)."""
-    if name == "exact":
-        table = VERIFIERS
-    elif name == "loose":
-        table = {**VERIFIERS, **LOOSE_VERIFIERS}
-    else:
-        raise ValueError(f"unknown verifier {name!r}; valid verifiers: exact, loose")
-    return lambda example, response: table[example.cluster](example, response)
+    """`"exact"`: the scorer evaluation uses; `"loose"`: any answer that contains the reference
+    passes (`contains_reward`). Either for every cluster."""
+    table = {"exact": exact_reward, "loose": contains_reward}
+    if name not in table:
+        raise ValueError(f"unknown verifier {name!r}; valid verifiers: {', '.join(table)}")
+    return table[name]
 
 
 # ---------------------------------------------------------------------------------------

@@ -192,6 +192,50 @@ def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int,
             "prompt_len": prompt_len, "responses": responses, "mask": mask, "finished": finished}
 
 
+@torch.no_grad()
+def sample_grouped_episodes(lm, tokenizer, instructions: list[str], group_size: int, max_new_tokens: int,
+                            temperature: float = 1.0, greedy: bool = False) -> dict:
+    """`group_size` sampled answers to each instruction, as `sample_episodes` returns them for the
+    instructions repeated (answer j of instruction i is row i * group_size + j). The G answers of
+    a prompt share it, so the prompt is read once: its keys and values are computed once, copied
+    G times (the KV cache), and decoding goes on one token per step from there, each token drawn
+    from softmax(logits / T) — the distribution `generate` samples from with top-k and top-p off.
+    Reading each prompt once instead of G times is most of the sampling time of short answers.
+    `greedy` takes the most likely token instead (for testing)."""
+    tokenizer.padding_side = "left"
+    device = next(lm.parameters()).device
+    enc = encode_batch(tokenizer, [chat_prompt(tokenizer, x) for x in instructions]).to(device)
+    positions = position_ids_from(enc["attention_mask"])
+    out = lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=positions,
+             use_cache=True, logits_to_keep=1)
+    cache = out.cache
+    cache.batch_repeat_interleave(group_size)  # the prompt's keys and values, once per answer
+    logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)
+    prompt_ids, prompt_mask = (t.repeat_interleave(group_size, dim=0) for t in (enc["input_ids"], enc["attention_mask"]))
+    mask, positions = prompt_mask, positions[:, -1:].repeat_interleave(group_size, dim=0)
+    finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        token = probs.argmax(-1) if greedy else torch.multinomial(probs, 1).squeeze(1)
+        token = token.masked_fill(finished, tokenizer.pad_token_id)  # an answer that ended only pads
+        tokens.append(token)
+        finished |= token == tokenizer.eos_token_id
+        if finished.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions + 1
+        out = lm(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=positions, cache=cache,
+                 use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+    responses = torch.stack(tokens, dim=1)
+    response_tokens, ended = response_mask(responses, tokenizer.eos_token_id)
+    attention_mask = torch.cat([prompt_mask, response_tokens], dim=1)
+    return {"sequences": torch.cat([prompt_ids, responses], dim=1), "attention_mask": attention_mask,
+            "position_ids": position_ids_from(attention_mask), "prompt_len": prompt_ids.shape[1],
+            "responses": responses, "mask": response_tokens, "finished": ended}
+
+
 def in_chunks(fn, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):
     """`fn(hidden states, targets)` over the flattened positions `chunk` at a time, the results
     concatenated (a tensor, or each tensor of a tuple): only chunk x vocabulary float32 logits

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.verifiers import exact_reward
-from embiggen.lm.generate import answer_logprobs, decode_responses, episode_logprobs, sample_episodes
+from embiggen.lm.generate import answer_logprobs, decode_responses, episode_logprobs, sample_grouped_episodes
 from embiggen.lm.training import load_resume_point, lr_at, make_optimizer, optimizer_step, save_resume_point
 from embiggen.methods.ppo import disable_dropout, masked_mean
 from embiggen.presets import GRPOConfig
@@ -206,8 +206,8 @@ class GRPOTrainer:
         cfg, G = self.cfg, self.cfg.group_size
         self.policy.eval()
         torch.manual_seed(self.seed * 100003 + self.n_steps)
-        instructions = [e.instruction for e in prompts for _ in range(G)]
-        episodes = sample_episodes(self.policy, self.tokenizer, instructions, cfg.max_new_tokens, cfg.temperature)
+        episodes = sample_grouped_episodes(self.policy, self.tokenizer, [e.instruction for e in prompts], G,
+                                           cfg.max_new_tokens, cfg.temperature)  # each prompt read once
         texts, _ = decode_responses(self.tokenizer, episodes["responses"])  # the text every stage judges
         examples = [e for e in prompts for _ in range(G)]
         rewards = torch.tensor([self.verifier(e, t) for e, t in zip(examples, texts)], dtype=torch.float32)
