@@ -375,9 +375,7 @@ def train_or_load_ppo(preset: Preset, kl_coef: float | None = None, steps: int |
                      tag=f"beta{cfg.kl_coef:g}")
 
     def load(path):
-        model, tokenizer, info, _ = load_checkpoint(path, device)
-        rows = info.pop("ppo_log")
-        return StageModel(model, tokenizer, sft.world, preset, PPOLog([r["step"] for r in rows], rows), info, path)
+        return load_logged_stage(path, device, sft, preset, "ppo_log", PPOLog)
 
     def train(path):
         started = time.perf_counter()
@@ -396,6 +394,13 @@ def train_or_load_ppo(preset: Preset, kl_coef: float | None = None, steps: int |
         return StageModel(model, sft.tokenizer, sft.world, preset, log, info, path)
 
     return train_or_load(path, load, train, force)
+
+
+def load_logged_stage(path: Path, device, start: StageModel, preset: Preset, key: str, log_class) -> StageModel:
+    """A cached RL stage (PPO, GRPO) whose per-step rows were saved in its train_log.json under `key`."""
+    model, tokenizer, info, _ = load_checkpoint(path, device)
+    rows = info.pop(key)
+    return StageModel(model, tokenizer, start.world, preset, log_class([r["step"] for r in rows], rows), info, path)
 
 
 def final_reward_model(tuned: StageModel, first_rm: RewardModel) -> RewardModel:
@@ -528,9 +533,7 @@ def train_or_load_grpo(preset: Preset, sft: StageModel | None = None, cfg: GRPOC
                      tag=f"{cfg.loss_type}-{cfg.verifier}")
 
     def load(path):
-        model, tokenizer, info, _ = load_checkpoint(path, device)
-        rows = info.pop("grpo_log")
-        return StageModel(model, tokenizer, sft.world, preset, GRPOLog([r["step"] for r in rows], rows), info, path)
+        return load_logged_stage(path, device, sft, preset, "grpo_log", GRPOLog)
 
     def train(path):
         set_seed(preset.seed)
@@ -618,9 +621,7 @@ def train_or_load_ppo_verified(preset: Preset, sft: StageModel | None = None, fo
                      sft.path.name, asdict(cfg), asdict(g))
 
     def load(path):
-        model, tokenizer, info, _ = load_checkpoint(path, device)
-        rows = info.pop("ppo_log")
-        return StageModel(model, tokenizer, sft.world, preset, PPOLog([r["step"] for r in rows], rows), info, path)
+        return load_logged_stage(path, device, sft, preset, "ppo_log", PPOLog)
 
     def train(path):
         started = time.perf_counter()
