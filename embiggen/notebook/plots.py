@@ -357,8 +357,11 @@ def plot_ppo_curves(rows: list[dict], axes=None, title_suffix="", refresh_at=())
     return axes
 
 
-class LivePPOPlot:
-    """A callback for `train_or_load_ppo(callback=...)`: redraws the three curves every few steps."""
+class LivePlot:
+    """A callback for a training run (`train_or_load_*(callback=...)`): redraws its curves, `draw(rows)`, every
+    few steps, and `final(rows)` draws the finished ones (also when the run came from the cache and nothing was
+    drawn live)."""
+    draw = None  # a plot function of the rows, set by each kind of run
 
     def __init__(self, every: int = 5):
         self.every, self.rows = every, []
@@ -367,15 +370,19 @@ class LivePPOPlot:
         self.rows.append(row)
         if step % self.every == 0:
             clear_output(wait=True)
-            plot_ppo_curves(self.rows)
+            type(self).draw(self.rows)
             plt.show()
 
-    def final(self, rows: list[dict], refresh_at=()) -> None:
-        """The finished curves (also when the run came from the cache and nothing was drawn live)."""
+    def final(self, rows: list[dict], **kwargs) -> None:
         if self.rows:
             clear_output(wait=True)
-        plot_ppo_curves(rows, refresh_at=refresh_at)
+        type(self).draw(rows, **kwargs)
         plt.show()
+
+
+class LivePPOPlot(LivePlot):
+    """PPO's three curves, live (`final(rows, refresh_at=...)` marks the new reward models)."""
+    draw = plot_ppo_curves
 
 
 def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
@@ -568,25 +575,12 @@ def _isnan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-class LiveGRPOPlot:
-    """A callback for `train_or_load_grpo(callback=...)`: redraws the six curves every few steps."""
+class LiveGRPOPlot(LivePlot):
+    """GRPO's six curves, live."""
+    draw = plot_grpo_curves
 
     def __init__(self, every: int = 10):
-        self.every, self.rows = every, []
-
-    def __call__(self, step: int, row: dict) -> None:
-        self.rows.append(row)
-        if step % self.every == 0:
-            clear_output(wait=True)
-            plot_grpo_curves(self.rows)
-            plt.show()
-
-    def final(self, rows: list[dict]) -> None:
-        """The finished curves (also when the run came from the cache and nothing was drawn live)."""
-        if self.rows:
-            clear_output(wait=True)
-        plot_grpo_curves(rows)
-        plt.show()
+        super().__init__(every)
 
 
 def plot_accuracy_vs_samples(runs: dict[str, list[tuple[int, float]]], ax=None, baseline: float | None = None,
