@@ -77,8 +77,13 @@ laptop-notebooks: $(VENV)/.real-model
 		|| exit 1; done
 	$(PY) -m embiggen.notebook notebooks/*.ipynb notebooks/solutions/*.ipynb
 
+# JupyterLab refuses to start as root (a container, a cloud VM) unless told to; LAB_ARGS passes more options.
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+LAB_ARGS ?=
+
 lab: $(VENV)/.real-model $(LAB_SETTINGS)
-	$(VENV)/bin/jupyter lab notebooks
+	@[ -z "$(ALLOW_ROOT)" ] || echo "note: running as root, so JupyterLab starts with --allow-root"
+	$(VENV)/bin/jupyter lab notebooks $(ALLOW_ROOT) $(LAB_ARGS)
 
 bench: $(VENV)/.installed
 	EMBIGGEN_THREADS=$(THREADS) $(PY) benchmarks/pretrain_throughput.py

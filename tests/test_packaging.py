@@ -11,11 +11,39 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_and_pyproject_name_the_same_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    extras = project["optional-dependencies"]
+    wanted = {_name(r): r for r in project["dependencies"] + extras["dev"] + extras["real-model"]}
     env_lines = (ROOT / "environment.yml").read_text().splitlines()
     start = env_lines.index("  - pip:")
     pip_reqs = [l.strip()[2:] for l in env_lines[start + 1:] if l.strip().startswith("- ")]
     assert {_name(r): r for r in pip_reqs} == wanted
+
+
+def test_make_lab_starts_jupyterlab_as_root_too(tmp_path):
+    """JupyterLab refuses to start as root (a container, a cloud VM) unless told to: `make lab` adds --allow-root
+    then, and says so. The command `make lab` runs (read with `make -n`) starts a JupyterLab that serves, and stops."""
+    import os
+    import shlex
+    import subprocess
+    import time
+
+    dry = subprocess.run(["make", "-s", "-n", "lab", "LAB_ARGS=--no-browser --port=18931 --ServerApp.port_retries=50"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    command, note = dry[-1], " ".join(dry)
+    root = os.geteuid() == 0
+    assert ("--allow-root" in command) == root and ("starts with --allow-root" in note) == root
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    log = tmp_path / "lab.log"
+    with open(log, "w") as out:
+        lab = subprocess.Popen(shlex.split(command), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and lab.poll() is None and "is running at" not in log.read_text():
+            time.sleep(0.5)
+        assert lab.poll() is None and "is running at" in log.read_text(), log.read_text()[-2000:]
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
 
 
 def test_notebooks_have_python3_kernel_and_outputs():

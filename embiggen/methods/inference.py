@@ -121,6 +121,20 @@ def load_gguf(path: str | Path, dtype=torch.float32, cache: bool = True):
     return model.eval(), tokenizer
 
 
+def export_gguf(path: str | Path, out: str | Path, dtype=torch.float32) -> Path:
+    """The model of a GGUF file as an ordinary Hugging Face folder at `out` (safetensors weights,
+    config, tokenizer with its chat template), written atomically: what `embiggen run --base`
+    reads. `out` must not hold anything yet. Returns `out`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty folder; choose another --out")
+    model, tokenizer = load_gguf(path, dtype)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
 def _dequantise(path: Path, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
