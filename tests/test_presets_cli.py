@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -65,11 +66,11 @@ def test_run_writes_report_with_base_keys(tiny_preset, tiny_base, tmp_path):
 def test_chat_loop_answers_and_quits(tiny_base, monkeypatch, capsys):
     import embiggen.cli as cli
 
-    monkeypatch.setattr(cli, "load_model_by_name", lambda name, preset: (tiny_base.model, tiny_base.tokenizer))
+    monkeypatch.setattr(cli, "load_model_by_name", lambda name, preset, train=False: (tiny_base.model, tiny_base.tokenizer))
     lines = iter(["Where does Alma live?", "   ", "quit"])
 
     class Args:
-        model, preset = "sft", None
+        model, preset, train = "sft", "smoke", False
 
     assert cli._cmd_chat(Args, read=lambda prompt: next(lines)) == 0
     out = capsys.readouterr().out
@@ -87,7 +88,7 @@ def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
             seen.append((_name, preset.name, {arg: model.name for arg, model in needs.items()}))
             return type("Trained", (), {"name": _name, "model": f"{_name} model", "tokenizer": "tokenizer"})
         monkeypatch.setattr(stage, "train_or_load", fake)
-    assert cli.load_model_by_name("ppo", get_preset("smoke")) == ("ppo model", "tokenizer")
+    assert cli.load_model_by_name("ppo", get_preset("smoke"), train=True) == ("ppo model", "tokenizer")
     assert seen == [("base", "smoke", {}), ("sft", "smoke", {"base": "base"}), ("rm", "smoke", {"sft": "sft"}),
                     ("ppo", "smoke", {"sft": "sft", "reward": "rm"})]
     assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo", "dpo", "tools", "grpo"]
@@ -169,3 +170,55 @@ def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch
     assert cli.main(["run", "--preset", "smoke", "--out", "/tmp/x", "--experiments", "--quiet"]) == 0
     assert called == [(name, "smoke") for name in experiments.NOTEBOOK_EXPERIMENTS]
     assert "experiments are in the cache" in capsys.readouterr().out
+
+
+def test_a_bare_embiggen_prints_the_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: embiggen" in out and "convert-gguf" in out and "chat" in out
+
+
+def test_sample_and_chat_use_the_cached_preset_and_say_which(tmp_path, monkeypatch, capsys):
+    """With no --preset and no $EMBIGGEN_PRESET, the one preset whose model is cached; never a silent default."""
+    import embiggen.cli as cli
+    from embiggen.utils import UserError
+
+    monkeypatch.setenv("EMBIGGEN_CACHE", str(tmp_path))
+    monkeypatch.delenv("EMBIGGEN_PRESET", raising=False)
+
+    def cache(stage, preset):
+        entry = tmp_path / stage / f"{preset}-seed1234-abc"
+        entry.mkdir(parents=True)
+        (entry / "model.safetensors").write_text("x")
+
+    assert cli.choose_preset(None, "ppo")[0].name == "laptop"  # nothing cached: the default
+    cache("ppo", "smoke")
+    (tmp_path / "ppo" / ".laptop-seed1-tmp-99").mkdir()  # a half-written entry does not count
+    preset, why = cli.choose_preset(None, "ppo")
+    assert preset.name == "smoke" and "only preset" in why
+    assert cli.choose_preset("gpu", "ppo")[0].name == "gpu"
+    monkeypatch.setenv("EMBIGGEN_PRESET", "laptop")
+    assert cli.choose_preset(None, "ppo") == (get_preset("laptop"), "$EMBIGGEN_PRESET")
+    monkeypatch.delenv("EMBIGGEN_PRESET")
+    cache("ppo", "pretrained-smoke")
+    with pytest.raises(UserError, match="several presets.*pretrained-smoke, smoke.*--preset"):
+        cli.choose_preset(None, "ppo")
+    cache("ppo", "laptop")
+    assert cli.choose_preset(None, "ppo")[0].name == "laptop"
+
+    class Args:
+        model, preset = "ppo", None
+    monkeypatch.setattr(cli, "choose_preset", lambda name, stage: (get_preset("smoke"), "the only one"))
+    assert cli.announce_preset(Args).name == "smoke"
+    assert "using the ppo model of preset 'smoke' (the only one; --preset chooses another)" in capsys.readouterr().err
+
+
+def test_a_model_that_is_not_cached_is_trained_only_when_asked(tiny_preset, cache_dir):
+    """`sample` / `chat` load what is cached; anything missing is one line that says how to train it."""
+    import embiggen.cli as cli
+    from embiggen.utils import UserError
+
+    untrained = replace(tiny_preset, seed=98765)  # nothing of it is in the test cache
+    with pytest.raises(UserError, match=r"the base model of preset 'smoke' is not in the cache yet .*--train"):
+        cli.load_model_by_name("base", untrained)
+    assert not any((cache_dir / "base").glob("smoke-seed98765-*"))  # and nothing was trained

@@ -18,10 +18,12 @@ training runs, so an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,8 +33,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embiggen.presets import OptimConfig, Preset
-from embiggen.utils import (atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device, quarantine,
-                            verify_entry)
+from embiggen.utils import (UserError, atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device,
+                            quarantine, verify_entry)
 
 
 @dataclass
@@ -221,6 +223,28 @@ def cache_dir(stage: str, preset: Preset, *key_parts, tag: str = "") -> Path:
     return cache_root() / stage / f"{preset.name}-seed{preset.seed}{'-' + tag if tag else ''}-{key}"
 
 
+class NotCached(UserError):
+    """Raised inside `cache_only()` where `train_or_load` would have to train: what is missing."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} is not in the cache")
+        self.path = path
+
+
+_CACHE_ONLY = contextvars.ContextVar("cache_only", default=False)
+
+
+@contextmanager
+def cache_only():
+    """Within this block `train_or_load` loads what is cached and raises `NotCached` instead of
+    training: the command line asks before it starts minutes of training (`--train`)."""
+    token = _CACHE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHE_ONLY.reset(token)
+
+
 def train_or_load(path: Path, load, train, force: bool = False):
     """`load(path)` if a finished model is cached at `path`; otherwise `train(path)`, which
     trains (resuming from `resume_dir(path)` if an interrupted run left a resume point there)
@@ -242,6 +266,8 @@ def train_or_load(path: Path, load, train, force: bool = False):
                 except Exception as exc:  # noqa: BLE001 - whatever is wrong with the files, rebuild them
                     problem = f"it could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             quarantine(path, problem)
+        if _CACHE_ONLY.get():
+            raise NotCached(path)
         return train(path)
 
 
