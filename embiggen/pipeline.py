@@ -31,6 +31,7 @@ from embiggen.judging.evaluate import (alignment_rates_by_kind, evaluate_alignme
                                        win_rate)
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.verifiers import pass_at_k_curve, sample_answers
+from embiggen.lm.generate import generation_progress
 from embiggen.methods.reward import load_pairs, pairwise_accuracy
 from embiggen.methods.tools import evaluate_with_tools
 from embiggen.presets import Preset, check_preset
@@ -63,10 +64,12 @@ def report_base(preset: Preset, models: dict, measured: Measured) -> dict:
     cloze = fact_cloze(base.model, base.tokenizer, base.world.people)
     answers = instruction_answer_rate(base.model, base.tokenizer, base.world, n=preset.evaluation.n_instruction_probes)
     copying = name_copy_rate(base.model, base.tokenizer, data_splits(preset).names["eval"])
+    pretrained = base.info.get("source")  # a pretrained model loaded from there: nothing trained here
     return {
         "params": base.params,
-        "train_tokens": base.info["train_tokens"],
-        "train_seconds": base.info["train_seconds"],
+        "trained": f"no: the pretrained model {pretrained}, loaded" if pretrained else "yes",
+        "train_tokens": None if pretrained else base.info["train_tokens"],
+        "train_seconds": None if pretrained else base.info["train_seconds"],
         "tokens_per_second": base.info["tokens_per_second"],
         "val_loss": round(base.info["val_loss"], 4),
         "fact_cloze_accuracy": round(cloze["accuracy"], 4),
@@ -454,8 +457,9 @@ def run(preset: Preset, stages=None, out: str | Path | None = None, progress: bo
     for name in names:
         started = time.perf_counter()
         load_stage(preset, name, models, progress)
-        report[name] = {**STAGES[name].report(preset, models, measured),
-                        "stage_seconds": round(time.perf_counter() - started, 2)}
+        with generation_progress(f"{name}: measuring on held-out prompts" if progress else None):
+            figures = STAGES[name].report(preset, models, measured)
+        report[name] = {**figures, "stage_seconds": round(time.perf_counter() - started, 2)}
         # write after every stage, so an interrupted run keeps what it finished
         atomic_write_text(report_path, strict_json(report, name))
     atomic_write_text(out / "report.md", report_markdown(report))

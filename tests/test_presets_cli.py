@@ -222,3 +222,17 @@ def test_a_model_that_is_not_cached_is_trained_only_when_asked(tiny_preset, cach
     with pytest.raises(UserError, match=r"the base model of preset 'smoke' is not in the cache yet .*--train"):
         cli.load_model_by_name("base", untrained)
     assert not any((cache_dir / "base").glob("smoke-seed98765-*"))  # and nothing was trained
+
+
+def test_measuring_a_stage_shows_progress(tiny_base, monkeypatch):
+    """`embiggen run` measuring a stage (minutes for a pretrained base) shows a bar for its generations."""
+    from embiggen.lm import generate as gen
+
+    seen = []
+    monkeypatch.setattr(gen, "tqdm", lambda batches, desc=None, disable=False, leave=True: seen.append(
+        (desc, disable)) or batches)
+    gen.generate(tiny_base.model, tiny_base.tokenizer, ["Alma"], max_new_tokens=2)
+    with gen.generation_progress("base: measuring on held-out prompts"):
+        gen.generate(tiny_base.model, tiny_base.tokenizer, ["Alma"], max_new_tokens=2)
+    gen.generate(tiny_base.model, tiny_base.tokenizer, ["Alma"], max_new_tokens=2)
+    assert seen == [(None, True), ("base: measuring on held-out prompts", False), (None, True)]

@@ -17,6 +17,7 @@ chat answers *with their log-probabilities* under the distribution they were dra
 
 from __future__ import annotations
 
+import contextvars
 from contextlib import contextmanager
 
 import torch
@@ -63,6 +64,20 @@ def next_token_distribution(model, tokenizer, text: str, k: int = 10, temperatur
     return [(tokenizer.decode([i]), v) for i, v in zip(indices.tolist(), values.tolist())]
 
 
+_PROGRESS = contextvars.ContextVar("generation_progress", default=None)
+
+
+@contextmanager
+def generation_progress(label: str | None):
+    """Within this block, every batched generation that shows no progress bar of its own shows
+    one labelled `label` (None: none): `embiggen run` measuring a stage says what it is doing."""
+    token = _PROGRESS.set(label)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 @contextmanager
 def plain_generation(model):
     """Decode exactly as asked, nothing more. A pretrained model's `generation_config` often
@@ -95,7 +110,7 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
     model.eval()
     tokenizer.padding_side = "left"
     sampling = {} if greedy else {"temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
-    outputs = []
+    outputs, desc = [], desc or _PROGRESS.get()
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         chunk = prompts[start: start + batch_size]
         enc = encode_batch(tokenizer, chunk).to(_device(model))
