@@ -30,7 +30,8 @@ from embiggen.lm.training import NotCached, cache_only
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.methods.inference import INSTALL_HINT, export_gguf, smollm2_gguf
 from embiggen.methods.tools import generate_with_tools
-from embiggen.pipeline import STAGES, default_out, load_stage, report_card, run
+from embiggen.pipeline import STAGES, default_out, load_stage, run
+from embiggen.report import report_card
 from embiggen.presets import PRESETS, Preset, describe, get_preset
 from embiggen.utils import UserError, cache_root, pick_device, set_threads
 

@@ -35,6 +35,7 @@ from embiggen.lm.generate import generation_progress
 from embiggen.methods.reward import load_pairs, pairwise_accuracy
 from embiggen.methods.tools import evaluate_with_tools
 from embiggen.presets import Preset, check_preset
+from embiggen.report import flatten, report_markdown
 from embiggen.utils import UserError, atomic_write_text, cache_root
 
 
@@ -384,48 +385,6 @@ def load_stage(preset: Preset, name: str, models: dict | None = None, progress: 
     return models[name]
 
 
-#: What each headline figure should reach, by preset (the issues set them for laptop).
-TARGETS = {"laptop": {
-    "base.train_seconds": ("<=", 300),
-    "base.fact_cloze_accuracy": (">=", 0.95),
-    "base.instruction_answer_rate": ("<=", 0.05),
-    "sft.train_seconds": ("<=", 180),
-    "sft.heldin_template_accuracy": (">=", 0.90),
-    "sft.heldout_template_accuracy": (">=", 0.75),
-    "sft.heldout_cluster_accuracy": (">=", 0.30),
-    "sft.pretraining_only_fact_accuracy": (">=", 0.80),
-    "rm.pairwise_accuracy": (">=", 0.85),
-    "rm.per_type_accuracy.hedged vs fabricated": (">=", 0.90),
-    "rm.per_type_accuracy.refused vs complied": (">=", 0.90),
-    "rm.eval_train_overlap": ("<=", 0),
-    "ppo.win_rate_vs_sft": (">=", 0.75),
-    "ppo.win_tie_rate_vs_sft": (">=", 0.65),
-    "ppo.honest_rate_ppo": (">=", 0.80),
-    "ppo.refusal_rate_harmful_ppo": (">=", 0.90),
-    "ppo.over_refusal_rate_ppo": ("<=", 0.05),
-    "ppo.heldin_template_accuracy_change": (">=", -0.03),
-    "ppo.eval_train_overlap": ("<=", 0),
-    "dpo.train_seconds": ("<=", 90),
-    "dpo.honest_rate": (">=", 0.80),
-    "dpo.refusal_rate_harmful": (">=", 0.90),
-    "dpo.over_refusal_rate": ("<=", 0.05),
-    "dpo.heldin_template_accuracy_change": (">=", -0.03),
-    "dpo.win_rate_vs_sft": (">=", 0.75),
-    "tools.train_seconds": ("<=", 120),
-    "tools.counting_accuracy": (">=", 0.95),
-    "tools.arithmetic_beyond_range_accuracy": (">=", 0.95),
-    "sft.per_cluster.*": (">=", 0.80),  # every held-in task cluster, one by one
-    # issue 26's targets, on held-out prompts in held-in templates (its SFT baselines, 0.45 for counting, are these)
-    "grpo.heldin_template_accuracy_grpo.counting": (">=", 0.90),
-    "grpo.heldin_template_accuracy_grpo.arithmetic": (">=", 0.95),
-    "grpo.heldin_template_accuracy_grpo.list_ops": (">=", 0.95),
-    "grpo.untrained_clusters_accuracy_change": (">=", -0.02),
-    "grpo.alignment_rate_largest_change": ("<=", 0.03),
-    "grpo.train_seconds": ("<=", 150),
-    "grpo.eval_train_overlap": ("<=", 0),
-}}
-
-
 def parse_stages(stages: str | list[str] | None) -> list[str]:
     if stages is None:
         return list(STAGES)
@@ -499,7 +458,7 @@ def strict_json(report: dict, stage: str) -> str:
     """The report as strict JSON. A rate of nothing (a `*rate*` figure over no prompts of its
     kind, NaN by design in `embiggen.judging.evaluate`) is written as null; any other figure that is not
     a finite number is an error naming the stage and the key, never a bare NaN in the file."""
-    bad = [key for key, value in _flatten({stage: report.get(stage, {})})
+    bad = [key for key, value in flatten({stage: report.get(stage, {})})
            if isinstance(value, float) and not math.isfinite(value) and "rate" not in key.rsplit(".", 1)[-1]]
     if bad:
         raise UserError(f"stage {stage} measured a figure that is not a number ({', '.join(bad)}); "
@@ -520,64 +479,3 @@ def default_out(preset: Preset) -> Path:
     """runs/<preset>, or runs/<preset>-<model folder> for a chain that starts from a pretrained model."""
     base = Path(preset.base_model.rstrip("/")).name if preset.base_model else ""
     return Path("runs") / (f"{preset.name}-{base}" if base else preset.name)
-
-
-def _flatten(report: dict) -> list[tuple[str, object]]:
-    """Every number in the report, nested dicts included, as ("stage.key[.subkey]", value)."""
-    rows = []
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}", inner)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append((prefix, value))
-
-    for stage, figures in report.items():
-        if isinstance(figures, dict):
-            walk(stage, figures)
-    return rows
-
-
-def _fmt(value) -> str:
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
-
-
-def _target(key: str, targets: dict, report: dict):
-    if key in targets:
-        return targets[key]
-    prefix = "sft.per_cluster."  # every held-in cluster; the held-out cluster has its own target
-    if key.startswith(prefix) and key[len(prefix):] != report.get("sft", {}).get("heldout_cluster"):
-        return targets.get(prefix + "*")
-    return None
-
-
-def _verdict(key: str, value, report: dict) -> str:
-    """'>= 0.95 ok' against the preset's own target; for a preset without targets, the targets
-    of the presets that have them, for reference."""
-    own = TARGETS.get(report.get("preset"))
-    if own is not None:
-        target = _target(key, own, report)
-        if target is None:
-            return ""
-        op, bound = target
-        ok = value <= bound if op == "<=" else value >= bound
-        return f"{op} {bound} {'ok' if ok else 'MISSED'}"
-    others = [(name, _target(key, targets, report)) for name, targets in TARGETS.items()]
-    return " ".join(f"({t[0]} {t[1]} on {name})" for name, t in others if t is not None)
-
-
-def report_markdown(report: dict) -> str:
-    lines = [f"# Embiggen report card — preset `{report.get('preset')}`, seed {report.get('seed')}", "",
-             "| figure | value | target |", "|---|---|---|"]
-    lines += [f"| `{k}` | {_fmt(v)} | {_verdict(k, v, report)} |" for k, v in _flatten(report)]
-    return "\n".join(lines) + "\n"
-
-
-def report_card(report: dict) -> str:
-    rows = [(k, _fmt(v), _verdict(k, v, report)) for k, v in _flatten(report)]
-    width = max(len(r[0]) for r in rows) if rows else 10
-    head = (f"Embiggen report card — preset {report.get('preset')}, seed {report.get('seed')}"
-            + (f", base model {report['base_model']}" if report.get("base_model") else ""))
-    body = "\n".join(f"  {k:<{width}}  {v:>12}  {t}".rstrip() for k, v, t in rows)
-    return f"{head}\n{'-' * len(head)}\n{body}"

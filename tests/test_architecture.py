@@ -27,6 +27,7 @@ LAYERS = [
     "methods",                                   # pretrain, SFT, reward model, PPO, DPO, ... one file each
     "chain",                                     # each stage trained once, cached, handed to the next
     "experiments",                               # sweeps, ablations, held-out measurements
+    "report",                                    # the report card: a headline in words, every figure, targets
     "pipeline", "cli",                           # the stage registry, `embiggen run`, the command line
     "notebook",                                  # what the notebooks show: set-up, tables, plots, widgets
 ]

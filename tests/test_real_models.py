@@ -240,7 +240,8 @@ def test_embiggen_run_starts_the_chain_from_a_pretrained_model(llama_dir, gpt2_d
     from dataclasses import replace
 
     from embiggen.chain import train_or_load_base
-    from embiggen.pipeline import report_card, run
+    from embiggen.pipeline import run
+    from embiggen.report import report_card
     from embiggen.presets import get_preset
 
     preset = replace(tiny_preset, sft=replace(tiny_preset.sft, steps=4, optim=replace(tiny_preset.sft.optim, lr=1e-4)))
