@@ -72,3 +72,22 @@ def test_slim_drops_the_widget_models_only_a_dropped_bar_used():
     kept = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     assert sorted(kept) == ["box", "boxlayout", "dd", "ddstyle", "out"]
     assert len(kept["out"]["state"]["outputs"][0]["data"]["image/png"]) < len(png)  # the widget's plot shrank too
+
+
+def test_a_widgets_snapshot_gets_an_output_of_its_own_that_hides_where_the_widget_is_drawn():
+    from embiggen.notebook.slim import SNAPSHOT_CLASS, split_widget_snapshots
+
+    widget = {"output_type": "execute_result", "execution_count": 3, "metadata": {},
+              "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "m1"},
+                       "text/plain": ["Interactive widget: run this cell"], "text/html": ["<b>what it showed</b>"]}}
+    table = {"output_type": "display_data", "metadata": {}, "data": {"text/html": ["<table></table>"]}}
+    cell = {"cell_type": "code", "outputs": [widget, table]}
+    split_widget_snapshots(cell)
+    view, snapshot, rest = cell["outputs"]
+    assert "text/html" not in view["data"] and view["data"]["text/plain"] == ["Interactive widget: run this cell"]
+    assert snapshot["output_type"] == "display_data" and rest is table
+    html = snapshot["data"]["text/html"]
+    assert f"<div class='{SNAPSHOT_CLASS}'><b>what it showed</b></div>" in html
+    assert ":has(.embiggen-widget) + .jp-OutputArea-child" in html and "display: none" in html
+    split_widget_snapshots(cell)  # slimming again changes nothing
+    assert len(cell["outputs"]) == 3

@@ -4,6 +4,14 @@ A notebook executed for committing carries noise a reader never needs: saved pro
 (stored as their first frame, "0%| | 0/800", as if nothing ran), per-cell timestamps that
 change every diff, plots as full-colour PNGs three times the size they need. This drops the
 first two and stores plots as palette PNGs.
+
+And a widget output gets its picture in an output of its own. A saved widget carries a text
+and a snapshot of what it showed, for wherever it cannot be drawn; but an HTML export
+(`jupyter nbconvert --to html`, nbviewer, course sites) of a notebook that saves widget state
+shows the widget's view alone, which stays blank without the network that fetches the widget
+library. So the snapshot moves into the next output, which hides itself (CSS) where the
+widget before it is drawn, and shows everywhere else: an export offline, GitHub, a notebook
+opened untrusted.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from embiggen.notebook.widget_state import WIDGET_STATE, WIDGET_VIEW, parts, sho
 from embiggen.utils import atomic_write_text
 
 PROGRESS_BAR = re.compile(r"\d+%\|")
+SNAPSHOT_CLASS = "embiggen-snapshot"
+#: Hides a snapshot output wherever the widget output just before it was drawn (it then holds `.embiggen-widget`).
+HIDE_WHEN_DRAWN = ("<style>.jp-OutputArea-child:has(.embiggen-widget) + .jp-OutputArea-child ."
+                   f"{SNAPSHOT_CLASS} {{display: none}}</style>")
 INLINE_PNG = re.compile(r"(data:image/png;base64,)([A-Za-z0-9+/=]+)")
 
 
@@ -68,10 +80,25 @@ def _used_widget_state(nb: dict) -> None:
                 out["data"]["image/png"] = palette_png(out["data"]["image/png"])
 
 
+def split_widget_snapshots(cell: dict) -> None:
+    """Each widget output of `cell` keeps its view and its text; its HTML snapshot moves into a
+    new output right after it, which shows only where the widget is not drawn."""
+    outputs = []
+    for out in cell.get("outputs", []):
+        outputs.append(out)
+        data = out.get("data", {})
+        if WIDGET_VIEW in data and "text/html" in data:
+            snapshot = "".join(data.pop("text/html"))
+            outputs.append({"output_type": "display_data", "metadata": {"embiggen": "widget snapshot"},
+                            "data": {"text/html": f"{HIDE_WHEN_DRAWN}<div class='{SNAPSHOT_CLASS}'>{snapshot}</div>"}})
+    cell["outputs"] = outputs
+
+
 def slim_notebook(nb: dict) -> dict:
     """Ready an executed notebook for committing: drop saved progress bars (and the widget
-    models only they used) and per-cell timestamps, store plots as palette PNGs. Changes `nb`
-    in place and returns it."""
+    models only they used) and per-cell timestamps, store plots as palette PNGs, give each
+    widget's snapshot an output of its own (`split_widget_snapshots`). Changes `nb` in place
+    and returns it."""
     for cell in nb["cells"]:
         cell.get("metadata", {}).pop("execution", None)  # per-cell timestamps: noise in every diff
         if "outputs" not in cell:
@@ -82,7 +109,10 @@ def slim_notebook(nb: dict) -> dict:
                 out["data"]["image/png"] = palette_png(out["data"]["image/png"])
             if "text/html" in out.get("data", {}):  # a widget's snapshot carries its plot inline
                 html_text = "".join(out["data"]["text/html"])
-                out["data"]["text/html"] = INLINE_PNG.sub(lambda m: m.group(1) + palette_png(m.group(2)), html_text)
+                smaller = INLINE_PNG.sub(lambda m: m.group(1) + palette_png(m.group(2)), html_text)
+                if smaller != html_text:  # else left as it was written (a list of lines, say)
+                    out["data"]["text/html"] = smaller
+        split_widget_snapshots(cell)
     _used_widget_state(nb)
     return nb
 
