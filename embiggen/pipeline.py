@@ -25,6 +25,7 @@ from embiggen.chain import (final_reward_model, train_or_load_base, train_or_loa
                             train_or_load_ppo, train_or_load_reward, train_or_load_sft, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
+from embiggen.errors import UserError
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
 from embiggen.judging.evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
                                        instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates,
@@ -36,7 +37,7 @@ from embiggen.methods.reward import load_pairs, pairwise_accuracy
 from embiggen.methods.tools import evaluate_with_tools
 from embiggen.presets import Preset, check_preset
 from embiggen.report import flatten, report_markdown
-from embiggen.utils import UserError, atomic_write_text, cache_root
+from embiggen.utils import atomic_write_text, cache_root
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,15 +357,13 @@ class Stage:
     report: Callable                    # (preset, models by stage name, Measured) -> its figures
     config: Callable                    # preset -> its training configs by name, hashed into its cache key
     needs: dict[str, str] = field(default_factory=dict)  # argument of train_or_load -> the stage that provides it
-    language_model: bool = True         # can `embiggen sample` / `chat --model <name>` use its model?
 
 
-#: Every stage, in the order they run.
+#: Every stage, in the order they run: `embiggen.presets.STAGE_NAMES` (a test checks the two agree).
 STAGES: dict[str, Stage] = {stage.name: stage for stage in [
     Stage("base", train_or_load_base, report_base, lambda preset: {"model": preset.model, "pretrain": preset.pretrain}),
     Stage("sft", train_or_load_sft, report_sft, lambda preset: {"sft": preset.sft}, needs={"base": "base"}),
-    Stage("rm", train_or_load_reward, report_rm, lambda preset: {"reward": preset.reward}, needs={"sft": "sft"},
-          language_model=False),
+    Stage("rm", train_or_load_reward, report_rm, lambda preset: {"reward": preset.reward}, needs={"sft": "sft"}),
     Stage("ppo", train_or_load_ppo, report_ppo, lambda preset: {"ppo": preset.ppo},
           needs={"sft": "sft", "reward": "rm"}),
     Stage("dpo", train_or_load_dpo, report_dpo, lambda preset: {"reward": preset.reward, "dpo": preset.dpo},

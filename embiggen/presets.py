@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from embiggen.utils import UserError
+from embiggen.errors import UserError
 
 
 def knob(default, help: str):
@@ -397,6 +397,12 @@ PRESETS: dict[str, Preset] = {
 }
 
 DEFAULT_PRESET = "laptop"
+
+#: The chain's stages in the order they run (`embiggen.pipeline.STAGES` says how each trains and what it
+#: reports), and those whose model writes text, the ones `embiggen sample` and `chat --model` take: the
+#: reward model scores answers. Here, with no torch, so that the command line can parse before it loads any.
+STAGE_NAMES = ("base", "sft", "rm", "ppo", "dpo", "tools", "grpo")
+LANGUAGE_MODELS = tuple(name for name in STAGE_NAMES if name != "rm")
 
 
 def get_preset(name: str | Preset | None = None, base: str | None = None) -> Preset:

@@ -18,18 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embiggen.errors import UserError
+
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch in one call (minGPT's habit)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class UserError(ValueError):
-    """A problem the user can fix, with a message of one line that names what to fix (a
-    variable, a flag, a file or a folder). The command line prints it without a traceback and
-    exits with 2; `embiggen.notebook.session.setup` makes notebooks show it as one line too."""
 
 
 def device_problem(name: str) -> str | None:

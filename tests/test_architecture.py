@@ -10,6 +10,8 @@ import ast
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ PACKAGE = ROOT / "embiggen"
 #: bottom to top: a folder (several files) or a file at the top of the package
 LAYERS = [
     "__init__",                                  # the version
+    "errors",                                    # UserError and printable: what the user is told (no torch)
     "utils", "presets",                          # settings: files, seeds, devices; the presets are data
     "data",                                      # the embedded world and every data split
     "lm",                                        # the language model: tokenizer, model, decoding, training loop
@@ -28,11 +31,14 @@ LAYERS = [
     "chain",                                     # each stage trained once, cached, handed to the next
     "experiments",                               # sweeps, ablations, held-out measurements
     "report",                                    # the report card: a headline in words, every figure, targets
-    "pipeline", "cli",                           # the stage registry, `embiggen run`, the command line
+    "pipeline", "commands", "cli",               # the stage registry, `embiggen run`, the commands, their parser
     "notebook",                                  # what the notebooks show: set-up, tables, plots, widgets
 ]
 #: third-party packages a module may import inside a function because they are optional
 OPTIONAL_DEPENDENCIES: set[str] = {"llama_cpp"}  # llama-cpp-python, timed in notebook 6 where it happens to be installed
+#: the one import of the package inside a function: the command line parses its arguments before the commands
+#: load torch and transformers (seconds), so `embiggen --help` and a mistyped flag answer at once
+DEFERRED_IMPORTS = {("cli.main", "from embiggen.commands import dispatch")}
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -63,8 +69,8 @@ def internal_targets(node: ast.Import | ast.ImportFrom, names: set[str]) -> list
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     names = set(modules(package))
-    return {name: {target for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))
-                   for target in internal_targets(node, names)}
+    return {name: {target for node in ast.walk(ast.parse(path.read_text()))  # imports in functions count too
+                   if isinstance(node, (ast.Import, ast.ImportFrom)) for target in internal_targets(node, names)}
             for name, path in modules(package).items()}
 
 
@@ -111,7 +117,8 @@ def imports_inside_functions(package: Path = PACKAGE) -> list[str]:
                     roots = {"embiggen" if node.level else (node.module or "").split(".")[0]}
                 else:
                     continue
-                if not roots <= OPTIONAL_DEPENDENCIES:
+                if not roots <= OPTIONAL_DEPENDENCIES and (f"{name}.{function.name}", ast.unparse(node)) \
+                        not in DEFERRED_IMPORTS:
                     inside.append(f"{name}.{function.name}: {ast.unparse(node)}")
     return inside
 
@@ -251,6 +258,34 @@ def test_the_check_sees_a_planted_circle_and_an_import_inside_a_function(package
     assert imports_inside_functions(package_copy) == ["utils.planted: from embiggen.presets import get_preset"]
 
 
+def test_only_the_command_lines_deferred_import_is_allowed_and_it_still_runs_one_way(package_copy):
+    with open(package_copy / "cli.py", "a") as f:  # a second import inside the same function is not the allowed one
+        f.write("\n\ndef main2():\n    from embiggen.commands import COMMANDS\n    return COMMANDS\n")
+    assert imports_inside_functions(package_copy) == ["cli.main2: from embiggen.commands import COMMANDS"]
+    with open(package_copy / "presets.py", "a") as f:  # an import inside a function is in the layering too
+        f.write("\n\ndef planted():\n    from embiggen.pipeline import STAGES\n    return STAGES\n")
+    assert upward_imports(package_copy) == ["presets -> pipeline"]
+
+
+def test_the_command_line_parses_and_answers_help_without_torch():
+    """`embiggen --help` and a parse error come before torch and transformers load (seconds on a laptop)."""
+    code = ("import sys\nfrom embiggen.cli import main\n"
+            "for argv in (['--help'], ['run', '--help'], ['chat', '--bogus']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exit:\n        assert exit.code in (0, 2), exit.code\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+    assert "unrecognized arguments: --bogus" in done.stderr
+
+
+def test_the_parsers_stage_names_are_the_pipelines():
+    from embiggen.pipeline import STAGES
+    from embiggen.presets import LANGUAGE_MODELS, STAGE_NAMES
+    assert STAGE_NAMES == tuple(STAGES)
+    assert LANGUAGE_MODELS == ("base", "sft", "ppo", "dpo", "tools", "grpo")
+
+
 def test_the_check_sees_a_re_exported_name():
     assert imports_not_from_where_defined("from embiggen.methods.tools import encode_tool_example") == []
     assert imports_not_from_where_defined("from embiggen.methods.tools import TOOLS\nfrom embiggen.ppo import gae") == [
@@ -329,7 +364,7 @@ def test_the_document_check_sees_an_old_flat_name():
 # ---------------------------------------------------------------------------------------
 # A preset is resolved once, at the edges
 # ---------------------------------------------------------------------------------------
-EDGES = {"cli", "notebook.session"}  # where a run starts: the command line, a notebook's first cell
+EDGES = {"commands", "notebook.session"}  # where a run starts: the commands of the command line, a notebook's first cell
 
 
 def preset_lookups(package: Path = PACKAGE) -> list[str]:
@@ -348,7 +383,7 @@ def test_a_preset_is_looked_up_by_name_only_at_the_edges(package_copy):
 def test_a_name_handed_where_a_preset_belongs_is_one_clear_error():
     from embiggen.chain import train_or_load_sft
     from embiggen.data.splits import data_splits
-    from embiggen.utils import UserError
+    from embiggen.errors import UserError
 
     for call in (lambda: train_or_load_sft("laptop"), lambda: data_splits("smoke")):
         with pytest.raises(UserError, match=r"expected a Preset, got '(laptop|smoke)'.*get_preset"):

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from embiggen import cli
-from embiggen.utils import UserError, pick_device, set_threads
+from embiggen import cli, commands
+from embiggen.errors import UserError
+from embiggen.utils import pick_device, set_threads
 
 
 def run_cli(argv, capsys):
@@ -91,17 +92,17 @@ def test_chat_cuts_a_long_message_but_keeps_the_chat_template(tiny_base, capsys)
     from embiggen.lm.model import context_length
     from embiggen.lm.tokenizer import chat_prompt, encode
     seen = []
-    original = cli.generate
+    original = commands.generate
 
     def spy(model, tokenizer, prompts, **kw):
         seen.extend(prompts)
         return original(model, tokenizer, prompts, **kw)
 
-    cli.generate = spy
+    commands.generate = spy
     try:
-        cli.chat_reply(tiny_base.model, tiny_base.tokenizer, " ".join(["Alma"] * 3000), max_new_tokens=8)
+        commands.chat_reply(tiny_base.model, tiny_base.tokenizer, " ".join(["Alma"] * 3000), max_new_tokens=8)
     finally:
-        cli.generate = original
+        commands.generate = original
     before, after = chat_prompt(tiny_base.tokenizer, "MESSAGE").split("MESSAGE")
     assert seen[0].startswith(before) and seen[0].endswith(after) and "Alma" in seen[0]  # the template kept whole
     assert len(encode(tiny_base.tokenizer, seen[0])) + 8 <= context_length(tiny_base.model)
@@ -112,7 +113,7 @@ def test_ctrl_c_says_how_to_resume_and_debug_shows_tracebacks(monkeypatch, capsy
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run", interrupted)
+    monkeypatch.setattr(commands, "run", interrupted)
     code, _, err = run_cli(["run", "--preset", "smoke"], capsys)
     assert code == 130 and "interrupted; run the same command again to resume" in err
     with pytest.raises(KeyboardInterrupt):
@@ -121,7 +122,7 @@ def test_ctrl_c_says_how_to_resume_and_debug_shows_tracebacks(monkeypatch, capsy
     def bug(*a, **k):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "run", bug)
+    monkeypatch.setattr(commands, "run", bug)
     code, _, err = run_cli(["run", "--preset", "smoke"], capsys)
     assert code == 1 and err.count("\n") == 1 and "ZeroDivisionError" in err and "--debug" in err
     monkeypatch.setenv("EMBIGGEN_DEBUG", "1")

@@ -65,22 +65,22 @@ def test_run_writes_report_with_base_keys(tiny_preset, tiny_base, tmp_path):
 
 
 def test_chat_loop_answers_and_quits(tiny_base, monkeypatch, capsys):
-    import embiggen.cli as cli
+    import embiggen.commands as commands
 
-    monkeypatch.setattr(cli, "load_model_by_name", lambda name, preset, train=False: (tiny_base.model, tiny_base.tokenizer))
+    monkeypatch.setattr(commands, "load_model_by_name", lambda name, preset, train=False: (tiny_base.model, tiny_base.tokenizer))
     lines = iter(["Where does Alma live?", "   ", "quit"])
 
     class Args:
         model, preset, train = "sft", "smoke", False
 
-    assert cli._cmd_chat(Args, read=lambda prompt: next(lines)) == 0
+    assert commands._cmd_chat(Args, read=lambda prompt: next(lines)) == 0
     out = capsys.readouterr().out
     assert out.count("sft> ") == 1 and "Ctrl-D" in out
 
 
 def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
     """`--model ppo` goes through the stage registry: every model PPO needs is loaded once and handed in."""
-    import embiggen.cli as cli
+    import embiggen.commands as commands
     from embiggen.pipeline import STAGES
 
     seen = []
@@ -89,10 +89,10 @@ def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
             seen.append((_name, preset.name, {arg: model.name for arg, model in needs.items()}))
             return type("Trained", (), {"name": _name, "model": f"{_name} model", "tokenizer": "tokenizer"})
         monkeypatch.setattr(stage, "train_or_load", fake)
-    assert cli.load_model_by_name("ppo", get_preset("smoke"), train=True) == ("ppo model", "tokenizer")
+    assert commands.load_model_by_name("ppo", get_preset("smoke"), train=True) == ("ppo model", "tokenizer")
     assert seen == [("base", "smoke", {}), ("sft", "smoke", {"base": "base"}), ("rm", "smoke", {"sft": "sft"}),
                     ("ppo", "smoke", {"sft": "sft", "reward": "rm"})]
-    assert cli.LANGUAGE_MODELS == ["base", "sft", "ppo", "dpo", "tools", "grpo"]
+    assert commands.LANGUAGE_MODELS == ("base", "sft", "ppo", "dpo", "tools", "grpo")
 
 
 def test_report_card_judges_every_heldin_cluster_but_not_the_heldout_one():
@@ -176,7 +176,7 @@ def test_dpo_report_reuses_what_the_run_measured_and_gets_the_same_figures(tiny_
 
 
 def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch, capsys):
-    import embiggen.cli as cli
+    import embiggen.commands as commands
     import embiggen.experiments as experiments
 
     called = []
@@ -185,11 +185,11 @@ def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch
                          for name in experiments.NOTEBOOK_EXPERIMENTS})
     assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "cluster_ablation", "kl_sweep", "dpo_beta_sweep",
                                                      "grpo_variants", "loose_verifier_run", "verifiable_baselines"}
-    monkeypatch.setattr(cli, "run", lambda *a, **k: {"preset": "smoke", "seed": 1})
-    monkeypatch.setattr(cli, "report_card", lambda report: "card")
-    assert cli.main(["run", "--preset", "smoke", "--out", "/tmp/x"]) == 0
+    monkeypatch.setattr(commands, "run", lambda *a, **k: {"preset": "smoke", "seed": 1})
+    monkeypatch.setattr(commands, "report_card", lambda report: "card")
+    assert main(["run", "--preset", "smoke", "--out", "/tmp/x"]) == 0
     assert called == []  # opt-in only
-    assert cli.main(["run", "--preset", "smoke", "--out", "/tmp/x", "--experiments", "--quiet"]) == 0
+    assert main(["run", "--preset", "smoke", "--out", "/tmp/x", "--experiments", "--quiet"]) == 0
     assert called == [(name, "smoke") for name in experiments.NOTEBOOK_EXPERIMENTS]
     assert "experiments are in the cache" in capsys.readouterr().out
 
@@ -202,8 +202,8 @@ def test_a_bare_embiggen_prints_the_help(capsys):
 
 def test_sample_and_chat_use_the_cached_preset_and_say_which(tmp_path, monkeypatch, capsys):
     """With no --preset and no $EMBIGGEN_PRESET, the one preset whose model is cached; never a silent default."""
-    import embiggen.cli as cli
-    from embiggen.utils import UserError
+    import embiggen.commands as commands
+    from embiggen.errors import UserError
 
     monkeypatch.setenv("EMBIGGEN_CACHE", str(tmp_path))
     monkeypatch.delenv("EMBIGGEN_PRESET", raising=False)
@@ -213,36 +213,36 @@ def test_sample_and_chat_use_the_cached_preset_and_say_which(tmp_path, monkeypat
         entry.mkdir(parents=True)
         (entry / "model.safetensors").write_text("x")
 
-    assert cli.choose_preset(None, "ppo")[0].name == "laptop"  # nothing cached: the default
+    assert commands.choose_preset(None, "ppo")[0].name == "laptop"  # nothing cached: the default
     cache("ppo", "smoke")
     (tmp_path / "ppo" / ".laptop-seed1-tmp-99").mkdir()  # a half-written entry does not count
-    preset, why = cli.choose_preset(None, "ppo")
+    preset, why = commands.choose_preset(None, "ppo")
     assert preset.name == "smoke" and "only preset" in why
-    assert cli.choose_preset("gpu", "ppo")[0].name == "gpu"
+    assert commands.choose_preset("gpu", "ppo")[0].name == "gpu"
     monkeypatch.setenv("EMBIGGEN_PRESET", "laptop")
-    assert cli.choose_preset(None, "ppo") == (get_preset("laptop"), "$EMBIGGEN_PRESET")
+    assert commands.choose_preset(None, "ppo") == (get_preset("laptop"), "$EMBIGGEN_PRESET")
     monkeypatch.delenv("EMBIGGEN_PRESET")
     cache("ppo", "pretrained-smoke")
     with pytest.raises(UserError, match="several presets.*pretrained-smoke, smoke.*--preset"):
-        cli.choose_preset(None, "ppo")
+        commands.choose_preset(None, "ppo")
     cache("ppo", "laptop")
-    assert cli.choose_preset(None, "ppo")[0].name == "laptop"
+    assert commands.choose_preset(None, "ppo")[0].name == "laptop"
 
     class Args:
         model, preset = "ppo", None
-    monkeypatch.setattr(cli, "choose_preset", lambda name, stage: (get_preset("smoke"), "the only one"))
-    assert cli.announce_preset(Args).name == "smoke"
+    monkeypatch.setattr(commands, "choose_preset", lambda name, stage: (get_preset("smoke"), "the only one"))
+    assert commands.announce_preset(Args).name == "smoke"
     assert "using the ppo model of preset 'smoke' (the only one; --preset chooses another)" in capsys.readouterr().err
 
 
 def test_a_model_that_is_not_cached_is_trained_only_when_asked(tiny_preset, cache_dir):
     """`sample` / `chat` load what is cached; anything missing is one line that says how to train it."""
-    import embiggen.cli as cli
-    from embiggen.utils import UserError
+    import embiggen.commands as commands
+    from embiggen.errors import UserError
 
     untrained = replace(tiny_preset, seed=98765)  # nothing of it is in the test cache
     with pytest.raises(UserError, match=r"the base model of preset 'smoke' is not in the cache yet .*--train"):
-        cli.load_model_by_name("base", untrained)
+        commands.load_model_by_name("base", untrained)
     assert not any((cache_dir / "base").glob("smoke-seed98765-*"))  # and nothing was trained
 
 

@@ -173,7 +173,7 @@ def test_the_tools_stage_trains_reports_and_chats(tiny_preset, tiny_base, cache_
     --model tools` shows each call the model makes."""
     from dataclasses import replace
 
-    import embiggen.cli as cli
+    import embiggen.commands as commands
     import embiggen.pipeline as pipeline
     from embiggen.chain import train_or_load_tools
 
@@ -191,13 +191,13 @@ def test_the_tools_stage_trains_reports_and_chats(tiny_preset, tiny_base, cache_
     assert report["n_eval_prompts"] == {"counting": 6, "arithmetic_beyond_range": 6}
 
     scripts = {"What is 400 + 21?": ["[calc(400 + 21) ->", " 400 plus 21 is 421."]}
-    monkeypatch.setattr(cli, "load_model_by_name", lambda name, preset, train=False: (ScriptedLM(tuned.tokenizer, scripts),
+    monkeypatch.setattr(commands, "load_model_by_name", lambda name, preset, train=False: (ScriptedLM(tuned.tokenizer, scripts),
                                                                          tuned.tokenizer))
     lines = iter(["What is 400 + 21?", "quit"])
 
     class Args:
         model, preset, train = "tools", "smoke", False
 
-    assert cli._cmd_chat(Args, read=lambda prompt: next(lines)) == 0
+    assert commands._cmd_chat(Args, read=lambda prompt: next(lines)) == 0
     out = capsys.readouterr().out
     assert "[tool] calc(400 + 21) -> 421" in out and "400 plus 21 is 421." in out

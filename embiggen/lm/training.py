@@ -32,8 +32,9 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from embiggen.errors import UserError
 from embiggen.presets import OptimConfig, Preset
-from embiggen.utils import (UserError, atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device,
+from embiggen.utils import (atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device,
                             quarantine, verify_entry)
 
 

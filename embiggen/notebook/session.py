@@ -11,8 +11,9 @@ import transformers
 from IPython import get_ipython
 
 from embiggen import __version__
+from embiggen.errors import UserError
 from embiggen.presets import get_preset
-from embiggen.utils import UserError, pick_device, set_seed, set_threads
+from embiggen.utils import pick_device, set_seed, set_threads
 
 
 def setup(preset=None, seed: int | None = None, base: str | None = None):
