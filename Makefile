@@ -16,7 +16,7 @@ EXPERIMENTS ?=
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 SERVER_CONFIG := $(VENV)/etc/jupyter/jupyter_server_config.d/embiggen.json
 
-.PHONY: run test lab unit notebooks browser laptop-notebooks bench clean
+.PHONY: run test lab unit notebooks browser laptop-notebooks readme-figures bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,7 +75,15 @@ laptop-notebooks: $(VENV)/.real-model
 	cd notebooks && for nb in *.ipynb solutions/*.ipynb; do EMBIGGEN_PRESET=laptop EMBIGGEN_THREADS=$(THREADS) \
 		../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $$nb \
 		|| exit 1; done
-	$(PY) -m embiggen.notebook notebooks/*.ipynb notebooks/solutions/*.ipynb
+	$(PY) -m embiggen.notebook.slim notebooks/*.ipynb notebooks/solutions/*.ipynb
+
+# The README's figures table: a laptop run's report, committed in docs/, and its headline written into the README
+# by the code that prints the report card (embiggen/report.py). Run it from an empty EMBIGGEN_CACHE for timings
+# of a whole run.
+readme-figures: $(VENV)/.installed
+	EMBIGGEN_THREADS=$(THREADS) $(VENV)/bin/embiggen run --preset laptop --out runs/laptop
+	mkdir -p docs && cp runs/laptop/report.json docs/report-laptop.json
+	$(PY) -m embiggen.report docs/report-laptop.json --readme README.md --markdown docs/report-laptop.md
 
 # JupyterLab refuses to start as root (a container, a cloud VM) unless told to; LAB_ARGS passes more options.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)

@@ -27,9 +27,9 @@ from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
 from embiggen.errors import UserError
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
-from embiggen.judging.evaluate import (alignment_rates_by_kind, evaluate_alignment, evaluate_tasks, fact_cloze,
-                                       instruction_answer_rate, judge_model, name_copy_rate, person_probe_rates,
-                                       win_rate)
+from embiggen.judging.evaluate import (alignment_counts, alignment_rates_by_kind, evaluate_alignment, evaluate_tasks,
+                                       fact_cloze, instruction_answer_rate, judge_model, name_copy_rate,
+                                       person_probe_rates, win_rate)
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.verifiers import pass_at_k_curve, sample_answers
 from embiggen.lm.generate import generation_progress
@@ -75,10 +75,13 @@ def report_base(preset: Preset, models: dict, measured: Measured) -> dict:
         "tokens_per_second": base.info["tokens_per_second"],
         "val_loss": round(base.info["val_loss"], 4),
         "fact_cloze_accuracy": round(cloze["accuracy"], 4),
+        "n_fact_prompts": sum(cloze["per_attribute_count"].values()),
         "fact_cloze_per_attribute": {k: round(v, 4) for k, v in cloze["per_attribute"].items()},
         "instruction_answer_rate": round(answers["rate"], 4),
         "instruction_answer_rate_per_cluster": {k: round(v, 4) for k, v in answers["per_cluster"].items()},
+        "n_instruction_prompts": sum(answers["per_cluster_count"].values()),
         "name_copy_rate": round(copying["rate"], 4),  # held-out invented names: never in the corpus
+        "n_name_prompts": copying["n"],
         "name_copy_first_word_rate": round(copying["first_word_rate"], 4),
         "device": base.info["device"],
         "cache": base.info.get("source", str(base.path)),  # a pretrained base: where it was loaded from
@@ -110,6 +113,8 @@ def report_sft(preset: Preset, models: dict, measured: Measured) -> dict:
         "hedge_rate_medical": round(hedges.get("medical", 0.0), 4),
         "refusal_rate_harmful": round(hedges.get("harmful", 0.0), 4),
         "heldout_cluster": preset.sft.heldout_cluster,
+        "n_eval_prompts": {which: len(sets[which]) for which in ("heldin_template", "heldout_template", "heldout_cluster",
+                                                                "pretraining_only_facts")},
         "cache": str(tuned.path),
     }
 
@@ -181,6 +186,8 @@ def report_ppo(preset: Preset, models: dict, measured: Measured) -> dict:
         "wins_ties_losses": [wins["wins"], wins["ties"], wins["losses"]],
         "kl": r4(sampled["kl"]),
         "n_eval_prompts": len(prompts),
+        # what each rate above rests on: honest_rate on unknown people and medical questions, and so on
+        "n_eval_prompts_per_rate": alignment_counts(judged["ppo"]["rows"]),
         # "language models (mostly) know what they know": the same fact questions about people the
         # model was taught about, read about only in pretraining, and never saw (two kinds of name)
         # (the right fact for people it knows; "I do not know <them>" for people it never saw)

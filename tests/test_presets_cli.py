@@ -124,7 +124,7 @@ def test_the_report_card_leads_with_what_each_stage_learned_in_words():
     assert any("facts recalled by greedy autocomplete" in l and "100%" in l and l.endswith("✓") for l in lines)
     assert any("6 wins, 34 ties, 0 losses" in l for l in lines)  # not a bare "win rate 1"
     assert any("honest answers, SFT → PPO" in l and "32% → 52%" in l and l.endswith("✗") for l in lines)
-    assert lines[-1] == "  training time: base 297 s"
+    assert lines[-1] == "  training, every stage together: 297 s"
     assert fmt("base.tokens_per_second", 19440.2) == "19,440" and fmt("ppo.kl", 0.1833) == "0.1833"
     assert fmt("grpo.untrained_clusters_accuracy_change", -0.0186) == "-1.9 points"
     assert fmt("rm.per_type_count.correct vs wrong", 1) == "1" and fmt("sft.per_cluster.counting", 0.47) == "47.0%"

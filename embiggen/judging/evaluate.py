@@ -121,7 +121,7 @@ def name_copy_rate(model, tokenizer, names, seed: int = 0, max_new_tokens: int =
              "copied": starts_with_answer(completion, name)} for (name, prompt), completion in zip(items, completions)]
     return {"rate": sum(r["copied"] for r in rows) / len(rows),
             "first_word_rate": sum(starts_with_answer(r["completion"], r["name"].split()[0]) for r in rows) / len(rows),
-            "rows": rows}
+            "n": len(rows), "rows": rows}
 
 
 def plain_prompt(instruction: str) -> str:
