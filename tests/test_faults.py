@@ -252,14 +252,22 @@ def test_a_run_killed_at_a_random_point_resumes_to_the_same_weights(tmp_path):
     import random
     import signal
     import time
+
+    def first_resume_point(run, cache) -> float:  # the time at which `run` wrote its first resume point
+        deadline = time.time() + 120
+        while not list(cache.glob("base/.*.resume")) and run.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        return time.time()
+
     whole = _tiny_run(tmp_path / "whole", 200)
+    seen = first_resume_point(whole, tmp_path / "whole")
     assert whole.wait(300) == 0
+    training_left = time.time() - seen  # how long this machine trains after the first resume point (about 1.3 s here)
     expected = weights_digest(next(p for p in (tmp_path / "whole" / "base").iterdir() if not p.name.startswith(".")))
     killed = _tiny_run(tmp_path / "killed", 200)
-    deadline = time.time() + 120
-    while not list((tmp_path / "killed").glob("base/.*.resume")) and time.time() < deadline:
-        time.sleep(0.1)  # until the first resume point is written ...
-    time.sleep(random.Random().uniform(0.0, 1.5))  # ... then at a random point after it
+    first_resume_point(killed, tmp_path / "killed")
+    assert killed.poll() is None, "the run finished before its first resume point was seen"
+    time.sleep(random.Random().uniform(0.05, 0.7) * training_left)  # a random point of the training after it
     assert killed.poll() is None, "the run finished before it could be killed"
     killed.send_signal(signal.SIGKILL)
     killed.wait(30)
