@@ -57,6 +57,15 @@ def plain_group_advantages(rewards):
     return torch.tensor(rows)
 
 
+def plain_pass_at_k(n, c, k):
+    if n - c < k:
+        return 1.0
+    miss_all = 1.0
+    for i in range(n - c + 1, n + 1):  # Chen et al.'s product form of C(n - c, k) / C(n, k)
+        miss_all *= 1 - k / i
+    return 1 - miss_all
+
+
 def plain_count_tool(args, message=""):
     word, _, items = args.partition(";")
     if not items.strip():
@@ -66,7 +75,7 @@ def plain_count_tool(args, message=""):
 
 PLAIN = {"next_token_loss": plain_next_token_loss, "completion_labels": plain_completion_labels,
          "bradley_terry_loss": plain_bradley_terry_loss, "gae": plain_gae, "dpo_loss": plain_dpo_loss,
-         "group_advantages": plain_group_advantages, "count_tool": plain_count_tool}
+         "group_advantages": plain_group_advantages, "pass_at_k": plain_pass_at_k, "count_tool": plain_count_tool}
 
 
 def test_every_exercise_has_a_plain_solution_here_and_two_mistakes_or_more():
@@ -141,3 +150,20 @@ def test_check_prints_the_verdict_and_task_says_what_to_write(capsys):
     assert "Rafailov et al. 2023" in task("dpo_loss")
     with pytest.raises(KeyError, match="no exercise 'ppo'; the exercises: next_token_loss"):
         task("ppo")
+
+
+def test_the_solutions_notebooks_answer_passes_its_checker():
+    import json
+    from pathlib import Path
+
+    path = (Path(__file__).resolve().parents[1] / "notebooks" / "solutions" /
+            "05_reinforcement_learning_with_verifiable_rewards_solutions.ipynb")
+    cell = next("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                if "## Implement it yourself: pass@k" in "".join(c["source"]))
+    namespace = {}
+    exec(cell.split("```python\n")[1].split("```")[0], namespace)  # the solution as a learner would paste it
+    assert diagnose("pass_at_k", namespace["pass_at_k"]).ok
+
+
+def test_a_number_may_come_back_as_a_one_element_tensor():
+    assert diagnose("pass_at_k", lambda n, c, k: torch.tensor(1.0 - math.comb(n - c, k) / math.comb(n, k))).ok

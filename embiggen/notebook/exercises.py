@@ -18,7 +18,7 @@ whose outputs the answer reproduces on every case and names it ("your loss inclu
 tokens"); otherwise it shows the first case where the two differ.
 
 One exercise per method: next_token_loss (notebook 1), completion_labels (2), bradley_terry_loss
-and gae (3), dpo_loss (4), group_advantages (5), count_tool (6).
+and gae (3), dpo_loss (4), group_advantages and pass_at_k (5), count_tool (6).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from embiggen.data.toolbox import count
+from embiggen.judging.verifiers import pass_at_k as package_pass_at_k
 from embiggen.methods.dpo import dpo_loss as package_dpo_loss
 from embiggen.methods.grpo import group_advantages as package_group_advantages
 from embiggen.methods.ppo import gae as package_gae
@@ -263,6 +264,24 @@ GROUP_ADVANTAGES = Exercise(
       lambda rewards: (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True, correction=0) + 1e-4))])
 
 
+PASS_AT_K_CASES = [(16, 3, 4), (32, 10, 16), (20, 0, 5), (8, 8, 3), (10, 2, 10), (12, 5, 1)]
+
+PASS_AT_K = Exercise(
+    "pass_at_k", "05_reinforcement_learning_with_verifiable_rewards",
+    "pass_at_k(n, c, k) -> a float. n answers were sampled for a prompt and c of them are right; pass@k is the chance\n"
+    "that at least one of k answers drawn from them without replacement is right: 1 - C(n - c, k) / C(n, k), the\n"
+    "unbiased estimator of Chen et al. (2021), with C the binomial coefficient (math.comb). 1 <= k <= n.",
+    package_pass_at_k, lambda: [{"n": n, "c": c, "k": k} for n, c, k in PASS_AT_K_CASES],
+    [("you used the plug-in estimate 1 - (1 - c/n)^k, which draws the k answers with replacement and is biased low: "
+      "use 1 - C(n - c, k) / C(n, k)",
+      lambda n, c, k: 1 - (1 - c / n) ** k),
+     ("that is pass@1 whatever k is: pass@k is the chance that at least one of k answers is right",
+      lambda n, c, k: c / n),
+     ("that is the chance that all k answers are right; pass@k is the chance that at least one is, "
+      "1 - C(n - c, k) / C(n, k)",
+      lambda n, c, k: math.comb(c, k) / math.comb(n, k))])
+
+
 # ---------------------------------------------------------------------------------------
 # Notebook 6: a tool
 # ---------------------------------------------------------------------------------------
@@ -304,7 +323,7 @@ COUNT_TOOL = Exercise(
 
 #: Every exercise, by name.
 EXERCISES = {e.name: e for e in [NEXT_TOKEN_LOSS, COMPLETION_LABELS, BRADLEY_TERRY_LOSS, GAE, DPO_LOSS,
-                                  GROUP_ADVANTAGES, COUNT_TOOL]}
+                                  GROUP_ADVANTAGES, PASS_AT_K, COUNT_TOOL]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,6 +337,8 @@ def _same(a, b) -> bool:
             a = torch.as_tensor(a, dtype=b.dtype) if isinstance(a, (int, float, list)) else a
         return (isinstance(a, torch.Tensor) and a.shape == b.shape
                 and torch.allclose(a.detach().float(), b.float(), rtol=1e-4, atol=1e-5, equal_nan=True))
+    if isinstance(b, float) and isinstance(a, torch.Tensor) and a.numel() == 1:
+        a = a.item()
     if isinstance(b, float) and isinstance(a, (int, float)):
         return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
     return type(a) is type(b) and a == b
