@@ -28,6 +28,7 @@ from embiggen.presets import LANGUAGE_MODELS, PRESETS, Preset, describe, get_pre
 from embiggen.report import report_card
 from embiggen.utils import cache_root, pick_device, set_threads
 
+
 def _cmd_run(args) -> int:
     preset = get_preset(args.preset, args.base)
     report = run(preset, args.stages, args.out, progress=not args.quiet)
