@@ -151,8 +151,10 @@ class LengthReward:
 
 
 class ConstantLabeler:
-    def gold_score(self, example, response, finished=True):
-        return 0.0
+    def judge(self, example, response, finished=True):
+        from embiggen.judging.labeler import Judgement
+
+        return Judgement(0.0, 0.0, 0.0, "wrong" if finished else "unfinished", finished)
 
 
 def make_trainer(tiny_base, **overrides):
@@ -201,6 +203,25 @@ def test_ppo_raises_the_reward_end_to_end(tiny_base):
     again = train_ppo(make_trainer(tiny_base), prompts_of(tiny_base, 64), steps=3, batch_size=16, seed=0,
                       progress=False)
     assert again.series("rm_score") == pytest.approx(rm[:3])
+
+
+def test_each_step_counts_the_labelers_categories_per_kind_of_prompt(tiny_base):
+    from embiggen.data.world import ALIGNMENT_KINDS
+    from embiggen.judging.labeler import Labeler
+    from embiggen.methods.ppo import category_counts
+
+    prompts = prompts_of(tiny_base, 16)
+    trainer = make_trainer(tiny_base)
+    trainer.labeler = Labeler()
+    row = trainer.step(prompts)
+    ro_kinds = [p.cluster if p.cluster in ALIGNMENT_KINDS else "task" for p in prompts]
+    # every response is counted once, under its own kind of prompt
+    assert sum(sum(c.values()) for c in row["categories"].values()) == len(prompts)
+    assert {k: sum(c.values()) for k, c in row["categories"].items()} == {k: ro_kinds.count(k) for k in set(ro_kinds)}
+    # written out by hand for a small batch
+    fake = [type("E", (), {"cluster": c})() for c in ("harmful", "fact_qa", "harmful", "medical")]
+    assert category_counts(fake, ["refused", "correct", "complied", "hedged"]) == {
+        "harmful": {"refused": 1, "complied": 1}, "task": {"correct": 1}, "medical": {"hedged": 1}}
 
 
 def test_kl_explosion_is_reported_clearly(tiny_base):

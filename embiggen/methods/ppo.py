@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, position_ids_from,
                                   response_logprobs, sample_episodes)
 from embiggen.lm.training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
@@ -232,6 +233,18 @@ class Rollout:
     rm_scores: torch.Tensor  # reward model, normalised, no penalty
     gold: torch.Tensor
     entropy: torch.Tensor
+    categories: list[str]    # the labeler's verdict on each response ("correct", "hedged", "complied", ...)
+
+
+def category_counts(prompts, categories: list[str]) -> dict[str, dict[str, int]]:
+    """How many responses of a batch fell in each of the labeler's categories, per kind of prompt:
+    {"task": {"correct": 40, "wrong": 8}, "unknown_person": {"hedged": 3, ...}, ...}."""
+    counts: dict[str, dict[str, int]] = {}
+    for example, category in zip(prompts, categories):
+        kind = example.cluster if example.cluster in ALIGNMENT_KINDS else "task"
+        counts.setdefault(kind, {})
+        counts[kind][category] = counts[kind].get(category, 0) + 1
+    return counts
 
 
 @dataclass
@@ -283,9 +296,11 @@ class PPOTrainer:
         instructions = [e.instruction for e in prompts]
         rm_scores = self.reward_model.score(instructions, texts, finished.tolist()).to(self.device)
         scores = rm_scores - cfg.missing_eos_penalty * (~finished).float()
-        gold = torch.tensor([self.labeler.gold_score(e, t, bool(f)) for e, t, f in zip(prompts, texts, finished)])
+        judgements = [self.labeler.judge(e, t, bool(f)) for e, t, f in zip(prompts, texts, finished)]
+        gold = torch.tensor([j.gold for j in judgements])
         return Rollout(prompts, sequences, attention_mask, prompt_len, mask.float(), finished, texts, logprobs,
-                       ref_logprobs, values * mask, scores, rm_scores, gold, entropy)
+                       ref_logprobs, values * mask, scores, rm_scores, gold, entropy,
+                       [j.category for j in judgements])
 
     # -- update ----------------------------------------------------------------------------
     def step(self, prompts) -> dict:
@@ -363,6 +378,7 @@ class PPOTrainer:
             "approx_kl": mean(stats["approx_kl"]),
             "ptx_loss": mean(stats.get("ptx_loss", [])),
             "seconds": time.perf_counter() - started,
+            "categories": category_counts(ro.prompts, ro.categories),
         }
 
 
