@@ -104,7 +104,8 @@ def train_or_load_base(preset: Preset, model_cfg: ModelConfig | None = None,
         train_data, val_data = tokenize_corpus(tokenizer, train_docs), tokenize_corpus(tokenizer, val_docs)
         model = build_model(model_cfg, tokenizer, seed=preset.seed)
         log = pretrain(model, train_data, val_data, cfg, device=device, seed=preset.seed, callback=callback,
-                       progress=progress, resume_dir=resume_dir(path), desc=f"pretrain {preset.name}")
+                       progress=progress, resume_dir=resume_dir(path), desc=f"pretrain {preset.name}",
+                       tokenizer=tokenizer, sample_prompts=sample_prompts(world))
         info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(),
                 "corpus_tokens": len(train_data), "val_tokens": len(val_data),
                 "train_tokens": log.tokens, "train_seconds": round(time.perf_counter() - started + log.resumed_seconds, 2),
@@ -114,6 +115,12 @@ def train_or_load_base(preset: Preset, model_cfg: ModelConfig | None = None,
         return StageModel(model.eval(), tokenizer, world, preset, log, info, path)
 
     return train_or_load(path, load, train, force)
+
+
+def sample_prompts(world: World) -> tuple[str, ...]:
+    """The prompts whose greedy continuations pretraining records at every evaluation (notebook 1
+    shows them getting better): a fact, a sum written as prose, a story's opening."""
+    return (f"{world.people[0].name} lives in", "The sum of 12 and 7 is", "Once upon a time,")
 
 
 def load_base_model(preset: Preset, device=None) -> StageModel:

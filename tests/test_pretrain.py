@@ -142,3 +142,26 @@ def test_curves_a_callback_records_survive_an_interruption(tiny_base, tiny_prese
                        resume_dir=tmp_path / "r")
     assert resumed.metrics["steps"] == [3, 6, 9, 12]
     assert resumed.metrics["first_weight"] == pytest.approx(straight.metrics["first_weight"], abs=1e-6)
+
+
+def test_recording_samples_during_training_changes_no_weight(tiny_base, tiny_preset):
+    from embiggen.lm.generate import generate
+
+    train, val = _data(tiny_base, 5), _data(tiny_base, 6)
+    cfg = PretrainConfig(steps=12, batch_size=4, seq_len=16, eval_every=4, eval_batches=1,
+                         optim=OptimConfig(lr=3e-3, warmup_steps=2))
+    plain = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    plain_log = pretrain(plain, train, val, cfg, device="cpu", seed=9, progress=False)
+    watched = build_model(tiny_preset.model, tiny_base.tokenizer, seed=0)
+    prompts = ("Alma lives in", "Once upon a time,")
+    log = pretrain(watched, train, val, cfg, device="cpu", seed=9, progress=False, tokenizer=tiny_base.tokenizer,
+                   sample_prompts=prompts)
+    for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert log.train_loss == plain_log.train_loss and plain_log.samples == {}
+    # one greedy continuation per prompt per evaluation; the last is what the trained model writes
+    assert {p: len(t) for p, t in log.samples.items()} == {p: 3 for p in prompts}
+    assert [log.samples[p][-1] for p in prompts] == generate(watched, tiny_base.tokenizer, list(prompts),
+                                                             max_new_tokens=16)
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        pretrain(watched, train, val, cfg, device="cpu", progress=False, sample_prompts=prompts)

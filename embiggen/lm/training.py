@@ -53,6 +53,8 @@ class TrainLog:
     #: more curves a callback records, by name (e.g. the reward model's held-out accuracy);
     #: they are saved with every resume point, so an interrupted run keeps them too
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    #: text the model wrote at each evaluation, by prompt (pretraining's greedy samples), one per val step
+    samples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:

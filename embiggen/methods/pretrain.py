@@ -20,9 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from embiggen.lm.generate import generate
 from embiggen.lm.training import TrainLog, train_loop
 from embiggen.presets import PretrainConfig
 from embiggen.utils import pick_device
+
+#: how many tokens of each sample prompt's continuation pretraining records at an evaluation
+SAMPLE_TOKENS = 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,11 +79,26 @@ def estimate_loss(model, data: torch.Tensor, cfg: PretrainConfig, device) -> flo
 # ---------------------------------------------------------------------------------------
 def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: PretrainConfig,
              device=None, seed: int = 0, callback=None, progress: bool = True,
-             resume_dir: Path | None = None, desc: str = "pretrain") -> TrainLog:
+             resume_dir: Path | None = None, desc: str = "pretrain", tokenizer=None,
+             sample_prompts: tuple[str, ...] = ()) -> TrainLog:
     """Minimise the next-token loss on random windows of `train_data` for cfg.steps steps.
 
-    The loop (AdamW, warmup + cosine, clipping, resume) is `embiggen.lm.training.train_loop`."""
+    The loop (AdamW, warmup + cosine, clipping, resume) is `embiggen.lm.training.train_loop`.
+    With `tokenizer` and `sample_prompts`, every evaluation also records the model's greedy
+    continuation of each prompt in `log.samples`, so the text can be watched getting better;
+    the random state is set aside while it writes, so recording them changes no weight."""
     device = device or pick_device()
+    if sample_prompts and tokenizer is None:
+        raise ValueError("sample_prompts needs the tokenizer to write them with")
+
+    def on_evaluation(step, log):
+        if sample_prompts:
+            with torch.random.fork_rng(devices=[]):
+                texts = generate(model, tokenizer, list(sample_prompts), max_new_tokens=SAMPLE_TOKENS)
+            for prompt, text in zip(sample_prompts, texts):
+                log.samples.setdefault(prompt, []).append(text)
+        if callback is not None:
+            callback(step, log)
 
     def next_batch(generator):
         x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, generator)
@@ -89,5 +108,5 @@ def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: Pretr
         return next_token_loss(model, batch["x"], batch["y"]), batch["x"].numel()
 
     return train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=lambda m: estimate_loss(m, val_data, cfg, device),
-                      device=device, seed=seed, callback=callback, progress=progress, resume_dir=resume_dir,
+                      device=device, seed=seed, callback=on_evaluation, progress=progress, resume_dir=resume_dir,
                       desc=desc)
