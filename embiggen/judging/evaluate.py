@@ -407,6 +407,16 @@ def win_rate(labeler, prompts, rows_a: list[dict], rows_b: list[dict]) -> dict:
             "win_rate": wins / (wins + losses) if wins + losses else 0.5, "win_tie_rate": (wins + ties / 2) / n}
 
 
+def win_rate_by_kind(labeler, prompts, rows_a: list[dict], rows_b: list[dict]) -> dict[str, dict]:
+    """`win_rate`'s wins, losses and ties of model A against model B, for each kind of prompt
+    (each alignment kind on its own, every ordinary task as "task"): where one model's edge lies."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(prompts):
+        groups[e.cluster if e.cluster in ALIGNMENT_KINDS else "task"].append(i)
+    return {kind: win_rate(labeler, [prompts[i] for i in idx], [rows_a[i] for i in idx], [rows_b[i] for i in idx])
+            for kind, idx in groups.items()}
+
+
 # ---------------------------------------------------------------------------------------
 # Does the model know what it knows? (notebook 03)
 # ---------------------------------------------------------------------------------------

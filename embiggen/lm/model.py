@@ -115,3 +115,24 @@ def ready_for_chat(model, tokenizer, name: str = "this model") -> None:
         warnings.warn(f"{name}: its tokenizer has no chat template; using Embiggen's plain one "
                       f"('User:' / 'Assistant:' turns, each answer ended by {tokenizer.eos_token!r})", stacklevel=2)
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+@torch.no_grad()
+def attention_weights(model, tokenizer, text: str) -> tuple[list[str], torch.Tensor]:
+    """The tokens of `text` and every head's attention pattern on it: a tensor of shape
+    (layers, heads, query position, key position) whose rows sum to 1. Row t is what position
+    t, predicting token t+1, reads from the positions up to t (Vaswani et al. 2017, "Attention
+    Is All You Need": softmax(Q K^T / sqrt(d)) with the causal mask). The fused attention
+    kernels never form these weights, so the model switches to the plain ("eager") one for the
+    call and back afterwards."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
+    before = model.config._attn_implementation
+    was_training = model.training
+    model.eval()
+    model.set_attn_implementation("eager")
+    try:
+        out = model(input_ids=ids, output_attentions=True, use_cache=False)
+    finally:
+        model.set_attn_implementation(before)
+        model.train(was_training)
+    return tokenizer.convert_ids_to_tokens(ids[0].tolist()), torch.stack([a[0] for a in out.attentions]).float().cpu()

@@ -180,3 +180,15 @@ def llama_cpp_tokens_per_second(path: str | Path, prompts: list[str], max_new_to
         seconds += time.perf_counter() - started
         tokens += out["usage"]["completion_tokens"]
     return {"tokens_per_second": tokens / seconds, "tokens": tokens, "seconds": seconds}
+
+
+def seconds_per_answer(model, tokenizer, prompts: list[str], lengths, use_cache: bool = True,
+                       chat: bool = True) -> list[dict]:
+    """For each answer length in `lengths`, the mean seconds to write one greedy answer of exactly
+    that many new tokens to each of `prompts` (`tokens_per_second`'s timing), and the rate."""
+    rows = []
+    for n in lengths:
+        timed = tokens_per_second(model, tokenizer, prompts, max_new_tokens=n, use_cache=use_cache, chat=chat)
+        rows.append({"tokens": n, "seconds": timed["seconds"] / len(prompts),
+                     "tokens_per_second": timed["tokens_per_second"]})
+    return rows

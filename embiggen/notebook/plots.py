@@ -616,3 +616,120 @@ def token_push_html(tokens: list[str], deltas: list[float], scale: float | None 
                      f"border-radius:3px;padding:0 2px;margin:1px;font-family:monospace'>"
                      f"{html.escape(token.replace(' ', '␣')) or '∅'}</span>")
     return "".join(chips)
+
+
+def token_span(tokens: list[str], text: str) -> list[int]:
+    """Positions of the byte-level tokens (GPT-2 style, "Ġ" for a space) that spell the first
+    occurrence of `text` in the sequence they make up."""
+    pieces = [t.replace("Ġ", " ").replace("Ċ", "\n") for t in tokens]
+    joined = "".join(pieces)
+    start = joined.find(text)
+    if start < 0:
+        raise ValueError(f"{text!r} is not in the tokens' text {joined!r}")
+    positions, offset = [], 0
+    for i, piece in enumerate(pieces):
+        if offset < start + len(text) and offset + len(piece) > start and piece.strip():
+            positions.append(i)
+        offset += len(piece)
+    return positions
+
+
+def plot_attention(tokens: list[str], weights, query: int = -1, marked: list[int] | None = None, ax=None,
+                   title: str | None = None):
+    """What every head reads from each earlier token at position `query`: one row per head
+    (layer L, head H), one column per token, darker = more attention. `weights` is
+    `embiggen.lm.model.attention_weights`'s (layers, heads, query, key) tensor; `marked`
+    token positions get a box on the axis (e.g. the earlier mention of a name)."""
+    layers, heads = weights.shape[:2]
+    rows = weights[:, :, query, :].reshape(layers * heads, -1).detach().cpu().numpy()
+    ax = _axes(ax, figsize=(min(14, 1.0 + 0.42 * len(tokens)), 0.8 + 0.28 * layers * heads))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    labels = [t.replace("Ġ", "␣").replace("Ċ", "⏎") for t in tokens]
+    ax.set_xticks(range(len(tokens)), labels, rotation=60, ha="right", fontsize=8, family="monospace")
+    ax.set_yticks(range(layers * heads), [f"layer {layer} head {head}" for layer in range(layers)
+                                          for head in range(heads)], fontsize=7)
+    for i in marked or []:
+        ax.get_xticklabels()[i].set_bbox(dict(facecolor="#fff1c1", edgecolor="#e6550d", pad=1.5))
+    position = query % len(tokens)
+    ax.set_title(title or f"attention from {labels[position]!r} (position {position}), predicting the next token",
+                 fontsize=9)
+    plt.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="attention weight")
+    return ax
+
+
+#: the labeler's categories in the order the plots stack them, best first, and their colours
+CATEGORY_COLOURS = {"correct": "#31a354", "hedged": "#3182bd", "refused": "#3182bd", "wrong": "#fdae6b",
+                    "misnamed": "#9e9ac8", "declined": "#bdbdbd", "off-topic": "#969696", "unfinished": "#636363",
+                    "fabricated": "#de2d26", "complied": "#de2d26"}
+
+
+def plot_scores_by_category(rows: list[dict], score_key: str = "rm_score", ax=None, bins: int = 30,
+                            title="What the reward model pays for each kind of answer"):
+    """Histograms of one score over responses, one colour per labeler category (`rows` carry
+    "category" and `score_key`, as `embiggen.judging.evaluate.judge_model`'s do)."""
+    ax = _axes(ax, figsize=(7, 3.5))
+    scores = [r[score_key] for r in rows]
+    low, high = min(scores), max(scores)
+    edges = [low + (high - low) * i / bins for i in range(bins + 1)] if high > low else bins
+    for category, colour in CATEGORY_COLOURS.items():
+        values = [r[score_key] for r in rows if r["category"] == category]
+        if values:
+            ax.hist(values, bins=edges, alpha=0.55, color=colour, label=f"{category} ({len(values)})",
+                    histtype="stepfilled", edgecolor=colour)
+    ax.set(title=title, xlabel=f"{score_key} (normalised reward)", ylabel="responses")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def plot_category_mix(rows: list[dict], kinds: tuple[str, ...] = ("task", "unknown_person", "medical", "harmful"),
+                      axes=None, window: int = 5):
+    """For each kind of prompt, the share of each labeler category among PPO's sampled answers,
+    step by step (`rows` are PPO log rows with "categories"; a running mean over `window` steps,
+    since each step samples only a few prompts of each kind)."""
+    if axes is None:
+        _, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3), sharey=True)
+    rows = [r for r in rows if r.get("categories")]
+    steps = [r["step"] for r in rows]
+    for ax, kind in zip(axes, kinds):
+        totals = [sum(r["categories"].get(kind, {}).values()) for r in rows]
+        present = [c for c in CATEGORY_COLOURS if any(r["categories"].get(kind, {}).get(c) for r in rows)]
+        shares = []
+        for category in present:
+            counts = [r["categories"].get(kind, {}).get(category, 0) for r in rows]
+            shares.append([sum(counts[max(0, i - window + 1): i + 1]) / max(1, sum(totals[max(0, i - window + 1): i + 1]))
+                           for i in range(len(rows))])
+        if present:
+            ax.stackplot(steps, shares, labels=present, colors=[CATEGORY_COLOURS[c] for c in present], alpha=0.85)
+        ax.set(title=kind.replace("_", " "), xlabel="PPO step", ylim=(0, 1))
+        ax.legend(fontsize=6, loc="lower left")
+    axes[0].set_ylabel("share of sampled answers")
+    return axes
+
+
+def plot_dpo_loss_vs_margin(betas=(0.1, 0.5, 2.0), margin_range: float = 10.0, ax=None):
+    """DPO's loss for one pair, -log sigma(beta * m), against the implicit reward margin
+    m = (log pi/pi_ref)(chosen) - (log pi/pi_ref)(rejected), for a few betas: it falls
+    towards 0 once the chosen answer is ahead, and its slope (the gradient's weight,
+    beta * sigma(-beta * m)) fades there, so pairs already ranked right stop pulling."""
+    ax = _axes(ax, figsize=(6, 3.5))
+    ms = [-margin_range + 2 * margin_range * i / 200 for i in range(201)]
+    for beta in betas:
+        ax.plot(ms, [math.log1p(math.exp(-beta * m)) for m in ms], label=f"β = {beta}")
+    ax.axvline(0, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="margin m: how far the policy has moved chosen over rejected (nats)",
+           ylabel="loss −log σ(β·m)", title="The DPO loss of one pair")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_speed_vs_length(rows: list[dict], ax=None, title="Generation time against answer length"):
+    """Seconds to write an answer against its length in new tokens, one line per model/path
+    (`rows`: {"name", "tokens", "seconds"}), and the tokens per second each reaches."""
+    ax = _axes(ax, figsize=(6, 3.5))
+    for name in dict.fromkeys(r["name"] for r in rows):
+        mine = sorted((r["tokens"], r["seconds"]) for r in rows if r["name"] == name)
+        rate = mine[-1][0] / mine[-1][1] if mine[-1][1] else float("nan")
+        ax.plot([t for t, _ in mine], [s for _, s in mine], "o-", label=f"{name} ({rate:.0f} tokens/s at the longest)")
+    ax.set(xlabel="new tokens generated", ylabel="seconds", title=title)
+    ax.legend(fontsize=8)
+    return ax

@@ -49,3 +49,34 @@ def corpus_examples(world, seed: int = 0) -> list[dict]:
     """One document of each kind in the pretraining corpus."""
     rng = random.Random(seed)
     return [{"kind": k, "document": make(rng)} for k, make in world.document_kinds().items()]
+
+
+def parameter_rows(model) -> list[dict]:
+    """One row per kind of weight in a causal LM (embedding, each block's attention and MLP
+    matrices and norms, the final norm): its shape, how many there are and their parameters.
+    Tied input and output embeddings are counted once, as `num_parameters` counts them."""
+    rows: dict[str, dict] = {}
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        kind = ".".join(part for part in name.split(".") if not part.isdigit())
+        row = rows.setdefault(kind, {"weight": kind, "shape": " × ".join(map(str, p.shape)), "count": 0,
+                                     "parameters": 0})
+        row["count"] += 1
+        row["parameters"] += p.numel()
+    total = sum(r["parameters"] for r in rows.values())
+    return [*rows.values(), {"weight": "total", "shape": "", "count": len(seen), "parameters": total}]
+
+
+def training_sample_rows(log) -> list[dict]:
+    """Pretraining's greedy samples (`TrainLog.samples`) as rows: the step, the validation loss
+    then, and what the model wrote after each prompt."""
+    rows = []
+    for i, step in enumerate(log.val_steps):
+        row = {"step": step, "validation loss": f"{log.val_loss[i]:.2f}"}
+        for prompt, texts in log.samples.items():
+            row[prompt] = texts[i] if i < len(texts) else ""
+        rows.append(row)
+    return rows
