@@ -5,9 +5,12 @@ another way (loops, other formulas), as a learner might; both must pass. Every m
 caught and named by its own message.
 """
 
+import json
 import math
 import re
 import statistics
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,17 +155,38 @@ def test_check_prints_the_verdict_and_task_says_what_to_write(capsys):
         task("ppo")
 
 
-def test_the_solutions_notebooks_answer_passes_its_checker():
-    import json
-    from pathlib import Path
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
-    path = (Path(__file__).resolve().parents[1] / "notebooks" / "solutions" /
-            "05_reinforcement_learning_with_verifiable_rewards_solutions.ipynb")
-    cell = next("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
-                if "## Implement it yourself: pass@k" in "".join(c["source"]))
+
+def solution_cell(name):
+    """The solutions notebook's "Implement it yourself" cell whose code defines `name` (or my_`name`)."""
+    notebook = EXERCISES[name].notebook[:2]  # 03b, the appendix, is solved with notebook 3
+    for path in sorted((NOTEBOOKS / "solutions").glob(f"{notebook}_*_solutions.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if text.startswith("## Implement it yourself") and re.search(rf"def (my_)?{name}\(", text):
+                return text
+    raise AssertionError(f"no solution to {name} in notebooks/solutions/{notebook}_*")
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_each_solutions_notebooks_answer_passes_its_checker(name):
     namespace = {}
-    exec(cell.split("```python\n")[1].split("```")[0], namespace)  # the solution as a learner would paste it
-    assert diagnose("pass_at_k", namespace["pass_at_k"]).ok
+    exec(solution_cell(name).split("```python\n")[1].split("```")[0], namespace)  # pasted as a learner would
+    answer = namespace.get(f"my_{name}", namespace.get(name))
+    verdict = diagnose(name, answer)
+    assert verdict.ok, verdict.message
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_each_exercise_has_a_stub_cell_in_its_notebook_left_unwritten(name):
+    path = next(NOTEBOOKS.glob(f"{EXERCISES[name].notebook}.ipynb"))
+    stubs = [c for c in json.loads(path.read_text())["cells"]
+             if c["cell_type"] == "code" and f'check("{name}",' in "".join(c["source"])]
+    assert len(stubs) == 1, f"{path.name} should have one cell that checks {name}"
+    assert "raise NotImplementedError" in "".join(stubs[0]["source"])
+    printed = "".join("".join(o.get("text", "")) for o in stubs[0].get("outputs", []))
+    assert "not written yet" in printed, "the committed stub should show the learner what an unwritten answer prints"
 
 
 def test_a_number_may_come_back_as_a_one_element_tensor():

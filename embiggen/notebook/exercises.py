@@ -18,7 +18,7 @@ whose outputs the answer reproduces on every case and names it ("your loss inclu
 tokens"); otherwise it shows the first case where the two differ.
 
 One exercise per method: next_token_loss (notebook 1), completion_labels (2), bradley_terry_loss
-and gae (3), dpo_loss (4), group_advantages and pass_at_k (5), count_tool (6).
+(3), gae (3b, the appendix), dpo_loss (4), group_advantages and pass_at_k (5), count_tool (6).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _gae_with(rewards, values, gamma, lam, bootstrap: bool = True, backwards: bo
 
 
 GAE = Exercise(
-    "gae", "03_alignment_tuning",
+    "gae", "03b_ppo_line_by_line",
     "gae(rewards, values, gamma, lam) -> advantages, a tensor shaped like rewards. rewards, values: (batch, T), the\n"
     "reward and the value estimate at each token of each answer (the value after the last token is 0). With the TD\n"
     "error delta_t = r_t + gamma * V(t + 1) - V(t), the advantage is A_t = delta_t + gamma * lam * A_(t+1), computed\n"
