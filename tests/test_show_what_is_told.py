@@ -133,3 +133,46 @@ def test_the_new_plots_draw_what_they_are_given():
                                                                               "seconds": 0.2}])
     assert "80 tokens/s" in ax.get_legend().get_texts()[0].get_text()
     plt.close("all")
+
+
+def test_generative_agents_pass_on_what_they_say_and_knowledge_tracks_it(monkeypatch):
+    """A fake chat model that repeats the newest fact it is shown: facts spread one hop per round."""
+    import embiggen.methods.agents as agents_module
+    from embiggen.methods.agents import Agent, Fact, agent_prompt, knowledge, talk
+
+    def echo_newest(model, tokenizer, prompts, max_new_tokens=32):
+        newest = [p.split("\n- ")[1].split("\n")[0] for p in prompts]
+        return [n.split("told me: ")[-1] + " And more." for n in newest], [True] * len(prompts)
+
+    monkeypatch.setattr(agents_module, "chat_responses", echo_newest)
+    facts = [Fact("Bo Ash", "Redford", "Bo Ash lives in Redford.", ("Oakvale",)),
+             Fact("Ida Moss", "baker", "Ida Moss works as a baker.", ("actor", "nurse"))]
+    team = [Agent("A", [facts[0].sentence]), Agent("B", [facts[1].sentence]),
+            Agent("C", ["Ida Moss works as a nurse.", "Ida Moss lives in Oakvale."])]  # a wrong job; a town is no job
+    assert not facts[1].garbled_in("Ida Moss lives in Oakvale.") and facts[1].garbled_in("Ida Moss, a nurse.")
+    assert "- Bo Ash lives in Redford." in agent_prompt(team[0])
+    assert knowledge(team, facts) == {"A": ["knows", ""], "B": ["", "knows"], "C": ["", "garbled"]}
+    out = talk(None, None, team, facts, rounds=2, seed=0)
+    # each utterance is one sentence (the first), stored by the listener as "<speaker> told me: ..."
+    assert all(r["said"].endswith(".") and "And more" not in r["said"] for r in out["transcript"])
+    heard = {r["listener"]: r for r in out["transcript"]}
+    assert any(m.startswith(f"{heard['A']['speaker']} told me:") for m in team[0].memory)
+    assert len(out["knowledge"]) == 3 and out["knowledge"][0] == {"A": ["knows", ""], "B": ["", "knows"],
+                                                                  "C": ["", "garbled"]}
+    before = sum(s == "knows" for v in out["knowledge"][0].values() for s in v)
+    after = sum(s == "knows" for v in out["knowledge"][-1].values() for s in v)
+    assert after > before
+    with pytest.raises(ValueError, match="at least two agents"):
+        talk(None, None, team[:1], facts, rounds=1)
+
+
+def test_the_agents_plot_counts_the_states():
+    from embiggen.methods.agents import Fact
+    from embiggen.notebook.plots import plot_agent_knowledge
+
+    facts = [Fact("Bo", "x", "Bo is x."), Fact("Ida", "y", "Ida is y.")]
+    axes = plot_agent_knowledge([{"A": ["knows", ""], "B": ["", ""]}, {"A": ["knows", "garbled"], "B": ["knows", ""]}],
+                                facts)
+    right, garbled = axes[0].get_lines()
+    assert list(right.get_ydata()) == [1, 2] and list(garbled.get_ydata()) == [0, 1]
+    plt.close("all")

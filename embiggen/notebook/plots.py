@@ -733,3 +733,27 @@ def plot_speed_vs_length(rows: list[dict], ax=None, title="Generation time again
     ax.set(xlabel="new tokens generated", ylabel="seconds", title=title)
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_agent_knowledge(knowledge: list[dict[str, list[str]]], facts, axes=None):
+    """Generative agents' information diffusion (`embiggen.methods.agents.talk`'s "knowledge"):
+    left, how many (agent, fact) pairs are known right and known garbled after each round;
+    right, after the last round, which agent holds which fact (green: right, orange: garbled)."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [1, 1.6]})
+    rounds = list(range(len(knowledge)))
+    for state, colour, label in (("knows", "#31a354", "states the fact right"), ("garbled", "#fd8d3c", "garbled")):
+        axes[0].plot(rounds, [sum(s == state for v in k.values() for s in v) for k in knowledge], "o-", color=colour,
+                     label=label)
+    total = sum(len(v) for v in knowledge[0].values())
+    axes[0].set(xlabel="round of conversation (0: before any)", ylabel=f"(agent, fact) pairs, of {total}",
+                title="What the agents know", xticks=rounds)
+    axes[0].legend(fontsize=8)
+    last = knowledge[-1]
+    grid = [[{"knows": 1.0, "garbled": 0.5}.get(s, 0.0) for s in v] for v in last.values()]
+    from matplotlib.colors import ListedColormap
+    axes[1].imshow(grid, cmap=ListedColormap(["#f0f0f0", "#fd8d3c", "#31a354"]), vmin=0, vmax=1, aspect="auto")
+    axes[1].set_yticks(range(len(last)), list(last), fontsize=8)
+    axes[1].set_xticks(range(len(facts)), [f.sentence.rstrip(".") for f in facts], rotation=35, ha="right", fontsize=7)
+    axes[1].set_title("After the last round: grey unheard, orange garbled, green right", fontsize=9)
+    return axes
