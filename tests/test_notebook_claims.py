@@ -249,3 +249,22 @@ def test_a_planted_mismatch_in_a_real_notebook_is_caught(sources):
             assert any(m.startswith(f"cell {i}: {planted} %") for m in missing), (path.name, number, planted)
             return
     pytest.fail("no notebook has a percentage in its prose to plant a mismatch in")
+
+
+READING = re.compile(r"Reading it takes about (\d+) minutes \(its prose at 200 words a minute")
+
+
+def prose_words(nb: dict) -> int:
+    return sum(len("".join(c["source"]).split()) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "solutions" not in p.parts], ids=lambda p: p.name)
+def test_the_reading_time_is_the_prose_at_200_words_a_minute(path):
+    """Each notebook's card says how long its prose takes to read; the figure is its markdown's word count at 200
+    words a minute, to the nearest 5 minutes, and COURSE.md's table says the same."""
+    nb = json.loads(path.read_text())
+    card = next("".join(c["source"]) for c in nb["cells"] if "".join(c["source"]).startswith("## Before you start"))
+    stated = int(READING.search(card).group(1))
+    assert stated == max(5, 5 * round(prose_words(nb) / 200 / 5)), (path.name, prose_words(nb))
+    row = next(line for line in (ROOT / "COURSE.md").read_text().splitlines() if f"notebooks/{path.name})" in line)
+    assert f"about {stated} min" in row, row

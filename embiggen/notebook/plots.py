@@ -8,6 +8,7 @@ import textwrap
 
 import matplotlib.pyplot as plt
 from IPython.display import clear_output
+from matplotlib.colors import ListedColormap
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 PALETTE = ["#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f9f1", "#fce1c8", "#e4f0d0"]
@@ -751,7 +752,6 @@ def plot_agent_knowledge(knowledge: list[dict[str, list[str]]], facts, axes=None
     axes[0].legend(fontsize=8)
     last = knowledge[-1]
     grid = [[{"knows": 1.0, "garbled": 0.5}.get(s, 0.0) for s in v] for v in last.values()]
-    from matplotlib.colors import ListedColormap
     axes[1].imshow(grid, cmap=ListedColormap(["#f0f0f0", "#fd8d3c", "#31a354"]), vmin=0, vmax=1, aspect="auto")
     axes[1].set_yticks(range(len(last)), list(last), fontsize=8)
     axes[1].set_xticks(range(len(facts)), [f.sentence.rstrip(".") for f in facts], rotation=35, ha="right", fontsize=7)
