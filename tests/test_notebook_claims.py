@@ -141,7 +141,7 @@ class Sources:
     def __init__(self, notebooks: dict[str, dict] | None = None, report=None, course: str = ""):
         self.by_number = {}
         for name, nb in (notebooks or {}).items():
-            if name[:2].isdigit() and not name.endswith("_solutions.ipynb"):
+            if name[:2].isdigit() and name[2] == "_" and not name.endswith("_solutions.ipynb"):  # 03b is no "notebook 3"
                 self.by_number[int(name[:2])] = notebook_outputs(nb)
         self.report = report if report is not None else set()
         self.course = numbers_in(course)
