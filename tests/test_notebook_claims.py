@@ -119,8 +119,8 @@ def claims(markdown: str) -> list[tuple[str, str, str | None, bool]]:
             number, unit = m.group(2), unit_of(m.group(3))
             if unit is None and "." not in number:
                 continue  # a bare integer (a step count, a table's size) is not a measured claim
-            if number.endswith("."):
-                continue
+            if number.endswith(".") or (unit is None and sentence[m.end():m.end() + 1].isalpha()):
+                continue  # "0.5B parameters", "3e-5": a size or a setting written as a word, not a measured figure
             approximate = bool(m.group(1)) or bool(APPROXIMATE.search(sentence[: m.start()]))
             out.append((sentence, number, unit, approximate))
     return out
