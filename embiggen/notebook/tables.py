@@ -56,18 +56,15 @@ def parameter_rows(model) -> list[dict]:
     matrices and norms, the final norm): its shape, how many there are and their parameters.
     Tied input and output embeddings are counted once, as `num_parameters` counts them."""
     rows: dict[str, dict] = {}
-    seen = set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    for name, p in model.named_parameters():  # named_parameters yields a tied weight once
         kind = ".".join(part for part in name.split(".") if not part.isdigit())
         row = rows.setdefault(kind, {"weight": kind, "shape": " × ".join(map(str, p.shape)), "count": 0,
                                      "parameters": 0})
         row["count"] += 1
         row["parameters"] += p.numel()
     total = sum(r["parameters"] for r in rows.values())
-    return [*rows.values(), {"weight": "total", "shape": "", "count": len(seen), "parameters": total}]
+    count = sum(r["count"] for r in rows.values())
+    return [*rows.values(), {"weight": "total", "shape": "", "count": count, "parameters": total}]
 
 
 def training_sample_rows(log) -> list[dict]:
