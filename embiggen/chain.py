@@ -46,7 +46,7 @@ from embiggen.methods.reward import RewardModel, fit_reward_model, load_pairs, l
 from embiggen.methods.sft import SFTData, encode_example, sft
 from embiggen.methods.tools import encode_tool_example
 from embiggen.presets import DPOConfig, GRPOConfig, ModelConfig, PPOConfig, Preset, check_preset
-from embiggen.utils import atomic_dir, atomic_write_text, config_key, pick_device, set_seed
+from embiggen.utils import atomic_dir, atomic_write_text, config_key, pick_device, read_only, set_seed
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
 REWARD_VERSION = 6  # preference collection, the labeler or the reward model
@@ -148,7 +148,11 @@ def load_base_model(preset: Preset, device=None) -> StageModel:
         _, val_docs = build_corpus(preset, world)
         windows = replace(preset.pretrain, eval_batches=min(preset.pretrain.eval_batches, 4), batch_size=8)
         val_loss = estimate_loss(model, tokenize_corpus(tokenizer, val_docs), windows, device)
-        atomic_write_text(measured, json.dumps({"val_loss": val_loss}))
+        try:
+            atomic_write_text(measured, json.dumps({"val_loss": val_loss}))
+        except OSError as exc:  # a read-only cache: measured again next time
+            if not read_only(exc):
+                raise
     info = {"preset": preset.name, "seed": preset.seed, "params": model.num_parameters(), "source": str(source),
             "train_tokens": 0, "train_seconds": 0.0, "load_seconds": round(time.perf_counter() - started, 2),
             "tokens_per_second": None, "val_loss": val_loss, "device": str(device)}
@@ -394,7 +398,8 @@ def train_or_load_ppo(preset: Preset, kl_coef: float | None = None, steps: int |
                         refresh=lambda t, r: refresh_reward_model(preset, cfg, t, sft, reward, r, progress))
         model = trainer.policy.lm.eval()
         info = {"preset": preset.name, "seed": preset.seed, "kl_coef": cfg.kl_coef, "steps": cfg.steps,
-                "episodes": cfg.steps * cfg.batch_size, "train_seconds": round(time.perf_counter() - started, 2),
+                "episodes": cfg.steps * cfg.batch_size,
+                "train_seconds": round(time.perf_counter() - started + log.resumed_seconds, 2),  # earlier processes' too
                 "reward_model": reward.path.name, "final_reward_model": trainer.reward_model.path.name,
                 "rounds": cfg.rounds, "refresh_at": list(refresh_at), "device": str(device)}
         save_checkpoint(path, model, sft.tokenizer, {**info, "ppo_log": log.rows}, TrainLog())
@@ -472,7 +477,8 @@ def train_or_load_dpo(preset: Preset, sft: StageModel | None = None, cfg: DPOCon
         info = {"preset": preset.name, "seed": preset.seed, "beta": cfg.beta, "loss_type": cfg.loss_type,
                 "n_pairs": len(pairs), "n_eval_pairs": len(data["eval_pairs"]),
                 # every round so far, its sampling and labelling included
-                "train_seconds": round(earlier + time.perf_counter() - started, 2), "sft": sft.path.name,
+                "train_seconds": round(earlier + time.perf_counter() - started + log.resumed_seconds, 2),
+                "sft": sft.path.name,
                 "device": str(device), "val_loss": log.val_loss[-1] if log.val_loss else None,
                 "val_reward_accuracy": log.metrics.get("val_reward_accuracy", [None])[-1],
                 "round": round_, "rounds": cfg.rounds, "steps": steps,
@@ -652,8 +658,8 @@ def train_or_load_ppo_verified(preset: Preset, sft: StageModel | None = None, fo
         model = trainer.policy.lm.eval()
         rows = [first, *log.rows]
         info = {"preset": preset.name, "seed": preset.seed, "steps": cfg.steps, "sft": sft.path.name,
-                "answers_sampled": cfg.steps * cfg.batch_size, "train_seconds": round(time.perf_counter() - started, 2),
-                "device": str(device)}
+                "answers_sampled": cfg.steps * cfg.batch_size,
+                "train_seconds": round(time.perf_counter() - started + log.resumed_seconds, 2), "device": str(device)}
         save_checkpoint(path, model, sft.tokenizer, {**info, "ppo_log": json_rows(rows)}, TrainLog())
         return StageModel(model, sft.tokenizer, sft.world, preset, PPOLog([r["step"] for r in rows], rows), info, path)
 

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from embiggen.errors import printable
+from embiggen.errors import UserError, is_disk_full, printable
 from embiggen.presets import LANGUAGE_MODELS, PRESETS, STAGE_NAMES
 
 
@@ -92,33 +92,51 @@ def main(argv=None) -> int:
     """Run a command. A problem the user can fix is one line naming it, exit code 2; Ctrl-C says
     how to resume; anything else is one line too, and its traceback needs --debug (or
     EMBIGGEN_DEBUG=1)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:  # a bare `embiggen`: what it can do, not an error
-        parser.print_help()
-        return 0
-    debug = args.debug or os.environ.get("EMBIGGEN_DEBUG") == "1"
+    debug = os.environ.get("EMBIGGEN_DEBUG") == "1" or "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        # The one import inside a function in the package: the commands load torch and transformers (seconds),
-        # so they are imported only once the arguments have parsed; `--help` and a mistyped flag answer at once.
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # a bare `embiggen`: what it can do, not an error
+            parser.print_help()
+            return 0
+        debug = debug or args.debug
+        # The commands load torch and transformers (seconds), so they are imported only once the arguments have
+        # parsed; `--help` and a mistyped flag answer at once.
         from embiggen.commands import dispatch
         return dispatch(args)
     except KeyboardInterrupt:
         if debug:
             raise
+        _close_progress_bars()
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as exc:  # UserError, bad presets and stages, files that cannot be read
+    except Exception as exc:  # noqa: BLE001 - sorted by `one_line`
         if debug:
             raise
-        print(f"error: {printable(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with --debug
-        if debug:
-            raise
-        print(f"error: {type(exc).__name__}: {printable(str(exc)).splitlines()[0] if str(exc) else ''} "
-              "(run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+        _close_progress_bars()
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, (ValueError, OSError)) or is_disk_full(exc) else 1
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars a failed command left open, so that its message starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", [])):
+        bar.close()
+
+
+def one_line(exc: Exception) -> str:
+    """What `main` prints of `exc`: a problem the user can fix (`UserError`, bad presets and
+    stages, files that cannot be read or written, a full disk) as its message's first line;
+    anything else, a bug, with its type and where to find its traceback."""
+    first = printable(str(exc)).splitlines()[0] if str(exc).strip() else ""
+    if is_disk_full(exc) and not isinstance(exc, UserError):
+        where = f" writing {printable(str(exc.filename))}" if getattr(exc, "filename", None) else ""
+        return (f"the disk is full (no space left on device{where}): free some space and run the same command "
+                "again; it resumes where it stopped")
+    if isinstance(exc, (ValueError, OSError)):
+        return first or type(exc).__name__
+    return f"{type(exc).__name__}: {first} (run again with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ code. The parser lives apart, in `embiggen/cli.py`, so that it answers before to
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 from contextlib import nullcontext
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import transformers
 
-from embiggen.errors import UserError, printable
+from embiggen.errors import UserError, printable, utf8_problem
 from embiggen.experiments import pretrain_experiments
 from embiggen.lm.generate import generate
 from embiggen.lm.model import context_length, load_pretrained
@@ -101,18 +102,38 @@ def load_model_by_name(name: str, preset: Preset, train: bool = False):
     return load_pretrained(name, device=pick_device())
 
 
+#: the bounds of `sample`'s options (past them a run crashes, overflows or samples pure noise)
+MAX_SAMPLES = 1000
+MAX_NEW_TOKENS = 100_000
+MAX_TOP_K = 10_000_000
+MIN_TEMPERATURE = 0.01  # far below it, logits / T overflow float32 to inf
+MAX_TEMPERATURE = 100.0  # far above it, every token is about equally likely: noise
+
+
+def _shown(value) -> str:
+    """A flag's value for a message: a number too long to read is cut."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
 def generation_problem(args) -> str | None:
     """Why the generation options cannot be used (None if they can)."""
-    if args.n < 1:
-        return f"-n must be at least 1, not {args.n}"
-    if args.max_new_tokens < 1:
-        return f"--max-new-tokens must be at least 1, not {args.max_new_tokens}"
-    if args.temperature < 0:
-        return f"--temperature must be positive (or 0 for greedy decoding), not {args.temperature:g}"
+    if not 1 <= args.n <= MAX_SAMPLES:
+        return f"-n must be at least 1 and at most {MAX_SAMPLES:,}, not {_shown(args.n)}"
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        return f"--max-new-tokens must be at least 1 and at most {MAX_NEW_TOKENS:,}, not {_shown(args.max_new_tokens)}"
+    t = args.temperature
+    if not math.isfinite(t) or t < 0:
+        return f"--temperature must be positive (or 0 for greedy decoding), not {_shown(t)}"
+    if t != 0 and not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:
+        return (f"--temperature must be 0 (greedy decoding) or from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} "
+                f"(below, the logits overflow; above, every token is about equally likely), not {_shown(t)}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
-        return f"--top-p must be above 0 and at most 1 (1 keeps every token), not {args.top_p:g}"
-    if args.top_k is not None and args.top_k < 0:
-        return f"--top-k must be 0 or more (0 keeps every token), not {args.top_k}"
+        return f"--top-p must be above 0 and at most 1 (1 keeps every token), not {_shown(args.top_p)}"
+    if args.top_k is not None and not 0 <= args.top_k <= MAX_TOP_K:
+        return f"--top-k must be 0 or more (0 keeps every token) and at most {MAX_TOP_K:,}, not {_shown(args.top_k)}"
+    if not 0 <= args.seed < 2 ** 64:
+        return f"--seed must be a whole number from 0 to 2**64 - 1 (a 64-bit seed), not {_shown(args.seed)}"
     return None
 
 
@@ -136,6 +157,9 @@ def fit_prompt(tokenizer, text: str, context: int | None, reserve: int, template
 def _cmd_sample(args) -> int:
     if not args.prefix.strip():
         raise UserError("give a non-empty prefix to continue")
+    problem = utf8_problem(args.prefix, "the prefix")
+    if problem:
+        raise UserError(problem)
     problem = generation_problem(args)
     if problem:
         raise UserError(problem)
@@ -180,15 +204,24 @@ def _cmd_chat(args, read=input) -> int:
     if tokenizer.chat_template is None:
         raise UserError(f"--model {args.model}: it has no chat template; chat needs an instruction-tuned model")
     print(f"Chatting with {args.model!r}. Each message is answered on its own. Type 'quit' or press Ctrl-D to leave.")
+    if read is input and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is refused below, not the chat's end
     while True:
         try:
             message = read("you> ")
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
+        except UnicodeDecodeError as exc:
+            print(f"error: that message is not valid UTF-8 ({exc.reason}); type it again", file=sys.stderr)
+            continue
         if message.strip().lower() in ("quit", "exit"):
             return 0
         if not message.strip():
+            continue
+        problem = utf8_problem(message, "that message")
+        if problem:
+            print(f"error: {problem}; type it again", file=sys.stderr)
             continue
         print(f"{args.model}> {printable(chat_reply(model, tokenizer, message, tools=args.model == 'tools'))}")
 

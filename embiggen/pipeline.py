@@ -25,7 +25,7 @@ from embiggen.chain import (final_reward_model, train_or_load_base, train_or_loa
                             train_or_load_ppo, train_or_load_reward, train_or_load_sft, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
-from embiggen.errors import UserError
+from embiggen.errors import UserError, is_disk_full
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
 from embiggen.judging.evaluate import (alignment_counts, alignment_rates_by_kind, evaluate_alignment, evaluate_tasks,
                                        fact_cloze, instruction_answer_rate, judge_model, name_copy_rate,
@@ -37,7 +37,7 @@ from embiggen.methods.reward import load_pairs, pairwise_accuracy
 from embiggen.methods.tools import evaluate_with_tools
 from embiggen.presets import Preset, check_preset
 from embiggen.report import flatten, report_markdown
-from embiggen.utils import atomic_write_text, cache_root
+from embiggen.utils import DiskFull, atomic_write_text, cache_root, read_only
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,7 +408,9 @@ def run(preset: Preset, stages=None, out: str | Path | None = None, progress: bo
     check_preset(preset)
     names = parse_stages(stages)
     out = Path(out) if out is not None else default_out(preset)
-    check_writable(cache_root(), "EMBIGGEN_CACHE (the model cache)")  # before any training, not after it
+    if not check_writable(cache_root(), "EMBIGGEN_CACHE (the model cache)", read_only_ok=True):  # before training
+        print(f"note: EMBIGGEN_CACHE={cache_root()} is read-only: every stage is loaded from it, and one that is not "
+              "in it yet stops the run", file=sys.stderr)
     check_writable(out, "--out (the report's folder)")
     report_path = out / "report.json"
     report = read_report(report_path)
@@ -431,15 +433,22 @@ def run(preset: Preset, stages=None, out: str | Path | None = None, progress: bo
     return report
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """A `UserError` naming `what` unless files can be created in `folder` (made if missing)."""
+def check_writable(folder: Path, what: str, read_only_ok: bool = False) -> bool:
+    """True if files can be created in `folder` (made if missing); else a `UserError` naming
+    `what` — or, with `read_only_ok`, False where the folder exists but is read-only (a cache
+    mounted read-only can still be read)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
+        if read_only_ok and read_only(exc) and folder.is_dir():
+            return False
+        if is_disk_full(exc):
+            raise DiskFull(folder) from exc
         raise UserError(f"{what}: cannot write in {folder} ({exc.strerror or type(exc).__name__})") from exc
+    return True
 
 
 def read_report(path: Path) -> dict:
@@ -447,8 +456,8 @@ def read_report(path: Path) -> dict:
     is then moved aside, and the run says so)."""
     if not path.exists():
         return {}
-    try:
-        report = json.loads(path.read_text())
+    try:  # strict JSON only: NaN, Infinity and numbers too large for a float (1e999) are not a report's
+        report = json.loads(path.read_text(), parse_constant=_not_json, parse_float=_finite_float)
         if isinstance(report, dict):
             return report
     except (OSError, ValueError):
@@ -458,6 +467,17 @@ def read_report(path: Path) -> dict:
     print(f"warning: {path} is not a report Embiggen wrote; moved it to {aside} and starting a new one",
           file=sys.stderr)
     return {}
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a float")
+    return value
 
 
 def strict_json(report: dict, stage: str) -> str:

@@ -31,14 +31,17 @@ LAYERS = [
     "chain",                                     # each stage trained once, cached, handed to the next
     "experiments",                               # sweeps, ablations, held-out measurements
     "report",                                    # the report card: a headline in words, every figure, targets
-    "pipeline", "commands", "cli",               # the stage registry, `embiggen run`, the commands, their parser
+    "pipeline", "commands", "cli", "__main__",   # the stage registry, `embiggen run`, the commands, their parser,
+                                                 # the console script
     "notebook",                                  # what the notebooks show: set-up, tables, plots, widgets
 ]
 #: third-party packages a module may import inside a function because they are optional
 OPTIONAL_DEPENDENCIES: set[str] = {"llama_cpp"}  # llama-cpp-python, timed in notebook 6 where it happens to be installed
-#: the one import of the package inside a function: the command line parses its arguments before the commands
-#: load torch and transformers (seconds), so `embiggen --help` and a mistyped flag answer at once
-DEFERRED_IMPORTS = {("cli.main", "from embiggen.commands import dispatch")}
+#: the two imports of the package inside a function: the command line parses its arguments before the commands
+#: load torch and transformers (seconds), so `embiggen --help` and a mistyped flag answer at once; and the console
+#: script imports the command line inside its handling of Ctrl-C, so an interrupt while it loads is one line
+DEFERRED_IMPORTS = {("cli.main", "from embiggen.commands import dispatch"),
+                    ("__main__.main", "from embiggen.cli import main as cli_main")}
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:

@@ -4,11 +4,13 @@ exit code 2 and no traceback unless --debug asks for it."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
 from embiggen import cli, commands
 from embiggen.errors import UserError
+from embiggen.presets import OptimConfig
 from embiggen.utils import pick_device, set_threads
 
 
@@ -29,12 +31,25 @@ def test_bad_thread_counts_are_one_line_naming_the_variable(value, monkeypatch, 
 
 
 def test_more_threads_than_cores_warns(monkeypatch):
-    monkeypatch.setenv("EMBIGGEN_THREADS", str((os.cpu_count() or 1) + 7))
+    monkeypatch.setenv("EMBIGGEN_THREADS", str((os.cpu_count() or 1) + 1))
     try:
         with pytest.warns(UserWarning, match="more than the .* CPU cores"):
             set_threads()
     finally:
         set_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+@pytest.mark.parametrize("value", ["100000", "99999999999999999999", str(4 * (os.cpu_count() or 1) + 1)])
+def test_thread_counts_far_above_the_cores_are_refused_naming_the_variable(value, monkeypatch, capsys):
+    """100000 threads exhaust the machine (a segfault); 20 digits overflowed torch's own check."""
+    monkeypatch.setenv("EMBIGGEN_THREADS", value)
+    with pytest.raises(UserError, match=r"EMBIGGEN_THREADS=\d+.* is far more than the \d+ CPU cores here"):
+        set_threads()
+    code, _, err = run_cli(["config", "--stage", "base"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "EMBIGGEN_THREADS" in err and "use " in err
+    monkeypatch.setenv("EMBIGGEN_THREADS", "\u0662")  # a digit, but not an ASCII one
+    with pytest.raises(UserError, match="EMBIGGEN_THREADS must be a positive whole number"):
+        set_threads()
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:3", "tpu9", "mps"])
@@ -69,10 +84,58 @@ def test_model_paths_are_checked_before_loading(tmp_path, capsys):
                                          (["-n", "0"], "-n must be at least 1"), (["-n", "-2"], "-n must be at least 1"),
                                          (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
                                          (["--top-k", "-1"], "--top-k must be 0 or more"),
-                                         (["--temperature", "-1"], "--temperature must be positive")])
+                                         (["--temperature", "-1"], "--temperature must be positive"),
+                                         (["--temperature", "nan"], "--temperature must be positive"),
+                                         (["--temperature", "inf"], "--temperature must be positive"),
+                                         (["--temperature", "1e-45"], "--temperature must be 0 (greedy decoding) or"),
+                                         (["--temperature", "1e9"], "--temperature must be 0 (greedy decoding) or"),
+                                         (["--top-p", "nan"], "--top-p must be above 0"),
+                                         (["-n", "99999999999999999999"], "-n must be at least 1 and at most"),
+                                         (["--max-new-tokens", "99999999999999999999"], "--max-new-tokens must be"),
+                                         (["--top-k", "99999999999999999999"], "--top-k must be 0 or more"),
+                                         (["--seed", str(2 ** 64)], "--seed must be a whole number from 0"),
+                                         (["--seed", "-1"], "--seed must be a whole number from 0")])
 def test_generation_options_are_checked_before_loading(flags, says, capsys):
     code, _, err = run_cli(["sample", "--model", "/nonexistent", *flags, "Alma"], capsys)
-    assert code == 2 and says in err
+    assert code == 2 and says in err and err.count("\n") == 1 and len(err) < 300  # a 20-digit value is cut
+
+
+def test_the_bounds_of_the_checked_options_still_sample(tiny_base, capsys):
+    """The edges the checks let through work: the lowest temperature does not overflow."""
+    from embiggen.commands import MIN_TEMPERATURE
+    code, out, err = run_cli(["sample", "--model", str(tiny_base.path), "--temperature", str(MIN_TEMPERATURE), "-n",
+                              "2", "--max-new-tokens", "3", "--seed", str(2 ** 64 - 1), "--top-k", "99999", "Alma"],
+                             capsys)
+    assert code == 0 and out.count("[") >= 2, err
+
+
+def test_a_prefix_that_is_not_utf8_is_one_line(tiny_base, capsys):
+    """Bytes that are not UTF-8 reach Python as lone surrogates ("surrogateescape")."""
+    code, _, err = run_cli(["sample", "--model", str(tiny_base.path), "Alma \udcff lives"], capsys)
+    assert code == 2 and "the prefix is not valid UTF-8 (byte 0xff at character 6)" in err
+
+
+def test_a_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(tiny_base, monkeypatch, capsys):
+    import subprocess
+    import sys
+    lines = iter(["Alma \udcff lives", "Alma", "quit"])
+    answered = []
+    monkeypatch.setattr(commands, "load_model_by_name", lambda *a, **k: (tiny_base.model, tiny_base.tokenizer))
+    monkeypatch.setattr(commands, "chat_reply", lambda model, tok, message, **k: answered.append(message) or "ok")
+    monkeypatch.setattr(type(tiny_base.tokenizer), "chat_template", "{{ messages }}", raising=False)
+    args = cli.build_parser().parse_args(["chat", "--model", "sft", "--preset", "smoke"])
+    assert commands._cmd_chat(args, read=lambda prompt: next(lines)) == 0
+    assert answered == ["Alma"] and "that message is not valid UTF-8 (byte 0xff at character 6)" in capsys.readouterr().err
+    # the real stdin: a line of bad bytes piped in, then a good one, then quit
+    script = ("import sys\nfrom embiggen import commands\n"
+              "commands.load_model_by_name = lambda *a, **k: (None, type('T', (), {'chat_template': 'x'})())\n"
+              "commands.chat_reply = lambda m, t, message, **k: 'echo ' + message\n"
+              "from embiggen.cli import build_parser\n"
+              "sys.exit(commands._cmd_chat(build_parser().parse_args(['chat', '--preset', 'smoke'])))\n")
+    done = subprocess.run([sys.executable, "-c", script], input=b"Alma \xff lives\nAlma\nquit\n", capture_output=True,
+                          timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"})
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"echo Alma" in done.stdout and b"not valid UTF-8 (byte 0xff" in done.stderr
 
 
 def test_long_prompts_are_cut_from_the_left_and_control_characters_escaped(tiny_base, capsys):
@@ -107,6 +170,39 @@ def test_chat_cuts_a_long_message_but_keeps_the_chat_template(tiny_base, capsys)
     assert seen[0].startswith(before) and seen[0].endswith(after) and "Alma" in seen[0]  # the template kept whole
     assert len(encode(tiny_base.tokenizer, seen[0])) + 8 <= context_length(tiny_base.model)
     assert "for the chat template): its first" in capsys.readouterr().err
+
+
+INTERRUPT_WHILE_IMPORTING = """
+import sys
+class Interrupt:  # Ctrl-C arriving while the module `name` is being imported
+    def __init__(self, name): self.name = name
+    def find_spec(self, name, path=None, target=None):
+        if name == self.name: raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt(sys.argv[1]))
+from embiggen.__main__ import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("module, argv", [("embiggen.presets", ["config"]), ("argparse", ["config"]),
+                                          ("torch", ["config", "--stage", "base"]),
+                                          ("transformers", ["config", "--stage", "base"])])
+def test_ctrl_c_while_the_command_line_starts_is_one_line(module, argv):
+    """The console script is `embiggen.__main__:main`, which imports the command line's modules
+    (and, through them, torch) inside its handling of Ctrl-C."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", INTERRUPT_WHILE_IMPORTING, module, *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == "interrupted; run the same command again to resume"
+
+
+def test_the_console_script_is_the_guarded_entry_point():
+    import tomllib
+    from pathlib import Path
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"embiggen": "embiggen.__main__:main"}
 
 
 def test_ctrl_c_says_how_to_resume_and_debug_shows_tracebacks(monkeypatch, capsys):
@@ -151,7 +247,21 @@ CORRUPTIONS = {
     "garbage train_log.json": lambda p: (p / "train_log.json").write_text("garbage"),
     "empty train_log.json": lambda p: (p / "train_log.json").write_text("{}"),
     "deleted tokenizer": lambda p: (p / "tokenizer.json").unlink(),
+    "a number for a file's manifest entry": lambda p: _edit_manifest(p, lambda m: {**m, "model.safetensors": 7}),
+    "{} for a file's manifest entry": lambda p: _edit_manifest(p, lambda m: {**m, "train_log.json": {}}),
+    "a size that is text": lambda p: _edit_manifest(p, lambda m: {**m, "config.json": {**m["config.json"], "size": "9"}}),
+    "a manifest that is a list": lambda p: _edit_manifest(p, lambda m: list(m)),
+    "an empty manifest": lambda p: _edit_manifest(p, lambda m: {}),
+    "a manifest naming a file outside the entry": lambda p: _edit_manifest(
+        p, lambda m: {**m, "../../../etc/hostname": {"size": 1, "sha256": "0" * 64}}),
+    "a deleted manifest": lambda p: (p / "manifest.json").unlink(),  # written since the cache was marked: damage
 }
+
+
+def _edit_manifest(path, change):
+    import json
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps(change(manifest)))
 
 
 def _scribble(path):
@@ -299,6 +409,13 @@ def test_a_garbage_report_is_moved_aside_and_nan_is_never_written(tmp_path, caps
     path.write_text("garbage{")
     assert read_report(path) == {} and "is not a report Embiggen wrote" in capsys.readouterr().err
     assert not path.exists() and list(tmp_path.glob("report.json.unreadable-*"))
+    for not_strict in ['{"base": {"val_loss": Infinity}}', '{"base": {"val_loss": 1e999}}', '{"base": NaN}',
+                       '{"base": {"x": -Infinity}}']:
+        path.write_text(not_strict)
+        assert read_report(path) == {} and "is not a report Embiggen wrote" in capsys.readouterr().err, not_strict
+        assert not path.exists()
+    path.write_text('{"base": {"val_loss": 1.5e300}}')  # large, but a float
+    assert read_report(path) == {"base": {"val_loss": 1.5e300}}
     report = {"ppo": {"kl": math.nan, "gold": 0.5}}
     with pytest.raises(UserError, match=r"stage ppo measured a figure that is not a number \(ppo.kl\)"):
         strict_json(report, "ppo")
@@ -346,3 +463,305 @@ def test_a_user_error_in_a_notebook_is_one_line(monkeypatch, capsys):
     result = shell.run_cell("1 / 0")
     assert len(shown) > 2  # anything else keeps its full traceback
     InteractiveShell.clear_instance()
+
+
+# ---- an entry is moved aside only for what it got wrong itself -------------------------------
+def test_what_is_the_entrys_fault_and_what_is_the_machines():
+    import errno
+    import json
+
+    from safetensors import SafetensorError
+
+    from embiggen.utils import entry_at_fault
+    ours = [SafetensorError("Error while deserializing header: HeaderTooLarge"), json.JSONDecodeError("x", "{", 0),
+            FileNotFoundError(errno.ENOENT, "No such file", "config.json"), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "x"),
+            OSError("Error no file named model.safetensors found in directory /cache/base/x")]
+    machine = [RuntimeError("can't start new thread"), MemoryError(), OSError(errno.ENOMEM, "Cannot allocate memory"),
+               OSError(errno.EMFILE, "Too many open files"), PermissionError(errno.EACCES, "Permission denied"),
+               RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+               SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                               "\"No space left on device\" }) (os error 28)"),
+               SafetensorError("I/O error: Cannot allocate memory (os error 12)"), KeyError("log"),
+               ValueError("some other problem")]
+    assert [entry_at_fault(e) for e in ours] == [True] * len(ours)
+    assert [entry_at_fault(e) for e in machine] == [False] * len(machine)
+
+
+@pytest.mark.parametrize("problem", [RuntimeError("can't start new thread"), MemoryError(),
+                                     RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+def test_a_good_entry_that_fails_to_load_for_the_machine_stays_in_the_cache(problem, tiny_preset, fresh_cache,
+                                                                            monkeypatch, capsys):
+    """Out of memory or threads while loading: said as itself, and the entry is neither moved
+    aside nor retrained (on a real model, hours)."""
+    import embiggen.chain as chain
+    from embiggen.utils import EntryLoadError
+    first = chain.train_or_load_base(tiny_preset, progress=False)
+    digest, mtime = weights_digest(first.path), first.path.stat().st_mtime_ns
+    real = chain.load_checkpoint
+
+    def failing(*a, **k):
+        raise problem
+
+    monkeypatch.setattr(chain, "load_checkpoint", failing)
+    monkeypatch.setattr(chain, "pretrain", lambda *a, **k: pytest.fail("a good entry was retrained"))
+    with pytest.raises(EntryLoadError, match="its files are intact, so it stays in the cache") as caught:
+        chain.train_or_load_base(tiny_preset, progress=False)
+    assert caught.value.__cause__ is problem
+    assert "moved it to" not in capsys.readouterr().err
+    assert first.path.stat().st_mtime_ns == mtime and weights_digest(first.path) == digest
+    assert not list(first.path.parent.glob(".*.broken-*"))
+    monkeypatch.setattr(chain, "load_checkpoint", real)  # once memory is back, the same entry loads
+    assert chain.train_or_load_base(tiny_preset, progress=False).path == first.path
+    monkeypatch.setattr(chain, "load_checkpoint", failing)  # and the command line says it in one line, exit 1
+    monkeypatch.setattr(commands, "announce_preset", lambda args: tiny_preset)
+    code, _, err = run_cli(["sample", "--model", "base", "Alma"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "its files are intact" in err and "moved it to" not in err
+
+
+def test_a_resume_point_that_fails_to_load_for_the_machine_is_kept(tmp_path, monkeypatch):
+    import torch
+
+    import embiggen.lm.training as training
+    from embiggen.utils import EntryLoadError
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    folder = tmp_path / ".entry.resume"
+    training.save_resume_point(folder, model, optimizer, torch.Generator(), {"step": 7})
+    monkeypatch.setattr(training, "load_model", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(EntryLoadError, match="stays in the cache"):
+        training.load_resume_point(folder, model, optimizer, torch.Generator())
+    assert (folder / "state.json").exists()
+
+
+def test_a_legacy_entry_without_a_manifest_is_taken_and_one_written_since_the_mark_is_rebuilt(
+        tiny_preset, fresh_cache, capsys):
+    """The cache is marked with its format when first written (`cache-format.json`); an entry
+    without a manifest is taken as it is only if it is older than the mark (it predates sealing)."""
+    import json
+    import time
+
+    from embiggen.chain import train_or_load_base
+    from embiggen.utils import CACHE_FORMAT, FORMAT_FILE
+    first = train_or_load_base(tiny_preset, progress=False)
+    assert json.loads((fresh_cache / FORMAT_FILE).read_text()) == {"format": CACHE_FORMAT}
+    (first.path / "manifest.json").unlink()
+    capsys.readouterr()
+    train_or_load_base(tiny_preset, progress=False)
+    assert "it has no manifest.json, which every entry written since" in capsys.readouterr().err
+    assert (first.path / "manifest.json").exists()  # rebuilt, sealed
+    (first.path / "manifest.json").unlink()  # an entry older than the mark: taken as it is...
+    past = time.time() - 3600
+    os.utime(first.path, (past, past))
+    train_or_load_base(tiny_preset, progress=False)
+    assert "warning" not in capsys.readouterr().err and not (first.path / "manifest.json").exists()
+    (first.path / "model.safetensors").write_bytes(b"\0" * 64)  # ...and if its files are broken, rebuilt
+    os.utime(first.path, (past, past))
+    train_or_load_base(tiny_preset, progress=False)
+    assert "it could not be loaded (SafetensorError" in capsys.readouterr().err
+
+
+def test_a_cache_of_a_newer_format_is_refused_by_name(tiny_preset, fresh_cache, capsys):
+    import json
+
+    from embiggen.utils import FORMAT_FILE
+    fresh_cache.mkdir(parents=True)
+    (fresh_cache / FORMAT_FILE).write_text(json.dumps({"format": 99}))
+    code, _, err = run_cli(["run", "--preset", "smoke", "--stages", "base", "--out", str(fresh_cache.parent / "o")],
+                           capsys)
+    assert code == 2 and "was written by a newer Embiggen (cache format 99" in err and "EMBIGGEN_CACHE" in err
+
+
+# ---- a read-only cache ---------------------------------------------------------------------------
+@pytest.fixture
+def made_read_only():
+    """A context manager that makes a folder (and all in it) read-only for this process: for root,
+    whom permissions do not stop, with the immutable attribute (chattr +i, EPERM); otherwise
+    with chmod (EACCES). Undone afterwards."""
+    import contextlib
+    import subprocess
+    done = []
+
+    @contextlib.contextmanager
+    def read_only(folder):
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-R", "+i", str(folder)], check=True)
+            done.append(lambda: subprocess.run(["chattr", "-R", "-i", str(folder)], check=True))
+        else:
+            subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
+            done.append(lambda: subprocess.run(["chmod", "-R", "u+w", str(folder)], check=True))
+        try:
+            yield folder
+        finally:
+            done.pop()()
+
+    yield read_only
+    for undo in done:
+        undo()
+
+
+def test_a_complete_read_only_cache_is_read_and_writing_it_is_one_line(tiny_preset, fresh_cache, made_read_only,
+                                                                        monkeypatch, capsys):
+    import dataclasses
+
+    from embiggen.chain import train_or_load_base
+    from embiggen.utils import CacheReadOnly
+    first = train_or_load_base(tiny_preset, progress=False)
+    for lock in first.path.parent.glob(".*.lock"):
+        lock.unlink()  # a cache copied elsewhere without its lock files
+    with made_read_only(fresh_cache):
+        assert train_or_load_base(tiny_preset, progress=False).path == first.path  # read without a lock
+        other = dataclasses.replace(tiny_preset, seed=tiny_preset.seed + 1)
+        with pytest.raises(CacheReadOnly, match=r"EMBIGGEN_CACHE=.* cannot be written \(read-only\), and base/"):
+            train_or_load_base(other, progress=False)
+        monkeypatch.setattr(commands, "announce_preset", lambda args: tiny_preset)
+        code, out, err = run_cli(["sample", "--model", "base", "-n", "1", "--max-new-tokens", "3", "Alma"], capsys)
+        assert code == 0 and out.startswith("[1] Alma"), err
+        monkeypatch.setattr(commands, "announce_preset", lambda args: other)
+        code, _, err = run_cli(["sample", "--model", "base", "--train", "Alma"], capsys)
+        assert code == 2 and err.count("\n") == 1 and "EMBIGGEN_CACHE=" in err and "read-only" in err
+
+
+def test_a_cache_mounted_read_only_is_read(tmp_path):
+    """The real thing where this machine allows it: a read-only bind mount (EROFS) in a user and
+    mount namespace of its own (`unshare -rm`), and a process that loads a complete entry from it."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no user namespaces here to mount a folder read-only in (the chattr/chmod test covers the rest)")
+    cache = tmp_path / "cache"
+    built = _tiny_run(cache, 20)
+    out, err = built.communicate(timeout=300)
+    assert built.returncode == 0, err
+    script = f"mount --bind -o ro {cache} {cache} && exec {sys.executable} -c \"$0\" 20"
+    env = {**os.environ, "EMBIGGEN_CACHE": str(cache), "EMBIGGEN_THREADS": "1"}
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, TRAIN_TINY], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == out.strip(), done.stderr
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script.replace(" 20", " 21"), TRAIN_TINY],
+                          capture_output=True, text=True, timeout=300, env=env)  # another entry: it must be written
+    assert done.returncode != 0 and "EMBIGGEN_CACHE=" in done.stderr and "read-only" in done.stderr
+
+
+def test_a_notebook_on_a_read_only_cache_shows_one_line_naming_the_variable(tiny_preset, fresh_cache, made_read_only,
+                                                                            monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import embiggen.notebook.session as session
+    fresh_cache.mkdir(parents=True)
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr(session, "get_ipython", lambda: shell)
+    shown = []
+    monkeypatch.setattr(shell, "_showtraceback", lambda etype, evalue, stb: shown.extend(stb))
+    session.setup("smoke")
+    shell.user_ns["preset"] = tiny_preset
+    with made_read_only(fresh_cache):
+        result = shell.run_cell("from embiggen.chain import train_or_load_base\n"
+                                "train_or_load_base(preset, progress=False)")
+    InteractiveShell.clear_instance()
+    assert not result.success and len(shown) == 1, shown
+    assert shown[0].startswith("CacheReadOnly: EMBIGGEN_CACHE=") and "read-only" in shown[0]
+
+
+# ---- a full disk ---------------------------------------------------------------------------------
+def test_a_full_disk_says_so_names_the_folder_and_the_run_resumes(tiny_preset, fresh_cache, monkeypatch, capsys):
+    """What the safetensors writer raises when the disk fills, turned into one line naming the
+    folder; nothing is left half-written, and the next run builds the entry."""
+    import embiggen.lm.training as training
+    from safetensors import SafetensorError
+    from embiggen.utils import DiskFull
+
+    def full(*a, **k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(training, "save_model", full)  # the resume point's writer
+    monkeypatch.setattr(commands, "announce_preset", lambda args: tiny_preset)
+    code, _, err = run_cli(["sample", "--model", "base", "--train", "Alma"], capsys)
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]  # the rest: bars
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: the disk holding") and "is full" in err
+    assert str(fresh_cache / "base") in err and "resumes where it stopped" in err and "--debug" not in err
+    assert not list((fresh_cache / "base").glob(".*.tmp-*"))  # no half-written folder left behind
+    with pytest.raises(DiskFull):
+        from embiggen.chain import train_or_load_base
+        train_or_load_base(tiny_preset, progress=False)
+    monkeypatch.undo()
+    from embiggen.chain import train_or_load_base
+    assert train_or_load_base(tiny_preset, progress=False).path.is_dir()  # space freed: the run goes on
+
+
+def test_a_full_disk_anywhere_else_is_one_line_too(monkeypatch, capsys):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/file")
+
+    monkeypatch.setattr(commands, "run", full)
+    code, _, err = run_cli(["run", "--preset", "smoke"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "the disk is full" in err and "/somewhere/file" in err
+
+
+# ---- train_seconds after a resume, for PPO and DPO -----------------------------------------------
+def test_a_resumed_dpo_counts_the_interrupted_runs_seconds(tiny_preset, tiny_base, monkeypatch):
+    import time
+
+    import embiggen.chain as chain
+    import embiggen.lm.training as training
+    from embiggen.presets import DPOConfig
+
+    class Interrupt(Exception):
+        pass
+
+    cfg = DPOConfig(steps=10, batch_size=4, eval_every=5, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+    real_save, real_lr_at = training.save_resume_point, training.lr_at
+
+    def interrupted(*a, **k):
+        real_save(*a, **k)
+        raise Interrupt
+
+    def slow_lr_at(*a, **k):  # 0.1 s more per step: 0.5 s before the resume point at step 5
+        time.sleep(0.1)
+        return real_lr_at(*a, **k)
+
+    monkeypatch.setattr(training, "save_resume_point", interrupted)
+    monkeypatch.setattr(training, "lr_at", slow_lr_at)
+    with pytest.raises(Interrupt):
+        chain.train_or_load_dpo(tiny_preset, sft=tiny_base, cfg=cfg, progress=False, device="cpu")
+    monkeypatch.setattr(training, "save_resume_point", real_save)
+    monkeypatch.setattr(training, "lr_at", real_lr_at)
+    resumed = chain.train_or_load_dpo(tiny_preset, sft=tiny_base, cfg=cfg, progress=False, device="cpu")
+    assert resumed.log.resumed_seconds >= 0.5
+    assert resumed.info["train_seconds"] >= resumed.log.seconds >= resumed.log.resumed_seconds
+
+
+def test_a_resumed_ppo_counts_the_interrupted_runs_seconds(tiny_base, tmp_path, monkeypatch):
+    import time
+
+    import embiggen.chain as chain
+    from embiggen.methods.ppo import PPOLog, train_ppo
+    from test_ppo import make_trainer, prompts_of
+
+    class Interrupt(Exception):
+        pass
+
+    def slow_then_stop(step, row):
+        time.sleep(0.3)
+        if step == 3:
+            raise Interrupt
+
+    prompts = prompts_of(tiny_base, 64)
+    with pytest.raises(Interrupt):
+        train_ppo(make_trainer(tiny_base), prompts, steps=4, batch_size=16, progress=False, callback=slow_then_stop,
+                  resume_dir=tmp_path / "resume", save_every=2)
+    log = train_ppo(make_trainer(tiny_base), prompts, steps=4, batch_size=16, progress=False,
+                    resume_dir=tmp_path / "resume", save_every=2)
+    assert log.resumed_seconds >= 0.6  # the two steps, and their callbacks, before the resume point at step 2
+    # and the chain adds them to train_seconds
+    trainer = make_trainer(tiny_base)
+    trainer.reward_model = SimpleNamespace(path=tmp_path / "rm")
+    monkeypatch.setattr(chain, "ppo_trainer", lambda *a, **k: trainer)
+    monkeypatch.setattr(chain, "train_ppo", lambda *a, **k: PPOLog([1], [{"step": 1}], resumed_seconds=40.0))
+    monkeypatch.setattr(chain, "train_or_load", lambda path, load, train, force=False: train(tmp_path / "ppo"))
+    reward = SimpleNamespace(path=tmp_path / "rm")
+    tuned = chain.train_or_load_ppo(tiny_base.preset, sft=tiny_base, reward=reward, device="cpu", progress=False)
+    assert 40.0 <= tuned.info["train_seconds"] < 60

@@ -77,3 +77,26 @@ def test_the_pre_save_hook_reads_the_copy_on_disk_and_never_stops_a_save(tmp_pat
     model = {"type": "file", "content": "text"}
     keep_widget_state(model=model, path="sub/nb.ipynb", contents_manager=manager)
     assert model == {"type": "file", "content": "text"}
+
+
+def test_the_pre_save_hook_reads_nothing_outside_the_servers_root(tmp_path, monkeypatch):
+    """A crafted contents path (`../outside.ipynb`, an absolute one, a link that leads out) is not
+    read: the hook confines paths to the root as the contents manager does."""
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside.ipynb"
+    outside.write_text(json.dumps(notebook([view("box")], ON_DISK)))
+    (root / "link.ipynb").symlink_to(outside)
+    manager = SimpleNamespace(root_dir=str(root), log=logging.getLogger("test"))
+    read = []
+    real_read_text = type(outside).read_text
+    monkeypatch.setattr(type(outside), "read_text", lambda self, *a, **k: read.append(self) or real_read_text(self, *a, **k))
+    for path in ("../outside.ipynb", "/../outside.ipynb", "sub/../../outside.ipynb", "link.ipynb", str(outside)):
+        model = {"type": "notebook", "content": notebook([view("box")], {})}
+        keep_widget_state(model=model, path=path, contents_manager=manager)
+        assert model["content"]["metadata"]["widgets"][WIDGET_STATE]["state"] == {}, path
+    assert not [f for f in read if not f.resolve().is_relative_to(root.resolve())]  # an absolute path is under the root
+    (root / "inside.ipynb").write_text(json.dumps(notebook([view("box")], ON_DISK)))  # and inside, it still mends
+    model = {"type": "notebook", "content": notebook([view("box")], {})}
+    keep_widget_state(model=model, path="inside.ipynb", contents_manager=manager)
+    assert "box" in model["content"]["metadata"]["widgets"][WIDGET_STATE]["state"] and read

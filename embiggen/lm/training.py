@@ -34,8 +34,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embiggen.errors import UserError
 from embiggen.presets import OptimConfig, Preset
-from embiggen.utils import (atomic_dir, cache_root, clean_orphans, config_key, entry_lock, pick_device,
-                            quarantine, verify_entry)
+from embiggen.utils import (CacheReadOnly, EntryLoadError, atomic_dir, cache_format_since, cache_root, clean_orphans,
+                            config_key, entry_at_fault, entry_lock, mark_cache, pick_device, quarantine, read_only,
+                            verify_entry)
 
 
 @dataclass
@@ -123,7 +124,8 @@ def load_resume_point(folder: Path, model, optimizer, generator: torch.Generator
     folder = Path(folder)
     if not folder.exists():
         return None
-    problem = verify_entry(folder)
+    root = _cache_of(folder)
+    problem = verify_entry(folder, cache_format_since(root) if root is not None else None)
     if problem is None:
         try:
             state = json.loads((folder / "state.json").read_text())
@@ -133,6 +135,8 @@ def load_resume_point(folder: Path, model, optimizer, generator: torch.Generator
             restore_optimizer_state(optimizer, opt)
             return state
         except Exception as exc:  # noqa: BLE001 - a resume point that cannot be read: start again
+            if not entry_at_fault(exc):  # out of memory, threads, ...: the resume point is kept for the next run
+                raise EntryLoadError(folder, exc) from exc
             problem = f"the resume point could not be loaded ({type(exc).__name__})"
     quarantine(folder, f"{problem}; training starts from the beginning")
     return None
@@ -254,24 +258,57 @@ def train_or_load(path: Path, load, train, force: bool = False):
     and saves into `path` atomically.
 
     The cache heals itself: an entry whose files do not match the sizes and SHA-256 sums
-    recorded when it was written (`utils.verify_entry`), or that fails to load, is moved aside
-    with a one-line warning and rebuilt. Several processes may share one cache: while one
-    builds an entry the others wait for it (`utils.entry_lock`), then load it. Temporary
-    folders that crashed processes left behind are removed."""
+    recorded when it was written (`utils.verify_entry`), or that fails to load because of what
+    its files hold (`utils.entry_at_fault`: a format error, a missing file), is moved aside
+    with a one-line warning and rebuilt. An entry that fails to load for a reason outside it
+    (out of memory or threads) stays, and the error says so (`utils.EntryLoadError`). Several
+    processes may share one cache: while one builds an entry the others wait for it
+    (`utils.entry_lock`), then load it. Temporary folders that crashed processes left behind
+    are removed. A cache that cannot be written (mounted read-only) is read without a lock;
+    what would have to be written there is refused in one line naming EMBIGGEN_CACHE."""
     path = Path(path)
-    with entry_lock(path):
-        clean_orphans(path.parent)
+    root = _cache_of(path)
+    since = cache_format_since(root) if root is not None else None  # (a cache of a newer format stops here)
+    with entry_lock(path) as writable:
+        if writable:
+            clean_orphans(path.parent)
+            if root is not None:
+                mark_cache(root)
         if is_cached(path) and not force:
-            problem = verify_entry(path)
+            problem = verify_entry(path, cache_format_since(root) if root is not None else since)
             if problem is None:
                 try:
                     return load(path)
-                except Exception as exc:  # noqa: BLE001 - whatever is wrong with the files, rebuild them
+                except Exception as exc:  # noqa: BLE001 - sorted below: the entry's fault, or the machine's
+                    if not entry_at_fault(exc):
+                        raise EntryLoadError(path, exc) from exc
                     problem = f"it could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            if not writable:
+                raise CacheReadOnly(f"{path} is damaged ({problem}), and EMBIGGEN_CACHE={cache_root()} cannot be "
+                                    "written to rebuild it: point EMBIGGEN_CACHE at a writable copy of the cache")
             quarantine(path, problem)
         if _CACHE_ONLY.get():
             raise NotCached(path)
-        return train(path)
+        if not writable:
+            raise CacheReadOnly(f"EMBIGGEN_CACHE={cache_root()} cannot be written (read-only), and {path.parent.name}/"
+                                f"{path.name} is not in it yet: point EMBIGGEN_CACHE at a writable folder to build it")
+        try:
+            return train(path)
+        except OSError as exc:
+            if read_only(exc):
+                raise CacheReadOnly(f"EMBIGGEN_CACHE={cache_root()}: cannot write {path.parent.name}/{path.name} there "
+                                    f"({exc.strerror}): point EMBIGGEN_CACHE at a writable folder") from exc
+            raise
+
+
+def _cache_of(path: Path) -> Path | None:
+    """The cache root `path` lies in (`cache_root()`), or None if it lies outside it."""
+    root = cache_root()
+    try:
+        Path(path).resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    return root
 
 
 def resume_dir(path: Path) -> Path:

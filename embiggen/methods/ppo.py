@@ -251,6 +251,8 @@ def category_counts(prompts, categories: list[str]) -> dict[str, dict[str, int]]
 class PPOLog:
     steps: list[int] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
+    #: seconds earlier processes spent on this run before the resume point it continued from
+    resumed_seconds: float = 0.0
 
     def series(self, key: str) -> list[float]:
         return [r[key] for r in self.rows]
@@ -394,14 +396,14 @@ def train_ppo(trainer: PPOTrainer, prompts: list, steps: int, batch_size: int, s
     `save_every` steps and picked up by the next call: an interrupted run continues where it
     stopped and ends with the same weights as an uninterrupted one."""
     rng = random.Random(seed)
-    log = PPOLog()
+    log, started = PPOLog(), time.perf_counter()
     state = (load_resume_point(resume_dir, trainer.policy, trainer.optimizer, trainer.generator)
              if resume_dir is not None else None)
     if state is not None:
         trainer.n_steps, trainer.kl_ctl.value = state["n_steps"], state["kl_coef"]
         version, internal, gauss = state["rng_state"]
         rng.setstate((version, tuple(internal), gauss))
-        log = PPOLog([r["step"] for r in state["rows"]], state["rows"])
+        log = PPOLog([r["step"] for r in state["rows"]], state["rows"], state.get("seconds", 0.0))
         for r, at in enumerate(refresh_at, start=2):  # the reward models of rounds already reached (cached)
             if refresh is not None and trainer.n_steps >= at:
                 refresh(trainer, r)
@@ -414,12 +416,13 @@ def train_ppo(trainer: PPOTrainer, prompts: list, steps: int, batch_size: int, s
         bar.update(1)
         if refresh is not None and row["step"] in refresh_at:
             refresh(trainer, refresh_at.index(row["step"]) + 2)
+        if callback is not None:  # first, so that what it adds to the row goes into the resume point
+            callback(row["step"], row)
         if resume_dir is not None and row["step"] % save_every == 0 and row["step"] < steps:
             version, internal, gauss = rng.getstate()
             save_resume_point(Path(resume_dir), trainer.policy, trainer.optimizer, trainer.generator,
                               {"n_steps": trainer.n_steps, "kl_coef": trainer.kl_ctl.value, "rows": log.rows,
-                               "rng_state": [version, list(internal), gauss]})
-        if callback is not None:
-            callback(row["step"], row)
+                               "rng_state": [version, list(internal), gauss],
+                               "seconds": log.resumed_seconds + time.perf_counter() - started})
     bar.close()
     return log

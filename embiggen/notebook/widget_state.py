@@ -23,6 +23,7 @@ Turn it on as a Jupyter server extension (`make lab` writes this file into the v
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def keep_widget_state(model: dict, path: str, contents_manager, **kwargs) -> Non
     states = widget_states(notebook)
     if states is None or shown_widgets(notebook) <= set(states):
         return
-    file = Path(contents_manager.root_dir) / path.strip("/")
+    file = inside_root(contents_manager.root_dir, path)
+    if file is None:
+        return  # a path outside the server's root: not ours to read (the server refuses the save itself)
     try:
         on_disk = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -92,6 +95,15 @@ def keep_widget_state(model: dict, path: str, contents_manager, **kwargs) -> Non
     added = mend(notebook, on_disk)
     if added:
         contents_manager.log.info("embiggen: kept the saved state of %d widgets that %s still shows", len(added), path)
+
+
+def inside_root(root_dir: str, path: str) -> Path | None:
+    """The file the contents path `path` names under the server's `root_dir`, or None if it lies
+    outside it (`../outside.ipynb`, an absolute path, a symbolic link that leads out), as the
+    contents manager confines its own paths."""
+    root = Path(os.path.realpath(root_dir))
+    file = Path(os.path.realpath(root / path.strip("/")))
+    return file if file != root and file.is_relative_to(root) else None
 
 
 def _jupyter_server_extension_points():
