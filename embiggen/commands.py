@@ -123,9 +123,7 @@ def generation_problem(args) -> str | None:
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         return f"--max-new-tokens must be at least 1 and at most {MAX_NEW_TOKENS:,}, not {_shown(args.max_new_tokens)}"
     t = args.temperature
-    if not math.isfinite(t) or t < 0:
-        return f"--temperature must be positive (or 0 for greedy decoding), not {_shown(t)}"
-    if t != 0 and not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:
+    if t != 0 and not (math.isfinite(t) and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
         return (f"--temperature must be 0 (greedy decoding) or from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} "
                 f"(below, the logits overflow; above, every token is about equally likely), not {_shown(t)}")
     if args.top_p is not None and not 0 < args.top_p <= 1:

@@ -84,9 +84,9 @@ def test_model_paths_are_checked_before_loading(tmp_path, capsys):
                                          (["-n", "0"], "-n must be at least 1"), (["-n", "-2"], "-n must be at least 1"),
                                          (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
                                          (["--top-k", "-1"], "--top-k must be 0 or more"),
-                                         (["--temperature", "-1"], "--temperature must be positive"),
-                                         (["--temperature", "nan"], "--temperature must be positive"),
-                                         (["--temperature", "inf"], "--temperature must be positive"),
+                                         (["--temperature", "-1"], "--temperature must be 0 (greedy decoding) or from"),
+                                         (["--temperature", "nan"], "--temperature must be 0 (greedy decoding) or from"),
+                                         (["--temperature", "inf"], "--temperature must be 0 (greedy decoding) or from"),
                                          (["--temperature", "1e-45"], "--temperature must be 0 (greedy decoding) or"),
                                          (["--temperature", "1e9"], "--temperature must be 0 (greedy decoding) or"),
                                          (["--top-p", "nan"], "--top-p must be above 0"),
@@ -765,3 +765,26 @@ def test_a_resumed_ppo_counts_the_interrupted_runs_seconds(tiny_base, tmp_path, 
     reward = SimpleNamespace(path=tmp_path / "rm")
     tuned = chain.train_or_load_ppo(tiny_base.preset, sft=tiny_base, reward=reward, device="cpu", progress=False)
     assert 40.0 <= tuned.info["train_seconds"] < 60
+
+
+def test_a_really_full_disk_then_space_freed(tmp_path):
+    """The real thing where this machine allows it: a 64 KB tmpfs in a mount namespace of its own
+    (`unshare -rm`), too small for the first resume point; then the same tmpfs made larger, and the
+    same command finishes."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no user namespaces here to mount a small disk in (the test above covers the message)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run = f"EMBIGGEN_CACHE={disk}/cache EMBIGGEN_THREADS=1 {sys.executable} -c \"$0\" 40"
+    script = (f"mount -t tmpfs -o size=64k tmpfs {disk} && {{ {run}; echo rc=$?; }} && "
+              f"mount -o remount,size=20m {disk} && {run} && ls {disk}/cache/base")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, TRAIN_TINY], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "rc=1" in done.stdout and "DiskFull: the disk holding" in done.stderr and "/cache/base is full" in done.stderr
+    assert "resumes where it stopped" in done.stderr
+    built = [line for line in done.stdout.splitlines() if line.startswith(f"{disk}/cache/base/")]
+    assert len(built) == 1 and done.stdout.rstrip().endswith(built[0].rsplit("/", 1)[1])  # the entry, once
