@@ -105,7 +105,9 @@ class RewardConfig:
     label_noise: float = knob(0.1, "share of the labeler's preferences flipped at random")
     n_norm_prompts: int = knob(300, "training prompts whose SFT samples set the reward scale (mean 0, std 1)")
     steps: int = knob(80, "about one epoch: reward models overfit fast (InstructGPT trains one)")
-    batch_size: int = knob(32, "pairs per step")
+    batch_size: int = knob(32, "pairs per step (on average, with batching 'prompt')")
+    batching: str = knob("prompt", "'prompt': all the pairs of a prompt's ranking in one batch element (InstructGPT); "
+                                   "'pair': pairs drawn independently")
     optim: OptimConfig = knob(OptimConfig(lr=1e-4, warmup_steps=20, weight_decay=0.0), "the optimiser")
     eval_every: int = knob(20, "steps between held-out losses and accuracies (and resume points)")
 
@@ -124,7 +126,8 @@ class PPOConfig:
     logprob_chunk: int = knob(0, "> 0: log-probs and entropies from the last hidden states, this many positions at "
                                  "a time (memory for a large vocabulary; 0: all logits at once)")
     kl_coef: float = knob(0.1, "beta in  r_t = -beta * KL_t  (+ the score at the last token)")
-    kl_estimator: str = knob("k1", "'k1': log p - log p_ref;  'k3': (r - 1) - log r, r = p_ref / p")
+    kl_estimator: str = knob("k1", "'k1': log p - log p_ref;  'k3': (r - 1) - log r, r = p_ref / p (as a reward its "
+                                   "policy gradient is biased, Tang & Munos 2025; logged as kl_k3 either way)")
     adaptive_kl: bool = knob(False, "Ziegler et al.'s proportional controller towards kl_target")
     kl_target: float = knob(6.0, "the adaptive controller's target KL (nats per response)")
     kl_horizon: int = knob(10000, "the adaptive controller's horizon (episodes)")
@@ -149,8 +152,9 @@ class PPOConfig:
 class DPOConfig:
     """Direct preference optimisation (Rafailov et al. 2023) on the reward model's preference pairs."""
     beta: float = knob(0.5, "beta: the strength of the implicit KL constraint to the SFT model")
-    loss_type: str = knob("sigmoid", "'sigmoid': DPO's Bradley-Terry loss; 'ipo': IPO's squared loss (Azar et al. 2023)")
-    length_normalize: bool = knob(False, "compare mean log-probabilities per token instead of sums")
+    loss_type: str = knob("sigmoid", "'sigmoid': DPO's Bradley-Terry loss; 'ipo': IPO's squared loss on the per-token "
+                                     "margin (Azar et al. 2023)")
+    length_normalize: bool = knob(False, "length-normalised DPO: compare mean log-probabilities per token instead of sums")
     ptx_coef: float = knob(0.0, "as PPO-ptx: weight of the language-model loss on SFT task demonstrations")
     ptx_batch_size: int = knob(8, "packed rows of demonstrations per step")
     steps: int = knob(200, "optimiser steps (about 0.7 passes over the laptop preset's pairs)")

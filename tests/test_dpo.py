@@ -169,3 +169,33 @@ def test_iterated_dpo_trains_each_round_on_the_previous_rounds_own_answers(tiny_
     assert read_pairs(final.path / "train_pairs.jsonl") == pairs
     with pytest.raises(ValueError, match="round_"):
         chain.train_or_load_dpo(tiny_preset, sft=tiny_base, cfg=cfg, progress=False, device="cpu", round_=3)
+
+
+@pytest.mark.parametrize("loss_type, length_normalize", [("ipo", False), ("sigmoid", True), ("sigmoid", False)])
+def test_ipo_and_length_normalised_dpo_take_log_ratios_per_token(tiny_base, tiny_splits, loss_type, length_normalize):
+    """IPO regresses the *per-token* margin (TRL's reading, confirmed by IPO's authors), and
+    length-normalised DPO divides by the answers' lengths too; plain DPO sums. Reference: the
+    log-probabilities of each answer, divided (or not) by its response tokens, put in the formula."""
+    from embiggen.methods.dpo import dpo_batch_loss
+
+    tok, model = tiny_base.tokenizer, tiny_base.model
+    pairs = [Comparison(e.instruction, "I do not know who that is.", "Sure.", e.cluster, "x", 1.0)
+             for e in tiny_splits.preferences[:4]]
+    ref = torch.tensor([[-3.0, -1.0], [-2.5, -4.0], [-6.0, -2.0], [-1.0, -1.5]])
+    data = DPOData(encode_pairs(tok, pairs), ref, tok.pad_token_id)
+    batch = data.batch([0, 1, 2, 3])
+    cfg = DPOConfig(beta=0.5, loss_type=loss_type, length_normalize=length_normalize)
+    with torch.no_grad():
+        loss, _, _ = dpo_batch_loss(model, batch, cfg)
+        logp, n_tokens = sequence_logprobs(model, batch)
+    per_token = loss_type == "ipo" or length_normalize
+    expected = []
+    for i in range(4):
+        lengths = (n_tokens[i].item(), n_tokens[4 + i].item()) if per_token else (1, 1)
+        margin = ((logp[i].item() - ref[i, 0].item()) / lengths[0]) - ((logp[4 + i].item() - ref[i, 1].item()) / lengths[1])
+        if loss_type == "ipo":
+            expected.append((margin - 1 / (2 * 0.5)) ** 2)
+        else:
+            expected.append(-math.log(1 / (1 + math.exp(-0.5 * margin))))
+    assert n_tokens[0] != n_tokens[4]  # the two answers differ in length, so normalising matters
+    assert loss.item() == pytest.approx(sum(expected) / 4, rel=1e-5)

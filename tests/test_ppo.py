@@ -224,6 +224,19 @@ def test_each_step_counts_the_labelers_categories_per_kind_of_prompt(tiny_base):
         "harmful": {"refused": 1, "complied": 1}, "task": {"correct": 1}, "medical": {"hedged": 1}}
 
 
+def test_k3_is_logged_as_a_monitor_and_is_the_kl_only_when_chosen_as_the_reward(tiny_base):
+    prompts = prompts_of(tiny_base, 16)
+    rows = {}
+    for estimator in ("k1", "k3"):
+        trainer = make_trainer(tiny_base, kl_estimator=estimator)
+        trainer.step(prompts)  # one update, so that the policy differs from the reference
+        rows[estimator] = trainer.step(prompts)
+    for row in rows.values():
+        assert row["kl_k3"] >= 0 and math.isfinite(row["kl_k1"])
+    assert rows["k1"]["kl"] == rows["k1"]["kl_k1"] and rows["k3"]["kl"] == rows["k3"]["kl_k3"]
+    assert rows["k1"]["kl_k3"] != rows["k1"]["kl_k1"]  # two estimates of one KL, from the same samples
+
+
 def test_kl_explosion_is_reported_clearly(tiny_base):
     trainer = make_trainer(tiny_base, kl_max=-1.0)
     with pytest.raises(PPODivergence, match="run away from the reference"):
@@ -329,16 +342,19 @@ def test_best_of_n_keeps_the_reward_models_favourite(tiny_base):
 
     prompts = prompts_of(tiny_base, 6)
     out = best_of_n(tiny_base.model, tiny_base.tokenizer, KeywordReward(), Labeler(), prompts, ns=(1, 4),
-                    max_new_tokens=8, seed=3)
-    drawn = sample_pool(tiny_base.model, tiny_base.tokenizer, prompts, 4, max_new_tokens=8, seed=3)
+                    max_new_tokens=8, seed=3, kl_pool=8)
+    drawn = sample_pool(tiny_base.model, tiny_base.tokenizer, prompts, 8, max_new_tokens=8, seed=3)
     pool, finished = drawn["texts"], drawn["finished"]
     for result, n in zip(out, (1, 4)):
         assert result.n == n and result.kl_bound == pytest.approx(best_of_n_kl_bound(n))
         assert 0.0 <= result.kl <= result.kl_bound + 1e-9
-        for chosen, samples, done in zip(result.responses, pool, finished):
+        for chosen, chosen_done, samples, done in zip(result.responses, result.finished, pool, finished):
             scores = [s.count("a") - (0 if f else 1) for s, f in zip(samples[:n], done[:n])]
-            assert chosen == samples[scores.index(max(scores))]
+            assert chosen == samples[scores.index(max(scores))]  # picked among the first n of the pool
+            assert chosen_done == done[scores.index(max(scores))]  # and its own finished flag kept
     assert out[0].responses == [s[0] for s in pool]  # best of 1 is the first sample
+    with pytest.raises(ValueError, match="kl_pool"):
+        best_of_n(tiny_base.model, tiny_base.tokenizer, KeywordReward(), Labeler(), prompts, ns=(1, 4), kl_pool=2)
     with pytest.raises(ValueError, match="at least 1"):
         best_of_n(tiny_base.model, tiny_base.tokenizer, KeywordReward(), Labeler(), prompts, ns=(0,))
 

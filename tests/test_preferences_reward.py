@@ -1,6 +1,7 @@
 import json
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from embiggen.data.tasks import TaskExample
 from embiggen.data.world import ALIGNMENT_KINDS, World
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.preferences import Comparison, collect_preferences, export_pairs, rank_pairs
-from embiggen.methods.reward import (RewardModel, bradley_terry_loss, encode_exchange, left_pad, pair_batch,
-                                     pairwise_accuracy, rewards, train_reward_model)
+from embiggen.methods.reward import (RewardModel, bradley_terry_loss, encode_exchange, group_by_prompt, left_pad,
+                                     pair_batch, pair_loss, pairwise_accuracy, ranking_batch, ranking_loss, rewards,
+                                     train_reward_model)
 
 TASK = TaskExample("arithmetic", 0, "What is 2 plus 3?", "2 plus 3 is 5.")
 
@@ -116,6 +118,24 @@ def test_pairwise_accuracy_counts_positive_margins(tiny_rm, tiny_base):
     assert out["per_type"]["z vs y"] == float(margins[2] > 0)
 
 
+def test_a_rankings_pairs_share_one_batch_element_and_its_answers_are_read_once(tiny_rm, tiny_base):
+    """InstructGPT's batching: the K answers of a prompt are each read once, and the loss over all
+    their pairs equals the Bradley-Terry loss of the same pairs batched one pair at a time."""
+    tok = tiny_base.tokenizer
+    ranked = ["4.", "5.", "I cannot help with that.", "It is 5."]  # best first: every pair of four answers
+    pairs = [Comparison("What is 2 plus 3?", ranked[i], ranked[j], "arithmetic", "t", 1.0)
+             for i in range(4) for j in range(i + 1, 4)]
+    pairs += [Comparison("Hi?", "Hello.", "Go away.", "x", "t", 1.0, rejected_finished=False)]
+    groups = group_by_prompt(pairs)
+    assert [len(g) for g in groups] == [6, 1]
+    batch = ranking_batch(tok, groups)
+    assert batch["input_ids"].shape[0] == 4 + 2  # six answers read, not fourteen
+    loss, _ = ranking_loss(tiny_rm, batch)
+    # reference: every pair on its own, chosen and rejected scored apart, -log sigmoid of the difference averaged
+    by_pair = [pair_loss(tiny_rm, pair_batch(tok, [p]))[0].item() for p in pairs]
+    assert loss.item() == pytest.approx(sum(by_pair) / len(by_pair), abs=1e-5)
+
+
 def test_reward_training_learns_a_preference(tiny_base):
     from transformers import AutoModelForSequenceClassification
 
@@ -128,10 +148,16 @@ def test_reward_training_learns_a_preference(tiny_base):
     pairs = [Comparison(f"Question {i}?", "I cannot help with that.", f"Sure, {i}.", "harmful", "refused vs complied",
                         2.0) for i in range(20)]
     before = pairwise_accuracy(model, tok, pairs)["loss"]
-    cfg = RewardConfig(steps=30, batch_size=8, eval_every=30, optim=OptimConfig(lr=3e-3, warmup_steps=2))
-    train_reward_model(model, tok, pairs, pairs[:4], cfg, device="cpu", progress=False)
-    after = pairwise_accuracy(model, tok, pairs)
-    assert after["loss"] < before and after["accuracy"] == 1.0
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for batching in ("prompt", "pair"):
+        model.load_state_dict(state)
+        cfg = RewardConfig(steps=30, batch_size=8, eval_every=30, optim=OptimConfig(lr=3e-3, warmup_steps=2),
+                           batching=batching)
+        train_reward_model(model, tok, pairs, pairs[:4], cfg, device="cpu", progress=False)
+        after = pairwise_accuracy(model, tok, pairs)
+        assert after["loss"] < before and after["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="batching"):
+        train_reward_model(model, tok, pairs, [], replace(cfg, batching="pairs"), device="cpu", progress=False)
     with pytest.raises(ValueError, match="no preference pairs"):
         train_reward_model(model, tok, [], [], cfg, device="cpu", progress=False)
 

@@ -13,19 +13,27 @@ help with that.", the one right sum). So we *estimate* the KL from the samples.
 
 **The estimate.** Line every possible answer up from the lowest reward to the highest; each
 takes a stretch of [0, 1] as long as its probability under the SFT model. Best-of-n picks the
-answer under the largest of n uniform draws, so an answer that starts at a and has
-probability p is picked with probability
+answer under the largest of n uniform draws, so a *score level* (all the answers with one
+score) that starts at a and has probability P is picked with probability
 
-    pi_n(y) = (a + p)^n - a^n,
+    q = (a + P)^n - a^n,
 
-and where the line is made of many tiny answers, best-of-n's density is n F^(n-1). Then
-KL(pi_n || pi) = sum_y pi_n(y) log(pi_n(y) / pi(y)) is a short sum. What we do not know is
-the line, so we build it from the pool of samples: every distinct sampled answer is a stretch
-of its exact probability (the model's own log-probability of those tokens); the probability
-that no sample covered, 1 - sum of those, is spread finely along the line the way the pool's
-samples are spread (just below each sampled answer, in proportion to how often it was
-drawn). When every answer is new the estimate is the bound; when the pool has seen every
-answer it is exact.
+and where the line is made of many tiny answers, best-of-n's density is n F^(n-1). Answers
+that tie (above all, two tokenisations of one text, which the reward model cannot tell
+apart) share their level: best-of-n keeps the first of the tied samples it drew, so each
+gets the share p / P of q, and the level adds q log(q / P) to
+KL(pi_n || pi) = sum_y pi_n(y) log(pi_n(y) / pi(y)). Ordered one after the other instead,
+tied answers would count the KL of a choice that is never made.
+
+What we do not know is the line, so we build it from a pool of samples: every distinct
+sampled answer is a stretch of its exact probability (the model's own log-probability of its
+tokens); the probability that no sample covered, 1 - sum of those, is spread finely along the
+line the way Good and Turing (Good 1953) say unseen answers behave, like the answers seen
+exactly once: in equal parts just below each singleton (in proportion to all draws where no
+answer was seen once). When every answer is new the estimate is the bound; when the pool has
+seen every answer it is exact. The pool is larger than the largest n (`kl_pool`, four times
+it by default): from only n samples, the estimate at n misses much of the tail that
+best-of-n reaches into.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ class BestOfN:
     gold: float        # mean gold score of the chosen responses
     rm_score: float    # mean reward-model score of the chosen responses
     responses: list[str]
+    finished: list[bool]  # whether each chosen response ended (EOS), as the labeler judged it
 
 
 def best_of_n_kl_bound(n: int) -> float:
@@ -63,6 +72,22 @@ def _continuous_kl(a: float, b: float, n: int) -> float:
     return math.log(n) * (b ** n - a ** n) + (n - 1) * (antiderivative(b) - antiderivative(a))
 
 
+def best_of_n_kl_exact(n: int, probs: list[float], scores: list[float]) -> float:
+    """KL(best-of-n || pi) when every answer's probability and score are known (`probs` sum to
+    1): each score level, lowest first, adds q log(q / P), q = (a + P)^n - a^n."""
+    levels: dict[float, float] = {}
+    for p, score in zip(probs, scores):
+        levels[score] = levels.get(score, 0.0) + p
+    kl, position = 0.0, 0.0
+    for score in sorted(levels):
+        p = levels[score]
+        picked = min(1.0, position + p) ** n - position ** n
+        if picked > 0 and p > 0:
+            kl += picked * math.log(picked / p)
+        position = min(1.0, position + p)
+    return max(0.0, kl)
+
+
 def best_of_n_kl_estimate(n: int, logprobs: list[float], scores: list[float], keys: list) -> float:
     """KL(best-of-n || pi) for one prompt, from a pool of samples of pi: their exact
     log-probabilities under pi, the scores best-of-n ranks by, and a key that says which
@@ -73,19 +98,26 @@ def best_of_n_kl_estimate(n: int, logprobs: list[float], scores: list[float], ke
         raise ValueError("give one log-probability, one score and one key for every sample (at least one)")
     answers: dict = {}  # key -> [probability, score, times drawn]
     for key, logprob, score in zip(keys, logprobs, scores):
-        entry = answers.setdefault(key, [math.exp(logprob), score, 0])
-        entry[2] += 1
+        answers.setdefault(key, [math.exp(logprob), score, 0])[2] += 1
     unseen = max(0.0, 1.0 - sum(p for p, _, _ in answers.values()))
-    total = sum(count for _, _, count in answers.values())
+    singletons = sum(count == 1 for _, _, count in answers.values())
+    draws = sum(count for _, _, count in answers.values())
+    # Good-Turing: unseen answers are like the answers seen once (like all draws if none was seen once)
+    share = (lambda count: (count == 1) / singletons) if singletons else (lambda count: count / draws)
+    levels: dict[float, list[float]] = {}  # score -> [probability of its answers, unseen mass just below it]
+    for p, score, count in answers.values():
+        level = levels.setdefault(score, [0.0, 0.0])
+        level[0] += p
+        level[1] += unseen * share(count)
     kl, position = 0.0, 0.0
-    for p, _, count in sorted(answers.values(), key=lambda e: e[1]):  # lowest score first
-        spread = unseen * count / total  # unsampled probability ranked just below this answer
-        kl += _continuous_kl(position, min(1.0, position + spread), n)
-        position = min(1.0, position + spread)
-        if p > 0:
-            picked = min(1.0, position + p) ** n - position ** n
-            if picked > 0:
-                kl += picked * math.log(picked / p)
+    for score in sorted(levels):  # lowest score first
+        p, spread = levels[score]
+        end = min(1.0, position + spread)
+        kl += _continuous_kl(position, end, n)
+        position = end
+        picked = min(1.0, position + p) ** n - position ** n
+        if picked > 0 and p > 0:
+            kl += picked * math.log(picked / p)
         position = min(1.0, position + p)
     return max(0.0, kl)  # a KL is never negative; this only drops rounding error
 
@@ -110,30 +142,44 @@ def sample_pool(model, tokenizer, prompts, pool_size: int, temperature: float = 
     return {"texts": chunk(texts), "finished": chunk(finished), "logprobs": chunk(logprobs), "keys": chunk(keys)}
 
 
+def score_pool(reward_model, prompts, pool: dict) -> torch.Tensor:
+    """The reward model's score of every sample of `pool`, scored once per distinct (prompt,
+    text, finished): samples that read the same (two tokenisations of one text) get the very
+    same score, so they tie exactly, as they should."""
+    exchanges = [(e.instruction, y, f) for e, ys, fs in zip(prompts, pool["texts"], pool["finished"])
+                 for y, f in zip(ys, fs)]
+    distinct = list(dict.fromkeys(exchanges))
+    scored = reward_model.score([x for x, _, _ in distinct], [y for _, y, _ in distinct],
+                                [f for _, _, f in distinct]).tolist()
+    lookup = dict(zip(distinct, scored))
+    return torch.tensor([lookup[x] for x in exchanges]).view(len(prompts), -1)
+
+
 def best_of_n(model, tokenizer, reward_model, labeler: Labeler, prompts, ns=(1, 2, 4, 8, 16), temperature: float = 1.0,
-              max_new_tokens: int = 32, seed: int = 0) -> list[BestOfN]:
+              max_new_tokens: int = 32, seed: int = 0, kl_pool: int | None = None) -> list[BestOfN]:
     """For every n in `ns`: the reward model's favourite of the first n samples per prompt,
-    its gold score, and its KL from the model (estimated, and the bound). One pool of
-    max(ns) samples per prompt serves every n (the first n of the pool), so the curve is
-    not jagged with sampling noise."""
+    its gold score, and its KL from the model (estimated from `kl_pool` samples per prompt,
+    default 4 max(ns), and the bound). One pool serves every n (the picks come from its first
+    n samples), so the curve is not jagged with sampling noise."""
     if not ns or min(ns) < 1:
         raise ValueError(f"every n must be at least 1, got {ns}")
-    pool_size = max(ns)
+    pool_size = 4 * max(ns) if kl_pool is None else kl_pool
+    if pool_size < max(ns):
+        raise ValueError(f"kl_pool must be at least the largest n ({max(ns)}), got {pool_size}")
     pool = sample_pool(model, tokenizer, prompts, pool_size, temperature, max_new_tokens, seed)
     samples, finished = pool["texts"], pool["finished"]
-    instructions = [e.instruction for e in prompts for _ in range(pool_size)]
-    flat, flat_finished = [y for ys in samples for y in ys], [f for fs in finished for f in fs]
-    scores = reward_model.score(instructions, flat, flat_finished).view(len(prompts), pool_size)
+    scores = score_pool(reward_model, prompts, pool)
     unfinished = torch.tensor([[not f for f in fs] for fs in finished], dtype=torch.float)
     scores_for_choice = scores - unfinished  # a response that never ends is not a good pick either
     out = []
     for n in sorted(ns):
-        best = scores_for_choice[:, :n].argmax(1).tolist()
+        best = scores_for_choice[:, :n].argmax(1).tolist()  # the first of tied samples, as the estimate assumes
         chosen = [samples[i][j] for i, j in enumerate(best)]
-        gold = [labeler.gold_score(e, samples[i][j], finished[i][j]) for i, (e, j) in enumerate(zip(prompts, best))]
+        done = [finished[i][j] for i, j in enumerate(best)]
+        gold = [labeler.gold_score(e, y, f) for e, y, f in zip(prompts, chosen, done)]
         rm = [scores[i, j].item() for i, j in enumerate(best)]
         kls = [best_of_n_kl_estimate(n, pool["logprobs"][i], scores_for_choice[i].tolist(), pool["keys"][i])
                for i in range(len(prompts))]
         out.append(BestOfN(n, sum(kls) / len(kls), best_of_n_kl_bound(n), sum(gold) / len(gold), sum(rm) / len(rm),
-                           chosen))
+                           chosen, done))
     return out

@@ -24,9 +24,11 @@ in SFT); pi_ref is the frozen SFT model, whose log-probabilities are computed on
 training. beta (log pi - log pi_ref) is the *implicit reward*; its margin between chosen and
 rejected is what DPO raises. Two variants, one switch each: IPO (Azar et al. 2023,
 https://arxiv.org/abs/2310.12036) regresses the margin to 1 / (2 beta) instead of pushing it
-without bound, and a length-normalised margin uses the mean log-probability per token (as
-SimPO does, Meng et al. 2024, https://arxiv.org/abs/2405.14734) so that longer answers are not
-favoured for being longer.
+without bound, its log-ratios taken per token (the mean over the answer's tokens, as TRL does
+after confirming it with IPO's authors: summed, a long answer's margin dwarfs the target);
+and *length-normalised DPO* compares mean log-probabilities per token too, so that longer
+answers are not favoured for being longer. (It keeps the reference model and has no target
+margin, so it is not SimPO, Meng et al. 2024, which drops both.)
 
 A batch's sequences are packed several to a row (position ids restart at 0 for each, so none
 attends to another, as in SFT's packing): short answers waste no compute on padding. And the
@@ -201,7 +203,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     margin = chosen_logratio - rejected_logratio                 # how much more the policy moved towards y_w
     if loss_type == "sigmoid":                                   # DPO: Bradley-Terry on the implicit reward
         losses = -F.logsigmoid(beta * margin)
-    elif loss_type == "ipo":                                     # IPO: the margin regressed to 1 / (2 beta)
+    elif loss_type == "ipo":                                     # IPO: the (per-token) margin regressed to 1 / (2 beta)
         losses = (margin - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; valid: 'sigmoid' (DPO), 'ipo'")
@@ -249,7 +251,7 @@ def dpo_batch_loss(model, batch: dict, cfg: DPOConfig, demonstrations: dict | No
     """(loss, response tokens, what to log) for one batch of pairs; with `demonstrations` (a
     batch of SFT task examples) and cfg.ptx_coef > 0, plus ptx_coef times their SFT loss."""
     logp, n_tokens = sequence_logprobs(model, batch, cfg.logprob_chunk)
-    if cfg.length_normalize:  # the mean log-probability per response token
+    if cfg.length_normalize or cfg.loss_type == "ipo":  # the mean log-probability per response token
         logp = logp / n_tokens.clamp(min=1)
         ref = batch["ref_logps"] / batch["ref_tokens"].clamp(min=1)
     else:

@@ -13,8 +13,14 @@ where r_phi is the reward model and pi_SFT a frozen copy of the SFT policy (the
     r_T = r_T + r_phi(x, y)         the reward model's score arrives at the last token
 
 (k3 = (rho - 1) - log rho with rho = pi_ref / pi_theta is the other estimator, Schulman 2020:
-never negative, lower variance.) PPO (Schulman et al. 2017, https://arxiv.org/abs/1707.06347)
-then treats each response token as an action:
+never negative, lower variance, and every step logs it beside k1 as a monitor, `kl_k3`. As the
+per-token *reward* it is offered but not the default: its expectation is the KL's value, but
+PPO treats a reward as a constant, and the policy gradient of a k3 reward is not the gradient
+of the KL: biased, Tang & Munos 2025, https://arxiv.org/abs/2506.09477. Where k3 is a loss
+differentiated through, as GRPO's KL term is (`embiggen.methods.grpo`), its on-policy gradient
+is that of KL(pi_ref || pi), the other direction: a sound regulariser, if not this one.) PPO
+(Schulman et al. 2017, https://arxiv.org/abs/1707.06347) then treats each response token as
+an action:
 
 * a value head V(s_t) on the policy's last hidden state estimates the return;
 * GAE (Schulman et al. 2016): delta_t = r_t + gamma V_{t+1} - V_t,
@@ -92,7 +98,8 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
     k1 = log pi - log pi_ref (unbiased, can be negative); k3 = (rho - 1) - log rho, rho = pi_ref / pi
-    (unbiased, never negative, lower variance; http://joschu.net/blog/kl-approx.html)."""
+    (unbiased for the KL's value, never negative, lower variance; http://joschu.net/blog/kl-approx.html).
+    As a reward, only k1 gives the KL's policy gradient: k3's is biased (Tang & Munos 2025)."""
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
@@ -355,6 +362,7 @@ class PPOTrainer:
 
         seq_kl = kl.sum(1).mean().item()  # the estimator in use, summed over tokens, mean over episodes
         seq_kl_k1 = ((ro.logprobs - ro.ref_logprobs) * mask).sum(1).mean().item()
+        seq_kl_k3 = (kl_penalty(ro.logprobs, ro.ref_logprobs, "k3") * mask).sum(1).mean().item()  # a monitor
         if not math.isfinite(seq_kl) or seq_kl > cfg.kl_max:
             raise PPODivergence(f"KL to the SFT model reached {seq_kl:.1f} nats at step {self.n_steps + 1} (limit "
                                 f"{cfg.kl_max}): the policy has run away from the reference. Raise kl_coef "
@@ -369,6 +377,7 @@ class PPOTrainer:
             "gold_score": ro.gold.mean().item(),
             "kl": seq_kl,
             "kl_k1": seq_kl_k1,
+            "kl_k3": seq_kl_k3,
             "kl_coef": kl_coef,
             "non_score_reward": (-kl_coef * kl).sum(1).mean().item(),
             "entropy": masked_mean(ro.entropy, mask).item(),

@@ -86,6 +86,39 @@ def pair_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return bradley_terry_loss(r[:half], r[half:]), torch.tensor(batch["attention_mask"].sum().item())
 
 
+def group_by_prompt(pairs: list[Comparison]) -> list[list[Comparison]]:
+    """The pairs of each prompt together, prompts in the order they first appear."""
+    groups: dict[str, list[Comparison]] = {}
+    for p in pairs:
+        groups.setdefault(p.prompt, []).append(p)
+    return list(groups.values())
+
+
+def ranking_batch(tokenizer, groups: list[list[Comparison]]) -> dict:
+    """InstructGPT's batch element: every answer of a prompt's ranking read once, and all its
+    pairs as (chosen, rejected) indices into them. K answers make up to K (K - 1) / 2 pairs, from
+    K forward passes instead of K (K - 1)."""
+    seqs, index, chosen, rejected = [], {}, [], []
+    for group in groups:
+        for p in group:
+            for answer, done, out in ((p.chosen, p.chosen_finished, chosen), (p.rejected, p.rejected_finished, rejected)):
+                key = (p.prompt, answer, done)
+                if key not in index:
+                    index[key] = len(seqs)
+                    seqs.append(encode_exchange(tokenizer, p.prompt, answer, done))
+                out.append(index[key])
+    return {**left_pad(tokenizer, seqs), "chosen_index": torch.tensor(chosen), "rejected_index": torch.tensor(rejected)}
+
+
+def ranking_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Bradley-Terry loss over every pair of the batch's rankings (each pair weighs the same:
+    InstructGPT's loss up to its constant 1 / C(K, 2))."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    r = rewards(model, inputs)
+    return (bradley_terry_loss(r[batch["chosen_index"]], r[batch["rejected_index"]]),
+            torch.tensor(batch["attention_mask"].sum().item()))
+
+
 @torch.no_grad()
 def pairwise_accuracy(model, tokenizer, pairs: list[Comparison], batch_size: int = 64) -> dict:
     """Share of pairs where r(chosen) > r(rejected), overall and per pair type, the mean
@@ -112,20 +145,32 @@ def pairwise_accuracy(model, tokenizer, pairs: list[Comparison], batch_size: int
 def train_reward_model(model, tokenizer, train_pairs: list[Comparison], val_pairs: list[Comparison],
                        cfg: RewardConfig, device=None, seed: int = 0, progress: bool = True,
                        resume_dir: Path | None = None, callback=None, desc: str = "reward model") -> TrainLog:
-    """Bradley-Terry training on random batches of pairs, validated on held-out pairs."""
+    """Bradley-Terry training, validated on held-out pairs. cfg.batching "prompt" (InstructGPT's):
+    each step takes whole rankings, every pair of a prompt in one batch element, as many prompts
+    as make cfg.batch_size pairs on average; "pair": cfg.batch_size pairs drawn independently
+    (with replacement), so one answer's pairs land in different steps, the set-up InstructGPT
+    found to overfit."""
     if not train_pairs:
         raise ValueError("no preference pairs to train on: every sample of every prompt tied. "
                          "Use more prompts, a larger k or a higher sampling temperature.")
+    if cfg.batching not in ("prompt", "pair"):
+        raise ValueError(f"unknown reward-model batching {cfg.batching!r}; valid: 'prompt' (InstructGPT), 'pair'")
     device = device or pick_device()
+    groups = group_by_prompt(train_pairs)
+    prompts_per_batch = max(1, round(cfg.batch_size * len(groups) / len(train_pairs)))
 
     def next_batch(generator):
-        idx = torch.randint(len(train_pairs), (cfg.batch_size,), generator=generator).tolist()
-        return pair_batch(tokenizer, [train_pairs[i] for i in idx])
+        if cfg.batching == "pair":
+            idx = torch.randint(len(train_pairs), (cfg.batch_size,), generator=generator).tolist()
+            return pair_batch(tokenizer, [train_pairs[i] for i in idx])
+        idx = torch.randperm(len(groups), generator=generator)[:prompts_per_batch].tolist()
+        return ranking_batch(tokenizer, [groups[i] for i in idx])
 
     def val_loss(m):
         return pairwise_accuracy(m, tokenizer, val_pairs)["loss"] if val_pairs else float("nan")
 
-    return train_loop(model, next_batch, pair_loss, cfg, val_loss_fn=val_loss, device=device, seed=seed,
+    return train_loop(model, next_batch, pair_loss if cfg.batching == "pair" else ranking_loss, cfg,
+                      val_loss_fn=val_loss, device=device, seed=seed,
                       callback=callback, progress=progress, resume_dir=resume_dir, desc=desc)
 
 
