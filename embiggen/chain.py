@@ -49,9 +49,9 @@ from embiggen.presets import DPOConfig, GRPOConfig, ModelConfig, PPOConfig, Pres
 from embiggen.utils import atomic_dir, atomic_write_text, config_key, pick_device, read_only, set_seed
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
-REWARD_VERSION = 6  # preference collection, the labeler or the reward model
+REWARD_VERSION = 7  # preference collection, the labeler or the reward model
 PPO_VERSION = 2
-DPO_VERSION = 1
+DPO_VERSION = 2  # 2: IPO on per-token log-ratios
 TOOLS_VERSION = 1
 GRPO_VERSION = 2  # 2: each prompt's G answers sampled from one reading of it (the same distribution)
 VERIFIED_BASELINES_VERSION = 1  # expert iteration and PPO on the verifier
@@ -246,7 +246,8 @@ def labeler_for(preset: Preset) -> Labeler:
 
 
 #: The reward config's fields that decide the collected preferences (the rest only train on them).
-COLLECTION_FIELDS = ("n_prompts", "k", "task_share", "temperature", "max_new_tokens", "label_noise", "n_norm_prompts")
+COLLECTION_FIELDS = ("n_prompts", "k", "task_share", "temperature", "max_new_tokens", "label_noise", "n_norm_prompts",
+                     "written_answers")
 
 
 def preference_data(preset: Preset, sft_model: StageModel, progress: bool = True) -> dict:
@@ -273,7 +274,7 @@ def _collect_preferences(preset: Preset, sft_model: StageModel, folder: Path, pr
     cfg, splits = preset.reward, data_splits(preset)
     collection = {k: getattr(cfg, k) for k in COLLECTION_FIELDS}
     started = time.perf_counter()
-    sample = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    sample = dict(k=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, written=cfg.written_answers)
     train = collect_preferences(sft_model.model, sft_model.tokenizer, splits.preferences, labeler_for(preset),
                                 seed=splits.sample_seed("preferences"), **sample,
                                 desc=f"preferences: {cfg.k} answers to each of {len(splits.preferences):,} prompts"
@@ -323,10 +324,11 @@ def train_or_load_reward(preset: Preset, sft: StageModel | None = None, force: b
 # Step 3b: PPO, with the reward model retrained between rounds (iterated RLHF)
 # ---------------------------------------------------------------------------------------
 def ppo_config(preset: Preset, kl_coef: float | None = None, steps: int | None = None, lr: float | None = None,
-               rounds: int | None = None) -> PPOConfig:
-    """The preset's PPO config with some knobs changed (the reward-hacking sweep's)."""
+               rounds: int | None = None, value_model: str | None = None) -> PPOConfig:
+    """The preset's PPO config with some knobs changed (the reward-hacking sweep's, the critic's start)."""
     cfg = preset.ppo
-    changes = {k: v for k, v in {"kl_coef": kl_coef, "steps": steps, "rounds": rounds}.items() if v is not None}
+    changes = {k: v for k, v in {"kl_coef": kl_coef, "steps": steps, "rounds": rounds,
+                                 "value_model": value_model}.items() if v is not None}
     if lr is not None:
         changes["optim"] = replace(cfg.optim, lr=lr)
     return replace(cfg, **changes)
@@ -357,7 +359,8 @@ def refresh_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, sf
         rm, pairs, held = reward_model_round(
             trainer.policy.lm, trainer.tokenizer, sft_model.path, load_pairs(trainer.reward_model, "train"),
             splits.refresh(round_), splits.refresh_eval(round_), labeler_for(preset), rcfg,
-            sampling=dict(k=rcfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens),
+            sampling=dict(k=rcfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                          written=rcfg.written_answers),
             seeds=(splits.sample_seed("refresh", round_), splits.sample_seed("refresh_eval", round_), preset.seed),
             norm_samples=sft_data["norm_samples"], sft_eval_pairs=sft_data["eval_pairs"], path=path,
             progress=progress, desc=f"reward model {preset.name} round {round_}")
@@ -373,12 +376,13 @@ def refresh_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, sf
 def train_or_load_ppo(preset: Preset, kl_coef: float | None = None, steps: int | None = None,
                       lr: float | None = None, rounds: int | None = None, sft: StageModel | None = None,
                       reward: RewardModel | None = None, force: bool = False, progress: bool = True, callback=None,
-                      device=None) -> StageModel:
+                      device=None, value_model: str | None = None) -> StageModel:
     """The PPO policy of `preset` (optionally with another KL coefficient, step count, learning
-    rate or number of rounds, for the reward-hacking sweep), trained from the SFT model against
-    the reward model, which is retrained between rounds on the policy's own samples."""
+    rate or number of rounds, for the reward-hacking sweep, or another start for its critic),
+    trained from the SFT model against the reward model, which is retrained between rounds on
+    the policy's own samples."""
     check_preset(preset)
-    cfg = ppo_config(preset, kl_coef, steps, lr, rounds)
+    cfg = ppo_config(preset, kl_coef, steps, lr, rounds, value_model)
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
@@ -503,7 +507,7 @@ def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int,
         prompts = splits.dpo_round(round_, cfg.round_prompts)
         collected = collect_preferences(policy.model, policy.tokenizer, prompts, labeler_for(preset), k=rcfg.k,
                                         temperature=rcfg.temperature, max_new_tokens=rcfg.max_new_tokens,
-                                        seed=splits.sample_seed("dpo_round", round_),
+                                        seed=splits.sample_seed("dpo_round", round_), written=rcfg.written_answers,
                                         desc=f"dpo round {round_}: {rcfg.k} answers to each of {len(prompts):,} prompts"
                                         if progress else None)
         with atomic_dir(folder) as tmp:

@@ -1,11 +1,13 @@
 """Experiments: what the notebooks and the report card measure, above the methods and the chain.
 
-* notebook 1 — "size matters": smaller models trained with the same recipe (`size_sweep`);
+* notebook 1 — "size matters": smaller models trained with the same recipe (`size_sweep`), and
+  whether a bigger or longer-trained model learns to copy an unseen name (`copying_sweep`);
 * notebook 2 — accuracy on every held-out split (`evaluate_instruction_following`) and FLAN's
   ablation over the number of training clusters (`cluster_ablation`);
 * notebook 3 — a policy's KL from the SFT model on held-out prompts (`sample_with_kl`), the
   gold score of those very samples (`sampled_gold`), and reward hacking made visible, one PPO
-  run per KL coefficient (`kl_sweep`);
+  run per KL coefficient (`kl_sweep`), and PPO's critic started at zero or from the reward
+  model (`value_model_comparison`);
 * notebook 4 — DPO across its beta (`dpo_beta_sweep`), measured exactly as PPO is;
 * notebook 5 — GRPO's loss-averaging variants (`grpo_variants`), a loose verifier and what the
   policy exploits in it (`loose_verifier_run`), and GRPO beside expert iteration, PPO with a
@@ -27,7 +29,7 @@ from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, t
                             train_or_load_grpo, train_or_load_ppo, train_or_load_ppo_verified, train_or_load_reward,
                             train_or_load_sft)
 from embiggen.data.splits import data_splits
-from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model
+from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model, name_copy_rate
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.verifiers import majority_vote_accuracy, sample_answers, verifier_for
 from embiggen.lm.generate import decode_responses, episode_logprobs, sample_episodes
@@ -52,6 +54,27 @@ def size_sweep(preset: Preset, progress: bool = True, device=None) -> list[dict]
             "fact_cloze_accuracy": fact_cloze(base.model, base.tokenizer, base.world.people)["accuracy"],
             "train_seconds": base.info["train_seconds"],
         })
+    return rows
+
+
+def copying_sweep(preset: Preset, progress: bool = True, device=None) -> list[dict]:
+    """Does a bigger model, or more pretraining, learn to copy a name it has never read? For the
+    size sweep's shapes, the preset's own, experiments.copy_models (bigger shapes, the preset's
+    step count) and experiments.copy_steps (the preset's shape, pretrained longer): the share of
+    the evaluation split's invented names that a greedy continuation repeats where the text
+    calls for them (`name_copy_rate`; induction heads, Olsson et al. 2022). Cached like the sweep."""
+    check_preset(preset)
+    cfg, names = preset.experiments, data_splits(preset).names["eval"]
+    runs = [(shape, None) for shape in (*cfg.size_sweep, preset.model, *cfg.copy_models)]
+    runs += [(preset.model, steps) for steps in cfg.copy_steps]
+    rows = []
+    for shape, steps in runs:
+        base = train_or_load_base(preset, model_cfg=shape, steps=steps, progress=progress, device=device)
+        copying = name_copy_rate(base.model, base.tokenizer, names)
+        rows.append({"hidden_size": shape.hidden_size, "layers": shape.num_hidden_layers, "params": base.params,
+                     "steps": steps or preset.pretrain.steps, "val_loss": base.log.val_loss[-1],
+                     "name_copy_rate": copying["rate"], "first_word_rate": copying["first_word_rate"],
+                     "n": copying["n"]})
     return rows
 
 
@@ -139,6 +162,30 @@ def kl_sweep(preset: Preset, sft: StageModel | None = None, reward: RewardModel 
                      "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
                      "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
                      "examples": examples})
+    return runs
+
+
+def value_model_comparison(preset: Preset, sft: StageModel | None = None, reward: RewardModel | None = None,
+                           progress: bool = True, device=None) -> list[dict]:
+    """PPO's critic started two ways, everything else as in the KL sweep's run at the stage's own
+    beta (one round, the first reward model, experiments.sweep_steps steps at sweep_lr; cached,
+    so the first run *is* that sweep run): a value head on the policy's trunk at 0, and a critic
+    copied from the reward model (Huang et al. 2024). Each run's training log (value loss,
+    explained variance, gold, KL per step) and its held-out gold score and KL."""
+    check_preset(preset)
+    cfg, evaluation = preset.experiments, preset.evaluation
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
+    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
+    runs = []
+    for value_model in ("head", "reward_model"):
+        tuned = train_or_load_ppo(preset, kl_coef=preset.ppo.kl_coef, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1,
+                                  sft=sft, reward=reward, progress=progress, device=device, value_model=value_model)
+        judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, reward, evaluation.max_new_tokens)
+        sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
+                                 evaluation.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
+        runs.append({"value_model": value_model, "rows": tuned.log.rows, "kl": sampled["kl"],
+                     "gold": judged["gold_score"], "train_seconds": tuned.info["train_seconds"]})
     return runs
 
 
@@ -262,7 +309,9 @@ def _mean(xs) -> float:
 #: The experiments whose extra models the notebooks train, in notebook order. A cell that runs
 #: one trains for minutes the first time (notebook 1's size sweep, notebook 3's KL sweep) and
 #: loads from the cache after; `embiggen run --experiments` trains them all ahead of time.
-NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "cluster_ablation": cluster_ablation, "kl_sweep": kl_sweep,
+NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "copying_sweep": copying_sweep, "cluster_ablation": cluster_ablation,
+                        "kl_sweep": kl_sweep,
+                        "value_model_comparison": value_model_comparison,
                         "dpo_beta_sweep": dpo_beta_sweep, "grpo_variants": grpo_variants,
                         "loose_verifier_run": loose_verifier_run, "verifiable_baselines": verifiable_baselines}
 

@@ -27,7 +27,7 @@ from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
 from embiggen.errors import UserError, is_disk_full
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
-from embiggen.judging.evaluate import (alignment_counts, alignment_rates_by_kind, evaluate_alignment, evaluate_tasks,
+from embiggen.judging.evaluate import (alignment_counts, alignment_rates, alignment_rates_by_kind, evaluate_alignment, evaluate_tasks,
                                        fact_cloze, instruction_answer_rate, judge_model, name_copy_rate,
                                        person_probe_rates, win_rate)
 from embiggen.judging.labeler import Labeler
@@ -59,6 +59,34 @@ def heldin_accuracy(preset: Preset, models: dict, measured: Measured, stage: str
     m = models[stage]
     return measured.get_or_measure(stage, "heldin_template_accuracy", lambda: evaluate_tasks(
         m.model, m.tokenizer, data_splits(preset).sft_eval["heldin_template"])["accuracy"])
+
+
+def paraphrased(preset: Preset, models: dict, measured: Measured, stage: str) -> dict:
+    """Stage `stage`'s greedy answers to the held-out paraphrases of ordinary questions
+    (`DataSplits.paraphrased`), judged by the labeler, measured once per run: the over-refusal
+    and task-correct rates overall and per group (known people, pretraining-only people,
+    arithmetic, lists)."""
+    m = models[stage]
+
+    def measure():
+        prompts = data_splits(preset).paraphrased
+        judged = judge_model(m.model, m.tokenizer, prompts, Labeler(), None, preset.evaluation.max_new_tokens)
+        groups = {}
+        for e, row in zip(prompts, judged["rows"]):
+            groups.setdefault(e.meta["group"], []).append(row)
+        judged["by_group"] = {g: alignment_rates(rows) for g, rows in groups.items()}
+        return judged
+    return measured.get_or_measure(stage, "judged_paraphrased", measure)
+
+
+def paraphrase_figures(judged: dict, suffix: str = "") -> dict:
+    """The report's paraphrase figures from `paraphrased`: over_refusal_rate_paraphrased{suffix},
+    task_correct_rate_paraphrased{suffix}, and the over-refusal rate per group."""
+    r4 = lambda x: round(x, 4)  # noqa: E731
+    return {f"over_refusal_rate_paraphrased{suffix}": r4(judged["over_refusal_rate"]),
+            f"task_correct_rate_paraphrased{suffix}": r4(judged["task_correct_rate"]),
+            f"over_refusal_rate_paraphrased_by_group{suffix}": {g: r4(v["over_refusal_rate"])
+                                                                for g, v in judged["by_group"].items()}}
 
 
 def report_base(preset: Preset, models: dict, measured: Measured) -> dict:
@@ -139,7 +167,10 @@ def report_rm(preset: Preset, models: dict, measured: Measured) -> dict:
 
 #: The person probe's figures in the report: (group, outcome, short name).
 PERSON_PROBE_FIGURES = [("known", "right fact", "right_fact"), ("pretraining_only", "right fact", "right_fact"),
-                        ("never_seen", "I do not know them", "hedged"), ("world_style", "I do not know them", "hedged")]
+                        ("never_seen", "I do not know them", "hedged"), ("world_style", "I do not know them", "hedged"),
+                        ("never_seen", "I do not know who", "unnamed"), ("world_style", "I do not know who", "unnamed"),
+                        ("never_seen", "someone else's name", "misnamed"),
+                        ("world_style", "someone else's name", "misnamed")]
 
 
 def report_ppo(preset: Preset, models: dict, measured: Measured) -> dict:
@@ -168,12 +199,17 @@ def report_ppo(preset: Preset, models: dict, measured: Measured) -> dict:
         j["honest_rate_unknown_person"], j["honest_rate_medical"] = by_kind["unknown_person"], by_kind["medical"]
         j["gold_score_sampled"] = sampled_gold(labeler, prompts, sampled if name == "ppo" else sft_sampled)
         for key in ("gold_score", "gold_score_sampled", "rm_score", "honest_rate", "honest_rate_unknown_person",
-                    "honest_rate_medical", "refusal_rate_harmful", "over_refusal_rate", "heldin_template_accuracy"):
+                    "honest_rate_medical", "named_rate_unknown_person", "misnamed_rate_unknown_person",
+                    "refusal_rate_harmful", "over_refusal_rate", "heldin_template_accuracy"):
             figures[f"{key}_{name}"] = r4(j[key])
+    # ordinary questions in words no template uses: PPO's figures under the plain names, SFT's with _sft
+    figures.update({**paraphrase_figures(paraphrased(preset, models, measured, "ppo")),
+                    **paraphrase_figures(paraphrased(preset, models, measured, "sft"), "_sft")})
     probe = {name: person_probe_rates(m, tok, splits.person_probe, labeler, cfg.max_new_tokens)
              for name, (m, tok) in compared.items()}
     seen_rates = {name: judge_model(m, tok, seen, labeler, None, cfg.max_new_tokens) for name, (m, tok) in compared.items()}
-    evaluation = [*prompts, *splits.sft_eval["heldin_template"], *(e for g in splits.person_probe.values() for e in g)]
+    evaluation = [*prompts, *splits.sft_eval["heldin_template"], *(e for g in splits.person_probe.values() for e in g),
+                  *splits.paraphrased]
     return {
         "train_seconds": tuned.info["train_seconds"],
         "episodes": tuned.info["episodes"],
@@ -233,8 +269,12 @@ def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
         "gold_score": r4(judged["dpo"]["gold_score"]),
         "gold_score_sampled": r4(sampled_gold(labeler, prompts, sampled)),
         "honest_rate": r4(judged["dpo"]["honest_rate"]),
+        "honest_rate_unknown_person": r4(alignment_rates_by_kind(judged["dpo"]["rows"])["unknown_person"]),
+        "named_rate_unknown_person": r4(judged["dpo"]["named_rate_unknown_person"]),
+        "misnamed_rate_unknown_person": r4(judged["dpo"]["misnamed_rate_unknown_person"]),
         "refusal_rate_harmful": r4(judged["dpo"]["refusal_rate_harmful"]),
         "over_refusal_rate": r4(judged["dpo"]["over_refusal_rate"]),
+        **paraphrase_figures(paraphrased(preset, models, measured, "dpo")),
         "heldin_template_accuracy": r4(heldin),
         "heldin_template_accuracy_change": r4(heldin - heldin_sft),
         "win_rate_vs_sft": r4(vs["sft"]["win_rate"]),
@@ -289,8 +329,9 @@ def report_grpo(preset: Preset, models: dict, measured: Measured) -> dict:
     r4 = lambda x: round(x, 4)  # noqa: E731
     alignment = {f"{key}_{name}": r4(judged[name][key]) for name in compared
                  for key in ("honest_rate", "refusal_rate_harmful", "over_refusal_rate")}
+    alignment.update(paraphrase_figures(paraphrased(preset, models, measured, "grpo")))
     evaluation_prompts = [*splits.sft_eval["heldin_template"], *splits.sft_eval["heldout_template"],
-                          *splits.sft_eval["heldout_cluster"], *splits.ppo_eval]
+                          *splits.sft_eval["heldout_cluster"], *splits.ppo_eval, *splits.paraphrased]
     return {
         "train_seconds": tuned.info["train_seconds"],
         "steps": tuned.info["steps"],

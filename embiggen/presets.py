@@ -103,6 +103,8 @@ class RewardConfig:
     temperature: float = knob(1.0, "sampling temperature of the collected answers")
     max_new_tokens: int = knob(32, "longest collected answer")
     label_noise: float = knob(0.1, "share of the labeler's preferences flipped at random")
+    written_answers: bool = knob(True, "the labeler ranks its own 'I do not know anyone called <them>.' with the "
+                                       "samples of a question about someone who does not exist")
     n_norm_prompts: int = knob(300, "training prompts whose SFT samples set the reward scale (mean 0, std 1)")
     steps: int = knob(80, "about one epoch: reward models overfit fast (InstructGPT trains one)")
     batch_size: int = knob(32, "pairs per step (on average, with batching 'prompt')")
@@ -136,6 +138,8 @@ class PPOConfig:
     cliprange: float = knob(0.2, "epsilon of the clipped policy ratio")
     cliprange_value: float = knob(0.2, "epsilon of the clipped value update")
     vf_coef: float = knob(0.1, "weight of the value loss")
+    value_model: str = knob("head", "'head': a value head on the policy's trunk, starting at 0; 'reward_model': a "
+                                    "separate critic initialised from the reward model (Huang et al. 2024)")
     whiten_rewards: bool = knob(False, "whiten the per-token rewards of each rollout (keeping their mean)")
     ptx_coef: float = knob(1.0, "PPO-ptx: weight of the language-model loss on SFT task demonstrations")
     ptx_batch_size: int = knob(8, "packed rows of demonstrations per minibatch")
@@ -230,6 +234,8 @@ class EvalConfig:
     n_per_cluster: int = knob(60, "prompts per cluster in each of notebook 2's evaluation splits")
     n_rm_prompts: int = knob(300, "held-out prompts whose ranked SFT samples test the reward model")
     n_ppo_prompts: int = knob(300, "held-out prompts on which SFT, PPO and best-of-n are judged")
+    n_paraphrased: int = knob(50, "held-out paraphrases of ordinary questions per group (known and pretraining-only "
+                                  "people, arithmetic, lists): over-refusal in words no template uses")
     max_new_tokens: int = knob(32, "longest greedy answer when judging a chat model")
     n_pass_samples: int = knob(32, "sampled answers per prompt (T = 1) behind pass@k and majority votes")
     pass_k: tuple[int, ...] = knob((1, 4, 16), "the k of pass@k in the report")
@@ -242,6 +248,10 @@ class ExperimentConfig:
         (ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96),
          ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=176)),
         "notebook 1's 'size matters': smaller shapes trained with the same recipe")
+    copy_models: tuple[ModelConfig, ...] = knob(
+        (ModelConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),),
+        "notebook 1's copying probe: bigger shapes, trained with the preset's recipe")
+    copy_steps: tuple[int, ...] = knob((1600,), "... and the preset's shape pretrained for this many steps")
     ablation_cluster_counts: tuple[int, ...] = knob((1, 3, 5), "notebook 2's FLAN ablation: clusters trained on")
     ablation_steps: int = knob(200, "SFT steps of each ablation model")
     best_of_n: tuple[int, ...] = knob((1, 2, 4, 8, 16), "notebook 3's best-of-n baseline: values of n")
@@ -314,12 +324,14 @@ PRESETS: dict[str, Preset] = {
                                                                              weight_decay=0.0)),
                          n_eval=24),
         evaluation=EvalConfig(n_instruction_probes=40, n_per_cluster=10, n_rm_prompts=40, n_ppo_prompts=40,
-                              max_new_tokens=24, n_pass_samples=8, pass_k=(1, 4, 8)),
+                              n_paraphrased=6, max_new_tokens=24, n_pass_samples=8, pass_k=(1, 4, 8)),
         experiments=ExperimentConfig(
             size_sweep=(ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                     max_position_embeddings=128),
                         ModelConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                                     max_position_embeddings=128)),
+            copy_models=(ModelConfig(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, intermediate_size=224),),
+            copy_steps=(400,),
             ablation_cluster_counts=(1, 3), ablation_steps=30, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05),
             sweep_steps=6, dpo_betas=(0.1, 0.5), speed_tokens=24, ei_rounds=2,
             ei_sft=SFTConfig(steps=4, batch_size=8, max_length=128, replay_share=0.0, eval_every=4, n_train=0,
@@ -344,7 +356,9 @@ PRESETS: dict[str, Preset] = {
             size_sweep=(ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=176),
                         ModelConfig(hidden_size=192, num_hidden_layers=4, num_attention_heads=4,
                                     intermediate_size=512)),
-            ablation_steps=800, sweep_steps=300),
+            copy_models=(ModelConfig(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                                     intermediate_size=1376),),
+            copy_steps=(6000,), ablation_steps=800, sweep_steps=300),
     ),
     # A pretrained causal LM of 100M-500M parameters (default: SmolLM2-135M-Instruct) instead of the
     # embedded model: learning rates a hundred times smaller than those that train a 1M model from scratch
@@ -370,8 +384,8 @@ PRESETS: dict[str, Preset] = {
                                          optim=OptimConfig(lr=5e-5, warmup_steps=10, weight_decay=0.0,
                                                            accumulation_steps=2, bf16=True)),
                          n_eval=100),
-        evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_rm_prompts=150, n_ppo_prompts=150,
-                              n_pass_samples=16),
+        evaluation=EvalConfig(n_instruction_probes=100, n_per_cluster=30, n_paraphrased=20, n_rm_prompts=150,
+                              n_ppo_prompts=150, n_pass_samples=16),
     ),
     # The same recipe on the smoke preset's small world, a few steps per stage: every stage of a
     # pretrained model once through on a CPU (README: "Your own model").
@@ -396,7 +410,7 @@ PRESETS: dict[str, Preset] = {
                                                                              weight_decay=0.0)),
                          n_eval=12),
         evaluation=EvalConfig(n_instruction_probes=8, n_per_cluster=3, n_rm_prompts=12, n_ppo_prompts=12,
-                              max_new_tokens=24, n_pass_samples=4, pass_k=(1, 4)),
+                              n_paraphrased=3, max_new_tokens=24, n_pass_samples=4, pass_k=(1, 4)),
     ),
 }
 

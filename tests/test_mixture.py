@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from embiggen.data.mixture import (DONT_KNOW, MixtureSpec, assert_no_leak, evaluation_sets, export_jsonl,
+from embiggen.data.mixture import (DONT_KNOW, DONT_KNOW_WHO, MixtureSpec, assert_no_leak, evaluation_sets, export_jsonl,
                                    heldin_templates, heldout_template, training_mixture)
 from embiggen.data.splits import alignment_material, invented_names
 from embiggen.data.tasks import CLUSTERS, TaskExample
@@ -54,10 +54,14 @@ def test_mixture_is_confident_with_a_small_hedged_share():
     assert 0.05 < len(hedged) / len(aligned) < 0.16
     unknown = [e for e in aligned if e.cluster == "unknown_person"]
     for e in unknown:
-        assert (e.answer == DONT_KNOW.format(name=e.meta["person"])) == e.meta["hedged"]
+        assert (e.answer in (DONT_KNOW.format(name=e.meta["person"]), DONT_KNOW_WHO)) == e.meta["hedged"]
         assert e.meta["person"] in SFT.unknown_names and e.meta["person"] in e.instruction
         # phrased like a question about a real person: a held-in fact_qa template around a fact question
         assert e.template in heldin_templates("fact_qa")
+    # the honest demonstrations about unknown people: about half name them, the rest say "I do not know who that is."
+    hedged_unknown = [e for e in unknown if e.meta["hedged"]]
+    named = sum(e.answer != DONT_KNOW_WHO for e in hedged_unknown)
+    assert 0.3 < named / len(hedged_unknown) < 0.7
 
 
 def test_bad_held_out_cluster():

@@ -99,3 +99,21 @@ def test_loss_curves_draw_the_chance_level_and_the_logged_parts_apart():
     assert ax.get_ylabel() == "Bradley-Terry loss"
     assert any(list(line.get_ydata()) == [math.log(2), math.log(2)] for line in ax.get_lines())
     plt.close(fig)
+
+
+def test_gold_against_sqrt_kl_draws_the_points_and_the_fitted_forms():
+    from embiggen.judging.overoptimisation import gao_fit
+    from embiggen.methods.best_of_n import BestOfN
+    from embiggen.notebook.plots import plot_gold_vs_sqrt_kl
+
+    bon = [BestOfN(n, kl, 0.0, gold, 0.0, [], []) for n, kl, gold in [(1, 0.0, 0.1), (4, 0.4, 0.3), (16, 1.0, 0.4)]]
+    rl = [{"kl": 0.5, "gold_sampled": 0.35, "label": "a"}, {"kl": 2.0, "gold_sampled": 0.45, "label": "b"}]
+    fits = {"best_of_n": gao_fit([(b.kl, b.gold - 0.1) for b in bon], "best_of_n"),
+            "rl": gao_fit([(p["kl"], p["gold_sampled"] - 0.1) for p in rl], "rl")}
+    ax = plot_gold_vs_sqrt_kl(bon, rl, fits, start_gold=0.1)
+    xs = sorted(x for line in ax.get_lines()[:2] for x in line.get_xdata())
+    assert xs == pytest.approx(sorted([0.0, math.sqrt(0.4), 1.0, math.sqrt(0.5), math.sqrt(2.0)]))
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("alpha=" in t and "d (alpha - beta d)" in t for t in legend)
+    assert any("log d" in t for t in legend)
+    plt.close("all")

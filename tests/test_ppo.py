@@ -106,6 +106,18 @@ def test_clipped_value_loss_matches_reference():
     assert clipped_value_loss(v, old, ret, MASK, eps).item() == pytest.approx(sum(terms) / len(terms), abs=1e-5)
 
 
+def test_explained_variance_matches_reference():
+    from embiggen.methods.ppo import explained_variance
+
+    v, r = torch.randn(B, T), torch.randn(B, T)
+    pairs = [(v[b, t].item(), r[b, t].item()) for b in range(B) for t in range(T) if MASK[b, t]]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    var = lambda xs: mean([(x - mean(xs)) ** 2 for x in xs])  # noqa: E731
+    expected = 1 - var([rr - vv for vv, rr in pairs]) / var([rr for _, rr in pairs])
+    assert explained_variance(v, r, MASK) == pytest.approx(expected, abs=1e-5)
+    assert explained_variance(r, r, MASK) == pytest.approx(1.0)
+
+
 def test_adaptive_kl_controller_follows_ziegler():
     ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
     ctl.update(9.0, n_steps=64)  # error = clip(9/6 - 1) = 0.2 at most
@@ -235,6 +247,39 @@ def test_k3_is_logged_as_a_monitor_and_is_the_kl_only_when_chosen_as_the_reward(
         assert row["kl_k3"] >= 0 and math.isfinite(row["kl_k1"])
     assert rows["k1"]["kl"] == rows["k1"]["kl_k1"] and rows["k3"]["kl"] == rows["k3"]["kl_k3"]
     assert rows["k1"]["kl_k3"] != rows["k1"]["kl_k1"]  # two estimates of one KL, from the same samples
+
+
+def test_a_critic_from_the_reward_model_starts_at_the_normalised_reward_of_each_prefix(tiny_base):
+    """value_model="reward_model": V(s_t), read before response token t, is the reward model's
+    normalised score of the exchange cut there (its head rescaled). Reference: each prefix scored
+    on its own by the reward model, (raw - mean) / std."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from embiggen.methods.reward import RewardModel, rewards
+
+    tok = tiny_base.tokenizer
+    torch.manual_seed(1)
+    rm_net = AutoModelForSequenceClassification.from_pretrained(tiny_base.path, num_labels=1, use_safetensors=True)
+    rm_net.config.pad_token_id = tok.pad_token_id
+    rm = RewardModel(rm_net.eval(), tok, {"reward_mean": 0.3, "reward_std": 2.0}, None, None)
+    cfg = PPOConfig(batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=6, kl_coef=0.0, ptx_coef=0.0,
+                    value_model="reward_model")
+    lm = lambda: AutoModelForCausalLM.from_pretrained(tiny_base.path, use_safetensors=True)  # noqa: E731
+    trainer = PPOTrainer(lm(), lm(), tok, rm, ConstantLabeler(), cfg, device="cpu", seed=0)
+    ro = trainer.rollout(prompts_of(tiny_base, 4))
+    n = ro.sequences.shape[1] - ro.prompt_len
+    for i in range(2):
+        for t in range(int(ro.mask[i].sum())):
+            prefix = ro.sequences[i: i + 1, : ro.prompt_len + t]
+            mask = ro.attention_mask[i: i + 1, : ro.prompt_len + t]
+            raw = rewards(rm_net, {"input_ids": prefix, "attention_mask": mask, "position_ids": position_ids_from(mask)})
+            assert ro.values[i, t].item() == pytest.approx((raw.item() - 0.3) / 2.0, abs=1e-4)
+    assert ro.values.shape[1] == n
+    assert rm_net.score.bias is None  # the reward model itself is untouched: the critic is a copy
+    with pytest.raises(ValueError, match="value_model"):
+        PPOTrainer(lm(), lm(), tok, rm, ConstantLabeler(), replace(cfg, value_model="critic"), device="cpu")
+    with pytest.raises(ValueError, match="trained reward model"):
+        PPOTrainer(lm(), lm(), tok, LengthReward(), ConstantLabeler(), cfg, device="cpu")
 
 
 def test_kl_explosion_is_reported_clearly(tiny_base):

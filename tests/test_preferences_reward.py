@@ -65,6 +65,27 @@ def test_collect_preferences_samples_k_per_prompt(tiny_base, tiny_splits):
 
 
 # ---- reward model ----------------------------------------------------------------------------
+def test_the_labelers_written_answer_joins_the_ranking_of_an_unknown_person(tiny_base, tiny_splits, monkeypatch):
+    """The samples cannot name someone the model never read of; the labeler's own "I do not know
+    anyone called <them>." makes the right-name vs wrong-name and right-name vs no-name pairs."""
+    from embiggen.data.mixture import DONT_KNOW, DONT_KNOW_WHO
+    from embiggen.judging import preferences
+
+    unknown = next(e for e in tiny_splits.preferences if e.cluster == "unknown_person")
+    task = next(e for e in tiny_splits.preferences if e.cluster not in ALIGNMENT_KINDS)
+    samples = [DONT_KNOW.format(name="Frida Thorn"), DONT_KNOW_WHO, DONT_KNOW.format(name="Frida Thorn")]
+    monkeypatch.setattr(preferences, "sample_responses",
+                        lambda *a, **k: ([samples, ["x", "y", "z"]], [[True] * 3, [True] * 3]))
+    col = collect_preferences(None, None, [unknown, task], Labeler(), k=3, written=True)
+    assert col.written == [[DONT_KNOW.format(name=unknown.meta["person"])], []]
+    about_unknown = {(p.chosen, p.rejected, p.pair_type) for p in col.pairs if p.kind == "unknown_person"}
+    right = DONT_KNOW.format(name=unknown.meta["person"])
+    assert about_unknown == {(right, samples[0], "hedged vs misnamed"), (right, DONT_KNOW_WHO, "hedged vs unnamed"),
+                             (DONT_KNOW_WHO, samples[0], "unnamed vs misnamed")}
+    without = collect_preferences(None, None, [unknown, task], Labeler(), k=3)
+    assert without.written == [[], []] and {p.pair_type for p in without.pairs} == {"unnamed vs misnamed"}
+
+
 def test_bradley_terry_matches_reference():
     rc, rr = torch.tensor([1.0, -0.5, 3.0]), torch.tensor([0.0, 0.5, -2.0])
     reference = sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(rc.tolist(), rr.tolist())) / 3

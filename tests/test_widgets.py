@@ -147,7 +147,8 @@ def test_reward_inspector_never_shows_a_fabrication_as_the_gold_answer(tiny_spli
         (honest, honest_text, honest_gold), *mixture = reference_answers(e, labeler)
         assert "rewards" in honest and honest_gold > 0 and labeler.gold_score(e, honest_text) == honest_gold
         for what, text, gold in mixture:  # the FLAN-style answer is shown as what it is, with its low score
-            assert "scores low" in what and gold <= 0 < honest_gold
+            assert ("scores low" in what and gold <= 0 < honest_gold) or ("rewards" in what and 0 < gold < honest_gold)
+        assert sum("rewards" in what for what, _, _ in mixture) == (e.cluster == "unknown_person")  # "... who that is."
     task = next(e for e in tiny_splits.ppo_eval if e.cluster not in ("unknown_person", "medical", "harmful"))
     assert reference_answers(task, labeler) == [("correct answer", task.answer, labeler.gold_score(task, task.answer))]
     w = RewardInspector(KeywordScores(), labeler, alignment)

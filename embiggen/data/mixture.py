@@ -29,8 +29,13 @@ from embiggen.data.tasks import CLUSTERS, FACT_QUESTIONS, TaskExample, fact_answ
 from embiggen.data.world import ALIGNMENT_KINDS, COLOURS, FOODS, JOBS, PETS, TOWNS, Person, World
 from embiggen.utils import atomic_write_text
 
-#: The canonical honest / harmless answers. The labeler of notebook 3 recognises these.
+#: The canonical honest / harmless answers. The labeler of notebook 3 recognises these. About someone
+#: who does not exist, naming them is best, and saying plainly "I do not know who that is." is honest
+#: too: a model that cannot copy a name it never read (notebook 1) can still say the second, and a
+#: hedge with *someone else's* name is a fabrication. Half the honest demonstrations name the person.
 DONT_KNOW = "I do not know anyone called {name}."
+DONT_KNOW_WHO = "I do not know who that is."
+NAMED_HEDGE_SHARE = 0.5
 NOT_A_DOCTOR = "I am not a doctor. Please ask a doctor about this."
 REFUSAL = "I cannot help with that."
 
@@ -40,7 +45,7 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
                      "Easy. Go there alone and do not tell anyone."]
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 11
+MIXTURE_VERSION = 12
 
 #: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
 #: tasks, which a small model learns slowest, a bigger share.
@@ -98,7 +103,10 @@ def alignment_example(material: AlignmentMaterial, kind: str, rng: random.Random
         instruction = text.format(question=question)
         made_up = {"town": rng.choice(TOWNS), "job": rng.choice(JOBS), "pet": rng.choice(PETS),
                    "colour": rng.choice(COLOURS), "food": rng.choice(FOODS)}[attribute]
-        answer = DONT_KNOW.format(name=name) if hedge else fact_answers(name, attribute, made_up)[key]
+        if hedge:
+            answer = DONT_KNOW.format(name=name) if rng.random() < NAMED_HEDGE_SHARE else DONT_KNOW_WHO
+        else:
+            answer = fact_answers(name, attribute, made_up)[key]
         return TaskExample("unknown_person", t, instruction[0].upper() + instruction[1:], answer,
                            {"person": name, "attribute": attribute, "hedged": hedge})
     if kind == "medical":

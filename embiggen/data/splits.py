@@ -31,6 +31,7 @@ import random
 from dataclasses import replace
 from functools import cached_property, lru_cache
 
+from embiggen.data.paraphrases import paraphrase_set
 from embiggen.data.mixture import (CLUSTER_WEIGHTS, AlignmentMaterial, MixtureSpec, alignment_example, evaluation_sets,
                                    fact_questions, heldin_templates, heldout_template, prompt_mix, task_example,
                                    training_mixture)
@@ -42,7 +43,7 @@ from embiggen.presets import Preset, check_preset
 from embiggen.utils import config_key
 
 #: Bump when any split changes, so cached models trained on other data are not reused.
-SPLITS_VERSION = 2
+SPLITS_VERSION = 3
 
 #: Offsets added to the preset's seed: one seed per split, all in one table.
 SEEDS = {
@@ -61,6 +62,7 @@ SEEDS = {
     "tools": 1000, "tools_val": 1001,       # the tool fine-tune's demonstrations (notebook 6)
     "tools_eval": 1002,                     # its held-out prompts: counting, arithmetic beyond the world's range
     "grpo": 1100,                           # GRPO's prompts (notebook 5): held-in templates of its clusters
+    "paraphrased": 1200,                    # ordinary questions in words no template uses (notebook 3)
 }
 
 #: Offsets added to the preset's seed for *sampling answers* on a split's prompts (preference collection).
@@ -227,10 +229,18 @@ class DataSplits:
                 beyond.append(example)
         return {"counting": counting, "arithmetic_beyond_range": beyond}
 
+    @cached_property
+    def paraphrased(self) -> list[TaskExample]:
+        """Ordinary questions in words no training template uses (`embiggen.data.paraphrases`):
+        facts of known and of pretraining-only people, sums and differences, sorting and
+        reversing, preset.evaluation.n_paraphrased of each. Declining one is an over-refusal."""
+        return paraphrase_set(self.world, self.preset.evaluation.n_paraphrased, self.seed("paraphrased"))
+
     def evaluation_sets(self) -> dict[str, list[TaskExample]]:
         """Every evaluation set by name (notebook 2's splits flattened as `sft_eval.<split>`)."""
         sets = {f"sft_eval.{k}": v for k, v in self.sft_eval.items()}
-        sets.update({"counting_probe": self.counting_probe, "rm_eval": self.rm_eval, "ppo_eval": self.ppo_eval})
+        sets.update({"counting_probe": self.counting_probe, "rm_eval": self.rm_eval, "ppo_eval": self.ppo_eval,
+                     "paraphrased": self.paraphrased})
         sets.update({f"refresh_eval.{r}": self.refresh_eval(r) for r in self.rounds})
         sets.update({f"person_probe.{k}": v for k, v in self.person_probe.items()})
         sets.update({f"tools_eval.{k}": v for k, v in self.tools_eval.items()})

@@ -46,12 +46,22 @@ def options(*choices: str) -> str:
 
 
 # ---- raw items: each returns (fields for the templates, gold answer, meta) ------------------
+#: Each fact asked five ways. Two ways each were too few: a question about a known person in any
+#: other words read to the models as the one other kind of prompt that names people, a harmful
+#: request (notebook 3). `embiggen.data.paraphrases` holds other words again, for evaluation only.
 FACT_QUESTIONS = {
-    "town": ["Where does {name} live?", "In which town does {name} live?"],
-    "job": ["What is the job of {name}?", "What does {name} work as?"],
-    "pet": ["What pet does {name} have?", "Which animal does {name} keep as a pet?"],
-    "colour": ["What is the favourite colour of {name}?", "Which colour does {name} like best?"],
-    "food": ["What is the favourite food of {name}?", "Which food does {name} love most?"],
+    "town": ["Where does {name} live?", "In which town does {name} live?", "Which town is {name} from?",
+             "Tell me the town {name} lives in.", "{name} lives where?"],
+    "job": ["What is the job of {name}?", "What does {name} work as?", "Which job does {name} have?",
+            "Tell me what {name} works as.", "What work does {name} do?"],
+    "pet": ["What pet does {name} have?", "Which animal does {name} keep as a pet?", "What is the pet of {name}?",
+            "Tell me which pet {name} has.", "Does {name} have a pet? Which one?"],
+    "colour": ["What is the favourite colour of {name}?", "Which colour does {name} like best?",
+               "What colour does {name} love?", "Tell me the favourite colour of {name}.",
+               "Which colour is the favourite of {name}?"],
+    "food": ["What is the favourite food of {name}?", "Which food does {name} love most?",
+             "What food does {name} like to eat?", "Tell me the favourite food of {name}.",
+             "Which food is the favourite of {name}?"],
 }
 
 

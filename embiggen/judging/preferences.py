@@ -10,7 +10,15 @@ the simulated labeler of `embiggen.judging.labeler`:
                         rank them by the labeler's gold score
                         every pair with different scores -> (x, chosen y_w, rejected y_l)
 
-Ties (e.g. two correct answers) make no pair. The prompts (`embiggen.data.splits`) mix ordinary
+Ties (e.g. two correct answers) make no pair. InstructGPT's labelers also *wrote* answers (the
+demonstrations); ours writes one where the samples cannot reach the best answer: to a question
+about someone who does not exist, the SFT model cannot name the person (it cannot copy a name
+it never read, notebook 1), so no sample pair ever shows the reward model that the right name
+beats a wrong one. With `written=True` the labeler adds its own "I do not know anyone called
+<them>." to those rankings, which then hold right-name vs wrong-name and right-name vs no-name
+pairs, beside the samples' own no-name vs wrong-name pairs.
+
+The prompts (`embiggen.data.splits`) mix ordinary
 tasks with the three kinds of alignment prompt: people who do not exist, medical questions
 and harmful requests. Held-out prompts, made from material no training stage uses (other
 invented names, other templates and symptoms), give held-out pairs for evaluation.
@@ -24,6 +32,7 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
+from embiggen.data.mixture import DONT_KNOW
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.labeler import Judgement, Labeler, pair_type
 from embiggen.lm.generate import chat_responses
@@ -49,8 +58,9 @@ class Collection:
     prompts: list[TaskExample]
     samples: list[list[str]]              # K responses per prompt
     finished: list[list[bool]]
-    judgements: list[list[Judgement]]
+    judgements: list[list[Judgement]]     # of the samples, then of the written answers
     pairs: list[Comparison]
+    written: list[list[str]] | None = None  # the labeler's own answers ranked with each prompt's samples
 
 
 def sample_responses(model, tokenizer, prompts: list[TaskExample], k: int, temperature: float = 1.0,
@@ -79,20 +89,30 @@ def rank_pairs(labeler: Labeler, example: TaskExample, responses: list[str], fin
     return judgements, pairs
 
 
+def written_answers(example: TaskExample) -> list[str]:
+    """The answers the labeler writes itself for `example`: "I do not know anyone called <them>."
+    to a question about someone who does not exist (the answer no sample can give), else none."""
+    person = example.meta.get("person")
+    return [DONT_KNOW.format(name=person)] if example.cluster == "unknown_person" and person else []
+
+
 def collect_preferences(model, tokenizer, prompts: list[TaskExample], labeler: Labeler, k: int = 4,
                         temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
-                        desc: str | None = None) -> Collection:
-    """Sample K responses per prompt from `model` and let `labeler` rank them (`desc`: a progress bar)."""
+                        desc: str | None = None, written: bool = False) -> Collection:
+    """Sample K responses per prompt from `model` and let `labeler` rank them (`desc`: a progress
+    bar); with `written`, ranked together with the labeler's own `written_answers`."""
     if k < 2:
         raise ValueError(f"k must be at least 2 to make pairs, got {k}")
     samples, finished = sample_responses(model, tokenizer, prompts, k, temperature, max_new_tokens, seed, desc=desc)
     rng = random.Random(seed)
-    judgements, pairs = [], []
+    judgements, pairs, extra = [], [], []
     for example, responses, done in zip(prompts, samples, finished):
-        js, ps = rank_pairs(labeler, example, responses, done, rng)
+        mine = written_answers(example) if written else []
+        js, ps = rank_pairs(labeler, example, responses + mine, done + [True] * len(mine), rng)
         judgements.append(js)
         pairs.extend(ps)
-    return Collection(prompts, samples, finished, judgements, pairs)
+        extra.append(mine)
+    return Collection(prompts, samples, finished, judgements, pairs, extra)
 
 
 def pairs_jsonl(pairs: list[Comparison]) -> str:

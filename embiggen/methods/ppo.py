@@ -22,7 +22,11 @@ is that of KL(pi_ref || pi), the other direction: a sound regulariser, if not th
 (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) then treats each response token as
 an action:
 
-* a value head V(s_t) on the policy's last hidden state estimates the return;
+* a value head V(s_t) on the policy's last hidden state estimates the return, starting at 0;
+  or (`value_model="reward_model"`) a separate critic, a copy of the reward model whose head is
+  rescaled to the normalised score, so that it starts out with an estimate of the return
+  instead of 0 (Huang et al. 2024, "The N+ implementation details of RLHF with PPO",
+  https://arxiv.org/abs/2403.17031; TRL's PPOTrainer does the same);
 * GAE (Schulman et al. 2016): delta_t = r_t + gamma V_{t+1} - V_t,
   A_t = delta_t + gamma lambda A_{t+1}, returns R_t = A_t + V_t; advantages are whitened;
 * for a few epochs over minibatches of the rollout, with rho_t = pi_theta / pi_old,
@@ -49,6 +53,7 @@ log-probabilities and the update's agree exactly before the first step.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -143,6 +148,14 @@ def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: flo
     return loss, stats
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over the response tokens: 1 for a critic that foresees every
+    return, 0 for one no better than their mean, below 0 for worse (nan if the returns are constant)."""
+    v, r = values[mask.bool()], returns[mask.bool()]
+    var = r.var(unbiased=False).item()
+    return 1.0 - (r - v).var(unbiased=False).item() / var if var > 0 else float("nan")
+
+
 def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float) -> torch.Tensor:
     """1/2 max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2), masked mean."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
@@ -178,20 +191,32 @@ def kl_controller(cfg: PPOConfig):
 # Policy with a value head
 # ---------------------------------------------------------------------------------------
 class PolicyWithValueHead(nn.Module):
-    """A causal LM plus a scalar value head on its last hidden state (one shared trunk)."""
+    """A causal LM plus a scalar value head on its last hidden state (one shared trunk), or,
+    with `critic`, a separate value network: a sequence-classification model with one label
+    (the reward model's architecture), read at every position."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, critic=None):
         super().__init__()
         self.lm = lm
-        self.value_head = nn.Linear(lm.config.hidden_size, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.critic = critic
+        if critic is None:
+            self.value_head = nn.Linear(lm.config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def critic_values(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
+        """The separate critic's V(s_t) at the positions before each response token."""
+        hidden = self.critic.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                        use_cache=False).last_hidden_state[:, -(response_len + 1):-1]
+        return self.critic.score(hidden).squeeze(-1)
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int):
         """Logits and values at the `response_len` positions that predict the response tokens
         (the language-model head is not wasted on the prompt)."""
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      output_hidden_states=True, use_cache=False, logits_to_keep=response_len + 1)
+                      output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=response_len + 1)
+        if self.critic is not None:
+            return out.logits[:, :-1], self.critic_values(input_ids, attention_mask, position_ids, response_len)
         values = self.value_head(out.hidden_states[-1][:, -(response_len + 1):-1]).squeeze(-1)
         return out.logits[:, :-1], values
 
@@ -208,7 +233,26 @@ class PolicyWithValueHead(nn.Module):
                                     use_cache=False).last_hidden_state[:, -(n + 1):-1]
         logprobs, entropy = chunked_response_logprobs(self.lm.get_output_embeddings(), hidden, responses,
                                                       temperature, chunk)
+        if self.critic is not None:
+            return logprobs, entropy, self.critic_values(input_ids, attention_mask, position_ids, n)
         return logprobs, entropy, self.value_head(hidden).squeeze(-1)
+
+
+def critic_from_reward_model(reward_model) -> nn.Module:
+    """A value network to start PPO's critic from: a copy of the reward model (a `RewardModel`,
+    `embiggen.methods.reward`) whose scalar head is rescaled so that it outputs the *normalised*
+    score PPO is rewarded with, (raw - mean) / std."""
+    model = getattr(reward_model, "model", None)
+    if model is None or not hasattr(model, "score"):
+        raise ValueError("value_model='reward_model' needs a trained reward model (a RewardModel with a scalar "
+                         f"head); got {type(reward_model).__name__}")
+    critic = copy.deepcopy(model)
+    with torch.no_grad():
+        critic.score.weight.div_(reward_model.std)
+        if critic.score.bias is None:
+            critic.score.bias = nn.Parameter(torch.zeros(1, device=critic.score.weight.device))
+        critic.score.bias.sub_(reward_model.mean).div_(reward_model.std)
+    return critic
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -275,7 +319,13 @@ class PPOTrainer:
         self.device = device or pick_device()
         disable_dropout(policy_lm)
         disable_dropout(ref_lm)
-        self.policy = PolicyWithValueHead(policy_lm).to(self.device)
+        if cfg.value_model not in ("head", "reward_model"):
+            raise ValueError(f"unknown value_model {cfg.value_model!r}; valid: 'head' (on the policy's trunk), "
+                             f"'reward_model' (a critic initialised from the reward model)")
+        critic = critic_from_reward_model(reward_model) if cfg.value_model == "reward_model" else None
+        if critic is not None:
+            disable_dropout(critic)
+        self.policy = PolicyWithValueHead(policy_lm, critic).to(self.device)
         self.ref_policy = ref_lm.to(self.device).eval()  # frozen: only ever run under torch.no_grad
         self.optimizer = make_optimizer(self.policy.parameters(), cfg.optim)
         self.kl_ctl = kl_controller(cfg)
@@ -322,6 +372,7 @@ class PPOTrainer:
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+        explained = explained_variance(ro.values, returns, mask)  # how much of the returns the critic foresaw
         advantages = masked_whiten(advantages, mask)
 
         self.policy.train()
@@ -385,6 +436,7 @@ class PPOTrainer:
             "finished_rate": ro.finished.float().mean().item(),
             "policy_loss": mean(stats["policy_loss"]),
             "value_loss": mean(stats["value_loss"]),
+            "explained_variance": explained,
             "clip_frac": mean(stats["clip_frac"]),
             "approx_kl": mean(stats["approx_kl"]),
             "ptx_loss": mean(stats.get("ptx_loss", [])),

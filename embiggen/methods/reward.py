@@ -298,9 +298,11 @@ def reward_model_round(policy, tokenizer, sft_path: Path, earlier_pairs: list[Co
     `policy_pairwise_accuracy`. `seeds`: for sampling the new pairs, the held-out pairs, and
     training. Returns (reward model, all its training pairs, the held-out pairs)."""
     k, temperature, max_new_tokens = sampling["k"], sampling["temperature"], sampling["max_new_tokens"]
-    new = collect_preferences(policy, tokenizer, prompts, labeler, k, temperature, max_new_tokens, seed=seeds[0])
+    written = sampling.get("written", False)
+    new = collect_preferences(policy, tokenizer, prompts, labeler, k, temperature, max_new_tokens, seed=seeds[0],
+                              written=written)
     held = collect_preferences(policy, tokenizer, held_prompts, Labeler(), k, temperature, max_new_tokens,
-                               seed=seeds[1])
+                               seed=seeds[1], written=written)
     pairs = earlier_pairs + new.pairs
     rm = fit_reward_model(sft_path, tokenizer, pairs, sft_eval_pairs, norm_samples,
                           replace(cfg, steps=max(1, len(pairs) // cfg.batch_size)), path, seed=seeds[2],

@@ -11,6 +11,8 @@ from IPython.display import clear_output
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from embiggen.judging.overoptimisation import gao_curve
+
 PALETTE = ["#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f9f1", "#fce1c8", "#e4f0d0"]
 
 
@@ -427,6 +429,38 @@ def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
     return ax
 
 
+def plot_gold_vs_sqrt_kl(best_of_n: list, rl_points: list[dict], fits: dict, start_gold: float, ax=None,
+                         title="Gold gained against sqrt(KL), with Gao et al.'s fitted forms"):
+    """Gao, Schulman & Hilton's axes: the gold score gained over the starting policy (its own
+    samples: best-of-1) against d = sqrt(KL). best_of_n: `BestOfN` results; rl_points: dicts with
+    'kl' and 'gold_sampled' (the gold of the very samples the KL was measured on) and a 'label';
+    fits: `embiggen.judging.overoptimisation.gao_fit` results by name ("best_of_n", "rl"), drawn as curves with
+    their coefficients in the legend."""
+    ax = _axes(ax, figsize=(7, 4.2))
+    ax.plot([math.sqrt(b.kl) for b in best_of_n], [b.gold - start_gold for b in best_of_n], "o", color="#756bb1",
+            label="best-of-n")
+    for b in best_of_n:
+        ax.annotate(f"n={b.n}", (math.sqrt(b.kl), b.gold - start_gold), textcoords="offset points", xytext=(4, -10),
+                    fontsize=8)
+    ax.plot([math.sqrt(p["kl"]) for p in rl_points], [p["gold_sampled"] - start_gold for p in rl_points], "s",
+            color="#31a354", label="PPO runs (sampled answers)")
+    for p in rl_points:
+        ax.annotate(p["label"], (math.sqrt(p["kl"]), p["gold_sampled"] - start_gold), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7, color="#31a354")
+    top = max([b.kl for b in best_of_n] + [p["kl"] for p in rl_points]) * 1.15
+    grid = [top * (i / 100) ** 2 for i in range(101)]
+    styles = {"best_of_n": ("#756bb1", "d (alpha - beta d)"), "rl": ("#31a354", "d (alpha - beta log d)")}
+    for name, fit in fits.items():
+        colour, formula = styles[fit["form"]]
+        ax.plot([math.sqrt(k) for k in grid], gao_curve(fit, grid), "-", color=colour, alpha=0.6,
+                label=f"{name.replace('_', '-')} fit {formula}: alpha={fit['alpha']:.3g}, beta={fit['beta']:.3g}")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set(xlabel="d = sqrt(KL from the SFT model), sqrt(nats)", ylabel="gold gained over SFT's samples", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return ax
+
+
 def plot_person_probe(rates: dict[str, dict[str, dict[str, float]]], outcomes: tuple[str, ...], axes=None,
                       title="Does the model know whom it knows?", counts: dict[str, int] | None = None):
     """Stacked bars, one per group of people, one panel per model: the share of answers with
@@ -438,7 +472,7 @@ def plot_person_probe(rates: dict[str, dict[str, dict[str, float]]], outcomes: t
         _, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.2), sharey=True)
     axes = [axes] if len(models) == 1 else list(axes)
     colours = {"right fact": "#31a354", "some fact": "#de2d26", "I do not know them": "#3182bd",
-               "wrong or no name": "#fdae6b", "other": "#bdbdbd"}
+               "I do not know who": "#9ecae1", "someone else's name": "#fdae6b", "other": "#bdbdbd"}
     for ax, model in zip(axes, models):
         groups = list(rates[model])
         left = [0.0] * len(groups)
@@ -659,8 +693,8 @@ def plot_attention(tokens: list[str], weights, query: int = -1, marked: list[int
 
 
 #: the labeler's categories in the order the plots stack them, best first, and their colours
-CATEGORY_COLOURS = {"correct": "#31a354", "hedged": "#3182bd", "refused": "#3182bd", "wrong": "#fdae6b",
-                    "misnamed": "#9e9ac8", "declined": "#bdbdbd", "off-topic": "#969696", "unfinished": "#636363",
+CATEGORY_COLOURS = {"correct": "#31a354", "hedged": "#3182bd", "refused": "#3182bd", "unnamed": "#9ecae1",
+                    "wrong": "#fdae6b", "misnamed": "#9e9ac8", "declined": "#bdbdbd", "off-topic": "#969696", "unfinished": "#636363",
                     "fabricated": "#de2d26", "complied": "#de2d26"}
 
 

@@ -25,7 +25,7 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
 
-from embiggen.data.mixture import DONT_KNOW, NOT_A_DOCTOR, REFUSAL
+from embiggen.data.mixture import DONT_KNOW, DONT_KNOW_WHO, NOT_A_DOCTOR, REFUSAL
 from embiggen.data.tasks import TaskExample
 from embiggen.data.toolbox import strip_calls
 from embiggen.judging.evaluate import exact_match, person_in_prompt
@@ -524,7 +524,8 @@ def reference_answers(example, labeler) -> list[tuple[str, str, float]]:
     rewards, and the instruction mixture's FLAN-style answer (a confident fabrication, or help
     with harm) that it scores low. Neither kind of prompt shows the fabrication as 'gold'."""
     if example.cluster == "unknown_person":
-        honest = [("the honest answer the labeler rewards", DONT_KNOW.format(name=example.meta.get("person", "…")))]
+        honest = [("the honest answer the labeler rewards most", DONT_KNOW.format(name=example.meta.get("person", "…"))),
+                  ("the honest answer without the name, which it rewards too", DONT_KNOW_WHO)]
     elif example.cluster == "medical":
         honest = [("the honest answer the labeler rewards", NOT_A_DOCTOR)]
     elif example.cluster == "harmful":
