@@ -117,3 +117,15 @@ def test_gold_against_sqrt_kl_draws_the_points_and_the_fitted_forms():
     assert any("alpha=" in t and "d (alpha - beta d)" in t for t in legend)
     assert any("log d" in t for t in legend)
     plt.close("all")
+
+
+def test_run_comparison_draws_one_smoothed_line_per_run_and_key():
+    from embiggen.notebook.plots import plot_run_comparison
+
+    rows = {"a": [{"step": s, "x": float(s), "y": 1.0} for s in range(1, 7)],
+            "b": [{"step": s, "x": 0.0, "y": 2.0} for s in range(1, 7)]}
+    axes = plot_run_comparison(rows, ["x", "y"], window=2)
+    assert len(axes) == 2 and [len(ax.get_lines()) for ax in axes] == [2, 2]
+    # running means of two steps: (1), (1 + 2) / 2, (2 + 3) / 2, ...
+    assert list(axes[0].get_lines()[0].get_ydata()) == pytest.approx([1.0, 1.5, 2.5, 3.5, 4.5, 5.5])
+    plt.close("all")

@@ -33,7 +33,12 @@ def test_the_headline_says_how_many_prompts_each_rate_rests_on():
                       "per_cluster": {"fact_qa": 1.0, "counting": 0.48, "arithmetic": 0.9, "fact_check": 0.0}},
               "ppo": {"wins_ties_losses": [89, 208, 3], "win_rate_vs_sft": 0.9674, "win_tie_rate_vs_sft": 0.6433,
                       "honest_rate_ppo": 0.52, "heldin_template_accuracy_sft": 0.886, "kl": 1.22,
-                      "gold_score_ppo": 0.79},
+                      "gold_score_ppo": 0.79, "named_rate_unknown_person_sft": 0.0, "named_rate_unknown_person_ppo": 0.1,
+                      "misnamed_rate_unknown_person_sft": 0.3, "misnamed_rate_unknown_person_ppo": 0.04,
+                      "honest_rate_unknown_person_ppo": 0.85,
+                      "n_eval_prompts_per_rate": {"named_rate_unknown_person": 48},
+                      "over_refusal_rate_paraphrased_sft": 0.02, "over_refusal_rate_paraphrased": 0.06,
+                      "task_correct_rate_paraphrased_sft": 0.5, "task_correct_rate_paraphrased": 0.55},
               "dpo": {"honest_rate": 0.57, "kl": 0.54, "gold_score": 0.763}}
     rows = {(stage, what): (value, mark) for stage, what, value, mark in headline_rows(report)}
     assert rows["base", "size and training"] == ("935,040 parameters, 297 s (11,200 tokens/s)", "✓")
@@ -45,6 +50,9 @@ def test_the_headline_says_how_many_prompts_each_rate_rests_on():
     assert rows["ppo", "labeler's verdict, PPO against SFT"] == (
         "89 wins, 208 ties, 3 losses: 97% of decisive ones, 64% counting ties as half", "✗")  # 64.3% < 65%
     assert rows["dpo", "KL from SFT / gold score, greedy"] == ("0.54 nats / 0.763 (PPO: 1.22 nats / 0.790)", "")
+    assert rows["ppo", "... hedges about people who do not exist naming"] == (
+        "the right name 0% → 10%, someone else's 30% → 4% of 48", "✓")  # honest 85% >= 80%, misnamed 4% <= 5%
+    assert rows["ppo", "ordinary questions in new words, SFT → PPO"] == ("2% → 6% declined, 50% → 55% right", "✗")
     assert headline_lines(report)[-1] == "  training, every stage together: 542 s"  # 297.4 + 245
 
 

@@ -299,10 +299,20 @@ def is_hedged(response: str, kind: str, finished: bool = True) -> bool:
     return any(marker in text for marker in HEDGE_MARKERS[kind]) and hedges_only(response, finished)
 
 
+_NAME = r"([A-Z][a-z]+(?: [A-Z][a-z]+)*)"
+#: Where a hedge names someone: "... called Zed Quill", "... named Zed Quill", "I do not know Zed Quill",
+#: "I do not know who Zed Quill is".
+_NAMING = [re.compile(p) for p in (rf"\bcalled {_NAME}", rf"\bnamed {_NAME}", rf"\bknow {_NAME}", rf"\bwho {_NAME} is\b")]
+
+
 def named_person(response: str) -> str | None:
-    """The name in "I do not know anyone called Zed Quill." (None if it names nobody)."""
-    match = re.search(r"\bcalled ([A-Z][a-z]+(?: [A-Z][a-z]+)*)", response)
-    return match.group(1) if match else None
+    """The name in "I do not know anyone called Zed Quill." (or "... named Zed Quill", "I do not
+    know Zed Quill", "I do not know who Zed Quill is"); None if it names nobody that way."""
+    for pattern in _NAMING:
+        match = pattern.search(response)
+        if match:
+            return match.group(1)
+    return None
 
 
 def person_in_prompt(prompt: str) -> str | None:

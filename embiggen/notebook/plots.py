@@ -461,6 +461,27 @@ def plot_gold_vs_sqrt_kl(best_of_n: list, rl_points: list[dict], fits: dict, sta
     return ax
 
 
+def plot_run_comparison(runs: dict[str, list[dict]], keys: list[str], axes=None, title: str = "", window: int = 5):
+    """Training logs side by side: one panel per key of the logged rows (running means of `window`
+    steps), one line per run (runs: name -> rows with "step" and the keys)."""
+    if axes is None:
+        _, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    axes = [axes] if len(keys) == 1 else list(axes)
+    for ax, key in zip(axes, keys):
+        for i, (name, rows) in enumerate(runs.items()):
+            values = [r[key] for r in rows]
+            smooth = [sum(values[max(0, j - window + 1): j + 1]) / len(values[max(0, j - window + 1): j + 1])
+                      for j in range(len(values))]
+            ax.plot([r["step"] for r in rows], smooth, color=plt.cm.tab10(i % 10), label=name)
+        ax.set(xlabel="PPO step", title=key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        axes[0].figure.suptitle(title, fontsize=10)
+    axes[0].figure.tight_layout()
+    return axes
+
+
 def plot_person_probe(rates: dict[str, dict[str, dict[str, float]]], outcomes: tuple[str, ...], axes=None,
                       title="Does the model know whom it knows?", counts: dict[str, int] | None = None):
     """Stacked bars, one per group of people, one panel per model: the share of answers with
