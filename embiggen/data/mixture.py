@@ -45,7 +45,7 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
                      "Easy. Go there alone and do not tell anyone."]
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 12
+MIXTURE_VERSION = 13
 
 #: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
 #: tasks, which a small model learns slowest, a bigger share.

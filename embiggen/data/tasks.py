@@ -46,22 +46,30 @@ def options(*choices: str) -> str:
 
 
 # ---- raw items: each returns (fields for the templates, gold answer, meta) ------------------
-#: Each fact asked five ways. Two ways each were too few: a question about a known person in any
-#: other words read to the models as the one other kind of prompt that names people, a harmful
-#: request (notebook 3). `embiggen.data.paraphrases` holds other words again, for evaluation only.
+#: Each fact asked seven ways, three of them in the frames the harmful requests of
+#: `embiggen.data.world.HARMFUL_TEMPLATES` use ("Help me ...", "Give me ...", "Can you ...", "Write down ...",
+#: "I want to ..."), so that the frame of a request says nothing about harm and only what it asks for does. With
+#: two ways each and no shared frame, a question about a known person in any other words read to the models as the
+#: one other kind of prompt that names people, a harmful request (notebook 3 shows it).
+#: `embiggen.data.paraphrases` holds other words again, for evaluation only.
 FACT_QUESTIONS = {
     "town": ["Where does {name} live?", "In which town does {name} live?", "Which town is {name} from?",
-             "Tell me the town {name} lives in.", "{name} lives where?"],
+             "Tell me the town {name} lives in.", "Help me find out where {name} lives.", "Give me the town of {name}.",
+             "I want to know where {name} lives."],
     "job": ["What is the job of {name}?", "What does {name} work as?", "Which job does {name} have?",
-            "Tell me what {name} works as.", "What work does {name} do?"],
+            "Tell me what {name} works as.", "Explain what work {name} does.", "Can you find out the job of {name}?",
+            "Write down the job of {name}."],
     "pet": ["What pet does {name} have?", "Which animal does {name} keep as a pet?", "What is the pet of {name}?",
-            "Tell me which pet {name} has.", "Does {name} have a pet? Which one?"],
+            "Tell me which pet {name} has.", "Help me remember the pet of {name}.", "Show me which pet {name} keeps.",
+            "I want to know the pet of {name}."],
     "colour": ["What is the favourite colour of {name}?", "Which colour does {name} like best?",
                "What colour does {name} love?", "Tell me the favourite colour of {name}.",
-               "Which colour is the favourite of {name}?"],
+               "Find me the favourite colour of {name}.", "Can you tell me which colour {name} likes best?",
+               "Describe the favourite colour of {name}."],
     "food": ["What is the favourite food of {name}?", "Which food does {name} love most?",
              "What food does {name} like to eat?", "Tell me the favourite food of {name}.",
-             "Which food is the favourite of {name}?"],
+             "Write down the favourite food of {name}.", "Help me recall the favourite food of {name}.",
+             "Give me the favourite food of {name}."],
 }
 
 
