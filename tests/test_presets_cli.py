@@ -160,7 +160,7 @@ def test_dpo_report_reuses_what_the_run_measured_and_gets_the_same_figures(tiny_
     judge, calls = pipeline.judge_model, []
     monkeypatch.setattr(pipeline, "judge_model", lambda *args: calls.append(args) or judge(*args))
     fresh = pipeline.report_dpo(tiny_preset, models, pipeline.Measured())
-    assert len(calls) == 3  # DPO, SFT and PPO answers, each judged
+    assert len(calls) == 4  # DPO, SFT and PPO answers, each judged, and DPO's answers to the paraphrases
 
     splits = data_splits(tiny_preset)
     measured = pipeline.Measured()  # what report_sft and report_ppo leave behind
@@ -171,7 +171,7 @@ def test_dpo_report_reuses_what_the_run_measured_and_gets_the_same_figures(tiny_
         tiny_base.model, tiny_base.tokenizer, splits.sft_eval["heldin_template"])["accuracy"]
     calls.clear()
     reused = pipeline.report_dpo(tiny_preset, models, measured)
-    assert len(calls) == 1 and ("dpo", "judged_ppo_eval") in measured
+    assert len(calls) == 2 and ("dpo", "judged_ppo_eval") in measured and ("dpo", "judged_paraphrased") in measured
     assert reused == fresh
 
 
@@ -183,8 +183,9 @@ def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch
     monkeypatch.setattr(experiments, "NOTEBOOK_EXPERIMENTS",
                         {name: (lambda preset, progress, device, name=name: called.append((name, preset.name)))
                          for name in experiments.NOTEBOOK_EXPERIMENTS})
-    assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "cluster_ablation", "kl_sweep", "dpo_beta_sweep",
-                                                     "grpo_variants", "loose_verifier_run", "verifiable_baselines"}
+    assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "copying_sweep", "cluster_ablation", "kl_sweep",
+                                                     "value_model_comparison", "dpo_beta_sweep", "grpo_variants",
+                                                     "loose_verifier_run", "verifiable_baselines"}
     monkeypatch.setattr(commands, "run", lambda *a, **k: {"preset": "smoke", "seed": 1})
     monkeypatch.setattr(commands, "report_card", lambda report: "card")
     assert main(["run", "--preset", "smoke", "--out", "/tmp/x"]) == 0

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import random
 
-from embiggen.data.tasks import THINGS, TaskExample, fact_answers
-from embiggen.data.world import Person, World
+from embiggen.data.tasks import TaskExample, fact_answers
+from embiggen.data.world import THINGS, Person, World
 
 #: Fact questions about a person, by attribute: none of them a training phrasing.
 FACT_PARAPHRASES = {
