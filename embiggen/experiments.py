@@ -139,54 +139,49 @@ def sampled_gold(labeler, prompts, sampled: dict) -> float:
     return sum(scores) / max(1, len(scores))
 
 
+def sweep_run(preset: Preset, sft: StageModel, reward: RewardModel, progress: bool = True, device=None,
+              kl_coef: float | None = None, value_model: str | None = None) -> dict:
+    """One PPO run of the sweep's kind (one round against the first reward model, experiments.sweep_steps
+    steps at sweep_lr; cached) and what it does on the held-out prompts: its training log, the gold and
+    reward-model scores of its greedy answers, the KL and gold of its sampled ones, its rates, a few answers."""
+    cfg, evaluation = preset.experiments, preset.evaluation
+    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
+    tuned = train_or_load_ppo(preset, kl_coef=kl_coef, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1, sft=sft,
+                              reward=reward, progress=progress, device=device, value_model=value_model)
+    judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, reward, evaluation.max_new_tokens)
+    examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
+    sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
+                             evaluation.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
+    return {"kl_coef": tuned.info["kl_coef"], "lr": cfg.sweep_lr, "rows": tuned.log.rows, "kl": sampled["kl"],
+            "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
+            "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
+            "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
+            "examples": examples, "train_seconds": tuned.info["train_seconds"]}
+
+
 def kl_sweep(preset: Preset, sft: StageModel | None = None, reward: RewardModel | None = None,
              progress: bool = True, device=None) -> list[dict]:
     """Reward hacking made visible: one PPO run per KL coefficient in preset.experiments.kl_sweep,
     each against the first reward model only (one round, learning rate experiments.sweep_lr;
     cached), with its training log and its gold and reward-model scores on held-out prompts."""
     check_preset(preset)
-    cfg, evaluation = preset.experiments, preset.evaluation
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
-    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
-    runs = []
-    for beta in cfg.kl_sweep:
-        tuned = train_or_load_ppo(preset, kl_coef=beta, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1, sft=sft,
-                                  reward=reward, progress=progress, device=device)
-        judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, reward, evaluation.max_new_tokens)
-        examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
-        sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
-                                 evaluation.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
-        runs.append({"kl_coef": beta, "lr": cfg.sweep_lr, "rows": tuned.log.rows, "kl": sampled["kl"],
-                     "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
-                     "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
-                     "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
-                     "examples": examples})
-    return runs
+    return [sweep_run(preset, sft, reward, progress, device, kl_coef=beta) for beta in preset.experiments.kl_sweep]
 
 
 def value_model_comparison(preset: Preset, sft: StageModel | None = None, reward: RewardModel | None = None,
                            progress: bool = True, device=None) -> list[dict]:
     """PPO's critic started two ways, everything else as in the KL sweep's run at the stage's own
-    beta (one round, the first reward model, experiments.sweep_steps steps at sweep_lr; cached,
-    so the first run *is* that sweep run): a value head on the policy's trunk at 0, and a critic
-    copied from the reward model (Huang et al. 2024). Each run's training log (value loss,
-    explained variance, gold, KL per step) and its held-out gold score and KL."""
+    beta (`sweep_run`; cached, so the first run *is* that sweep run): a value head on the policy's
+    trunk at 0, and a critic copied from the reward model (Huang et al. 2024). Each run's training
+    log (value loss, explained variance, gold, KL per step) and its held-out gold score and KL."""
     check_preset(preset)
-    cfg, evaluation = preset.experiments, preset.evaluation
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
-    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
-    runs = []
-    for value_model in ("head", "reward_model"):
-        tuned = train_or_load_ppo(preset, kl_coef=preset.ppo.kl_coef, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1,
-                                  sft=sft, reward=reward, progress=progress, device=device, value_model=value_model)
-        judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, reward, evaluation.max_new_tokens)
-        sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
-                                 evaluation.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
-        runs.append({"value_model": value_model, "rows": tuned.log.rows, "kl": sampled["kl"],
-                     "gold": judged["gold_score"], "train_seconds": tuned.info["train_seconds"]})
-    return runs
+    return [{"value_model": value_model, **sweep_run(preset, sft, reward, progress, device,
+                                                      kl_coef=preset.ppo.kl_coef, value_model=value_model)}
+            for value_model in ("head", "reward_model")]
 
 
 # ---------------------------------------------------------------------------------------

@@ -74,3 +74,18 @@ def test_every_config_field_has_a_help_string():
 
     for name, preset in PRESETS.items():
         check(preset, name)
+
+
+def test_the_critic_comparison_is_the_sweeps_run_and_one_with_a_critic_from_the_reward_model(tiny_preset, cache_dir):
+    """value_model_comparison's first run is the KL sweep's run at the stage's beta, the second a PPO
+    run whose critic starts from the reward model; both log explained variance."""
+    from embiggen.experiments import kl_sweep, value_model_comparison
+
+    preset = replace(tiny_preset, ppo=replace(tiny_preset.ppo, batch_size=8, minibatch_size=8, max_new_tokens=8),
+                     experiments=replace(tiny_preset.experiments, kl_sweep=(tiny_preset.ppo.kl_coef,), sweep_steps=2))
+    sweep = kl_sweep(preset, progress=False, device="cpu")
+    critics = value_model_comparison(preset, progress=False, device="cpu")
+    assert [c["value_model"] for c in critics] == ["head", "reward_model"]
+    assert critics[0]["rows"] == sweep[0]["rows"] and critics[0]["gold"] == sweep[0]["gold"]
+    assert critics[1]["rows"] != critics[0]["rows"]
+    assert all("explained_variance" in row for c in critics for row in c["rows"])
