@@ -27,8 +27,8 @@ from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
 from embiggen.errors import UserError, is_disk_full
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
-from embiggen.judging.evaluate import (alignment_counts, alignment_rates, alignment_rates_by_kind, evaluate_alignment, evaluate_tasks,
-                                       fact_cloze, instruction_answer_rate, judge_model, name_copy_rate,
+from embiggen.judging.evaluate import (alignment_counts, alignment_rates, alignment_rates_by_kind, evaluate_alignment,
+                                       evaluate_tasks, fact_cloze, instruction_answer_rate, judge_model, name_copy_rate,
                                        person_probe_rates, win_rate)
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.verifiers import pass_at_k_curve, sample_answers
