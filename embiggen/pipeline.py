@@ -25,12 +25,14 @@ from embiggen.chain import (final_reward_model, train_or_load_base, train_or_loa
                             train_or_load_ppo, train_or_load_reward, train_or_load_sft, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
+from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.errors import UserError, is_disk_full
 from embiggen.experiments import evaluate_instruction_following, sample_with_kl, sampled_gold
 from embiggen.judging.evaluate import (alignment_counts, alignment_rates, alignment_rates_by_kind, evaluate_alignment,
                                        evaluate_tasks, fact_cloze, instruction_answer_rate, judge_model, name_copy_rate,
                                        person_probe_rates, win_rate)
 from embiggen.judging.labeler import Labeler
+from embiggen.judging.refusals import reward_for_refusing
 from embiggen.judging.verifiers import pass_at_k_curve, sample_answers
 from embiggen.lm.generate import generation_progress
 from embiggen.methods.reward import load_pairs, pairwise_accuracy
@@ -147,8 +149,16 @@ def report_sft(preset: Preset, models: dict, measured: Measured) -> dict:
     }
 
 
+def ordinary(prompts: list) -> list:
+    """The ordinary tasks among `prompts` (not a question about someone unknown, medical or harmful)."""
+    return [e for e in prompts if e.cluster not in ALIGNMENT_KINDS]
+
+
 def report_rm(preset: Preset, models: dict, measured: Measured) -> dict:
     info, splits = models["rm"].info, data_splits(preset)
+    # what the reward model pays for "I cannot help with that." to an answerable question, against the right answer
+    refusing = reward_for_refusing(models["rm"], ordinary(splits.rm_eval))
+    refusing_paraphrased = reward_for_refusing(models["rm"], splits.paraphrased)
     return {
         "train_seconds": info["train_seconds"],  # training; preference collection is collect_seconds
         "collect_seconds": info["collect_seconds"],
@@ -159,6 +169,11 @@ def report_rm(preset: Preset, models: dict, measured: Measured) -> dict:
         "per_type_accuracy": {k: round(v, 4) for k, v in info["per_type_accuracy"].items()},
         "per_type_count": info["per_type_count"],
         "label_noise": preset.reward.label_noise,
+        "refusal_preferred_rate": round(refusing["refusal_preferred"], 4),
+        "refusal_preferred_rate_paraphrased": round(refusing_paraphrased["refusal_preferred"], 4),
+        "refusal_reward_paraphrased": round(refusing_paraphrased["mean_refusal"], 4),
+        "answer_reward_paraphrased": round(refusing_paraphrased["mean_answer"], 4),
+        "n_refusal_prompts": len(refusing["refusal"]),
         # held-out pairs come from prompts no stage trains on: this counts any that slipped through
         "eval_train_overlap": overlap(splits.rm_eval, splits.training_sets()),
         "cache": str(models["rm"].path),

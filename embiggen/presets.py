@@ -105,8 +105,10 @@ class RewardConfig:
     label_noise: float = knob(0.1, "share of the labeler's preferences flipped at random")
     written_answers: bool = knob(True, "the labeler ranks its own 'I do not know anyone called <them>.' with the "
                                        "samples of a question about someone who does not exist")
+    written_refusals: bool = knob(True, "the labeler ranks a decline of its own ('I cannot help with that.', ...) "
+                                        "with the samples of every ordinary task, so refusing is seen to lose")
     n_norm_prompts: int = knob(300, "training prompts whose SFT samples set the reward scale (mean 0, std 1)")
-    steps: int = knob(80, "about one epoch: reward models overfit fast (InstructGPT trains one)")
+    steps: int = knob(440, "about one epoch of the pairs: reward models overfit fast (InstructGPT trains one)")
     batch_size: int = knob(32, "pairs per step (on average, with batching 'prompt')")
     batching: str = knob("prompt", "'prompt': all the pairs of a prompt's ranking in one batch element (InstructGPT); "
                                    "'pair': pairs drawn independently")

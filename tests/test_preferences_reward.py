@@ -86,6 +86,37 @@ def test_the_labelers_written_answer_joins_the_ranking_of_an_unknown_person(tiny
     assert without.written == [[], []] and {p.pair_type for p in without.pairs} == {"unnamed vs misnamed"}
 
 
+def test_the_labelers_written_declines_lose_to_every_answer_of_an_ordinary_task(tiny_splits, monkeypatch):
+    """With written_refusals, each ordinary task's ranking gets one decline of the labeler's own
+    (and, about a person, "I do not know anyone called <them>."), ranked below every sample, right
+    or wrong; alignment prompts get none, and the held-out collection (written_refusals off) none."""
+    from embiggen.data.mixture import DONT_KNOW
+    from embiggen.judging import preferences
+
+    fact = next(e for e in tiny_splits.preferences if e.cluster == "fact_qa")
+    sums = next(e for e in tiny_splits.preferences if e.cluster == "arithmetic")
+    harmful = next(e for e in tiny_splits.preferences if e.cluster == "harmful")
+    samples = [[fact.answer, "Somebody lives in Nowhere.", "no"], [sums.answer, "7", "The sum is -1."],
+               [REFUSAL, "Sure. Do it when nobody is looking.", REFUSAL]]
+    monkeypatch.setattr(preferences, "sample_responses", lambda *a, **k: (samples, [[True] * 3] * 3))
+    col = collect_preferences(None, None, [fact, sums, harmful], Labeler(), k=3, written_refusals=True, seed=3)
+    named = DONT_KNOW.format(name=fact.meta["person"])
+    assert col.written[0][0] == named and len(col.written[0]) == 2 and len(col.written[1]) == 1
+    assert all(w in preferences.DECLINES for w in (col.written[0][1], col.written[1][0])) and col.written[2] == []
+    for i, example in enumerate((fact, sums)):
+        for decline in col.written[i]:
+            lost_to = {p.chosen for p in col.pairs if p.prompt == example.instruction and p.rejected == decline}
+            assert lost_to == set(samples[i])  # below the right answer and below the wrong ones
+            assert not any(p.chosen == decline for p in col.pairs if p.prompt == example.instruction)
+    assert {p.chosen for p in col.pairs if p.kind == "harmful"} == {REFUSAL}  # the refusal still wins a harmful request
+    draws = {tuple(collect_preferences(None, None, [sums], Labeler(), k=3, written_refusals=True, seed=s).written[0])
+             for s in range(40)}
+    assert draws == {(d,) for d in preferences.DECLINES}  # every decline is drawn, by the seed
+    assert collect_preferences(None, None, [fact, sums, harmful], Labeler(), k=3).written == [[], [], []]
+    with pytest.raises(ValueError, match="need an rng"):
+        preferences.written_answers(sums, None, refusals=True)
+
+
 def test_bradley_terry_matches_reference():
     rc, rr = torch.tensor([1.0, -0.5, 3.0]), torch.tensor([0.0, 0.5, -2.0])
     reference = sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(rc.tolist(), rr.tolist())) / 3

@@ -18,6 +18,18 @@ beats a wrong one. With `written=True` the labeler adds its own "I do not know a
 <them>." to those rankings, which then hold right-name vs wrong-name and right-name vs no-name
 pairs, beside the samples' own no-name vs wrong-name pairs.
 
+The samples miss a second contrast, and missing it costs more. The SFT model seldom declines an
+ordinary task, so "I cannot help with that." turns up in the rankings only as the winner, to a
+harmful request: a reward model trained on them learns that the words of a refusal score well
+*whatever was asked*. Measured on the laptop preset before the change (notebook 3), it scored the refusal above
+the right answer on every held-out ordinary prompt, and PPO, paid for refusing, declined 42% of
+ordinary questions asked in new words. With `written_refusals=True` the labeler also ranks one
+decline of its own (drawn from `DECLINES`) with the samples of every ordinary task, so every
+such ranking shows the reward model that declining an answerable question loses to answering
+it, right or wrong (Bai et al. 2022 and Llama 2 collected such "over-refusal" comparisons on
+purpose). To a question about a person the model knows it also writes "I do not know anyone
+called <them>.": the reward model must learn *who* the hedge is honest about, not only its words.
+
 The prompts (`embiggen.data.splits`) mix ordinary
 tasks with the three kinds of alignment prompt: people who do not exist, medical questions
 and harmful requests. Held-out prompts, made from material no training stage uses (other
@@ -32,8 +44,9 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
-from embiggen.data.mixture import DONT_KNOW
+from embiggen.data.mixture import DONT_KNOW, DONT_KNOW_WHO, NOT_A_DOCTOR, REFUSAL
 from embiggen.data.tasks import TaskExample
+from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.judging.labeler import Judgement, Labeler, pair_type
 from embiggen.lm.generate import chat_responses
 from embiggen.utils import atomic_write_text
@@ -89,25 +102,44 @@ def rank_pairs(labeler: Labeler, example: TaskExample, responses: list[str], fin
     return judgements, pairs
 
 
-def written_answers(example: TaskExample) -> list[str]:
-    """The answers the labeler writes itself for `example`: "I do not know anyone called <them>."
-    to a question about someone who does not exist (the answer no sample can give), else none."""
+#: The declines the labeler writes into an ordinary task's ranking (with `written_refusals`): every
+#: canned hedge a model here learns, since a reward model that never saw one lose pays for all of them.
+DECLINES = (REFUSAL, DONT_KNOW_WHO, NOT_A_DOCTOR)
+
+
+def written_answers(example: TaskExample, rng: random.Random | None = None, hedges: bool = True,
+                    refusals: bool = False) -> list[str]:
+    """The answers the labeler writes itself for `example`: with `hedges`, "I do not know anyone
+    called <them>." to a question about someone who does not exist (the answer no sample can
+    give); with `refusals`, one of `DECLINES` (drawn with `rng`) to an ordinary task (the answer
+    the samples seldom give, and must be seen to lose), and to a question about a known person
+    "I do not know anyone called <them>." too: the hedge that wins about people who do not exist
+    is a false decline about people who do."""
     person = example.meta.get("person")
-    return [DONT_KNOW.format(name=person)] if example.cluster == "unknown_person" and person else []
+    if example.cluster == "unknown_person":
+        return [DONT_KNOW.format(name=person)] if hedges and person else []
+    if refusals and example.cluster not in ALIGNMENT_KINDS:
+        if rng is None:
+            raise ValueError("written refusals need an rng (random.Random) to draw the decline")
+        # about a person the model knows, also the hedge it is paid for about people it does not: false here
+        return ([DONT_KNOW.format(name=person)] if person else []) + [rng.choice(DECLINES)]
+    return []
 
 
 def collect_preferences(model, tokenizer, prompts: list[TaskExample], labeler: Labeler, k: int = 4,
                         temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
-                        desc: str | None = None, written: bool = False) -> Collection:
+                        desc: str | None = None, written: bool = False,
+                        written_refusals: bool = False) -> Collection:
     """Sample K responses per prompt from `model` and let `labeler` rank them (`desc`: a progress
-    bar); with `written`, ranked together with the labeler's own `written_answers`."""
+    bar); with `written` / `written_refusals`, ranked together with the labeler's own
+    `written_answers` (its hedges / its declines of ordinary tasks)."""
     if k < 2:
         raise ValueError(f"k must be at least 2 to make pairs, got {k}")
     samples, finished = sample_responses(model, tokenizer, prompts, k, temperature, max_new_tokens, seed, desc=desc)
-    rng = random.Random(seed)
+    rng, draw = random.Random(seed), random.Random(seed + 1)  # the labeler's noise; which decline it writes
     judgements, pairs, extra = [], [], []
     for example, responses, done in zip(prompts, samples, finished):
-        mine = written_answers(example) if written else []
+        mine = written_answers(example, draw, hedges=written, refusals=written_refusals)
         js, ps = rank_pairs(labeler, example, responses + mine, done + [True] * len(mine), rng)
         judgements.append(js)
         pairs.extend(ps)
