@@ -29,8 +29,10 @@ from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, t
                             train_or_load_grpo, train_or_load_ppo, train_or_load_ppo_verified, train_or_load_reward,
                             train_or_load_sft)
 from embiggen.data.splits import data_splits
+from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model, name_copy_rate
 from embiggen.judging.labeler import Labeler
+from embiggen.judging.refusals import reward_for_refusing
 from embiggen.judging.verifiers import majority_vote_accuracy, sample_answers, verifier_for
 from embiggen.lm.generate import decode_responses, episode_logprobs, sample_episodes
 from embiggen.methods.reward import RewardModel
@@ -140,10 +142,11 @@ def sampled_gold(labeler, prompts, sampled: dict) -> float:
 
 
 def sweep_run(preset: Preset, sft: StageModel, reward: RewardModel, progress: bool = True, device=None,
-              kl_coef: float | None = None, value_model: str | None = None) -> dict:
+              kl_coef: float | None = None, value_model: str | None = None, paraphrased: bool = False) -> dict:
     """One PPO run of the sweep's kind (one round against the first reward model, experiments.sweep_steps
     steps at sweep_lr; cached) and what it does on the held-out prompts: its training log, the gold and
-    reward-model scores of its greedy answers, the KL and gold of its sampled ones, its rates, a few answers."""
+    reward-model scores of its greedy answers, the KL and gold of its sampled ones, its rates, a few answers;
+    with `paraphrased`, also its greedy answers to the held-out paraphrases, judged."""
     cfg, evaluation = preset.experiments, preset.evaluation
     prompts, labeler = data_splits(preset).ppo_eval, Labeler()
     tuned = train_or_load_ppo(preset, kl_coef=kl_coef, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1, sft=sft,
@@ -152,11 +155,15 @@ def sweep_run(preset: Preset, sft: StageModel, reward: RewardModel, progress: bo
     examples = [judged["rows"][i] for i in range(0, len(judged["rows"]), max(1, len(judged["rows"]) // 8))]
     sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
                              evaluation.max_new_tokens, preset.ppo.temperature, seed=preset.seed)
-    return {"kl_coef": tuned.info["kl_coef"], "lr": cfg.sweep_lr, "rows": tuned.log.rows, "kl": sampled["kl"],
-            "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
-            "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
-            "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
-            "examples": examples, "train_seconds": tuned.info["train_seconds"]}
+    out = {"kl_coef": tuned.info["kl_coef"], "lr": cfg.sweep_lr, "rows": tuned.log.rows, "kl": sampled["kl"],
+           "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
+           "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
+           "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
+           "examples": examples, "train_seconds": tuned.info["train_seconds"]}
+    if paraphrased:
+        out["paraphrased"] = judge_model(tuned.model, tuned.tokenizer, data_splits(preset).paraphrased, labeler, None,
+                                         evaluation.max_new_tokens)
+    return out
 
 
 def kl_sweep(preset: Preset, sft: StageModel | None = None, reward: RewardModel | None = None,
@@ -182,6 +189,30 @@ def value_model_comparison(preset: Preset, sft: StageModel | None = None, reward
     return [{"value_model": value_model, **sweep_run(preset, sft, reward, progress, device,
                                                       kl_coef=preset.ppo.kl_coef, value_model=value_model)}
             for value_model in ("head", "reward_model")]
+
+
+def written_declines_comparison(preset: Preset, sft: StageModel | None = None, progress: bool = True,
+                                device=None) -> list[dict]:
+    """Why PPO refused ordinary questions in new words: two reward models, one trained on rankings
+    with the labeler's written declines (`RewardConfig.written_refusals`, the stage's), one on the
+    samples' rankings alone, and one PPO run on each as in the KL sweep (`sweep_run` at the stage's
+    beta; the first is that sweep run, from the cache). Per reward model: what it pays for
+    "I cannot help with that." against the right answer, on the held-out ordinary prompts and the
+    paraphrases (`refusals.reward_for_refusing`); per PPO run: its over-refusal on both."""
+    check_preset(preset)
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    splits = data_splits(preset)
+    ordinary = [e for e in splits.ppo_eval if e.cluster not in ALIGNMENT_KINDS]
+    runs = []
+    for written in (True, False):
+        variant = replace(preset, reward=replace(preset.reward, written_refusals=written))
+        reward = train_or_load_reward(variant, sft=sft, progress=progress, device=device)
+        run = sweep_run(variant, sft, reward, progress, device, kl_coef=preset.ppo.kl_coef, paraphrased=True)
+        runs.append({"written_refusals": written, "n_pairs": reward.info["n_pairs"],
+                     "pairwise_accuracy": reward.info["pairwise_accuracy"],
+                     "pay": reward_for_refusing(reward, ordinary),
+                     "pay_paraphrased": reward_for_refusing(reward, splits.paraphrased), **run})
+    return runs
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,6 +338,7 @@ def _mean(xs) -> float:
 NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "copying_sweep": copying_sweep, "cluster_ablation": cluster_ablation,
                         "kl_sweep": kl_sweep,
                         "value_model_comparison": value_model_comparison,
+                        "written_declines_comparison": written_declines_comparison,
                         "dpo_beta_sweep": dpo_beta_sweep, "grpo_variants": grpo_variants,
                         "loose_verifier_run": loose_verifier_run, "verifiable_baselines": verifiable_baselines}
 

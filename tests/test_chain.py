@@ -89,3 +89,29 @@ def test_the_critic_comparison_is_the_sweeps_run_and_one_with_a_critic_from_the_
     assert critics[0]["rows"] == sweep[0]["rows"] and critics[0]["gold"] == sweep[0]["gold"]
     assert critics[1]["rows"] != critics[0]["rows"]
     assert all("explained_variance" in row for c in critics for row in c["rows"])
+
+
+def test_the_declines_comparison_trains_a_reward_model_each_way_and_measures_what_it_pays(tiny_preset, cache_dir):
+    """written_declines_comparison: the stage's reward model (the labeler's declines in its rankings)
+    and one without them, each with the sweep's PPO run, the paraphrases judged, and the refusal's pay
+    computed as reward_for_refusing does, on the ordinary held-out prompts."""
+    from embiggen.chain import train_or_load_reward
+    from embiggen.data.mixture import REFUSAL
+    from embiggen.data.splits import data_splits
+    from embiggen.data.world import ALIGNMENT_KINDS
+    from embiggen.experiments import written_declines_comparison
+
+    preset = replace(tiny_preset, ppo=replace(tiny_preset.ppo, batch_size=8, minibatch_size=8, max_new_tokens=8),
+                     experiments=replace(tiny_preset.experiments, sweep_steps=2))
+    runs = written_declines_comparison(preset, progress=False, device="cpu")
+    assert [r["written_refusals"] for r in runs] == [True, False]
+    assert runs[0]["n_pairs"] > runs[1]["n_pairs"]  # the written declines add pairs
+    splits = data_splits(preset)
+    ordinary = [e for e in splits.ppo_eval if e.cluster not in ALIGNMENT_KINDS]
+    stage_rm = train_or_load_reward(preset, progress=False, device="cpu")  # the first run's, from the cache
+    refusal = stage_rm.score([e.instruction for e in ordinary], [REFUSAL] * len(ordinary)).tolist()
+    answer = stage_rm.score([e.instruction for e in ordinary], [e.answer for e in ordinary]).tolist()
+    assert runs[0]["pay"]["refusal"] == pytest.approx(refusal, abs=1e-5)
+    assert runs[0]["pay"]["refusal_preferred"] == pytest.approx(sum(r > a for r, a in zip(refusal, answer)) / len(ordinary))
+    assert len(runs[0]["paraphrased"]["rows"]) == len(splits.paraphrased)
+    assert runs[0]["rows"] != runs[1]["rows"]  # a different reward model, a different run
