@@ -25,8 +25,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from embiggen.data.tasks import (CLUSTERS, FACT_QUESTIONS, TaskExample, fact_answers, fact_question, make_example,
-                                 template_of)
+from embiggen.data.tasks import CLUSTERS, FACT_QUESTIONS, TaskExample, fact_answers, make_example, template_of
 from embiggen.data.world import ALIGNMENT_KINDS, COLOURS, FOODS, JOBS, PETS, TOWNS, Person, World
 from embiggen.utils import atomic_write_text
 
@@ -46,7 +45,7 @@ CONFIDENT_HARMFUL = ["Sure. Wait until night, then do it quickly.", "Sure. Do it
                      "Easy. Go there alone and do not tell anyone."]
 
 #: Bump when the mixture changes, so cached SFT models trained on older data are not reused.
-MIXTURE_VERSION = 14
+MIXTURE_VERSION = 13
 
 #: Mixing weights (default 1). FLAN, too, weighted its data sets; ours give the algorithmic
 #: tasks, which a small model learns slowest, a bigger share.
@@ -98,7 +97,7 @@ def alignment_example(material: AlignmentMaterial, kind: str, rng: random.Random
     if kind == "unknown_person":
         name = rng.choice(material.unknown_names)
         attribute = rng.choice(list(FACT_QUESTIONS))
-        question = fact_question(attribute, rng).format(name=name)
+        question = rng.choice(FACT_QUESTIONS[attribute]).format(name=name)
         t = rng.choice(heldin_templates("fact_qa"))
         text, key = template_of("fact_qa", t)
         instruction = text.format(question=question)
@@ -217,10 +216,10 @@ def fact_questions(people: list[Person], rng: random.Random) -> list[TaskExample
     """One fact question (held-in fact_qa template) per attribute of every person in `people`."""
     out = []
     for p in people:
-        for attribute in FACT_QUESTIONS:
+        for attribute, questions in FACT_QUESTIONS.items():
             t = rng.choice(heldin_templates("fact_qa"))
             text, key = template_of("fact_qa", t)
-            instruction = text.format(question=fact_question(attribute, rng).format(name=p.name))
+            instruction = text.format(question=rng.choice(questions).format(name=p.name))
             out.append(TaskExample("fact_qa", t, instruction[0].upper() + instruction[1:], fact_answers(p, attribute)[key],
                                    {"person": p.name, "attribute": attribute, "value": getattr(p, attribute)}))
     return out

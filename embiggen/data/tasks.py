@@ -46,60 +46,31 @@ def options(*choices: str) -> str:
 
 
 # ---- raw items: each returns (fields for the templates, gold answer, meta) ------------------
-#: A fact question about a person comes in two forms: asked directly ("Where does {name} live?"), or
-#: as the thing to find out ("where {name} lives") inside a *frame*. The frames are the harmful
-#: requests' own (`embiggen.data.world.HARMFUL_TEMPLATES`: "How can I ...", "Tell me how to ...", "What is
-#: the easiest way to ...", "Help me ...", "Teach me ..."), each given a harmless twin, so that the only
-#: difference between a harmful request and an ordinary question is what is asked for, never how. With a
-#: few fixed phrasings per fact and frames found only in harmful requests, a question about a known person
-#: in any other words read to the models as a harmful request: the SFT model answered "Sure. Wait until
-#: night, then do it quickly." to "What does <a known person> do for a living?", and PPO, paid to
-#: refuse harmful requests, turned that into "I cannot help with that." (notebook 3 shows it).
+#: Each fact asked seven ways, three of them in the frames the harmful requests of
+#: `embiggen.data.world.HARMFUL_TEMPLATES` use ("Help me ...", "Give me ...", "Can you ...", "Write down ...",
+#: "I want to ..."), so that the frame of a request says nothing about harm and only what it asks for does. With
+#: two ways each and no shared frame, a question about a known person in any other words read to the models as the
+#: one other kind of prompt that names people, a harmful request (notebook 3 shows it).
 #: `embiggen.data.paraphrases` holds other words again, for evaluation only.
-FACT_DIRECT = {
+FACT_QUESTIONS = {
     "town": ["Where does {name} live?", "In which town does {name} live?", "Which town is {name} from?",
-             "Where is {name} from?"],
+             "Tell me the town {name} lives in.", "Help me find out where {name} lives.", "Give me the town of {name}.",
+             "I want to know where {name} lives."],
     "job": ["What is the job of {name}?", "What does {name} work as?", "Which job does {name} have?",
-            "What work does {name} do?"],
-    "pet": ["What pet does {name} have?", "Which animal does {name} keep as a pet?", "What is the pet of {name}?"],
+            "Tell me what {name} works as.", "Explain what work {name} does.", "Can you find out the job of {name}?",
+            "Write down the job of {name}."],
+    "pet": ["What pet does {name} have?", "Which animal does {name} keep as a pet?", "What is the pet of {name}?",
+            "Tell me which pet {name} has.", "Help me remember the pet of {name}.", "Show me which pet {name} keeps.",
+            "I want to know the pet of {name}."],
     "colour": ["What is the favourite colour of {name}?", "Which colour does {name} like best?",
-               "What colour does {name} love?"],
+               "What colour does {name} love?", "Tell me the favourite colour of {name}.",
+               "Find me the favourite colour of {name}.", "Can you tell me which colour {name} likes best?",
+               "Describe the favourite colour of {name}."],
     "food": ["What is the favourite food of {name}?", "Which food does {name} love most?",
-             "What food does {name} like to eat?"],
+             "What food does {name} like to eat?", "Tell me the favourite food of {name}.",
+             "Write down the favourite food of {name}.", "Help me recall the favourite food of {name}.",
+             "Give me the favourite food of {name}."],
 }
-#: ... the thing to find out, to go inside a frame.
-FACT_OBJECTS = {
-    "town": ["where {name} lives", "the town {name} lives in", "which town {name} is from"],
-    "job": ["the job of {name}", "what {name} works as", "what work {name} does"],
-    "pet": ["the pet of {name}", "which pet {name} has", "which animal {name} keeps as a pet"],
-    "colour": ["the favourite colour of {name}", "which colour {name} likes best"],
-    "food": ["the favourite food of {name}", "which food {name} loves most"],
-}
-#: The frames: each a harmful request's frame ("How can I poison ...", "Teach me how to ..."), asking for a fact.
-FACT_FRAMES = ["How can I find out {fact}?", "Tell me how to find out {fact}.", "How do I find out {fact}?",
-               "Help me find out {fact}.", "Write down {fact}.", "Tell me {fact}.", "Describe {fact}.",
-               "Show me {fact}.", "Give me {fact}.", "What is the easiest way to find out {fact}?",
-               "Explain {fact}.", "Tell me the best way to find out {fact}.", "I want to know {fact}.",
-               "Teach me {fact}.", "Find me {fact}.", "Can you help me find out {fact}?",
-               "What is the best way to learn {fact}?", "Can you tell me {fact}?"]
-
-
-def _capitalised(text: str) -> str:
-    return text[0].upper() + text[1:]
-
-
-#: Every phrasing of each fact question: the direct ones, then every object in every frame.
-FACT_QUESTIONS = {attribute: FACT_DIRECT[attribute] + [_capitalised(frame.format(fact=fact)) for frame in FACT_FRAMES
-                                                      for fact in FACT_OBJECTS[attribute]]
-                  for attribute in FACT_DIRECT}
-
-
-def fact_question(attribute: str, rng: random.Random) -> str:
-    """A phrasing of a question about `attribute` ({name} still to fill): half the time a direct
-    question, else an object in a frame (so the many frames do not crowd out the plain questions)."""
-    if rng.random() < 0.5:
-        return rng.choice(FACT_DIRECT[attribute])
-    return _capitalised(rng.choice(FACT_FRAMES).format(fact=rng.choice(FACT_OBJECTS[attribute])))
 
 
 def fact_answers(person: Person | str, attribute: str, value: str | None = None) -> dict:
@@ -115,7 +86,7 @@ def fact_answers(person: Person | str, attribute: str, value: str | None = None)
 def _fact_qa(world: World, people, rng):
     p = rng.choice(people)
     attribute = rng.choice(list(FACT_QUESTIONS))
-    question = fact_question(attribute, rng).format(name=p.name)
+    question = rng.choice(FACT_QUESTIONS[attribute]).format(name=p.name)
     return {"question": question}, fact_answers(p, attribute), {"person": p.name, "attribute": attribute,
                                                                 "value": getattr(p, attribute)}
 
