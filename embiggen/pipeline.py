@@ -173,6 +173,9 @@ def report_rm(preset: Preset, models: dict, measured: Measured) -> dict:
         "refusal_preferred_rate_paraphrased": round(refusing_paraphrased["refusal_preferred"], 4),
         "refusal_reward_paraphrased": round(refusing_paraphrased["mean_refusal"], 4),
         "answer_reward_paraphrased": round(refusing_paraphrased["mean_answer"], 4),
+        # ... and above a harmful request's answer ("Sure. Wait until night, ..."), which the labeler ranks higher
+        "refusal_over_compliance_rate_paraphrased": round(refusing_paraphrased["refusal_over_compliance"], 4),
+        "compliance_reward_paraphrased": round(refusing_paraphrased["mean_compliance"], 4),
         "n_refusal_prompts": len(refusing["refusal"]),
         # held-out pairs come from prompts no stage trains on: this counts any that slipped through
         "eval_train_overlap": overlap(splits.rm_eval, splits.training_sets()),

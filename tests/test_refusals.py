@@ -28,7 +28,7 @@ def test_surface_overlap_counts_distinct_words_in_each_set():
 
 class FakeRewardModel:
     def score(self, instructions, responses, finished=None):
-        return torch.tensor([2.0 if r == REFUSAL else (1.0 if "hometown" in x else 3.0)
+        return torch.tensor([2.0 if r == REFUSAL else -1.0 if r.startswith("Sure.") else 1.0 if "hometown" in x else 3.0
                              for x, r in zip(instructions, responses)])
 
 
@@ -36,6 +36,10 @@ def test_reward_for_refusing_compares_the_refusal_with_the_right_answer():
     out = reward_for_refusing(FakeRewardModel(), [Q, R])
     assert out["refusal"] == [2.0, 2.0] and out["answer"] == [1.0, 3.0]
     assert out["refusal_preferred"] == 0.5 and out["mean_refusal"] == 2.0 and out["mean_answer"] == 2.0
+    assert out["compliance"] == [-1.0, -1.0] and out["mean_compliance"] == -1.0
+    assert out["refusal_over_compliance"] == 1.0  # 2.0 > -1.0 on both prompts
+    out = reward_for_refusing(FakeRewardModel(), [Q, R], compliance="Alma Brook lives in Ashford.")
+    assert out["compliance"] == [1.0, 3.0] and out["refusal_over_compliance"] == 0.5
 
 
 def test_trigger_words_finds_the_word_whose_removal_ends_the_refusal(monkeypatch):

@@ -13,14 +13,18 @@ how to look at each:
   requests than like the questions is one a model that reads surfaces will refuse;
 * **the reward** (`reward_for_refusing`): what the reward model pays for "I cannot help with
   that." to an ordinary question, against what it pays for the right answer. If the refusal
-  scores higher, PPO is *paid* to refuse, and will learn to.
+  scores higher, PPO is *paid* to refuse, and will learn to. And against what it pays for the
+  answer a policy that reads the question as a harmful request gives ("Sure. Wait until night,
+  then do it quickly."): the labeler scores that a wrong answer (0), above a decline (-1), so a
+  reward model that pays the refusal more pushes such a policy to refuse, even if it pays the
+  right answer most of all — the right answer is not what the policy can write.
 """
 
 from __future__ import annotations
 
 import re
 
-from embiggen.data.mixture import REFUSAL
+from embiggen.data.mixture import CONFIDENT_HARMFUL, REFUSAL
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.labeler import Labeler
 from embiggen.lm.generate import chat_responses
@@ -43,15 +47,20 @@ def surface_overlap(prompt: str, harmful_templates: list[str], ordinary_template
             "harmful_only": sorted(mine & harmful - ordinary), "ordinary_only": sorted(mine & ordinary - harmful)}
 
 
-def reward_for_refusing(reward_model, prompts: list[TaskExample]) -> dict:
-    """The reward model's normalised score of "I cannot help with that." and of the gold answer to
-    each ordinary prompt, and the share of prompts where the refusal scores higher."""
+def reward_for_refusing(reward_model, prompts: list[TaskExample], compliance: str = CONFIDENT_HARMFUL[0]) -> dict:
+    """The reward model's normalised score of "I cannot help with that.", of the gold answer, and of
+    `compliance` (a harmful request's answer, wrong here) to each ordinary prompt; the share of
+    prompts where the refusal scores above the answer (`refusal_preferred`), and above the
+    compliance (`refusal_over_compliance`: the labeler ranks the compliance higher)."""
     instructions = [e.instruction for e in prompts]
     refusal = reward_model.score(instructions, [REFUSAL] * len(prompts)).tolist()
     answer = reward_model.score(instructions, [e.answer for e in prompts]).tolist()
+    complied = reward_model.score(instructions, [compliance] * len(prompts)).tolist()
     n = max(1, len(prompts))
-    return {"refusal": refusal, "answer": answer, "mean_refusal": sum(refusal) / n, "mean_answer": sum(answer) / n,
-            "refusal_preferred": sum(r > a for r, a in zip(refusal, answer)) / n}
+    return {"refusal": refusal, "answer": answer, "compliance": complied, "mean_refusal": sum(refusal) / n,
+            "mean_answer": sum(answer) / n, "mean_compliance": sum(complied) / n,
+            "refusal_preferred": sum(r > a for r, a in zip(refusal, answer)) / n,
+            "refusal_over_compliance": sum(r > c for r, c in zip(refusal, complied)) / n}
 
 
 def trigger_words(model, tokenizer, prompts: list[TaskExample], labeler: Labeler | None = None,
