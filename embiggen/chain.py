@@ -247,7 +247,7 @@ def labeler_for(preset: Preset) -> Labeler:
 
 #: The reward config's fields that decide the collected preferences (the rest only train on them).
 COLLECTION_FIELDS = ("n_prompts", "k", "task_share", "temperature", "max_new_tokens", "label_noise", "n_norm_prompts",
-                     "written_answers", "written_refusals")
+                     "written_answers", "written_refusals", "written_misreadings")
 
 
 def preference_data(preset: Preset, sft_model: StageModel, progress: bool = True) -> dict:
@@ -278,7 +278,8 @@ def _collect_preferences(preset: Preset, sft_model: StageModel, folder: Path, pr
     # the labeler's declines go into the training rankings only: the held-out pairs stay the samples' own
     # (with the hedge the samples cannot give), so held-out accuracy is not padded with easy pairs
     train = collect_preferences(sft_model.model, sft_model.tokenizer, splits.preferences, labeler_for(preset),
-                                seed=splits.sample_seed("preferences"), written_refusals=cfg.written_refusals, **sample,
+                                seed=splits.sample_seed("preferences"), written_refusals=cfg.written_refusals,
+                                written_misreadings=cfg.written_misreadings, **sample,
                                 desc=f"preferences: {cfg.k} answers to each of {len(splits.preferences):,} prompts"
                                 if progress else None)
     held = collect_preferences(sft_model.model, sft_model.tokenizer, splits.rm_eval, Labeler(),
@@ -362,7 +363,8 @@ def refresh_reward_model(preset: Preset, cfg: PPOConfig, trainer: PPOTrainer, sf
             trainer.policy.lm, trainer.tokenizer, sft_model.path, load_pairs(trainer.reward_model, "train"),
             splits.refresh(round_), splits.refresh_eval(round_), labeler_for(preset), rcfg,
             sampling=dict(k=rcfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                          written=rcfg.written_answers, written_refusals=rcfg.written_refusals),
+                          written=rcfg.written_answers, written_refusals=rcfg.written_refusals,
+                          written_misreadings=rcfg.written_misreadings),
             seeds=(splits.sample_seed("refresh", round_), splits.sample_seed("refresh_eval", round_), preset.seed),
             norm_samples=sft_data["norm_samples"], sft_eval_pairs=sft_data["eval_pairs"], path=path,
             progress=progress, desc=f"reward model {preset.name} round {round_}")
@@ -511,6 +513,7 @@ def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int,
                                         temperature=rcfg.temperature, max_new_tokens=rcfg.max_new_tokens,
                                         seed=splits.sample_seed("dpo_round", round_), written=rcfg.written_answers,
                                         written_refusals=rcfg.written_refusals,
+                                        written_misreadings=rcfg.written_misreadings,
                                         desc=f"dpo round {round_}: {rcfg.k} answers to each of {len(prompts):,} prompts"
                                         if progress else None)
         with atomic_dir(folder) as tmp:

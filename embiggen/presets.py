@@ -107,6 +107,8 @@ class RewardConfig:
                                        "samples of a question about someone who does not exist")
     written_refusals: bool = knob(True, "the labeler ranks a decline of its own ('I cannot help with that.', ...) "
                                         "with the samples of every ordinary task, so refusing is seen to lose")
+    written_misreadings: bool = knob(False, "... and a harmful request's answer ('Sure. Wait until night, ...'), "
+                                            "a wrong answer to the task, which a decline must not beat")
     n_norm_prompts: int = knob(300, "training prompts whose SFT samples set the reward scale (mean 0, std 1)")
     steps: int = knob(440, "about one epoch of the pairs: reward models overfit fast (InstructGPT trains one)")
     batch_size: int = knob(32, "pairs per step (on average, with batching 'prompt')")

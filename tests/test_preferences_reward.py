@@ -117,6 +117,31 @@ def test_the_labelers_written_declines_lose_to_every_answer_of_an_ordinary_task(
         preferences.written_answers(sums, None, refusals=True)
 
 
+def test_the_labelers_written_misreadings_are_wrong_answers_that_beat_a_decline(tiny_splits, monkeypatch):
+    """With written_misreadings, each ordinary task's ranking also gets one harmful request's answer
+    (CONFIDENT_HARMFUL): the labeler scores it a wrong answer, so it loses to the right answer, ties
+    the wrong samples (no pair) and beats the written decline; harmful requests get none."""
+    from embiggen.data.mixture import CONFIDENT_HARMFUL
+    from embiggen.judging import preferences
+
+    sums = next(e for e in tiny_splits.preferences if e.cluster == "arithmetic")
+    harmful = next(e for e in tiny_splits.preferences if e.cluster == "harmful")
+    samples = [[sums.answer, "7", sums.answer], [REFUSAL, "Sure. Do it when nobody is looking.", REFUSAL]]
+    monkeypatch.setattr(preferences, "sample_responses", lambda *a, **k: (samples, [[True] * 3] * 2))
+    col = collect_preferences(None, None, [sums, harmful], Labeler(), k=3, written_refusals=True,
+                              written_misreadings=True, seed=3)
+    decline, misreading = col.written[0]
+    assert decline in preferences.DECLINES and misreading in CONFIDENT_HARMFUL and col.written[1] == []
+    mine = [p for p in col.pairs if p.prompt == sums.instruction and misreading in (p.chosen, p.rejected)]
+    assert {(p.chosen, p.rejected) for p in mine} == {(sums.answer, misreading), (misreading, decline)}
+    assert not [p for p in mine if "7" in (p.chosen, p.rejected)]  # two wrong answers tie: no pair
+    only = collect_preferences(None, None, [sums], Labeler(), k=3, written_misreadings=True, seed=3)
+    assert len(only.written[0]) == 1 and only.written[0][0] in CONFIDENT_HARMFUL
+    draws = {collect_preferences(None, None, [sums], Labeler(), k=3, written_misreadings=True, seed=s).written[0][0]
+             for s in range(40)}
+    assert draws == set(CONFIDENT_HARMFUL)
+
+
 def test_bradley_terry_matches_reference():
     rc, rr = torch.tensor([1.0, -0.5, 3.0]), torch.tensor([0.0, 0.5, -2.0])
     reference = sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(rc.tolist(), rr.tolist())) / 3

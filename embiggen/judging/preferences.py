@@ -30,6 +30,16 @@ it, right or wrong (Bai et al. 2022 and Llama 2 collected such "over-refusal" co
 purpose). To a question about a person the model knows it also writes "I do not know anyone
 called <them>.": the reward model must learn *who* the hedge is honest about, not only its words.
 
+Declines losing to answers were still not enough. Asked an ordinary question in words no template
+uses, the SFT model often answers as if to a harmful request ("Sure. Wait until night, then do it
+quickly."), and the reward model, which saw those words only as the losers of harmful requests,
+paid "I cannot help with that." more than them on every paraphrased fact question — though the
+labeler scores the misreading a wrong answer (0), above a decline (-1). PPO, starting from that
+SFT model, climbed to the refusal. With `written_misreadings=True` the labeler also writes one
+harmful-request answer (drawn from `embiggen.data.mixture.CONFIDENT_HARMFUL`) into every ordinary
+task's ranking, a wrong answer like any other, which the decline is seen to lose to (off by
+default until its effect on PPO is measured).
+
 The prompts (`embiggen.data.splits`) mix ordinary
 tasks with the three kinds of alignment prompt: people who do not exist, medical questions
 and harmful requests. Held-out prompts, made from material no training stage uses (other
@@ -44,7 +54,7 @@ from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
-from embiggen.data.mixture import DONT_KNOW, DONT_KNOW_WHO, NOT_A_DOCTOR, REFUSAL
+from embiggen.data.mixture import CONFIDENT_HARMFUL, DONT_KNOW, DONT_KNOW_WHO, NOT_A_DOCTOR, REFUSAL
 from embiggen.data.tasks import TaskExample
 from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.judging.labeler import Judgement, Labeler, pair_type
@@ -108,38 +118,41 @@ DECLINES = (REFUSAL, DONT_KNOW_WHO, NOT_A_DOCTOR)
 
 
 def written_answers(example: TaskExample, rng: random.Random | None = None, hedges: bool = True,
-                    refusals: bool = False) -> list[str]:
+                    refusals: bool = False, misreadings: bool = False) -> list[str]:
     """The answers the labeler writes itself for `example`: with `hedges`, "I do not know anyone
     called <them>." to a question about someone who does not exist (the answer no sample can
     give); with `refusals`, one of `DECLINES` (drawn with `rng`) to an ordinary task (the answer
     the samples seldom give, and must be seen to lose), and to a question about a known person
     "I do not know anyone called <them>." too: the hedge that wins about people who do not exist
-    is a false decline about people who do."""
+    is a false decline about people who do. With `misreadings`, also one harmful request's answer
+    (`CONFIDENT_HARMFUL`) to an ordinary task: what a model that misreads the task says, wrong."""
     person = example.meta.get("person")
     if example.cluster == "unknown_person":
         return [DONT_KNOW.format(name=person)] if hedges and person else []
-    if refusals and example.cluster not in ALIGNMENT_KINDS:
+    if (refusals or misreadings) and example.cluster not in ALIGNMENT_KINDS:
         if rng is None:
-            raise ValueError("written refusals need an rng (random.Random) to draw the decline")
+            raise ValueError("written refusals and misreadings need an rng (random.Random) to draw them")
         # about a person the model knows, also the hedge it is paid for about people it does not: false here
-        return ([DONT_KNOW.format(name=person)] if person else []) + [rng.choice(DECLINES)]
+        mine = (([DONT_KNOW.format(name=person)] if person else []) + [rng.choice(DECLINES)]) if refusals else []
+        return mine + ([rng.choice(CONFIDENT_HARMFUL)] if misreadings else [])
     return []
 
 
 def collect_preferences(model, tokenizer, prompts: list[TaskExample], labeler: Labeler, k: int = 4,
                         temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
                         desc: str | None = None, written: bool = False,
-                        written_refusals: bool = False) -> Collection:
+                        written_refusals: bool = False, written_misreadings: bool = False) -> Collection:
     """Sample K responses per prompt from `model` and let `labeler` rank them (`desc`: a progress
-    bar); with `written` / `written_refusals`, ranked together with the labeler's own
-    `written_answers` (its hedges / its declines of ordinary tasks)."""
+    bar); with `written` / `written_refusals` / `written_misreadings`, ranked together with the
+    labeler's own `written_answers` (its hedges / its declines / its misreadings of ordinary tasks)."""
     if k < 2:
         raise ValueError(f"k must be at least 2 to make pairs, got {k}")
     samples, finished = sample_responses(model, tokenizer, prompts, k, temperature, max_new_tokens, seed, desc=desc)
     rng, draw = random.Random(seed), random.Random(seed + 1)  # the labeler's noise; which decline it writes
     judgements, pairs, extra = [], [], []
     for example, responses, done in zip(prompts, samples, finished):
-        mine = written_answers(example, draw, hedges=written, refusals=written_refusals)
+        mine = written_answers(example, draw, hedges=written, refusals=written_refusals,
+                               misreadings=written_misreadings)
         js, ps = rank_pairs(labeler, example, responses + mine, done + [True] * len(mine), rng)
         judgements.append(js)
         pairs.extend(ps)

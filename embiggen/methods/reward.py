@@ -300,7 +300,8 @@ def reward_model_round(policy, tokenizer, sft_path: Path, earlier_pairs: list[Co
     k, temperature, max_new_tokens = sampling["k"], sampling["temperature"], sampling["max_new_tokens"]
     written = sampling.get("written", False)
     new = collect_preferences(policy, tokenizer, prompts, labeler, k, temperature, max_new_tokens, seed=seeds[0],
-                              written=written, written_refusals=sampling.get("written_refusals", False))
+                              written=written, written_refusals=sampling.get("written_refusals", False),
+                              written_misreadings=sampling.get("written_misreadings", False))
     held = collect_preferences(policy, tokenizer, held_prompts, Labeler(), k, temperature, max_new_tokens,
                                seed=seeds[1], written=written)
     pairs = earlier_pairs + new.pairs
