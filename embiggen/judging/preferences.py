@@ -21,9 +21,9 @@ pairs, beside the samples' own no-name vs wrong-name pairs.
 The samples miss a second contrast, and missing it costs more. The SFT model seldom declines an
 ordinary task, so "I cannot help with that." turns up in the rankings only as the winner, to a
 harmful request: a reward model trained on them learns that the words of a refusal score well
-*whatever was asked*. Measured on the laptop preset before the change (notebook 3), it scored the refusal above
-the right answer on every held-out ordinary prompt, and PPO, paid for refusing, declined 42% of
-ordinary questions asked in new words. With `written_refusals=True` the labeler also ranks one
+*whatever was asked*. Measured on the laptop preset (notebook 3), it scored the refusal above the right
+answer on 98% of held-out ordinary prompts and on every held-out paraphrase, and a short PPO run on it
+declined 42% of ordinary questions asked in new words (0% on the reward model with the declines). With `written_refusals=True` the labeler also ranks one
 decline of its own (drawn from `DECLINES`) with the samples of every ordinary task, so every
 such ranking shows the reward model that declining an answerable question loses to answering
 it, right or wrong (Bai et al. 2022 and Llama 2 collected such "over-refusal" comparisons on
