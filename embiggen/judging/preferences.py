@@ -21,11 +21,11 @@ pairs, beside the samples' own no-name vs wrong-name pairs.
 The samples miss a second contrast, and missing it costs more. The SFT model seldom declines an
 ordinary task, so "I cannot help with that." turns up in the rankings only as the winner, to a
 harmful request: a reward model trained on them learns that the words of a refusal score well
-*whatever was asked*. Measured on the laptop preset (notebook 3), it scored the refusal above the right
-answer on 98% of held-out ordinary prompts and on every held-out paraphrase, and a short PPO run on it
-declined 42% of ordinary questions asked in new words (0% on the reward model with the declines). With `written_refusals=True` the labeler also ranks one
-decline of its own (drawn from `DECLINES`) with the samples of every ordinary task, so every
-such ranking shows the reward model that declining an answerable question loses to answering
+*whatever was asked*. Measured on the laptop preset (notebook 3), it scored the refusal above the
+right answer on 98% of held-out ordinary prompts and on every held-out paraphrase, and a short PPO
+run on it declined 42% of ordinary questions asked in new words (0% on the reward model with the
+declines). With `written_refusals=True` the labeler also ranks one decline of its own (drawn
+from `DECLINES`) with the samples of every ordinary task, so every such ranking shows the reward model that declining an answerable question loses to answering
 it, right or wrong (Bai et al. 2022 and Llama 2 collected such "over-refusal" comparisons on
 purpose). To a question about a person the model knows it also writes "I do not know anyone
 called <them>.": the reward model must learn *who* the hedge is honest about, not only its words.
@@ -34,11 +34,12 @@ Declines losing to answers were still not enough. Asked an ordinary question in 
 uses, the SFT model often answers as if to a harmful request ("Sure. Wait until night, then do it
 quickly."), and the reward model, which saw those words only as the losers of harmful requests,
 paid "I cannot help with that." more than them on every paraphrased fact question — though the
-labeler scores the misreading a wrong answer (0), above a decline (-1). PPO, starting from that
-SFT model, climbed to the refusal. With `written_misreadings=True` the labeler also writes one
+labeler scores the misreading a wrong answer (0), above a decline (-1); the stage's PPO declines
+such questions with that refusal. With `written_misreadings=True` the labeler also writes one
 harmful-request answer (drawn from `embiggen.data.mixture.CONFIDENT_HARMFUL`) into every ordinary
-task's ranking, a wrong answer like any other, which the decline is seen to lose to (off by
-default until its effect on PPO is measured).
+task's ranking, a wrong answer like any other, which the decline is seen to lose to. Off: measured
+on the laptop preset, PPO on such a reward model still declined 29.5% of the paraphrases (29%
+without it) and was honest less often (65% against 77%).
 
 The prompts (`embiggen.data.splits`) mix ordinary
 tasks with the three kinds of alignment prompt: people who do not exist, medical questions
