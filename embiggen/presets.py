@@ -58,7 +58,7 @@ class OptimConfig:
     grad_clip: float = knob(1.0, "clip the gradient's global norm to this")
     accumulation_steps: int = knob(1, "batches whose gradients add up to one optimiser step: a batch this many times "
                                       "larger, in pieces that fit in memory (not in PPO, whose minibatch_size is that)")
-    bf16: bool = knob(False, "bfloat16 autocast on a CUDA GPU (ignored elsewhere)")
+    bf16: bool = knob(False, "bfloat16 autocast on a CUDA GPU (ignored elsewhere); the weights stay float32")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (activation "
                                                "checkpointing): less memory, more time")
 

@@ -18,6 +18,7 @@ chat answers *with their log-probabilities* under the distribution they were dra
 from __future__ import annotations
 
 import contextvars
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -264,11 +265,61 @@ def in_chunks(fn, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):
     return torch.cat(parts)
 
 
+def output_head(lm):
+    """The map from `lm`'s last hidden states to the logits its own `forward` returns, for the
+    chunked paths that apply it themselves: the output embedding, then the transform some
+    architectures apply after it — Granite divides by `logits_scaling`, Cohere multiplies by
+    `logit_scale`, Gemma 2 and 3 soft-cap at `final_logit_softcapping` (c tanh(z / c)). Skip
+    it and PPO's KL and DPO's margins are computed for a distribution other than the sampled
+    one. Checked once per model against its own forward on a few tokens: an architecture that
+    transforms its logits some other way is refused, by name, rather than silently mis-scored."""
+    linear, config = lm.get_output_embeddings(), lm.config
+    divide = getattr(config, "logits_scaling", None)      # Granite, GraniteMoe
+    multiply = getattr(config, "logit_scale", None)       # Cohere, Cohere2
+    cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2, Gemma 3
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = linear(hidden)
+        if divide is not None and divide != 1:
+            logits = logits / divide
+        if multiply is not None and multiply != 1:
+            logits = logits * multiply
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    if linear not in _CHECKED_HEADS:
+        _check_head(lm, head)
+        _CHECKED_HEADS.add(linear)
+    return head
+
+
+#: The output embeddings whose model `output_head` has checked (weakly held: a model's going frees them).
+_CHECKED_HEADS: weakref.WeakSet = weakref.WeakSet()
+
+
+@torch.no_grad()
+def _check_head(lm, head) -> None:
+    """`head(last hidden state)` must give `lm`'s own logits (float32, no autocast, eval mode)."""
+    device, was_training = next(lm.parameters()).device, lm.training
+    ids = torch.arange(4, device=device)[None] % lm.config.vocab_size
+    lm.eval()
+    try:
+        with torch.autocast(device.type, enabled=False):
+            own = lm(input_ids=ids, use_cache=False).logits.float()
+            mine = head(lm.base_model(input_ids=ids, use_cache=False).last_hidden_state).float()
+    finally:
+        lm.train(was_training)
+    if not torch.allclose(own, mine, rtol=1e-4, atol=1e-4 * (1 + own.abs().max().item())):
+        raise ValueError(f"{type(lm).__name__} transforms its logits in a way the chunked log-probabilities do not "
+                         f"know (largest difference {(own - mine).abs().max().item():.3g}): set logprob_chunk=0")
+
+
 def chunked_response_logprobs(head, hidden: torch.Tensor, responses: torch.Tensor, temperature: float,
                               chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`response_logprobs(head(hidden), responses, temperature)` — the same numbers — `chunk`
     positions at a time (`in_chunks`). `hidden[:, t]` is the last hidden state that predicts
-    `responses[:, t]`; `head` the model's output embedding, a plain linear map."""
+    `responses[:, t]`; `head` maps it to the model's logits (`output_head`)."""
     logprobs, entropy = in_chunks(lambda h, y: response_logprobs(head(h), y, temperature), hidden, responses, chunk)
     return logprobs.view_as(responses), entropy.view_as(responses)
 
@@ -292,7 +343,7 @@ def answer_logprobs(lm, episodes: dict, temperature: float, chunk: int | None = 
               "position_ids": episodes["position_ids"], "use_cache": False}
     if chunk:
         hidden = lm.base_model(**inputs).last_hidden_state[:, -(n + 1):-1]
-        return chunked_response_logprobs(lm.get_output_embeddings(), hidden, episodes["responses"], temperature,
+        return chunked_response_logprobs(output_head(lm), hidden, episodes["responses"], temperature,
                                          chunk)
     logits = lm(**inputs, logits_to_keep=n + 1).logits[:, :-1]
     return response_logprobs(logits, episodes["responses"], temperature)

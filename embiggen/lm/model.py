@@ -42,12 +42,17 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu", dtype=None):
+def load_pretrained(name_or_path: str | Path, device: torch.device | str = "cpu", dtype=torch.float32):
     """Load any Hugging Face causal LM and its tokenizer by hub name or local path.
 
-    Only safetensors weights are loaded, `trust_remote_code` stays off, and nothing is
-    downloaded when the model is not already on disk or in the local Hugging Face cache
-    (set ``HF_HUB_OFFLINE=0`` yourself if you do want downloads)."""
+    The weights are float32 whatever dtype the checkpoint was stored in (most hub models are
+    bf16, which transformers 5 would keep): they are the master weights every stage trains,
+    and in bf16 an update smaller than 1/256 of a weight rounds away — one AdamW step at the
+    `pretrained` preset's PPO learning rate would change about 2% of them. Speed comes from
+    autocast instead (`OptimConfig.bf16`). Only safetensors weights are loaded,
+    `trust_remote_code` stays off, and nothing is downloaded when the model is not already on
+    disk or in the local Hugging Face cache (set ``HF_HUB_OFFLINE=0`` yourself if you do want
+    downloads)."""
     kwargs = dict(use_safetensors=True, trust_remote_code=False)
     offline = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
     if offline:

@@ -57,7 +57,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from embiggen.lm.training import TrainLog, train_loop
+from embiggen.lm.training import TrainLog, mixed_precision, train_loop
+from embiggen.methods.ppo import disable_dropout
 from embiggen.methods.sft import IGNORE_INDEX, SFTData, batch_loss, chunked_token_nll, encode_example, pad_batch
 from embiggen.presets import DPOConfig
 from embiggen.utils import pick_device
@@ -299,12 +300,15 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
         raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations to keep the language-model loss on)")
     device = device or pick_device()
     ref_model.to(device)
+    disable_dropout(model)  # the implicit reward log pi/pi_ref is 0 before the first step, not dropout noise
+    disable_dropout(ref_model)
     pad = tokenizer.pad_token_id
     train_enc, eval_enc = (encode_pairs(tokenizer, pairs, cfg.max_length) for pairs in (train_pairs, eval_pairs))
     # a shared prompt needs an attention that takes a custom (4D) mask: sdpa and eager do, flash-attention does not
     masks = getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
-    ref_logps = [reference_logprobs(ref_model, enc, pad, device, logprob_chunk=cfg.logprob_chunk)
-                 for enc in (train_enc, eval_enc)]
+    with mixed_precision(cfg.optim, device):  # as the policy's, so that pi / pi_ref starts at 1
+        ref_logps = [reference_logprobs(ref_model, enc, pad, device, logprob_chunk=cfg.logprob_chunk)
+                     for enc in (train_enc, eval_enc)]
     train = DPOData(train_enc, ref_logps[0], pad, cfg.max_length if cfg.packing else 0,
                     cfg.packing and cfg.share_prompt and masks)
     held = DPOData(eval_enc, ref_logps[1], pad)
@@ -321,7 +325,8 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
         return dpo_batch_loss(m, {k: v for k, v in batch.items() if not k.startswith("ptx_")}, cfg, demonstrations)
 
     def held_out_loss(m):
-        latest.update(evaluate_pairs(m, held, cfg))
+        with mixed_precision(cfg.optim, device):
+            latest.update(evaluate_pairs(m, held, cfg))
         return latest["loss"]
 
     def record(step, log):  # the held-out accuracy and margin of the evaluation just run

@@ -54,7 +54,8 @@ from tqdm.auto import tqdm
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.verifiers import exact_reward
 from embiggen.lm.generate import answer_logprobs, decode_responses, episode_logprobs, sample_grouped_episodes
-from embiggen.lm.training import load_resume_point, lr_at, make_optimizer, optimizer_step, save_resume_point
+from embiggen.lm.training import (load_resume_point, lr_at, make_optimizer, mixed_precision, optimizer_step,
+                                  save_resume_point)
 from embiggen.methods.ppo import disable_dropout, masked_mean
 from embiggen.presets import GRPOConfig
 from embiggen.utils import pick_device
@@ -215,7 +216,8 @@ class GRPOTrainer:
         rewards, gold = rewards.view(len(prompts), G), gold.view(len(prompts), G)
         advantages = group_advantages(rewards, cfg.scale_rewards, cfg.baseline)
         needed = not self.on_policy or self.ref_policy is not None
-        old = episode_logprobs(self.policy, episodes, cfg.temperature, cfg.logprob_chunk) if needed else None
+        with mixed_precision(cfg.optim, self.device):  # as in the update: the ratio starts at 1
+            old = episode_logprobs(self.policy, episodes, cfg.temperature, cfg.logprob_chunk) if needed else None
         return Groups(prompts, episodes, texts, episodes["finished"], rewards, gold, advantages, old)
 
     def step(self, prompts: list[TaskExample]) -> dict:
@@ -234,8 +236,9 @@ class GRPOTrainer:
         started = time.perf_counter()
         ep, mask = groups.episodes, groups.episodes["mask"].float()
         advantages = groups.advantages.flatten().to(self.device)
-        ref_logprobs = (episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)
-                        if self.ref_policy is not None else None)
+        with mixed_precision(cfg.optim, self.device):
+            ref_logprobs = (episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)
+                            if self.ref_policy is not None else None)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.n_steps, cfg.steps, cfg.optim)
 
@@ -251,7 +254,8 @@ class GRPOTrainer:
                     continue  # no signal: zero gradient, so no update (Adam's momentum moves nothing on no evidence)
                 idx = idx.to(self.device)
                 rows = {k: ep[k][idx] for k in ("sequences", "attention_mask", "position_ids", "responses")}
-                logprobs, entropy = answer_logprobs(self.policy, rows, cfg.temperature, cfg.logprob_chunk)
+                with mixed_precision(cfg.optim, self.device):
+                    logprobs, entropy = answer_logprobs(self.policy, rows, cfg.temperature, cfg.logprob_chunk)
                 old = logprobs.detach() if self.on_policy else groups.old_logprobs[idx]
                 loss, s = grpo_loss(logprobs, old, advantages[idx], mask[idx], cfg.cliprange, cfg.loss_type,
                                     cfg.cliprange_high, ref_logprobs[idx] if ref_logprobs is not None else None,

@@ -65,9 +65,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from embiggen.data.world import ALIGNMENT_KINDS
-from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, position_ids_from,
-                                  response_logprobs, sample_episodes)
-from embiggen.lm.training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
+from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, output_head,
+                                  position_ids_from, response_logprobs, sample_episodes)
+from embiggen.lm.training import (load_resume_point, make_optimizer, mixed_precision, optimizer_step,
+                                  save_resume_point)
 from embiggen.methods.sft import batch_loss
 from embiggen.presets import PPOConfig
 from embiggen.utils import pick_device
@@ -231,7 +232,7 @@ class PolicyWithValueHead(nn.Module):
             return (*response_logprobs(logits, responses, temperature), values)
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                     use_cache=False).last_hidden_state[:, -(n + 1):-1]
-        logprobs, entropy = chunked_response_logprobs(self.lm.get_output_embeddings(), hidden, responses,
+        logprobs, entropy = chunked_response_logprobs(output_head(self.lm), hidden, responses,
                                                       temperature, chunk)
         if self.critic is not None:
             return logprobs, entropy, self.critic_values(input_ids, attention_mask, position_ids, n)
@@ -255,12 +256,24 @@ def critic_from_reward_model(reward_model) -> nn.Module:
     return critic
 
 
+#: The names under which Hugging Face models keep a dropout probability: in their config, and
+#: copied from it into attention modules at construction (Llama's `attention_dropout`), where
+#: changing the config no longer reaches it.
+DROPOUT_NAMES = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop")
+
+
 def disable_dropout(model: nn.Module) -> None:
+    """No dropout anywhere in `model`, in training mode too: a policy's log-probabilities in its
+    update must be those of the same distribution as in its rollout (and as its reference's),
+    or the ratio to itself is not 1 before the first step (TRL disables it too)."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        for name in DROPOUT_NAMES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
     config = getattr(model, "config", None)
-    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop"):
+    for name in DROPOUT_NAMES:
         if config is not None and hasattr(config, name):
             setattr(config, name, 0.0)
 
@@ -348,9 +361,11 @@ class PPOTrainer:
         ep = sample_episodes(self.policy.lm, tok, [e.instruction for e in prompts], cfg.max_new_tokens, cfg.temperature)
         sequences, attention_mask, responses, mask = ep["sequences"], ep["attention_mask"], ep["responses"], ep["mask"]
         finished, prompt_len = ep["finished"], ep["prompt_len"]
-        logprobs, entropy, values = self.policy.logprobs_and_values(sequences, attention_mask, ep["position_ids"],
-                                                                    responses, cfg.temperature, cfg.logprob_chunk)
-        ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)
+        with mixed_precision(cfg.optim, self.device):  # as in the update: the ratio starts at 1
+            logprobs, entropy, values = self.policy.logprobs_and_values(
+                sequences, attention_mask, ep["position_ids"], responses, cfg.temperature, cfg.logprob_chunk)
+            ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)
+        values = values.float()
         texts, _ = decode_responses(tok, responses)  # the same text the labeler and the reward model judge
         instructions = [e.instruction for e in prompts]
         rm_scores = self.reward_model.score(instructions, texts, finished.tolist()).to(self.device)
@@ -378,14 +393,13 @@ class PPOTrainer:
         self.policy.train()
         if cfg.optim.gradient_checkpointing:  # for the updates only: generation needs its cache
             self.policy.lm.activation_checkpointing_enable()
-        bf16 = cfg.optim.bf16 and torch.device(self.device).type == "cuda"
         n = len(prompts)
         stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": []}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(n, generator=self.generator).tolist()
             for start in range(0, n, cfg.minibatch_size):
                 idx = torch.tensor(order[start: start + cfg.minibatch_size], device=self.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                with mixed_precision(cfg.optim, self.device):
                     logprobs, _, values = self.policy.logprobs_and_values(
                         ro.sequences[idx], ro.attention_mask[idx], position_ids_from(ro.attention_mask[idx]),
                         ro.sequences[idx, ro.prompt_len:], cfg.temperature, cfg.logprob_chunk)
@@ -396,7 +410,8 @@ class PPOTrainer:
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ptx_coef > 0:
                     batch = {k: v.to(self.device) for k, v in self.ptx_data.next_batch(self.generator).items()}
-                    ptx_loss = batch_loss(self.policy.lm, batch, cfg.logprob_chunk)[0]
+                    with mixed_precision(cfg.optim, self.device):
+                        ptx_loss = batch_loss(self.policy.lm, batch, cfg.logprob_chunk)[0]
                     loss = loss + cfg.ptx_coef * ptx_loss
                     stats.setdefault("ptx_loss", []).append(ptx_loss.item())
                 if not torch.isfinite(loss):

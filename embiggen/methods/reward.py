@@ -220,11 +220,13 @@ class RewardModel:
 
 def reward_model_from(causal_lm_path: Path):
     """A fresh reward model: the causal LM's transformer with a new scalar head (the LM head
-    is dropped; Hugging Face's report that `score.weight` is new is expected and silenced)."""
+    is dropped; Hugging Face's report that `score.weight` is new is expected and silenced), in
+    float32 whatever the checkpoint's dtype (`model.load_pretrained` says why)."""
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(causal_lm_path, num_labels=1, use_safetensors=True)
+        model = AutoModelForSequenceClassification.from_pretrained(causal_lm_path, num_labels=1, use_safetensors=True,
+                                                                   dtype=torch.float32)
     finally:
         logging.set_verbosity(verbosity)
     return model

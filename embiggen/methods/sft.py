@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from embiggen.lm.generate import in_chunks
+from embiggen.lm.generate import in_chunks, output_head
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.lm.training import TrainLog, train_loop
 from embiggen.presets import SFTConfig
@@ -102,11 +102,11 @@ def chunked_token_nll(model, inputs: dict, labels: torch.Tensor, chunk: int) -> 
     label is -100 — computed without the whole (B, T, vocabulary) float32 logits: from the last
     hidden states, `chunk` positions at a time (`generate.in_chunks`: each chunk's logits are
     recomputed in the backward pass instead of kept). Memory: chunk x vocabulary floats instead
-    of B x T x vocabulary, which is what a pretrained model's 50k-150k vocabulary needs. Only for
-    heads that are a plain linear map (not Gemma-2's soft-capped logits)."""
+    of B x T x vocabulary, which is what a pretrained model's 50k-150k vocabulary needs. The logits
+    are the model's own (`generate.output_head`: Granite's scaling, Gemma's soft-capping)."""
     targets = labels[:, 1:]
+    head = output_head(model)
     hidden = model.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
-    head = model.get_output_embeddings()
     nll = in_chunks(lambda h, y: F.cross_entropy(head(h).float(), y.clamp(min=0), reduction="none"), hidden, targets,
                     chunk)
     return nll.view_as(targets) * (targets != IGNORE_INDEX)
