@@ -477,7 +477,9 @@ def train_or_load_dpo(preset: Preset, sft: StageModel | None = None, cfg: DPOCon
                             replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
                     if cfg.ptx_coef > 0 else None)
         steps = cfg.steps * round_ // cfg.rounds - cfg.steps * (round_ - 1) // cfg.rounds  # this round's share
-        log = train_dpo(model, sft.model, sft.tokenizer, pairs, data["eval_pairs"], replace(cfg, steps=steps),
+        # with LoRA, round 1's reference is the policy itself with its adapters off (it starts as the SFT model)
+        reference = None if cfg.optim.lora.rank and round_ == 1 else sft.model
+        log = train_dpo(model, reference, sft.tokenizer, pairs, data["eval_pairs"], replace(cfg, steps=steps),
                         device=device, seed=preset.seed + round_ - 1, progress=progress, resume_dir=resume_dir(path),
                         desc=f"dpo {preset.name} beta={cfg.beta:g}"
                         + (f" round {round_}/{cfg.rounds}" if iterated else ""),

@@ -47,6 +47,15 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters instead of training every weight (Hu et al. 2021; `embiggen.methods.lora`)."""
+    rank: int = knob(0, "r, the adapters' rank (0: off, every weight trains)")
+    alpha: float = knob(16.0, "alpha: each adapted matrix becomes W0 + (alpha / r) B A")
+    target_modules: tuple[str, ...] = knob((), "the linear layers to adapt, by name, e.g. ('q_proj', 'v_proj') "
+                                               "(empty: every linear layer but the output)")
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup and cosine decay, and gradient clipping: every stage's optimiser."""
     lr: float = knob(3e-3, "peak learning rate")
@@ -61,6 +70,7 @@ class OptimConfig:
     bf16: bool = knob(False, "bfloat16 autocast on a CUDA GPU (ignored elsewhere); the weights stay float32")
     gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (activation "
                                                "checkpointing): less memory, more time")
+    lora: LoRAConfig = knob(LoRAConfig(), "train low-rank adapters only (fine-tuning stages; rank 0: off)")
 
 
 @dataclass(frozen=True)

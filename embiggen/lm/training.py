@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embiggen.errors import UserError
-from embiggen.presets import OptimConfig, Preset
+from embiggen.methods.lora import has_adapters, merge_adapters, save_adapters
+from embiggen.presets import LoRAConfig, OptimConfig, Preset
 from embiggen.utils import (CacheReadOnly, EntryLoadError, atomic_dir, cache_format_since, cache_root, clean_orphans,
                             config_key, entry_at_fault, entry_lock, mark_cache, pick_device, quarantine, read_only,
                             verify_entry)
@@ -247,11 +248,26 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
 # ---------------------------------------------------------------------------------------
 # The cache every stage uses
 # ---------------------------------------------------------------------------------------
+#: Knobs added after caches were written, left out of cache keys while they hold their default
+#: (which trains what was trained before), so that a cache stays valid across the addition.
+LATE_KNOBS = {"lora": asdict(LoRAConfig())}
+
+
+def without_late_defaults(value):
+    """`value` (JSON-able config) without the `LATE_KNOBS` entries that hold their default."""
+    if isinstance(value, dict):
+        return {k: without_late_defaults(v) for k, v in value.items()
+                if not (k in LATE_KNOBS and without_late_defaults(v) == without_late_defaults(LATE_KNOBS[k]))}
+    if isinstance(value, (list, tuple)):
+        return [without_late_defaults(v) for v in value]
+    return value
+
+
 def cache_dir(stage: str, preset: Preset, *key_parts, tag: str = "") -> Path:
     """`$EMBIGGEN_CACHE/<stage>/<preset>-seed<seed>[-tag]-<hash of key_parts>`: one folder per
     trained model. `key_parts` are what decides its weights: the training config, the
     folder names of the models it starts from, versions of the data and the code."""
-    key = config_key(stage, *key_parts)
+    key = config_key(stage, *without_late_defaults(list(key_parts)))
     return cache_root() / stage / f"{preset.name}-seed{preset.seed}{'-' + tag if tag else ''}-{key}"
 
 
@@ -351,8 +367,12 @@ def is_cached(path: Path) -> bool:
 def save_checkpoint(path: Path, model, tokenizer, info: dict, log, extra_files: dict | None = None) -> None:
     """Save weights (safetensors), tokenizer and `train_log.json` (plus `extra_files`, name ->
     text) into `path`, atomically: an interrupted save leaves no half-written folder. Also
-    removes the run's resume point."""
+    removes the run's resume point. A model with LoRA adapters has them saved in `adapter/`
+    and then merged into its weights, in place: what is saved and returned is an ordinary model."""
     with atomic_dir(path) as tmp:
+        if has_adapters(model):
+            save_adapters(tmp / "adapter", model)
+            merge_adapters(model)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():

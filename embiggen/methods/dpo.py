@@ -51,6 +51,7 @@ the counterpart of iterated RLHF. One switch, `DPOConfig.rounds`; the rounds are
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from embiggen.lm.training import TrainLog, mixed_precision, train_loop
+from embiggen.methods.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.methods.ppo import disable_dropout
 from embiggen.methods.sft import IGNORE_INDEX, SFTData, batch_loss, chunked_token_nll, encode_example, pad_batch
 from embiggen.presets import DPOConfig
@@ -295,19 +297,26 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     reference log-probabilities come from `ref_model` (the SFT model), once. The log holds the
     held-out DPO loss as `val_loss` and, per step, the implicit rewards, their margin and
     accuracy, and the log-probabilities of chosen and rejected answers (`log.metrics`). With
-    cfg.ptx_coef > 0, `ptx_data` (SFT task demonstrations) adds their SFT loss to every step."""
+    cfg.ptx_coef > 0, `ptx_data` (SFT task demonstrations) adds their SFT loss to every step.
+    With cfg.optim.lora.rank > 0 only low-rank adapters train, and `ref_model=None` makes the
+    reference `model` itself with its adapters switched off (no second copy of the weights)."""
     if cfg.ptx_coef > 0 and ptx_data is None:
         raise ValueError("ptx_coef > 0 needs ptx_data (demonstrations to keep the language-model loss on)")
     device = device or pick_device()
-    ref_model.to(device)
+    if cfg.optim.lora.rank:
+        add_adapters(model.to(device), cfg.optim.lora)
+    if ref_model is None and not has_adapters(model):
+        raise ValueError("ref_model=None needs LoRA (cfg.optim.lora.rank > 0): the reference is then the model "
+                         "with its adapters off")
+    reference = adapters_disabled(model) if ref_model is None else nullcontext(ref_model.to(device))
     disable_dropout(model)  # the implicit reward log pi/pi_ref is 0 before the first step, not dropout noise
-    disable_dropout(ref_model)
     pad = tokenizer.pad_token_id
     train_enc, eval_enc = (encode_pairs(tokenizer, pairs, cfg.max_length) for pairs in (train_pairs, eval_pairs))
     # a shared prompt needs an attention that takes a custom (4D) mask: sdpa and eager do, flash-attention does not
     masks = getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
-    with mixed_precision(cfg.optim, device):  # as the policy's, so that pi / pi_ref starts at 1
-        ref_logps = [reference_logprobs(ref_model, enc, pad, device, logprob_chunk=cfg.logprob_chunk)
+    with reference as ref, mixed_precision(cfg.optim, device):  # as the policy's: pi / pi_ref starts at 1
+        disable_dropout(ref)
+        ref_logps = [reference_logprobs(ref, enc, pad, device, logprob_chunk=cfg.logprob_chunk)
                      for enc in (train_enc, eval_enc)]
     train = DPOData(train_enc, ref_logps[0], pad, cfg.max_length if cfg.packing else 0,
                     cfg.packing and cfg.share_prompt and masks)

@@ -56,6 +56,7 @@ from embiggen.judging.verifiers import exact_reward
 from embiggen.lm.generate import answer_logprobs, decode_responses, episode_logprobs, sample_grouped_episodes
 from embiggen.lm.training import (load_resume_point, lr_at, make_optimizer, mixed_precision, optimizer_step,
                                   save_resume_point)
+from embiggen.methods.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.methods.ppo import disable_dropout, masked_mean
 from embiggen.presets import GRPOConfig
 from embiggen.utils import pick_device
@@ -187,8 +188,12 @@ class GRPOTrainer:
         self.cfg, self.tokenizer, self.verifier = cfg, tokenizer, verifier
         self.device = device or pick_device()
         disable_dropout(policy_lm)
+        if cfg.optim.lora.rank:  # low-rank adapters train, the policy's own weights stay as they were
+            add_adapters(policy_lm, cfg.optim.lora)
         self.policy = policy_lm.to(self.device)
-        self.ref_policy = ref_lm.to(self.device).eval() if ref_lm is not None else None  # frozen: no_grad only
+        # the frozen reference (no_grad only); with LoRA, the policy with its adapters off, and `ref_lm` is not kept
+        self.has_reference = ref_lm is not None
+        self.ref_policy = ref_lm.to(self.device).eval() if self.has_reference and not has_adapters(policy_lm) else None
         self.optimizer = make_optimizer(self.policy.parameters(), cfg.optim)
         self.generator = torch.Generator().manual_seed(seed)
         self.seed, self.n_steps = seed, 0
@@ -215,10 +220,19 @@ class GRPOTrainer:
         gold = torch.tensor([exact_reward(e, t) for e, t in zip(examples, texts)], dtype=torch.float32)
         rewards, gold = rewards.view(len(prompts), G), gold.view(len(prompts), G)
         advantages = group_advantages(rewards, cfg.scale_rewards, cfg.baseline)
-        needed = not self.on_policy or self.ref_policy is not None
+        needed = not self.on_policy or self.has_reference
         with mixed_precision(cfg.optim, self.device):  # as in the update: the ratio starts at 1
             old = episode_logprobs(self.policy, episodes, cfg.temperature, cfg.logprob_chunk) if needed else None
         return Groups(prompts, episodes, texts, episodes["finished"], rewards, gold, advantages, old)
+
+    def reference_logprobs(self, episodes: dict) -> torch.Tensor:
+        """log pi_ref of the sampled tokens: the reference model's, or with LoRA the policy's with
+        its adapters switched off."""
+        cfg = self.cfg
+        if self.ref_policy is not None:
+            return episode_logprobs(self.ref_policy, episodes, cfg.temperature, cfg.logprob_chunk)
+        with adapters_disabled(self.policy):
+            return episode_logprobs(self.policy, episodes, cfg.temperature, cfg.logprob_chunk)
 
     def step(self, prompts: list[TaskExample]) -> dict:
         """One GRPO step: a group of answers to each prompt, then the update; its statistics."""
@@ -237,8 +251,7 @@ class GRPOTrainer:
         ep, mask = groups.episodes, groups.episodes["mask"].float()
         advantages = groups.advantages.flatten().to(self.device)
         with mixed_precision(cfg.optim, self.device):
-            ref_logprobs = (episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)
-                            if self.ref_policy is not None else None)
+            ref_logprobs = self.reference_logprobs(ep) if self.has_reference else None
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.n_steps, cfg.steps, cfg.optim)
 

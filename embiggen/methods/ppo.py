@@ -69,6 +69,7 @@ from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, e
                                   position_ids_from, response_logprobs, sample_episodes)
 from embiggen.lm.training import (load_resume_point, make_optimizer, mixed_precision, optimizer_step,
                                   save_resume_point)
+from embiggen.methods.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.methods.sft import batch_loss
 from embiggen.presets import PPOConfig
 from embiggen.utils import pick_device
@@ -338,8 +339,12 @@ class PPOTrainer:
         critic = critic_from_reward_model(reward_model) if cfg.value_model == "reward_model" else None
         if critic is not None:
             disable_dropout(critic)
+        if cfg.optim.lora.rank:  # low-rank adapters train, the policy's own weights stay as they were
+            add_adapters(policy_lm, cfg.optim.lora)
         self.policy = PolicyWithValueHead(policy_lm, critic).to(self.device)
-        self.ref_policy = ref_lm.to(self.device).eval()  # frozen: only ever run under torch.no_grad
+        # the frozen reference (only ever run under torch.no_grad); with LoRA, the policy itself with its adapters
+        # off, and `ref_lm` is not kept
+        self.ref_policy = None if has_adapters(policy_lm) else ref_lm.to(self.device).eval()
         self.optimizer = make_optimizer(self.policy.parameters(), cfg.optim)
         self.kl_ctl = kl_controller(cfg)
         self.generator = torch.Generator().manual_seed(seed)
@@ -364,7 +369,7 @@ class PPOTrainer:
         with mixed_precision(cfg.optim, self.device):  # as in the update: the ratio starts at 1
             logprobs, entropy, values = self.policy.logprobs_and_values(
                 sequences, attention_mask, ep["position_ids"], responses, cfg.temperature, cfg.logprob_chunk)
-            ref_logprobs = episode_logprobs(self.ref_policy, ep, cfg.temperature, cfg.logprob_chunk)
+            ref_logprobs = self.reference_logprobs(ep)
         values = values.float()
         texts, _ = decode_responses(tok, responses)  # the same text the labeler and the reward model judge
         instructions = [e.instruction for e in prompts]
@@ -375,6 +380,15 @@ class PPOTrainer:
         return Rollout(prompts, sequences, attention_mask, prompt_len, mask.float(), finished, texts, logprobs,
                        ref_logprobs, values * mask, scores, rm_scores, gold, entropy,
                        [j.category for j in judgements])
+
+    def reference_logprobs(self, episodes: dict) -> torch.Tensor:
+        """log pi_ref(y_t | ...) of the sampled tokens: the SFT model's, or with LoRA the policy's
+        with its adapters switched off (the same weights before any update)."""
+        cfg = self.cfg
+        if self.ref_policy is not None:
+            return episode_logprobs(self.ref_policy, episodes, cfg.temperature, cfg.logprob_chunk)
+        with adapters_disabled(self.policy.lm):
+            return episode_logprobs(self.policy.lm, episodes, cfg.temperature, cfg.logprob_chunk)
 
     # -- update ----------------------------------------------------------------------------
     def step(self, prompts) -> dict:

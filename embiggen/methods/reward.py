@@ -35,6 +35,7 @@ from embiggen.judging.preferences import Comparison, collect_preferences, read_p
 from embiggen.lm.generate import position_ids_from
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.lm.training import TrainLog, load_checkpoint, resume_dir, train_loop
+from embiggen.methods.lora import add_adapters
 from embiggen.presets import RewardConfig
 from embiggen.utils import pick_device, set_seed
 
@@ -251,6 +252,8 @@ def fit_reward_model(sft_path: Path, tokenizer, train_pairs: list[Comparison], e
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():
         model.score.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
+    if cfg.optim.lora.rank:  # adapters on the trunk; the new score head trains in full
+        add_adapters(model, cfg.optim.lora)
 
     def record(step, log):  # held-out accuracy at every evaluation, for the notebook's plot
         log.metrics.setdefault("val_accuracy_steps", []).append(step)

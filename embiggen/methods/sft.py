@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from embiggen.lm.generate import in_chunks, output_head
+from embiggen.methods.lora import add_adapters
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.lm.training import TrainLog, train_loop
 from embiggen.presets import SFTConfig
@@ -211,8 +212,11 @@ def sft(model, tokenizer, train_examples, val_examples, cfg: SFTConfig, device=N
         replay: torch.Tensor | None = None, encode=encode_example) -> TrainLog:
     """Fine-tune `model` (any causal LM) on instruction examples with the completion-only loss
     (plus replayed pretraining text, if `replay` is given and cfg.replay_share > 0). `encode`
-    turns an example into ids and labels (`tools.encode_tool_example` keeps results out of the loss)."""
+    turns an example into ids and labels (`tools.encode_tool_example` keeps results out of the loss).
+    With cfg.optim.lora.rank > 0 only low-rank adapters train (`lora.add_adapters`, in place)."""
     device = device or pick_device()
+    if cfg.optim.lora.rank:
+        add_adapters(model, cfg.optim.lora)
     train, val = SFTData(tokenizer, train_examples, cfg, replay, encode), SFTData(tokenizer, val_examples, cfg,
                                                                                   encode=encode)
     return train_loop(model, train.next_batch, lambda m, batch: batch_loss(m, batch, cfg.logprob_chunk), cfg,
