@@ -428,6 +428,30 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+
+
+def with_lora(preset: Preset, name: str, lora: LoRAConfig, lr_scale: float) -> Preset:
+    """`preset` with low-rank adapters on every fine-tuning stage (SFT, the reward model, PPO,
+    DPO, GRPO and the tools stage) and each of their learning rates `lr_scale` times higher:
+    adapters start at zero and move only a sliver of the weights, so they take larger steps
+    (a rule of thumb of LoRA practice, about ten times full fine-tuning's, not measured here)."""
+    def adapted(optim: OptimConfig) -> OptimConfig:
+        return replace(optim, lr=optim.lr * lr_scale, lora=lora)
+
+    return replace(preset, name=name, sft=replace(preset.sft, optim=adapted(preset.sft.optim)),
+                   reward=replace(preset.reward, optim=adapted(preset.reward.optim)),
+                   ppo=replace(preset.ppo, optim=adapted(preset.ppo.optim)),
+                   dpo=replace(preset.dpo, optim=adapted(preset.dpo.optim)),
+                   grpo=replace(preset.grpo, optim=adapted(preset.grpo.optim)),
+                   tools=replace(preset.tools, train=replace(preset.tools.train,
+                                                             optim=adapted(preset.tools.train.optim))))
+
+
+# The `pretrained` recipe with LoRA (Hu et al. 2021) of rank 16 on every linear layer of the blocks:
+# the way a real model is fine-tuned on a laptop GPU (benchmarks/lora_memory.py measures what it saves).
+PRESETS["pretrained-lora"] = with_lora(PRESETS["pretrained"], "pretrained-lora", LoRAConfig(rank=16, alpha=32.0),
+                                       lr_scale=10.0)
+
 DEFAULT_PRESET = "laptop"
 
 #: The chain's stages in the order they run (`embiggen.pipeline.STAGES` says how each trains and what it

@@ -205,3 +205,25 @@ def test_grpo_with_lora_measures_its_kl_against_the_adapters_off(model_and_tok, 
     ep = sample_episodes(trainer.policy, tok, ["What is 2 + 3?"], 6, 1.0)
     torch.testing.assert_close(trainer.reference_logprobs(ep), episode_logprobs(model, ep, 1.0), atol=1e-5,
                                rtol=1e-5)
+
+
+def test_every_stage_of_the_chain_trains_adapters_from_a_pretrained_model(tiny_preset, cache_dir, tmp_path):
+    """`embiggen run --base PATH` on a preset with LoRA everywhere (`presets.with_lora`): each
+    fine-tuned stage's cache entry holds its adapter beside its merged weights, and loads as an
+    ordinary model."""
+    from dataclasses import replace
+
+    from embiggen.pipeline import run
+    from embiggen.presets import get_preset, with_lora
+
+    tiny("llama", tmp_path / "base")
+    preset = with_lora(replace(tiny_preset, sft=replace(tiny_preset.sft, steps=4)), "smoke", LORA, lr_scale=10.0)
+    report = run(get_preset(preset, str(tmp_path / "base")), out=tmp_path / "out", progress=False)
+    assert {"sft", "rm", "ppo", "dpo", "grpo"} <= set(report)
+    adapters = sorted(p.parent.parent.parent.name for p in cache_dir.glob("*/*/adapter/adapter_model.safetensors"))
+    assert {"sft", "reward", "ppo", "dpo", "grpo"} <= set(adapters)
+    for entry in cache_dir.glob("*/*/adapter"):
+        names = load_file(entry / "adapter_model.safetensors")
+        assert names and all("lora_" in k or k.startswith(("score.", "value_head.")) for k in names)
+        merged = load_file(entry.parent / "model.safetensors")
+        assert merged and not any("lora_" in k or "base_layer" in k for k in merged)  # an ordinary checkpoint

@@ -10,7 +10,7 @@ from embiggen.presets import PRESETS, get_preset
 
 
 def test_presets_by_name_and_env(monkeypatch):
-    assert set(PRESETS) == {"smoke", "laptop", "gpu", "pretrained", "pretrained-smoke"}
+    assert set(PRESETS) == {"smoke", "laptop", "gpu", "pretrained", "pretrained-smoke", "pretrained-lora"}
     monkeypatch.delenv("EMBIGGEN_PRESET", raising=False)
     monkeypatch.delenv("EMBIGGEN_BASE", raising=False)
     assert get_preset().name == "laptop" and get_preset().base_model == ""
@@ -25,8 +25,21 @@ def test_presets_by_name_and_env(monkeypatch):
     assert get_preset("pretrained", base="").base_model == ""  # "": the embedded model, whatever the environment
 
 
+def test_the_lora_preset_is_the_pretrained_recipe_with_adapters_on_every_fine_tuning_stage():
+    from embiggen.presets import LoRAConfig
+
+    full, lora = PRESETS["pretrained"], PRESETS["pretrained-lora"]
+    stages = {"sft": lambda p: p.sft.optim, "reward": lambda p: p.reward.optim, "ppo": lambda p: p.ppo.optim,
+              "dpo": lambda p: p.dpo.optim, "grpo": lambda p: p.grpo.optim, "tools": lambda p: p.tools.train.optim}
+    for name, optim in stages.items():
+        assert optim(lora).lora == LoRAConfig(rank=16, alpha=32.0), name
+        assert optim(lora).lr == pytest.approx(10 * optim(full).lr), name
+        assert optim(full).lora.rank == 0, name
+    assert lora.base_model == full.base_model and lora.pretrain == full.pretrain
+
+
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid presets: smoke, laptop, gpu, pretrained, pretrained-smoke"):
+    with pytest.raises(ValueError, match="valid presets: smoke, laptop, gpu, pretrained, pretrained-smoke, pretrained-lora"):
         get_preset("huge")
 
 
