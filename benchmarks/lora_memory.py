@@ -43,7 +43,7 @@ def measure(rank: int, batch: int, length: int, steps: int, threads: int) -> dic
 
     from embiggen.lm.training import train_loop
     from embiggen.methods.inference import load_gguf, smollm2_gguf
-    from embiggen.methods.lora import add_adapters, trainable_parameters
+    from embiggen.lm.lora import add_adapters, trainable_parameters
     from embiggen.methods.sft import batch_loss
     from embiggen.presets import LoRAConfig, OptimConfig
 

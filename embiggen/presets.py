@@ -48,7 +48,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """Low-rank adapters instead of training every weight (Hu et al. 2021; `embiggen.methods.lora`)."""
+    """Low-rank adapters instead of training every weight (Hu et al. 2021; `embiggen.lm.lora`)."""
     rank: int = knob(0, "r, the adapters' rank (0: off, every weight trains)")
     alpha: float = knob(16.0, "alpha: each adapted matrix becomes W0 + (alpha / r) B A")
     target_modules: tuple[str, ...] = knob((), "the linear layers to adapt, by name, e.g. ('q_proj', 'v_proj') "

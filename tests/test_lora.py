@@ -1,4 +1,4 @@
-"""LoRA (embiggen.methods.lora) on tiny Llama- and GPT-2-architecture models built here: the
+"""LoRA (embiggen.lm.lora) on tiny Llama- and GPT-2-architecture models built here: the
 adapted layer against its equation written out, merging, the reference with adapters off, and
 every fine-tuning stage (SFT, reward model, PPO, DPO, GRPO) training adapters only."""
 
@@ -13,7 +13,7 @@ from embiggen.lm.generate import episode_logprobs, sample_episodes
 from embiggen.lm.model import load_pretrained
 from embiggen.lm.tokenizer import train_tokenizer
 from embiggen.lm.training import TrainLog, load_checkpoint, save_checkpoint
-from embiggen.methods.lora import (adapter_layers, adapters_disabled, add_adapters, has_adapters, merge_adapters,
+from embiggen.lm.lora import (adapter_layers, adapters_disabled, add_adapters, has_adapters, merge_adapters,
                                    trainable_parameters)
 from embiggen.presets import DPOConfig, GRPOConfig, LoRAConfig, OptimConfig, PPOConfig, SFTConfig
 

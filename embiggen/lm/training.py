@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embiggen.errors import UserError
-from embiggen.methods.lora import has_adapters, merge_adapters, save_adapters
+from embiggen.lm.lora import has_adapters, merge_adapters, save_adapters
 from embiggen.presets import LoRAConfig, OptimConfig, Preset
 from embiggen.utils import (CacheReadOnly, EntryLoadError, atomic_dir, cache_format_since, cache_root, clean_orphans,
                             config_key, entry_at_fault, entry_lock, mark_cache, pick_device, quarantine, read_only,

@@ -69,7 +69,7 @@ from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, e
                                   position_ids_from, response_logprobs, sample_episodes)
 from embiggen.lm.training import (load_resume_point, make_optimizer, mixed_precision, optimizer_step,
                                   save_resume_point)
-from embiggen.methods.lora import adapters_disabled, add_adapters, has_adapters
+from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.methods.sft import batch_loss
 from embiggen.presets import PPOConfig
 from embiggen.utils import pick_device

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from embiggen.lm.generate import in_chunks, output_head
-from embiggen.methods.lora import add_adapters
+from embiggen.lm.lora import add_adapters
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.lm.training import TrainLog, train_loop
 from embiggen.presets import SFTConfig

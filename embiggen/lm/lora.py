@@ -33,6 +33,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model_state_dict, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import save_file
 from transformers.pytorch_utils import Conv1D
 
 from embiggen.presets import LoRAConfig
@@ -44,14 +48,12 @@ NEW_HEADS = ("score", "value_head")
 def add_adapters(model, cfg: LoRAConfig):
     """Inject LoRA adapters into `model` in place (its linear layers named in cfg.target_modules,
     or all of them but the output layer) and freeze everything else but a new head; returns it."""
-    from peft import LoraConfig, inject_adapter_in_model
-
     if cfg.rank < 1:
         raise ValueError(f"LoRA needs rank >= 1, got {cfg.rank}")
     targets = list(cfg.target_modules) if cfg.target_modules else "all-linear"
     heads = [name for name in NEW_HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
     conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores its linear maps transposed
-    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets,
+    config = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets,
                         exclude_modules=heads if targets == "all-linear" and heads else None, fan_in_fan_out=conv1d)
     inject_adapter_in_model(config, model)
     model._embiggen_lora = {"rank": cfg.rank, "alpha": cfg.alpha, "target_modules": targets}
@@ -64,8 +66,6 @@ def add_adapters(model, cfg: LoRAConfig):
 
 def adapter_layers(model):
     """The adapter-carrying layers of `model` (peft's tuner layers)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
@@ -89,8 +89,6 @@ def adapters_disabled(model):
 
 def adapter_state_dict(model) -> dict[str, torch.Tensor]:
     """The adapters' weights (A and B of every layer), and the new heads', by name."""
-    from peft import get_peft_model_state_dict
-
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     for name in NEW_HEADS:
         head = getattr(model, name, None)
@@ -102,8 +100,6 @@ def adapter_state_dict(model) -> dict[str, torch.Tensor]:
 def save_adapters(folder: Path, model) -> None:
     """`adapter_model.safetensors` and `adapter_config.json` into `folder`, as peft names them
     (`training.save_checkpoint` calls it inside the temporary folder it renames when done)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(adapter_state_dict(model), str(folder / "adapter_model.safetensors"))
@@ -117,8 +113,6 @@ def save_adapters(folder: Path, model) -> None:
 def merge_adapters(model):
     """Fold every adapter into its matrix, W = W0 + (alpha / r) B A, and put the plain layers
     back: an ordinary model again, every weight trainable (in place; returns it)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, BaseTunerLayer):

@@ -1,0 +1,61 @@
+"""benchmarks/gpu_check.py, the script a lent GPU runs, run here on the CPU (`--allow-cpu`) on a
+tiny model stored in bf16: every stage of a pretrained preset, its timings and peaks, its report."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from embiggen.lm.tokenizer import train_tokenizer
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5.", "Bruno keeps a cat."] * 20
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_check_runs_every_stage_and_writes_its_figures(tmp_path, cache_dir, capsys):
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    check = load_script()
+    code = check.main(["--allow-cpu", "--embedded", "none", "--pretrained", "pretrained-smoke", "--scale", "0.01",
+                       "--base", str(tmp_path / "base"), "--out", str(tmp_path / "out")])
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    (run,) = results["runs"]
+    assert [r["stage"] for r in run["stages"]] == ["base", "sft", "rm", "ppo", "dpo", "tools", "grpo"]
+    assert all(r["seconds"] >= 0 and r["peak_mb"] > 0 for r in run["stages"])
+    assert {"sft", "rm", "ppo", "dpo", "grpo"} <= set(run["report"]) and run["base_model"] == str(tmp_path / "base")
+    assert "pretrained-smoke   sft" in capsys.readouterr().out
+
+
+def test_scaled_cuts_every_stage_and_keeps_at_least_one_step():
+    from embiggen.presets import PRESETS
+
+    check = load_script()
+    small = check.scaled(PRESETS["pretrained-lora"], 0.25)
+    assert small.sft.steps == 75 and small.ppo.steps == 15 and small.ppo.rounds == 2
+    tiny = check.scaled(PRESETS["pretrained-smoke"], 0.01)
+    assert (tiny.sft.steps, tiny.ppo.steps, tiny.ppo.rounds, tiny.tools.train.steps) == (1, 1, 1, 1)
+    assert tiny.sft.optim.lr == PRESETS["pretrained-smoke"].sft.optim.lr  # only the steps change
+
+
+def test_without_a_gpu_it_says_so_and_stops(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script runs")
+    assert load_script().main(["--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
