@@ -107,3 +107,43 @@ def test_without_a_browser_the_browser_tests_skip_saying_why_unless_ci_requires_
     assert out.returncode == 0 and "SKIPPING the browser tests" in out.stdout and "Chromium is not installed" in out.stdout
     out = subprocess.run(command, env={**env, "EMBIGGEN_REQUIRE_BROWSER": "1"}, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and "browser tests required" in out.stdout + out.stderr
+
+
+def test_a_notebook_runs_from_the_wheel_outside_the_checkout(tmp_path):
+    """The route without the repository (a hosted notebook): build the wheel, install it into a
+    fresh virtual environment (its dependencies read from this one's, nothing downloaded), copy
+    notebook 1 into an empty folder and run it there under nbval with the smoke preset. No path
+    in the package or the notebook may assume the checkout."""
+    import os
+    import site
+    import subprocess
+    import sys
+    import venv
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(root)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("embiggen-*.whl")
+    venv.create(tmp_path / "env", with_pip=False)
+    python = tmp_path / "env" / "bin" / "python"
+    packages = Path(subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                                   check=True, capture_output=True, text=True).stdout.strip())
+    # the dependencies: this environment's site-packages as a plain path entry (its .pth files, among them
+    # the editable install of the checkout, are not read from there)
+    (packages / "dependencies.pth").write_text(site.getsitepackages()[0] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True)
+    folder = tmp_path / "hosted"
+    folder.mkdir()
+    notebook = folder / "01_language_model.ipynb"
+    notebook.write_text((root / "notebooks" / "01_language_model.ipynb").read_text())
+    env = {**os.environ, "EMBIGGEN_PRESET": "smoke", "EMBIGGEN_CACHE": str(tmp_path / "cache"),
+           "EMBIGGEN_THREADS": "1", "PYTHONNOUSERSITE": "1"}
+    env.pop("PYTHONPATH", None)
+    where = subprocess.run([str(python), "-c", "import embiggen; print(embiggen.__file__)"], cwd=folder, env=env,
+                           check=True, capture_output=True, text=True).stdout
+    assert where.startswith(str(packages)), where  # the wheel's copy, not the checkout's
+    run = subprocess.run([str(python), "-m", "pytest", "-q", "--nbval-lax", "--nbval-current-env", "-p",
+                          "no:cacheprovider", notebook.name], cwd=folder, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert not (folder / "embiggen").exists() and "passed" in run.stdout
