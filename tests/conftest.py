@@ -49,3 +49,55 @@ def tiny_base(tiny_preset, cache_dir):
     from embiggen.chain import train_or_load_base
 
     return train_or_load_base(tiny_preset, progress=False, device="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny models: threads only contend)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY_TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5.", "Bruno keeps a cat."] * 20
+
+
+@pytest.fixture(scope="session")
+def save_tiny_model():
+    """`save(path, model)`: `model` saved at `path` with a small BPE tokenizer whose pad token is its
+    EOS, as a user's Hugging Face folder would be; returns `path`. `model=None`: a 1-layer Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from embiggen.lm.tokenizer import train_tokenizer
+
+    def save(path, model=None):
+        tok = train_tokenizer(TINY_TEXTS, vocab_size=300)
+        tok.pad_token = tok.eos_token
+        if model is None:
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=64,
+                                                 max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+                                                 bos_token_id=tok.eos_token_id))
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        return path
+
+    return save
+
+
+@pytest.fixture
+def dpo_reference_gaps(monkeypatch):
+    """A list that fills, per DPO loss computed, with the largest |log pi - log pi_ref| of its answers."""
+    from embiggen.methods import dpo
+
+    gaps = []
+    original = dpo.dpo_loss
+
+    def recording(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type):
+        gaps.append(max((chosen - ref_chosen).abs().max().item(), (rejected - ref_rejected).abs().max().item()))
+        return original(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+
+    monkeypatch.setattr(dpo, "dpo_loss", recording)
+    return gaps

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from embiggen.lm.tokenizer import train_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5.", "Bruno keeps a cat."] * 20
 
 
 def load_script():
@@ -22,15 +18,11 @@ def load_script():
     return module
 
 
-def test_the_gpu_check_runs_every_stage_and_writes_its_figures(tmp_path, cache_dir, capsys):
-    tok = train_tokenizer(TEXTS, vocab_size=300)
-    tok.pad_token = tok.eos_token
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
-                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
-    model.to(torch.bfloat16).save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
+def test_the_gpu_check_runs_every_stage_and_writes_its_figures(tmp_path, cache_dir, capsys, save_tiny_model):
+    from embiggen.lm.model import load_pretrained
+
+    model, _ = load_pretrained(save_tiny_model(tmp_path / "fp32"))
+    save_tiny_model(tmp_path / "base", model.to(torch.bfloat16))  # stored in bf16, as most hub models are
     check = load_script()
     code = check.main(["--allow-cpu", "--embedded", "none", "--pretrained", "pretrained-smoke", "--scale", "0.01",
                        "--base", str(tmp_path / "base"), "--out", str(tmp_path / "out")])

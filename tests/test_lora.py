@@ -21,12 +21,7 @@ TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5."
 LORA = LoRAConfig(rank=4, alpha=8.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(arch: str, path):
@@ -166,20 +161,13 @@ def test_ppo_with_lora_keeps_no_reference_copy_and_its_reference_is_the_start(mo
     assert names and all("lora_" in n or n.startswith("value_head") for n in names)
 
 
-def test_dpo_with_lora_uses_the_policy_with_adapters_off_as_reference(model_and_tok, tiny_splits, monkeypatch):
+def test_dpo_with_lora_uses_the_policy_with_adapters_off_as_reference(model_and_tok, tiny_splits, dpo_reference_gaps):
     from embiggen.judging.preferences import Comparison
     from embiggen.methods import dpo
 
     model, tok = model_and_tok
     pairs = [Comparison(e.instruction, e.answer, "Sure.", e.cluster, "x", 1.0) for e in tiny_splits.sft_train()[:8]]
-    gaps = []
-    original = dpo.dpo_loss
-
-    def recording(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type):
-        gaps.append(max((chosen - ref_chosen).abs().max().item(), (rejected - ref_rejected).abs().max().item()))
-        return original(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
-
-    monkeypatch.setattr(dpo, "dpo_loss", recording)
+    gaps = dpo_reference_gaps
     cfg = DPOConfig(steps=3, batch_size=4, eval_every=3, max_length=64,
                     optim=OptimConfig(lr=1e-2, warmup_steps=0, weight_decay=0.0, lora=LORA))
     policy = copy.deepcopy(model)

@@ -18,40 +18,25 @@ from transformers import (CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2F
 from embiggen.lm import training
 from embiggen.lm.generate import answer_logprobs, output_head, response_logprobs
 from embiggen.lm.model import load_pretrained
-from embiggen.lm.tokenizer import train_tokenizer
 from embiggen.lm.training import load_checkpoint, make_optimizer, save_checkpoint, TrainLog
 from embiggen.methods.ppo import PolicyWithValueHead
 from embiggen.methods.reward import reward_model_from
 from embiggen.methods.sft import chunked_token_nll
 from embiggen.presets import OptimConfig, get_preset
 
-TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5.", "Bruno keeps a cat."] * 20
 SMALL = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
              num_key_value_heads=2, max_position_embeddings=128)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def save_tiny(path, model, vocab_size=300):
-    tok = train_tokenizer(TEXTS, vocab_size=vocab_size)
-    tok.pad_token = tok.eos_token
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bf16_dir(tmp_path_factory):
+def bf16_dir(tmp_path_factory, save_tiny_model):
     """A Llama-style checkpoint whose weights are stored in bf16."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMALL)).to(torch.bfloat16)
-    return save_tiny(tmp_path_factory.mktemp("llama-bf16"), model)
+    return save_tiny_model(tmp_path_factory.mktemp("llama-bf16"), model)
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,10 +185,10 @@ def first_minibatch_ratios(model, tok, prompts, monkeypatch, bf16: bool) -> tupl
     return seen[0]
 
 
-def test_ppo_first_minibatch_ratio_is_one_under_bf16_autocast(tmp_path, tiny_splits, monkeypatch):
+def test_ppo_first_minibatch_ratio_is_one_under_bf16_autocast(tmp_path, tiny_splits, monkeypatch, save_tiny_model):
     monkeypatch.setattr(training, "BF16_DEVICES", ("cuda", "cpu"))  # CPU autocast runs the same code here
     torch.manual_seed(0)
-    model, tok = load_pretrained(save_tiny(tmp_path / "m", LlamaForCausalLM(LlamaConfig(**SMALL))))
+    model, tok = load_pretrained(save_tiny_model(tmp_path / "m", LlamaForCausalLM(LlamaConfig(**SMALL))))
     ratios, clip_frac = first_minibatch_ratios(model, tok, tiny_splits.ppo_eval[:4], monkeypatch, bf16=True)
     assert ratios.numel() > 0
     assert (ratios - 1).abs().max().item() <= 1e-6 and clip_frac == 0.0
@@ -211,17 +196,17 @@ def test_ppo_first_minibatch_ratio_is_one_under_bf16_autocast(tmp_path, tiny_spl
         assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.dtype == torch.bfloat16
 
 
-def test_ppo_first_minibatch_ratio_is_one_with_dropout_in_the_config(tmp_path, tiny_splits, monkeypatch):
+def test_ppo_first_minibatch_ratio_is_one_with_dropout_in_the_config(tmp_path, tiny_splits, monkeypatch, save_tiny_model):
     """Llama copies `attention_dropout` into its attention modules: changing the config alone
     leaves it on in the update's training mode."""
     torch.manual_seed(0)
     config = LlamaConfig(**SMALL, attention_dropout=0.5)
-    model, tok = load_pretrained(save_tiny(tmp_path / "m", LlamaForCausalLM(config)))
+    model, tok = load_pretrained(save_tiny_model(tmp_path / "m", LlamaForCausalLM(config)))
     ratios, clip_frac = first_minibatch_ratios(model, tok, tiny_splits.ppo_eval[:4], monkeypatch, bf16=False)
     assert (ratios - 1).abs().max().item() <= 1e-6 and clip_frac == 0.0
 
 
-def test_dpo_implicit_reward_starts_at_zero_with_dropout_in_the_config(tmp_path, tiny_splits, monkeypatch):
+def test_dpo_implicit_reward_starts_at_zero_with_dropout_in_the_config(tmp_path, tiny_splits, dpo_reference_gaps, save_tiny_model):
     """Before the first step the policy is the reference: log pi - log pi_ref = 0 on every answer
     of the first batch (up to packing's float noise), also when the config asks for dropout."""
     from embiggen.judging.preferences import Comparison
@@ -230,17 +215,10 @@ def test_dpo_implicit_reward_starts_at_zero_with_dropout_in_the_config(tmp_path,
 
     torch.manual_seed(0)
     config = LlamaConfig(**SMALL, attention_dropout=0.5)
-    model, tok = load_pretrained(save_tiny(tmp_path / "m", LlamaForCausalLM(config)))
+    model, tok = load_pretrained(save_tiny_model(tmp_path / "m", LlamaForCausalLM(config)))
     examples = tiny_splits.sft_train()[:8]
     pairs = [Comparison(e.instruction, e.answer, "Sure.", e.cluster, "x", 1.0) for e in examples]
-    gaps = []
-    original = dpo.dpo_loss
-
-    def recording(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type):
-        gaps.append(max((chosen - ref_chosen).abs().max().item(), (rejected - ref_rejected).abs().max().item()))
-        return original(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
-
-    monkeypatch.setattr(dpo, "dpo_loss", recording)
+    gaps = dpo_reference_gaps
     cfg = DPOConfig(steps=1, batch_size=4, eval_every=1, max_length=64, optim=OptimConfig(lr=1e-5, warmup_steps=0))
     dpo.train_dpo(copy.deepcopy(model), copy.deepcopy(model), tok, pairs, pairs[:4], cfg, device="cpu",
                   progress=False)

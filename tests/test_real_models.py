@@ -18,12 +18,7 @@ TEXTS = ["Alma lives in Brook. She works as a baker.", "What is 2 + 3? It is 5."
 INSTRUCTIONS = ["Where does Alma live?", "What is 2 + 3?", "Tell me about Bruno.", "Name a colour."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
