@@ -115,3 +115,23 @@ def test_the_declines_comparison_trains_a_reward_model_each_way_and_measures_wha
     assert runs[0]["pay"]["refusal_preferred"] == pytest.approx(sum(r > a for r, a in zip(refusal, answer)) / len(ordinary))
     assert len(runs[0]["paraphrased"]["rows"]) == len(splits.paraphrased)
     assert runs[0]["rows"] != runs[1]["rows"]  # a different reward model, a different run
+
+
+def test_lora_left_at_its_default_keeps_the_keys_it_had_before_the_knob_existed(stage_paths):
+    """`OptimConfig.lora` came after caches were written: at its default it is left out of every
+    key (`training.LATE_KNOBS`), so a cache stays valid; switched on, it retrains its stage."""
+    from dataclasses import asdict
+
+    from embiggen.lm.training import without_late_defaults
+    from embiggen.presets import LoRAConfig
+    from embiggen.utils import config_key
+
+    smoke = get_preset("smoke")
+    before = stage_paths(smoke)
+    optim = asdict(smoke.sft.optim)
+    assert "lora" in optim and "lora" not in without_late_defaults(optim)  # what the key is computed from
+    old = {k: v for k, v in optim.items() if k != "lora"}  # the config as it was before the knob
+    assert config_key("sft", without_late_defaults(optim)) == config_key("sft", old)
+    lora = stage_paths(replace(smoke, sft=replace(smoke.sft, optim=replace(smoke.sft.optim,
+                                                                          lora=LoRAConfig(rank=4)))))
+    assert lora["base"] == before["base"] and lora["sft"] != before["sft"]
