@@ -67,7 +67,7 @@ class TrainLog:
 # The optimiser, its schedule and one step
 # ---------------------------------------------------------------------------------------
 #: The devices on which `OptimConfig.bf16` turns bfloat16 autocast on. On a CPU what it gains
-#: depends on the processor's bf16 units (with AMX, on this project's machines, an 8-layer Llama
+#: depends on the processor's bf16 units (with AMX, on one of this project's machines, an 8-layer Llama
 #: step of SmolLM2's width took 0.66 s against 0.88 s in float32), so the knob is a GPU's; the
 #: tests add "cpu" to run the same code here.
 BF16_DEVICES = ("cuda",)

@@ -58,8 +58,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from embiggen.lm.training import TrainLog, mixed_precision, train_loop
 from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
+from embiggen.lm.training import TrainLog, mixed_precision, train_loop
 from embiggen.methods.ppo import disable_dropout
 from embiggen.methods.sft import IGNORE_INDEX, SFTData, batch_loss, chunked_token_nll, encode_example, pad_batch
 from embiggen.presets import DPOConfig

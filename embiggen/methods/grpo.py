@@ -54,9 +54,9 @@ from tqdm.auto import tqdm
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.verifiers import exact_reward
 from embiggen.lm.generate import answer_logprobs, decode_responses, episode_logprobs, sample_grouped_episodes
+from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.lm.training import (load_resume_point, lr_at, make_optimizer, mixed_precision, optimizer_step,
                                   save_resume_point)
-from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.methods.ppo import disable_dropout, masked_mean
 from embiggen.presets import GRPOConfig
 from embiggen.utils import pick_device

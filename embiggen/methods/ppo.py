@@ -67,9 +67,9 @@ from tqdm.auto import tqdm
 from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, output_head,
                                   position_ids_from, response_logprobs, sample_episodes)
+from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.lm.training import (load_resume_point, make_optimizer, mixed_precision, optimizer_step,
                                   save_resume_point)
-from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.methods.sft import batch_loss
 from embiggen.presets import PPOConfig
 from embiggen.utils import pick_device

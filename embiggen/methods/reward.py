@@ -33,9 +33,9 @@ from transformers.utils import logging
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.preferences import Comparison, collect_preferences, read_pairs
 from embiggen.lm.generate import position_ids_from
+from embiggen.lm.lora import add_adapters
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.lm.training import TrainLog, load_checkpoint, resume_dir, train_loop
-from embiggen.lm.lora import add_adapters
 from embiggen.presets import RewardConfig
 from embiggen.utils import pick_device, set_seed
 
