@@ -344,8 +344,8 @@ def ppo_trainer(preset: Preset, cfg: PPOConfig, sft_model: StageModel, reward_mo
     set_seed(preset.seed)
     ptx_data = None
     if cfg.ptx_coef > 0:  # task demonstrations only, none of them an evaluation prompt (see embiggen.data.splits)
-        ptx_data = SFTData(sft_model.tokenizer, data_splits(preset).ptx,
-                           replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0))
+        ptx_data = SFTData(sft_model.tokenizer, data_splits(preset).ptx,  # whole batches: PPO is not split
+                           replace(preset.sft, batch_size=cfg.ptx_batch_size, replay_share=0.0), sharded=False)
     return PPOTrainer(copy.deepcopy(sft_model.model), sft_model.model, sft_model.tokenizer, reward_model, Labeler(),
                       cfg, device=device, seed=preset.seed, ptx_data=ptx_data)
 

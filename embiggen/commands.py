@@ -18,6 +18,7 @@ import transformers
 
 from embiggen.errors import UserError, printable, utf8_problem
 from embiggen.experiments import pretrain_experiments
+from embiggen.lm.distributed import init as init_distributed
 from embiggen.lm.generate import generate
 from embiggen.lm.model import context_length, load_pretrained
 from embiggen.lm.training import NotCached, cache_only
@@ -27,17 +28,23 @@ from embiggen.methods.tools import generate_with_tools
 from embiggen.pipeline import STAGES, default_out, load_stage, run
 from embiggen.presets import LANGUAGE_MODELS, PRESETS, Preset, describe, get_preset
 from embiggen.report import report_card
-from embiggen.utils import cache_root, pick_device, set_threads
+from embiggen.utils import cache_root, is_main_process, pick_device, set_threads
 
 
 def _cmd_run(args) -> int:
     preset = get_preset(args.preset, args.base)
-    report = run(preset, args.stages, args.out, progress=not args.quiet)
-    print(report_card(report))
-    if args.experiments:
-        seconds = pretrain_experiments(preset, progress=not args.quiet)
-        print("the notebooks' experiments are in the cache: "
-              + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
+    init_distributed()  # under torchrun: join the other processes (lm/distributed.py); else nothing
+    main = is_main_process()
+    report = run(preset, args.stages, args.out, progress=not args.quiet and main)
+    if main:  # rank 0 prints, as it alone wrote the report
+        print(report_card(report))
+    if args.experiments:  # every rank: they train together
+        seconds = pretrain_experiments(preset, progress=not args.quiet and main)
+        if main:
+            print("the notebooks' experiments are in the cache: "
+                  + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
+    if not main:
+        return 0
     out = args.out or default_out(preset)
     print(f"\nwrote {out}/report.json and {out}/report.md")
     return 0

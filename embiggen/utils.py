@@ -343,13 +343,26 @@ def entry_lock(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def is_main_process() -> bool:
+    """Whether this process writes: the only one, or rank 0 of several (torchrun's RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path):
     """Yield a temporary folder beside `final`; when the block finishes, seal it (`seal`:
     manifest, permissions, fsync) and rename it to `final`, replacing what was there. An
     interrupted run leaves no half-written entry behind, and no file a power loss could leave
-    empty. (Two processes never build one entry at once: `entry_lock`.)"""
+    empty. (Two processes never build one entry at once: `entry_lock`.) On a rank other than 0
+    of a data-parallel run the folder is only scratch, removed after the block: rank 0 writes."""
     final = Path(final)
+    if not is_main_process():
+        scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.rank{os.environ.get('RANK')}-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
@@ -374,6 +387,9 @@ def atomic_dir(final: Path):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """`text` into `path` by way of a temporary file renamed into place (rank 0 only, of several)."""
+    if not is_main_process():
+        return
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

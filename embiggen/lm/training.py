@@ -33,11 +33,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embiggen.errors import UserError
+from embiggen.lm.distributed import all_reduce_gradients, all_reduce_sum, barrier, broadcast_flag, world_size
 from embiggen.lm.lora import has_adapters, merge_adapters, save_adapters
 from embiggen.presets import LoRAConfig, OptimConfig, Preset
 from embiggen.utils import (CacheReadOnly, EntryLoadError, atomic_dir, cache_format_since, cache_root, clean_orphans,
-                            config_key, entry_at_fault, entry_lock, mark_cache, pick_device, quarantine, read_only,
-                            verify_entry)
+                            config_key, entry_at_fault, entry_lock, is_main_process, mark_cache, pick_device, quarantine,
+                            read_only, verify_entry)
 
 
 @dataclass
@@ -173,7 +174,8 @@ def load_resume_point(folder: Path, model, optimizer, generator: torch.Generator
 # The loop
 # ---------------------------------------------------------------------------------------
 def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, seed: int = 0, callback=None,
-               progress: bool = True, resume_dir: Path | None = None, desc: str = "train") -> TrainLog:
+               progress: bool = True, resume_dir: Path | None = None, desc: str = "train",
+               weighting: str = "tokens") -> TrainLog:
     """Train `model` for cfg.steps steps with cfg.optim and return the loss curves.
 
     next_batch(generator) -> dict of tensors; loss_fn(model, batch) -> (loss, n_tokens) or
@@ -182,7 +184,9 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     after each evaluation (for live plots, or to record more curves in `log.metrics`). With
     `resume_dir`, a resume point is written at every evaluation and picked up by the next
     call, so an interrupted run continues where it stopped and ends with the same weights
-    as an uninterrupted one."""
+    as an uninterrupted one. On several processes (`lm.distributed`) next_batch gives this
+    rank's share of the batch, and each share's loss counts by its `weighting`: "tokens", its
+    n_tokens (a loss averaged over tokens), or "examples", equally (equal shares of examples)."""
     device = torch.device(device or pick_device())
     model.to(device).train()
     if cfg.optim.gradient_checkpointing:
@@ -191,7 +195,10 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     accumulate = cfg.optim.accumulation_steps
     if accumulate < 1:
         raise ValueError(f"accumulation_steps must be at least 1, got {accumulate}")
-    generator = torch.Generator().manual_seed(seed)
+    if weighting not in ("tokens", "examples"):
+        raise ValueError(f"weighting must be 'tokens' or 'examples', got {weighting!r}")
+    world = world_size()
+    generator = torch.Generator().manual_seed(seed)  # the same on every rank: the same global batches
     step, log = 0, TrainLog()
     state = load_resume_point(resume_dir, model, optimizer, generator) if resume_dir is not None else None
     if state is not None:
@@ -206,14 +213,18 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
         optimizer.zero_grad(set_to_none=True)
         step_loss, n_tokens, parts = 0.0, 0, {}
         for _ in range(accumulate):  # the gradient of the mean loss over `accumulate` batches
-            batch = {k: v.to(device) for k, v in next_batch(generator).items()}
+            batch = {k: v.to(device) for k, v in next_batch(generator).items()}  # this rank's share
             with mixed_precision(cfg.optim, device):
                 loss, n, *extra = loss_fn(model, batch)
-            (loss / accumulate).backward()
-            step_loss += loss.item() / accumulate
-            n_tokens += int(n)
+            # several ranks: each share's loss weighted by its share of the batch (`distributed`)
+            share = (1 / world if weighting == "examples" else int(n) / max(1.0, all_reduce_sum(int(n)))) \
+                if world > 1 else 1.0
+            (loss * share / accumulate).backward()
+            step_loss += all_reduce_sum(loss.item() * share) / accumulate
+            n_tokens += int(all_reduce_sum(int(n)))
             for name, value in (extra[0] if extra else {}).items():
-                parts[name] = parts.get(name, 0.0) + value / accumulate
+                parts[name] = parts.get(name, 0.0) + all_reduce_sum(value * share) / accumulate
+        all_reduce_gradients(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         step += 1
@@ -234,7 +245,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
                 bar.set_postfix(train=f"{log.train_loss[-1]:.3f}", val=f"{log.val_loss[-1]:.3f}")
             if callback is not None:  # first, so that what it records goes into the resume point
                 callback(step, log)
-            if resume_dir is not None and step < cfg.steps:
+            if resume_dir is not None and step < cfg.steps and is_main_process():
                 save_resume_point(Path(resume_dir), model, optimizer, generator, {"step": step, "log": asdict(log)})
         bar.update(1)
     bar.close()
@@ -308,6 +319,8 @@ def train_or_load(path: Path, load, train, force: bool = False):
     are removed. A cache that cannot be written (mounted read-only) is read without a lock;
     what would have to be written there is refused in one line naming EMBIGGEN_CACHE."""
     path = Path(path)
+    if world_size() > 1:
+        return _train_or_load_together(path, load, train, force)
     root = _cache_of(path)
     since = cache_format_since(root) if root is not None else None  # (a cache of a newer format stops here)
     with entry_lock(path) as writable:
@@ -340,6 +353,31 @@ def train_or_load(path: Path, load, train, force: bool = False):
                 raise CacheReadOnly(f"EMBIGGEN_CACHE={cache_root()}: cannot write {path.parent.name}/{path.name} there "
                                     f"({exc.strerror}): point EMBIGGEN_CACHE at a writable folder") from exc
             raise
+
+
+def _train_or_load_together(path: Path, load, train, force: bool):
+    """`train_or_load` on every rank of a data-parallel run: rank 0 looks in the cache (the
+    entry's checks as in one process) and tells the others; if the entry is there, every rank
+    loads it; if not, every rank trains — together, each on its share — while rank 0 holds the
+    entry's lock and alone writes it, and the others wait for it at the end."""
+    cached = False
+    if is_main_process():
+        root = _cache_of(path)
+        cached = is_cached(path) and not force and verify_entry(
+            path, cache_format_since(root) if root is not None else None) is None
+    if broadcast_flag(cached):
+        barrier()
+        return load(path)
+    if _CACHE_ONLY.get():
+        raise NotCached(path)
+    with (entry_lock(path) if is_main_process() else nullcontext(True)) as writable:
+        if writable and is_main_process():
+            clean_orphans(path.parent)
+            if _cache_of(path) is not None:
+                mark_cache(_cache_of(path))
+        result = train(path)
+    barrier()  # rank 0 has written the entry
+    return result
 
 
 def _cache_of(path: Path) -> Path | None:
@@ -378,7 +416,8 @@ def save_checkpoint(path: Path, model, tokenizer, info: dict, log, extra_files: 
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         (tmp / "train_log.json").write_text(json.dumps({**info, "log": asdict(log)}))
-    shutil.rmtree(resume_dir(path), ignore_errors=True)
+    if is_main_process():
+        shutil.rmtree(resume_dir(path), ignore_errors=True)
 
 
 def read_checkpoint_info(path: Path) -> tuple[dict, TrainLog]:

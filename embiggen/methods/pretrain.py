@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from embiggen.lm.distributed import shard_rows
 from embiggen.lm.generate import generate
 from embiggen.lm.training import TrainLog, train_loop
 from embiggen.presets import PretrainConfig
@@ -102,7 +103,7 @@ def pretrain(model, train_data: torch.Tensor, val_data: torch.Tensor, cfg: Pretr
 
     def next_batch(generator):
         x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, generator)
-        return {"x": x, "y": y}
+        return shard_rows({"x": x, "y": y})  # on several processes, this rank's windows
 
     def loss_fn(model, batch):
         return next_token_loss(model, batch["x"], batch["y"]), batch["x"].numel()

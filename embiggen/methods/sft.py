@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from embiggen.lm.distributed import shard_rows
 from embiggen.lm.generate import in_chunks, output_head
 from embiggen.lm.lora import add_adapters
 from embiggen.lm.tokenizer import chat_prompt, encode
@@ -154,8 +155,9 @@ class SFTData:
     idea as InstructGPT's pretraining mix, Ouyang et al. 2022, section 3.5)."""
 
     def __init__(self, tokenizer, examples, cfg: SFTConfig, replay: torch.Tensor | None = None,
-                 encode=encode_example):
+                 encode=encode_example, sharded: bool = True):
         self.cfg = cfg
+        self.sharded = sharded  # on several processes, each batch is split between them (lm/distributed.py)
         self.pad = tokenizer.pad_token_id
         self.encoded = [encode(tokenizer, e.instruction, e.answer, cfg.max_length) for e in examples]
         self.replay = replay if cfg.replay_share > 0 else None
@@ -176,7 +178,7 @@ class SFTData:
             batch = {k: v[:rows] for k, v in packed.items()}
         if self.n_replay:
             batch = self._add_replay(batch, generator)
-        return batch
+        return shard_rows(batch) if self.sharded else batch  # on several processes, this rank's rows
 
     def _add_replay(self, batch: dict, generator: torch.Generator) -> dict:
         width = batch["input_ids"].shape[1]

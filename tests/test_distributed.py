@@ -1,0 +1,103 @@
+"""Data parallelism (embiggen.lm.distributed) with two processes on the CPU (gloo), as torchrun
+starts them: pretraining, SFT and DPO through the chain give the weights one process gives with
+the same global batches, and only rank 0 writes into the cache."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+WORKER = r'''
+import json, os, sys
+from dataclasses import replace
+import torch
+
+trace = []
+real_replace = os.replace
+def traced(src, dst, *a, **k):  # every atomic write ends in a rename
+    trace.append(str(dst))
+    return real_replace(src, dst, *a, **k)
+os.replace = traced
+
+from embiggen.lm.distributed import init, world_size
+from embiggen.methods import dpo as dpo_method, sft as sft_method
+
+rows = {"sft": [], "dpo": []}  # the size of each batch this rank trains on
+sft_batch = sft_method.SFTData.next_batch
+sft_method.SFTData.next_batch = lambda self, g: (lambda b: rows["sft"].append(len(b["input_ids"])) or b)(
+    sft_batch(self, g))
+dpo_batch = dpo_method.DPOData.batch
+dpo_method.DPOData.batch = lambda self, idx: rows["dpo"].append(len(idx)) or dpo_batch(self, idx)
+from embiggen.chain import train_or_load_base, train_or_load_dpo, train_or_load_sft
+from embiggen.presets import ModelConfig, OptimConfig, PretrainConfig, get_preset
+
+init()
+torch.set_num_threads(1)
+smoke = get_preset("smoke")
+preset = replace(smoke, n_people=8, n_unknown=4, train_documents=600, val_documents=60, vocab_size=300,
+                 model=ModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                   max_position_embeddings=64),
+                 pretrain=PretrainConfig(steps=6, batch_size=8, seq_len=32, optim=OptimConfig(lr=3e-3, warmup_steps=2),
+                                         eval_every=3, eval_batches=2),
+                 sft=replace(smoke.sft, steps=4, batch_size=8, eval_every=2),
+                 dpo=replace(smoke.dpo, steps=3, batch_size=4, eval_every=3))
+base = train_or_load_base(preset, progress=False, device="cpu")
+sft = train_or_load_sft(preset, base=base, progress=False, device="cpu")
+dpo = train_or_load_dpo(preset, sft=sft, progress=False, device="cpu")
+out = {"paths": {"base": str(base.path), "sft": str(sft.path), "dpo": str(dpo.path)}, "writes": trace,
+       "world": world_size(), "rows": rows,
+       "sft_loss": sft.log.train_loss, "dpo_loss": dpo.log.train_loss}
+with open(sys.argv[1], "w") as f:
+    json.dump(out, f)
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp_path: Path, name: str, world: int) -> list[dict]:
+    """The worker on `world` processes (one: no process group), a cache of its own."""
+    cache, port = tmp_path / f"cache-{name}", free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "EMBIGGEN_CACHE": str(cache), "EMBIGGEN_THREADS": "1", "EMBIGGEN_DEVICE": "cpu"}
+        if world > 1:
+            env.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"{name}-{rank}.json")],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads((tmp_path / f"{name}-{rank}.json").read_text()) for rank in range(world)]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writes(tmp_path):
+    (one,) = launch(tmp_path, "one", 1)
+    two = launch(tmp_path, "two", 2)
+    assert one["world"] == 1 and two[0]["world"] == two[1]["world"] == 2
+    # each rank trained on half of every batch (the training batches: the first rows["..."] of each step)
+    assert two[0]["rows"]["sft"][0] + two[1]["rows"]["sft"][0] == one["rows"]["sft"][0] == 8
+    assert two[0]["rows"]["dpo"][0] == two[1]["rows"]["dpo"][0] == one["rows"]["dpo"][0] // 2 == 2
+    assert two[0]["paths"] == two[1]["paths"]  # both ranks hand back the same entries
+    for stage in ("base", "sft", "dpo"):
+        a = load_file(Path(one["paths"][stage]) / "model.safetensors")
+        b = load_file(Path(two[0]["paths"][stage]) / "model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=f"{stage} {key}")
+    assert two[0]["sft_loss"] == pytest.approx(one["sft_loss"], rel=1e-5)  # the logged loss is the whole batch's
+    assert two[0]["dpo_loss"] == pytest.approx(one["dpo_loss"], rel=1e-5)
+    cache = str(tmp_path / "cache-two")
+    assert two[0]["writes"] and any(w.startswith(cache) for w in two[0]["writes"])
+    assert not [w for w in two[1]["writes"] if w.startswith(cache)]  # rank 1 wrote nothing into the cache
