@@ -1,5 +1,5 @@
 """Data parallelism (embiggen.lm.distributed) with two processes on the CPU (gloo), as torchrun
-starts them: pretraining, SFT and DPO through the chain give the weights one process gives with
+starts them: pretraining, SFT, DPO and the reward model through the chain give the weights one process gives with
 the same global batches, and only rank 0 writes into the cache."""
 
 import json
@@ -26,15 +26,17 @@ def traced(src, dst, *a, **k):  # every atomic write ends in a rename
 os.replace = traced
 
 from embiggen.lm.distributed import init, world_size
-from embiggen.methods import dpo as dpo_method, sft as sft_method
+from embiggen.methods import dpo as dpo_method, reward as reward_method, sft as sft_method
 
-rows = {"sft": [], "dpo": []}  # the size of each batch this rank trains on
+rows = {"sft": [], "dpo": [], "rm": []}  # the size of each batch this rank trains on
 sft_batch = sft_method.SFTData.next_batch
 sft_method.SFTData.next_batch = lambda self, g: (lambda b: rows["sft"].append(len(b["input_ids"])) or b)(
     sft_batch(self, g))
 dpo_batch = dpo_method.DPOData.batch
 dpo_method.DPOData.batch = lambda self, idx: rows["dpo"].append(len(idx)) or dpo_batch(self, idx)
-from embiggen.chain import train_or_load_base, train_or_load_dpo, train_or_load_sft
+rm_batch = reward_method.ranking_batch
+reward_method.ranking_batch = lambda tok, groups: rows["rm"].append(len(groups)) or rm_batch(tok, groups)
+from embiggen.chain import train_or_load_base, train_or_load_dpo, train_or_load_reward, train_or_load_sft
 from embiggen.presets import ModelConfig, OptimConfig, PretrainConfig, get_preset
 
 init()
@@ -46,11 +48,14 @@ preset = replace(smoke, n_people=8, n_unknown=4, train_documents=600, val_docume
                  pretrain=PretrainConfig(steps=6, batch_size=8, seq_len=32, optim=OptimConfig(lr=3e-3, warmup_steps=2),
                                          eval_every=3, eval_batches=2),
                  sft=replace(smoke.sft, steps=4, batch_size=8, eval_every=2),
-                 dpo=replace(smoke.dpo, steps=3, batch_size=4, eval_every=3))
+                 dpo=replace(smoke.dpo, steps=3, batch_size=4, eval_every=3),
+                 reward=replace(smoke.reward, steps=3, batch_size=32, eval_every=3))
 base = train_or_load_base(preset, progress=False, device="cpu")
 sft = train_or_load_sft(preset, base=base, progress=False, device="cpu")
 dpo = train_or_load_dpo(preset, sft=sft, progress=False, device="cpu")
-out = {"paths": {"base": str(base.path), "sft": str(sft.path), "dpo": str(dpo.path)}, "writes": trace,
+rm = train_or_load_reward(preset, sft=sft, progress=False, device="cpu")
+out = {"paths": {"base": str(base.path), "sft": str(sft.path), "dpo": str(dpo.path), "rm": str(rm.path)},
+       "writes": trace,
        "world": world_size(), "rows": rows,
        "sft_loss": sft.log.train_loss, "dpo_loss": dpo.log.train_loss}
 with open(sys.argv[1], "w") as f:
@@ -75,9 +80,9 @@ def launch(tmp_path: Path, name: str, world: int) -> list[dict]:
                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"{name}-{rank}.json")],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    for rank, (p, err) in enumerate(zip(procs, errors)):
+        assert p.returncode == 0, f"rank {rank}: {err[-3000:]}"
     return [json.loads((tmp_path / f"{name}-{rank}.json").read_text()) for rank in range(world)]
 
 
@@ -89,8 +94,9 @@ def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writ
     # each rank trained on half of every batch (the training batches: the first rows["..."] of each step)
     assert two[0]["rows"]["sft"][0] + two[1]["rows"]["sft"][0] == one["rows"]["sft"][0] == 8
     assert two[0]["rows"]["dpo"][0] == two[1]["rows"]["dpo"][0] == one["rows"]["dpo"][0] // 2 == 2
+    assert two[0]["rows"]["rm"][0] + two[1]["rows"]["rm"][0] == one["rows"]["rm"][0] >= 2  # rankings
     assert two[0]["paths"] == two[1]["paths"]  # both ranks hand back the same entries
-    for stage in ("base", "sft", "dpo"):
+    for stage in ("base", "sft", "dpo", "rm"):
         a = load_file(Path(one["paths"][stage]) / "model.safetensors")
         b = load_file(Path(two[0]["paths"][stage]) / "model.safetensors")
         assert a.keys() == b.keys()

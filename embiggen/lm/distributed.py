@@ -13,9 +13,9 @@ on N. This is what PyTorch's `DistributedDataParallel` does, written out (it als
 all-reduce with the backward pass, which matters for speed on GPUs, not for the numbers).
 
 Only rank 0 writes: the cache, resume points, the report (`utils.is_main_process`); the others
-wait at a barrier and then load what it wrote. Stages not written for it yet (PPO and GRPO, whose
-rollouts are not split, and the reward model) run whole on every rank: the same numbers, no
-speed-up. The processes find each other through torchrun's environment (RANK, WORLD_SIZE,
+wait at a barrier and then load what it wrote. Pretraining, SFT, the reward model and DPO split
+their batches; PPO and GRPO, whose rollouts are not split yet, run whole on every rank: the same
+numbers, no speed-up. The processes find each other through torchrun's environment (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT); the backend is NCCL on GPUs and gloo on CPUs.
 """
 
@@ -47,6 +47,8 @@ def rank() -> int:
 def shard(items):
     """This rank's share of `items` (every N-th one, starting at its rank): rows of a batch, or
     the indices of the examples a batch is built from."""
+    if len(items) < world_size():
+        raise ValueError(f"a batch of {len(items)} cannot be split over {world_size()} processes: raise batch_size")
     return items[rank()::world_size()]
 
 

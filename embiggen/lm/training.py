@@ -175,7 +175,7 @@ def load_resume_point(folder: Path, model, optimizer, generator: torch.Generator
 # ---------------------------------------------------------------------------------------
 def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, seed: int = 0, callback=None,
                progress: bool = True, resume_dir: Path | None = None, desc: str = "train",
-               weighting: str = "tokens") -> TrainLog:
+               units=None) -> TrainLog:
     """Train `model` for cfg.steps steps with cfg.optim and return the loss curves.
 
     next_batch(generator) -> dict of tensors; loss_fn(model, batch) -> (loss, n_tokens) or
@@ -185,8 +185,8 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     `resume_dir`, a resume point is written at every evaluation and picked up by the next
     call, so an interrupted run continues where it stopped and ends with the same weights
     as an uninterrupted one. On several processes (`lm.distributed`) next_batch gives this
-    rank's share of the batch, and each share's loss counts by its `weighting`: "tokens", its
-    n_tokens (a loss averaged over tokens), or "examples", equally (equal shares of examples)."""
+    rank's share of the batch, and each share's loss counts in proportion to the units its
+    loss is a mean over: n_tokens, or `units(batch)` (DPO's pairs, the reward model's)."""
     device = torch.device(device or pick_device())
     model.to(device).train()
     if cfg.optim.gradient_checkpointing:
@@ -195,8 +195,6 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     accumulate = cfg.optim.accumulation_steps
     if accumulate < 1:
         raise ValueError(f"accumulation_steps must be at least 1, got {accumulate}")
-    if weighting not in ("tokens", "examples"):
-        raise ValueError(f"weighting must be 'tokens' or 'examples', got {weighting!r}")
     world = world_size()
     generator = torch.Generator().manual_seed(seed)  # the same on every rank: the same global batches
     step, log = 0, TrainLog()
@@ -216,9 +214,12 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
             batch = {k: v.to(device) for k, v in next_batch(generator).items()}  # this rank's share
             with mixed_precision(cfg.optim, device):
                 loss, n, *extra = loss_fn(model, batch)
-            # several ranks: each share's loss weighted by its share of the batch (`distributed`)
-            share = (1 / world if weighting == "examples" else int(n) / max(1.0, all_reduce_sum(int(n)))) \
-                if world > 1 else 1.0
+            # several ranks: each share's loss weighted by its share of the batch's units (`distributed`)
+            if world > 1:
+                mine = float(n) if units is None else float(units(batch))
+                share = mine / max(1e-12, all_reduce_sum(mine))
+            else:
+                share = 1.0
             (loss * share / accumulate).backward()
             step_loss += all_reduce_sum(loss.item() * share) / accumulate
             n_tokens += int(all_reduce_sum(int(n)))

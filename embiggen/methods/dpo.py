@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from embiggen.lm.distributed import shard, world_size
+from embiggen.lm.distributed import shard
 from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.lm.training import TrainLog, mixed_precision, train_loop
 from embiggen.methods.ppo import disable_dropout
@@ -324,9 +324,6 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     held = DPOData(eval_enc, ref_logps[1], pad)
     latest: dict = {}
 
-    if cfg.batch_size % world_size():
-        raise ValueError(f"DPO's batch_size ({cfg.batch_size}) must split evenly over the {world_size()} processes")
-
     def next_batch(generator):  # on several processes, this rank's pairs of the batch
         batch = train.batch(shard(torch.randint(len(train.encoded), (cfg.batch_size,), generator=generator).tolist()))
         if cfg.ptx_coef > 0:
@@ -349,4 +346,4 @@ def train_dpo(model, ref_model, tokenizer, train_pairs, eval_pairs, cfg: DPOConf
     return train_loop(model, next_batch, loss_fn, cfg,
                       val_loss_fn=held_out_loss if held.encoded else None, device=device, seed=seed,
                       callback=record if held.encoded else None, progress=progress, resume_dir=resume_dir, desc=desc,
-                      weighting="examples")  # DPO's loss is a mean over pairs
+                      units=lambda batch: len(batch["ref_logps"]))  # DPO's loss is a mean over pairs

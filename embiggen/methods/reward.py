@@ -32,6 +32,7 @@ from transformers.utils import logging
 
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.preferences import Comparison, collect_preferences, read_pairs
+from embiggen.lm.distributed import shard
 from embiggen.lm.generate import position_ids_from
 from embiggen.lm.lora import add_adapters
 from embiggen.lm.tokenizer import chat_prompt, encode
@@ -160,19 +161,22 @@ def train_reward_model(model, tokenizer, train_pairs: list[Comparison], val_pair
     groups = group_by_prompt(train_pairs)
     prompts_per_batch = max(1, round(cfg.batch_size * len(groups) / len(train_pairs)))
 
-    def next_batch(generator):
+    def next_batch(generator):  # on several processes, this rank's pairs or rankings of the batch
         if cfg.batching == "pair":
             idx = torch.randint(len(train_pairs), (cfg.batch_size,), generator=generator).tolist()
-            return pair_batch(tokenizer, [train_pairs[i] for i in idx])
+            return pair_batch(tokenizer, [train_pairs[i] for i in shard(idx)])
         idx = torch.randperm(len(groups), generator=generator)[:prompts_per_batch].tolist()
-        return ranking_batch(tokenizer, [groups[i] for i in idx])
+        return ranking_batch(tokenizer, [groups[i] for i in shard(idx)])
+
+    def units(batch):  # the loss is a mean over pairs
+        return len(batch["chosen_index"]) if "chosen_index" in batch else len(batch["input_ids"]) // 2
 
     def val_loss(m):
         return pairwise_accuracy(m, tokenizer, val_pairs)["loss"] if val_pairs else float("nan")
 
     return train_loop(model, next_batch, pair_loss if cfg.batching == "pair" else ranking_loss, cfg,
                       val_loss_fn=val_loss, device=device, seed=seed,
-                      callback=callback, progress=progress, resume_dir=resume_dir, desc=desc)
+                      callback=callback, progress=progress, resume_dir=resume_dir, desc=desc, units=units)
 
 
 # ---------------------------------------------------------------------------------------
