@@ -47,7 +47,7 @@ def rank() -> int:
 def shard(items):
     """This rank's share of `items` (every N-th one, starting at its rank): rows of a batch, or
     the indices of the examples a batch is built from."""
-    if len(items) < world_size():
+    if world_size() > 1 and len(items) < world_size():
         raise ValueError(f"a batch of {len(items)} cannot be split over {world_size()} processes: raise batch_size")
     return items[rank()::world_size()]
 
