@@ -1,6 +1,6 @@
 """Data parallelism: the same run on several processes, each with its share of every batch.
 
-    torchrun --nproc_per_node N -m embiggen run --preset gpu      (or: accelerate launch -m embiggen ...)
+    torchrun --nproc_per_node N -m embiggen run --preset gpu
 
 Each of the N processes (ranks) holds the whole model. At every step all of them draw the same
 global batch, from the same seeded generator, and each keeps its share (`shard`). Each takes the
