@@ -1,5 +1,6 @@
 """Data parallelism (embiggen.lm.distributed) with two processes on the CPU (gloo), as torchrun
-starts them: pretraining, SFT, DPO and the reward model through the chain give the weights one process gives with
+starts them: pretraining, SFT, DPO, the reward model, PPO (with its second round's reward model) and
+GRPO through the chain give the weights one process gives with
 the same global batches, and only rank 0 writes into the cache."""
 
 import json
@@ -26,9 +27,13 @@ def traced(src, dst, *a, **k):  # every atomic write ends in a rename
 os.replace = traced
 
 from embiggen.lm.distributed import init, world_size
-from embiggen.methods import dpo as dpo_method, reward as reward_method, sft as sft_method
+from embiggen.methods import dpo as dpo_method, grpo as grpo_method, ppo as ppo_method, reward as reward_method
+from embiggen.methods import sft as sft_method
 
-rows = {"sft": [], "dpo": [], "rm": []}  # the size of each batch this rank trains on
+rows = {"sft": [], "dpo": [], "rm": [], "ppo": [], "grpo": []}  # the size of each batch this rank trains on
+ppo_loss, grpo_loss = ppo_method.clipped_policy_loss, grpo_method.grpo_loss
+ppo_method.clipped_policy_loss = lambda lp, *a, **k: rows["ppo"].append(len(lp)) or ppo_loss(lp, *a, **k)
+grpo_method.grpo_loss = lambda lp, *a, **k: rows["grpo"].append(len(lp)) or grpo_loss(lp, *a, **k)
 sft_batch = sft_method.SFTData.next_batch
 sft_method.SFTData.next_batch = lambda self, g: (lambda b: rows["sft"].append(len(b["input_ids"])) or b)(
     sft_batch(self, g))
@@ -36,7 +41,8 @@ dpo_batch = dpo_method.DPOData.batch
 dpo_method.DPOData.batch = lambda self, idx: rows["dpo"].append(len(idx)) or dpo_batch(self, idx)
 rm_batch = reward_method.ranking_batch
 reward_method.ranking_batch = lambda tok, groups: rows["rm"].append(len(groups)) or rm_batch(tok, groups)
-from embiggen.chain import train_or_load_base, train_or_load_dpo, train_or_load_reward, train_or_load_sft
+from embiggen.chain import (train_or_load_base, train_or_load_dpo, train_or_load_grpo, train_or_load_ppo,
+                            train_or_load_reward, train_or_load_sft)
 from embiggen.presets import ModelConfig, OptimConfig, PretrainConfig, get_preset
 
 init()
@@ -54,7 +60,10 @@ base = train_or_load_base(preset, progress=False, device="cpu")
 sft = train_or_load_sft(preset, base=base, progress=False, device="cpu")
 dpo = train_or_load_dpo(preset, sft=sft, progress=False, device="cpu")
 rm = train_or_load_reward(preset, sft=sft, progress=False, device="cpu")
-out = {"paths": {"base": str(base.path), "sft": str(sft.path), "dpo": str(dpo.path), "rm": str(rm.path)},
+ppo = train_or_load_ppo(preset, sft=sft, reward=rm, progress=False, device="cpu")
+grpo = train_or_load_grpo(preset, sft=sft, progress=False, device="cpu")
+out = {"paths": {"base": str(base.path), "sft": str(sft.path), "dpo": str(dpo.path), "rm": str(rm.path),
+                 "ppo": str(ppo.path), "grpo": str(grpo.path)},
        "writes": trace,
        "world": world_size(), "rows": rows,
        "sft_loss": sft.log.train_loss, "dpo_loss": dpo.log.train_loss}
@@ -95,8 +104,11 @@ def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writ
     assert two[0]["rows"]["sft"][0] + two[1]["rows"]["sft"][0] == one["rows"]["sft"][0] == 8
     assert two[0]["rows"]["dpo"][0] == two[1]["rows"]["dpo"][0] == one["rows"]["dpo"][0] // 2 == 2
     assert two[0]["rows"]["rm"][0] + two[1]["rows"]["rm"][0] == one["rows"]["rm"][0] >= 2  # rankings
+    for stage in ("ppo", "grpo"):  # every minibatch of the updates, split in two
+        assert [a + b for a, b in zip(two[0]["rows"][stage], two[1]["rows"][stage])] == one["rows"][stage]
+        assert one["rows"][stage] and all(a <= (w + 1) // 2 for a, w in zip(two[0]["rows"][stage], one["rows"][stage]))
     assert two[0]["paths"] == two[1]["paths"]  # both ranks hand back the same entries
-    for stage in ("base", "sft", "dpo", "rm"):
+    for stage in ("base", "sft", "dpo", "rm", "ppo", "grpo"):
         a = load_file(Path(one["paths"][stage]) / "model.safetensors")
         b = load_file(Path(two[0]["paths"][stage]) / "model.safetensors")
         assert a.keys() == b.keys()

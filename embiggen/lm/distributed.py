@@ -14,8 +14,9 @@ all-reduce with the backward pass, which matters for speed on GPUs, not for the 
 
 Only rank 0 writes: the cache, resume points, the report (`utils.is_main_process`); the others
 wait at a barrier and then load what it wrote. Pretraining, SFT, the reward model and DPO split
-their batches; PPO and GRPO, whose rollouts are not split yet, run whole on every rank: the same
-numbers, no speed-up. The processes find each other through torchrun's environment (RANK, WORLD_SIZE,
+their batches. PPO and GRPO split their updates: every rank samples the whole rollout (the same
+seed, the same weights: the same episodes, so that nothing depends on N), and each takes its share
+of every minibatch; generating is not sped up. The processes find each other through torchrun's environment (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT); the backend is NCCL on GPUs and gloo on CPUs.
 """
 
@@ -44,10 +45,11 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def shard(items):
+def shard(items, may_be_empty: bool = False):
     """This rank's share of `items` (every N-th one, starting at its rank): rows of a batch, or
-    the indices of the examples a batch is built from."""
-    if world_size() > 1 and len(items) < world_size():
+    the indices of the examples a batch is built from. A share may be empty only where the caller
+    says so (GRPO's minibatches of answers that carry a signal)."""
+    if world_size() > 1 and len(items) < world_size() and not may_be_empty:
         raise ValueError(f"a batch of {len(items)} cannot be split over {world_size()} processes: raise batch_size")
     return items[rank()::world_size()]
 
@@ -77,11 +79,14 @@ def all_reduce_sum(value: float) -> float:
 
 
 def all_reduce_gradients(model) -> None:
-    """Add every parameter's gradient up over the ranks (each rank weighted its loss already)."""
+    """Add every trained parameter's gradient up over the ranks (each rank weighted its loss
+    already); a rank with nothing to add (an empty share) adds zeros."""
     if world_size() == 1:
         return
     for p in model.parameters():
-        if p.grad is not None:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
 
 

@@ -108,10 +108,13 @@ def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
     return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine)
 
 
-def optimizer_step(model, optimizer, loss: torch.Tensor, grad_clip: float) -> None:
-    """Gradients, clipping, update."""
+def optimizer_step(model, optimizer, loss: torch.Tensor | None, grad_clip: float) -> None:
+    """Gradients (added up over the ranks of a data-parallel run; `loss=None`: this rank's share
+    was empty), clipping, update."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if loss is not None:
+        loss.backward()
+    all_reduce_gradients(model)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
 

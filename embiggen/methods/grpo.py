@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.verifiers import exact_reward
+from embiggen.lm.distributed import all_reduce_sum, shard
 from embiggen.lm.generate import answer_logprobs, decode_responses, episode_logprobs, sample_grouped_episodes
 from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.lm.training import (load_resume_point, lr_at, make_optimizer, mixed_precision, optimizer_step,
@@ -265,23 +266,32 @@ class GRPOTrainer:
                 idx = minibatch if cfg.kl_coef > 0 else minibatch[advantages[minibatch] != 0]
                 if len(idx) == 0:
                     continue  # no signal: zero gradient, so no update (Adam's momentum moves nothing on no evidence)
-                idx = idx.to(self.device)
-                rows = {k: ep[k][idx] for k in ("sequences", "attention_mask", "position_ids", "responses")}
-                with mixed_precision(cfg.optim, self.device):
-                    logprobs, entropy = answer_logprobs(self.policy, rows, cfg.temperature, cfg.logprob_chunk)
-                old = logprobs.detach() if self.on_policy else groups.old_logprobs[idx]
-                loss, s = grpo_loss(logprobs, old, advantages[idx], mask[idx], cfg.cliprange, cfg.loss_type,
-                                    cfg.cliprange_high, ref_logprobs[idx] if ref_logprobs is not None else None,
-                                    cfg.kl_coef, n_answers=n_answers, n_tokens=n_tokens, max_tokens=cfg.max_new_tokens)
-                if not torch.isfinite(loss):
-                    raise GRPODivergence(f"GRPO's loss became {loss.item()} at step {self.n_steps + 1}; lower the "
-                                         f"learning rate (now {cfg.optim.lr})")
+                # several processes: every rank holds all the answers and takes its share; the loss's
+                # denominators stay the whole minibatch's, so the ranks' losses add up to the whole loss
+                idx = shard(idx, may_be_empty=True).to(self.device)
+                loss, clip_frac, entropy_here, tokens_here = None, 0.0, 0.0, 0  # an empty share adds nothing
+                if len(idx):
+                    rows = {k: ep[k][idx] for k in ("sequences", "attention_mask", "position_ids", "responses")}
+                    with mixed_precision(cfg.optim, self.device):
+                        logprobs, entropy = answer_logprobs(self.policy, rows, cfg.temperature, cfg.logprob_chunk)
+                    old = logprobs.detach() if self.on_policy else groups.old_logprobs[idx]
+                    loss, s = grpo_loss(logprobs, old, advantages[idx], mask[idx], cfg.cliprange, cfg.loss_type,
+                                        cfg.cliprange_high, ref_logprobs[idx] if ref_logprobs is not None else None,
+                                        cfg.kl_coef, n_answers=n_answers, n_tokens=n_tokens,
+                                        max_tokens=cfg.max_new_tokens)
+                    if not torch.isfinite(loss):
+                        raise GRPODivergence(f"GRPO's loss became {loss.item()} at step {self.n_steps + 1}; lower "
+                                             f"the learning rate (now {cfg.optim.lr})")
+                    clip_frac = s["clip_frac"]
+                    entropy_here = (entropy.detach() * mask[idx]).sum().item()
+                    tokens_here = int(mask[idx].sum().item())
                 optimizer_step(self.policy, self.optimizer, loss, cfg.optim.grad_clip)
-                losses.append(loss.item())
-                clip_fracs.append(s["clip_frac"])
-                updated += len(idx)
-                entropy_sum += (entropy.detach() * mask[idx]).sum().item()
-                entropy_tokens += int(mask[idx].sum().item())
+                answers = all_reduce_sum(len(idx))  # the ranks' shares add up to the minibatch's (1 process: its own)
+                losses.append(all_reduce_sum(loss.item() if loss is not None else 0.0))
+                clip_fracs.append(all_reduce_sum(clip_frac * len(idx) / answers))
+                updated += int(answers)
+                entropy_sum += all_reduce_sum(entropy_here)
+                entropy_tokens += int(all_reduce_sum(tokens_here))
         self.policy.eval()
         self.n_steps += 1
         row = {

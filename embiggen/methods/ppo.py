@@ -65,6 +65,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from embiggen.data.world import ALIGNMENT_KINDS
+from embiggen.lm.distributed import all_reduce_sum, shard, world_size
 from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, output_head,
                                   position_ids_from, response_logprobs, sample_episodes)
 from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
@@ -407,12 +408,13 @@ class PPOTrainer:
         self.policy.train()
         if cfg.optim.gradient_checkpointing:  # for the updates only: generation needs its cache
             self.policy.lm.activation_checkpointing_enable()
-        n = len(prompts)
+        n, world = len(prompts), world_size()
         stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": []}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(n, generator=self.generator).tolist()
             for start in range(0, n, cfg.minibatch_size):
-                idx = torch.tensor(order[start: start + cfg.minibatch_size], device=self.device)
+                # on several processes every rank holds the whole rollout and takes its share of each minibatch
+                idx = torch.tensor(shard(order[start: start + cfg.minibatch_size]), device=self.device)
                 with mixed_precision(cfg.optim, self.device):
                     logprobs, _, values = self.policy.logprobs_and_values(
                         ro.sequences[idx], ro.attention_mask[idx], position_ids_from(ro.attention_mask[idx]),
@@ -421,21 +423,23 @@ class PPOTrainer:
                 m = mask[idx]
                 pg_loss, pg_stats = clipped_policy_loss(logprobs, ro.logprobs[idx], advantages[idx], m, cfg.cliprange)
                 vf_loss = clipped_value_loss(values, ro.values[idx], returns[idx], m, cfg.cliprange_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if cfg.ptx_coef > 0:
+                # each share counts by its response tokens (both losses are means over them); 1 in one process
+                share = m.sum().item() / all_reduce_sum(m.sum().item()) if world > 1 else 1.0
+                loss = (pg_loss + cfg.vf_coef * vf_loss) * share
+                if cfg.ptx_coef > 0:  # the same demonstrations on every rank: each adds 1/N of their loss
                     batch = {k: v.to(self.device) for k, v in self.ptx_data.next_batch(self.generator).items()}
                     with mixed_precision(cfg.optim, self.device):
                         ptx_loss = batch_loss(self.policy.lm, batch, cfg.logprob_chunk)[0]
-                    loss = loss + cfg.ptx_coef * ptx_loss
+                    loss = loss + cfg.ptx_coef * ptx_loss / world
                     stats.setdefault("ptx_loss", []).append(ptx_loss.item())
                 if not torch.isfinite(loss):
                     raise PPODivergence(f"PPO loss became {loss.item()} at step {self.n_steps + 1}; lower the "
                                         f"learning rate (now {cfg.optim.lr}) or raise the KL coefficient")
                 optimizer_step(self.policy, self.optimizer, loss, cfg.optim.grad_clip)
-                stats["policy_loss"].append(pg_loss.item())
-                stats["value_loss"].append(vf_loss.item())
-                stats["clip_frac"].append(pg_stats["clip_frac"])
-                stats["approx_kl"].append(pg_stats["approx_kl"])
+                stats["policy_loss"].append(all_reduce_sum(pg_loss.item() * share))
+                stats["value_loss"].append(all_reduce_sum(vf_loss.item() * share))
+                stats["clip_frac"].append(all_reduce_sum(pg_stats["clip_frac"] * share))
+                stats["approx_kl"].append(all_reduce_sum(pg_stats["approx_kl"] * share))
         if cfg.optim.gradient_checkpointing:
             self.policy.lm.activation_checkpointing_disable()
         self.policy.eval()
