@@ -1,4 +1,4 @@
-"""What the TRL comparisons share: the laptop world's tokenizer and TRL, if installed."""
+"""What the benchmarks share: the laptop world's tokenizer, TRL if installed, and this process's memory."""
 
 from __future__ import annotations
 
@@ -22,3 +22,18 @@ def import_trl(trainer: str):
         print(f"trl not installed: pip install -e '.[bench]' to compare with TRL's {trainer}")
         return None
     return trl
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs, value 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def rss_mb(field: str = "VmHWM") -> int:
+    """VmRSS (now) or VmHWM (the peak since `reset_peak_rss`) of this process, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024)
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")

@@ -27,6 +27,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from common import reset_peak_rss, rss_mb
+
 
 def scaled(preset, scale: float):
     """`preset` with the steps of every stage cut to `scale` of its own (at least 1)."""
@@ -44,17 +46,13 @@ def reset_peak(cuda: bool) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        reset_peak_rss()
 
 
 def peak_mb(cuda: bool) -> int:
     import torch
 
-    if cuda:
-        return round(torch.cuda.max_memory_allocated() / 2 ** 20)
-    with open("/proc/self/status") as f:
-        return next(round(int(line.split()[1]) / 1024) for line in f if line.startswith("VmHWM:"))
+    return round(torch.cuda.max_memory_allocated() / 2 ** 20) if cuda else rss_mb("VmHWM")
 
 
 def check(preset, out: Path, cuda: bool) -> dict:

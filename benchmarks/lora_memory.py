@@ -19,20 +19,7 @@ import json
 import subprocess
 import sys
 
-
-def reset_peak() -> None:
-    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs, value 5)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def rss_mb(field: str) -> int:
-    """VmRSS (now) or VmHWM (the peak since `reset_peak`) of this process, in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return round(int(line.split()[1]) / 1024)
-    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+from common import reset_peak_rss, rss_mb
 
 
 def measure(rank: int, batch: int, length: int, steps: int, threads: int) -> dict:
@@ -69,7 +56,7 @@ def measure(rank: int, batch: int, length: int, steps: int, threads: int) -> dic
     cfg = SimpleNamespace(steps=steps, eval_every=steps, optim=OptimConfig(lr=1e-4, warmup_steps=0))
     gc.collect()
     loaded = rss_mb("VmRSS")
-    reset_peak()  # the peak of training, not of reading and dequantising the GGUF file
+    reset_peak_rss()  # the peak of training, not of reading and dequantising the GGUF file
     log = train_loop(model, next_batch, lambda m, b: batch_loss(m, b, logprob_chunk=256), cfg, device="cpu",
                      progress=False)
     times.append(time.perf_counter())

@@ -2,6 +2,7 @@
 tiny model stored in bf16: every stage of a pretrained preset, its timings and peaks, its report."""
 
 import importlib.util
+import sys
 import json
 from pathlib import Path
 
@@ -12,6 +13,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
 def load_script():
+    if str(SCRIPT.parent) not in sys.path:  # as when run as a script: benchmarks/common.py beside it
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
