@@ -50,10 +50,10 @@ from embiggen.utils import atomic_dir, atomic_write_text, config_key, pick_devic
 
 #: Bump when a stage's code changes what it trains, so cached models of older code are not reused.
 REWARD_VERSION = 8  # preference collection, the labeler or the reward model (8: its declines in ordinary rankings)
-PPO_VERSION = 2
+PPO_VERSION = 3  # 3: every token drawn with its own seeded uniform (the same rollout on any number of processes)
 DPO_VERSION = 2  # 2: IPO on per-token log-ratios
 TOOLS_VERSION = 1
-GRPO_VERSION = 2  # 2: each prompt's G answers sampled from one reading of it (the same distribution)
+GRPO_VERSION = 3  # 2: each prompt's G answers sampled from one reading of it; 3: every token drawn with its own seeded uniform
 VERIFIED_BASELINES_VERSION = 1  # expert iteration and PPO on the verifier
 
 

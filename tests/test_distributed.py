@@ -1,7 +1,8 @@
 """Data parallelism (embiggen.lm.distributed) with two processes on the CPU (gloo), as torchrun
 starts them: pretraining, SFT, DPO, the reward model, PPO (with its second round's reward model) and
-GRPO through the chain give the weights one process gives with
-the same global batches, and only rank 0 writes into the cache."""
+GRPO through the chain give the weights one process gives with the same global batches — each rank
+trains on half of every batch and samples half of every rollout — and only rank 0 writes into the
+cache."""
 
 import json
 import os
@@ -30,7 +31,11 @@ from embiggen.lm.distributed import init, world_size
 from embiggen.methods import dpo as dpo_method, grpo as grpo_method, ppo as ppo_method, reward as reward_method
 from embiggen.methods import sft as sft_method
 
-rows = {"sft": [], "dpo": [], "rm": [], "ppo": [], "grpo": []}  # the size of each batch this rank trains on
+rows = {"sft": [], "dpo": [], "rm": [], "ppo": [], "grpo": [],  # the size of each batch this rank trains on
+        "ppo_sampled": [], "grpo_sampled": []}  # and of each share of a rollout it samples (prompts)
+for name, method in (("ppo_sampled", ppo_method), ("grpo_sampled", grpo_method)):
+    method.sample_grouped_episodes = (lambda sample, name: lambda lm, tok, instructions, *a, **k: rows[name].append(
+        len(instructions)) or sample(lm, tok, instructions, *a, **k))(method.sample_grouped_episodes, name)
 ppo_loss, grpo_loss = ppo_method.clipped_policy_loss, grpo_method.grpo_loss
 ppo_method.clipped_policy_loss = lambda lp, *a, **k: rows["ppo"].append(len(lp)) or ppo_loss(lp, *a, **k)
 grpo_method.grpo_loss = lambda lp, *a, **k: rows["grpo"].append(len(lp)) or grpo_loss(lp, *a, **k)
@@ -107,6 +112,10 @@ def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writ
     for stage in ("ppo", "grpo"):  # every minibatch of the updates, split in two
         assert [a + b for a, b in zip(two[0]["rows"][stage], two[1]["rows"][stage])] == one["rows"][stage]
         assert one["rows"][stage] and all(a <= (w + 1) // 2 for a, w in zip(two[0]["rows"][stage], one["rows"][stage]))
+    for stage in ("ppo_sampled", "grpo_sampled"):  # every rollout sampled in two halves
+        assert one["rows"][stage] and [a + b for a, b in zip(two[0]["rows"][stage], two[1]["rows"][stage])] == \
+            one["rows"][stage]
+        assert all(a == (w + 1) // 2 for a, w in zip(two[0]["rows"][stage], one["rows"][stage]))
     assert two[0]["paths"] == two[1]["paths"]  # both ranks hand back the same entries
     for stage in ("base", "sft", "dpo", "rm", "ppo", "grpo"):
         a = load_file(Path(one["paths"][stage]) / "model.safetensors")

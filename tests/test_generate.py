@@ -85,3 +85,51 @@ def test_chat_responses_and_generate_agree(tiny_base):
     for text, done, r in zip(texts, finished, raw):
         assert done == (tok.eos_token in r)
         assert text == r.split(tok.eos_token)[0].replace(tok.pad_token, "").strip()
+
+
+def reference_inverse_cdf(probs: list[float], u: float) -> int:
+    """The first token whose running total of probability exceeds u (times the total), one by one."""
+    total, target = 0.0, u * sum(probs)
+    for i, p in enumerate(probs):
+        total += p
+        if total > target:
+            return i
+    return len(probs) - 1
+
+
+def test_draw_tokens_inverts_the_cumulative_distribution_and_never_draws_an_impossible_token():
+    from embiggen.lm.generate import draw_tokens
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(6, 7, generator=g) * 2, -1)
+    probs[:, 2] = 0.0  # impossible, and u = 0 would land on it if ties went left
+    probs = probs / probs.sum(-1, keepdim=True)
+    uniforms = torch.cat([torch.zeros(1), torch.rand(5, generator=g)])
+    drawn = draw_tokens(probs, uniforms).tolist()
+    assert drawn == [reference_inverse_cdf(p, u) for p, u in zip(probs.tolist(), uniforms.tolist())]
+    many = draw_tokens(probs[:1].expand(100_000, -1), torch.rand(100_000, generator=g))
+    freq = torch.bincount(many, minlength=7).double() / len(many)
+    assert freq[2] == 0
+    assert (freq - probs[0].double()).abs().max() < 0.01  # ~4 standard errors of the largest at 100k draws
+
+
+def test_a_rollout_sampled_in_shares_is_the_rollout_sampled_whole(tiny_base):
+    """What each process of a data-parallel run does: sample its rows with its rows' uniforms,
+    padded to the whole rollout's prompt width, then widen to the longest share."""
+    from embiggen.data.splits import data_splits
+    from embiggen.lm.generate import prompt_width, sample_grouped_episodes, widen_responses
+
+    model, tok = tiny_base.model, tiny_base.tokenizer
+    instructions = [e.instruction for e in data_splits(tiny_base.preset).ppo[:5]]
+    uniforms = torch.rand(5 * 2, 10, generator=torch.Generator().manual_seed(1))
+    whole = sample_grouped_episodes(model, tok, instructions, 2, 10, uniforms=uniforms)
+    assert whole["prompt_len"] == prompt_width(tok, instructions)
+    for mine in ([0, 2, 4], [1, 3]):
+        rows = [i * 2 + j for i in mine for j in range(2)]
+        part = sample_grouped_episodes(model, tok, [instructions[i] for i in mine], 2, 10, uniforms=uniforms[rows],
+                                       width=whole["prompt_len"])
+        part = widen_responses(part, whole["responses"].shape[1], tok.pad_token_id)
+        for key in ("sequences", "attention_mask", "position_ids", "responses", "mask", "finished"):
+            assert torch.equal(part[key], whole[key][rows]), key
+    with pytest.raises(ValueError, match="one row per answer"):
+        sample_grouped_episodes(model, tok, instructions, 2, 10, uniforms=uniforms[:3])

@@ -14,14 +14,18 @@ all-reduce with the backward pass, which matters for speed on GPUs, not for the 
 
 Only rank 0 writes: the cache, resume points, the report (`utils.is_main_process`); the others
 wait at a barrier and then load what it wrote. Pretraining, SFT, the reward model and DPO split
-their batches. PPO and GRPO split their updates: every rank samples the whole rollout (the same
-seed, the same weights: the same episodes, so that nothing depends on N), and each takes its share
-of every minibatch; generating is not sped up. The processes find each other through torchrun's environment (RANK, WORLD_SIZE,
-MASTER_ADDR, MASTER_PORT); the backend is NCCL on GPUs and gloo on CPUs.
+their batches. PPO and GRPO split their rollouts and their updates: each rank samples and scores
+its share of the prompts, every token drawn with its own uniform from one generator seeded by the
+step (`generate.draw_tokens`: the same episodes whichever rank samples them, and however many
+there are); the shares are gathered (`gather_shares`) so that every rank holds the whole rollout,
+and each takes its share of every minibatch of the update. The processes find each other through
+torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); the backend is NCCL on GPUs
+and gloo on CPUs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -76,6 +80,62 @@ def all_reduce_sum(value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=_device())
     dist.all_reduce(t)
     return t.item()
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest `value` over the ranks."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def all_finished(done: bool) -> bool:
+    """Whether every rank is done (each rank says for itself): a loop that must run as many times
+    on every rank — each forward pass of a sharded model needs all of them — stops together."""
+    return all_reduce_sum(0.0 if done else 1.0) == 0 if world_size() > 1 else done
+
+
+def gather_shares(share: torch.Tensor, block: int = 1) -> torch.Tensor:
+    """The whole batch, on every rank, from the shares `shard` handed out: rank r holds units r,
+    r + N, r + 2N, ... of it, a unit being `block` consecutive rows (GRPO's G answers to one prompt).
+    The shares' rows must have the same shape on every rank (`generate.widen_responses`)."""
+    if world_size() == 1:
+        return share
+    n, units = world_size(), len(share) // block
+    total = int(all_reduce_sum(units))
+    per_rank = -(-total // n)
+    dtype = share.dtype
+    rows = share.reshape(units, block, *share.shape[1:]).to(torch.uint8 if dtype == torch.bool else dtype)
+    padded = torch.zeros((per_rank, *rows.shape[1:]), dtype=rows.dtype, device=_device())
+    padded[:units] = rows.to(padded.device)
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded)
+    whole = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=padded.device)
+    for r, part in enumerate(parts):
+        whole[r::n] = part[: len(range(r, total, n))]
+    return whole.reshape(total * block, *share.shape[1:]).to(device=share.device, dtype=dtype)
+
+
+def gather_texts(share: list, block: int = 1) -> list:
+    """`gather_shares` for a list of strings (or anything JSON can carry), sent as UTF-8 bytes."""
+    if world_size() == 1:
+        return list(share)
+    blocks = [share[i: i + block] for i in range(0, len(share), block)]
+    data = torch.tensor(list(json.dumps(blocks).encode()), dtype=torch.uint8)
+    longest = int(all_reduce_max(len(data)))
+    sizes = torch.zeros(world_size(), dtype=torch.int64, device=_device())
+    sizes[rank()] = len(data)
+    dist.all_reduce(sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=_device())
+    padded[: len(data)] = data.to(padded.device)
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    shares = [json.loads(bytes(part[: int(size)].tolist()).decode()) for part, size in zip(parts, sizes.tolist())]
+    total, n = sum(len(s) for s in shares), world_size()
+    whole = [shares[i % n][i // n] for i in range(total)]
+    return [item for unit in whole for item in unit]
 
 
 def all_reduce_gradients(model) -> None:

@@ -22,10 +22,12 @@ import weakref
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from embiggen.lm.distributed import all_finished
 from embiggen.lm.tokenizer import chat_prompt, encode, encode_batch
 
 
@@ -208,19 +210,56 @@ def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int,
             "prompt_len": prompt_len, "responses": responses, "mask": mask, "finished": finished}
 
 
+def draw_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row from `probs` (rows of a distribution), by inverting its cumulative sum at
+    the row's uniform draw u in [0, 1): the first token whose cumulative probability exceeds u.
+    Each row's token depends only on its own probabilities and its own u, not on the rows sampled
+    beside it, so a rollout split over processes draws the tokens one process draws. The sum is
+    taken in float64 (float32 on Apple's MPS, which has no float64): in float32 a 50k-token
+    vocabulary's rounding would move probability mass between neighbouring tokens."""
+    cdf = probs.to(torch.float32 if probs.device.type == "mps" else torch.float64).cumsum(-1)
+    target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def prompt_width(tokenizer, instructions: list[str]) -> int:
+    """How many tokens the longest of `instructions` takes with the chat template: the width a
+    batch of them is left-padded to (`encode_batch`)."""
+    return max(len(encode(tokenizer, chat_prompt(tokenizer, x))) for x in instructions)
+
+
 @torch.no_grad()
 def sample_grouped_episodes(lm, tokenizer, instructions: list[str], group_size: int, max_new_tokens: int,
-                            temperature: float = 1.0, greedy: bool = False) -> dict:
+                            temperature: float = 1.0, greedy: bool = False, uniforms: torch.Tensor | None = None,
+                            width: int | None = None, synced: bool = False) -> dict:
     """`group_size` sampled answers to each instruction, as `sample_episodes` returns them for the
     instructions repeated (answer j of instruction i is row i * group_size + j). The G answers of
     a prompt share it, so the prompt is read once: its keys and values are computed once, copied
     G times (the KV cache), and decoding goes on one token per step from there, each token drawn
     from softmax(logits / T) — the distribution `generate` samples from with top-k and top-p off.
     Reading each prompt once instead of G times is most of the sampling time of short answers.
-    `greedy` takes the most likely token instead (for testing)."""
+
+    Token t of answer i is drawn with the uniform `uniforms[i, t]` (`draw_tokens`; by default
+    drawn from torch's global generator): PPO and GRPO draw the whole rollout's uniforms from one
+    seeded generator and hand each process the rows of its share. `width` left-pads the prompts to
+    that many tokens (the whole rollout's `prompt_width`) so that every share's tensors line up.
+    `synced` keeps stepping until every process's answers have ended (a sharded model's forward
+    pass needs every process). `greedy` takes the most likely token instead (for testing)."""
     tokenizer.padding_side = "left"
     device = next(lm.parameters()).device
-    enc = encode_batch(tokenizer, [chat_prompt(tokenizer, x) for x in instructions]).to(device)
+    enc = encode_batch(tokenizer, [chat_prompt(tokenizer, x) for x in instructions])
+    if width is not None and width > enc["input_ids"].shape[1]:  # more left padding: the whole rollout's width
+        extra = width - enc["input_ids"].shape[1]
+        enc = {"input_ids": F.pad(enc["input_ids"], (extra, 0), value=tokenizer.pad_token_id),
+               "attention_mask": F.pad(enc["attention_mask"], (extra, 0), value=0)}
+    enc = {k: v.to(device) for k, v in enc.items()}
+    n_answers = len(instructions) * group_size
+    if uniforms is None:
+        uniforms = torch.rand(n_answers, max_new_tokens)
+    if uniforms.shape != (n_answers, max_new_tokens):
+        raise ValueError(f"uniforms must be one row per answer and one column per token: {(n_answers, max_new_tokens)}"
+                         f", got {tuple(uniforms.shape)}")
+    uniforms = uniforms.to(device)
     positions = position_ids_from(enc["attention_mask"])
     out = lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=positions,
              use_cache=True, logits_to_keep=1)
@@ -231,13 +270,13 @@ def sample_grouped_episodes(lm, tokenizer, instructions: list[str], group_size: 
     mask, positions = prompt_mask, positions[:, -1:].repeat_interleave(group_size, dim=0)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     tokens = []
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         probs = torch.softmax(logits.float() / temperature, dim=-1)
-        token = probs.argmax(-1) if greedy else torch.multinomial(probs, 1).squeeze(1)
+        token = probs.argmax(-1) if greedy else draw_tokens(probs, uniforms[:, t])
         token = token.masked_fill(finished, tokenizer.pad_token_id)  # an answer that ended only pads
         tokens.append(token)
         finished |= token == tokenizer.eos_token_id
-        if finished.all():
+        if t == max_new_tokens - 1 or (all_finished(bool(finished.all())) if synced else bool(finished.all())):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions + 1
@@ -250,6 +289,20 @@ def sample_grouped_episodes(lm, tokenizer, instructions: list[str], group_size: 
     return {"sequences": torch.cat([prompt_ids, responses], dim=1), "attention_mask": attention_mask,
             "position_ids": position_ids_from(attention_mask), "prompt_len": prompt_ids.shape[1],
             "responses": responses, "mask": response_tokens, "finished": ended}
+
+
+def widen_responses(episodes: dict, width: int, pad_token_id: int) -> dict:
+    """`episodes` with their responses right-padded to `width` tokens (padding is masked out
+    everywhere): every process's share of a rollout as wide as the longest share's."""
+    extra = width - episodes["responses"].shape[1]
+    if extra <= 0:
+        return episodes
+    responses = F.pad(episodes["responses"], (0, extra), value=pad_token_id)
+    mask = F.pad(episodes["mask"], (0, extra), value=0)
+    attention_mask = F.pad(episodes["attention_mask"], (0, extra), value=0)
+    return {**episodes, "sequences": F.pad(episodes["sequences"], (0, extra), value=pad_token_id),
+            "attention_mask": attention_mask, "position_ids": position_ids_from(attention_mask),
+            "responses": responses, "mask": mask}
 
 
 def in_chunks(fn, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):

@@ -53,8 +53,9 @@ from tqdm.auto import tqdm
 
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.verifiers import exact_reward
-from embiggen.lm.distributed import all_reduce_sum, shard
-from embiggen.lm.generate import answer_logprobs, decode_responses, episode_logprobs, sample_grouped_episodes
+from embiggen.lm.distributed import all_reduce_max, all_reduce_sum, gather_shares, gather_texts, shard, world_size
+from embiggen.lm.generate import (answer_logprobs, decode_responses, episode_logprobs, prompt_width,
+                                  sample_grouped_episodes, widen_responses)
 from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.lm.training import (load_resume_point, lr_at, make_optimizer, mixed_precision, optimizer_step,
                                   save_resume_point)
@@ -163,6 +164,7 @@ class Groups:
     gold: torch.Tensor       # (P, G): exact-match correctness (the same as rewards with the exact verifier)
     advantages: torch.Tensor  # (P, G)
     old_logprobs: torch.Tensor | None  # (P * G, T); None when the update is exactly on-policy
+    ref_logprobs: torch.Tensor | None = None  # (P * G, T) under the reference; None without one
 
 
 @dataclass
@@ -209,22 +211,39 @@ class GRPOTrainer:
     def sample_groups(self, prompts: list[TaskExample]) -> Groups:
         """G answers to each prompt from the current policy, each scored by the verifier, and the
         group advantages. The sampling policy's log-probabilities are computed when the update
-        needs them (several gradient steps per batch) or the KL is measured (a reference is given)."""
-        cfg, G = self.cfg, self.cfg.group_size
+        needs them (several gradient steps per batch) or the KL is measured (a reference is given),
+        and then the reference's too. Every token is drawn with its own uniform from one generator
+        seeded by the step (`generate.draw_tokens`): on several processes each rank samples and
+        scores the groups of its share of the prompts, and the shares are gathered into the groups
+        one process samples (up to float rounding)."""
+        cfg, G, tok = self.cfg, self.cfg.group_size, self.tokenizer
         self.policy.eval()
-        torch.manual_seed(self.seed * 100003 + self.n_steps)
-        episodes = sample_grouped_episodes(self.policy, self.tokenizer, [e.instruction for e in prompts], G,
-                                           cfg.max_new_tokens, cfg.temperature)  # each prompt read once
-        texts, _ = decode_responses(self.tokenizer, episodes["responses"])  # the text every stage judges
-        examples = [e for e in prompts for _ in range(G)]
+        instructions = [e.instruction for e in prompts]
+        seeded = torch.Generator().manual_seed(self.seed * 100003 + self.n_steps)
+        uniforms = torch.rand(len(prompts) * G, cfg.max_new_tokens, generator=seeded)
+        mine = shard(list(range(len(prompts))))
+        rows = [i * G + j for i in mine for j in range(G)]
+        episodes = sample_grouped_episodes(self.policy, tok, [instructions[i] for i in mine], G, cfg.max_new_tokens,
+                                           cfg.temperature, uniforms=uniforms[rows],
+                                           width=prompt_width(tok, instructions),
+                                           synced=world_size() > 1)  # each prompt read once
+        episodes = widen_responses(episodes, int(all_reduce_max(episodes["responses"].shape[1])), tok.pad_token_id)
+        texts, _ = decode_responses(tok, episodes["responses"])  # the text every stage judges
+        examples = [prompts[i] for i in mine for _ in range(G)]
         rewards = torch.tensor([self.verifier(e, t) for e, t in zip(examples, texts)], dtype=torch.float32)
         gold = torch.tensor([exact_reward(e, t) for e, t in zip(examples, texts)], dtype=torch.float32)
-        rewards, gold = rewards.view(len(prompts), G), gold.view(len(prompts), G)
-        advantages = group_advantages(rewards, cfg.scale_rewards, cfg.baseline)
-        needed = not self.on_policy or self.has_reference
+        old = ref = None
         with mixed_precision(cfg.optim, self.device):  # as in the update: the ratio starts at 1
-            old = episode_logprobs(self.policy, episodes, cfg.temperature, cfg.logprob_chunk) if needed else None
-        return Groups(prompts, episodes, texts, episodes["finished"], rewards, gold, advantages, old)
+            if not self.on_policy or self.has_reference:
+                old = episode_logprobs(self.policy, episodes, cfg.temperature, cfg.logprob_chunk)
+            if self.has_reference:
+                ref = self.reference_logprobs(episodes)
+        whole = lambda t: gather_shares(t, block=G) if t is not None else None  # noqa: E731 - prompts' order
+        episodes = {k: v if k == "prompt_len" else whole(v) for k, v in episodes.items()}
+        rewards, gold = whole(rewards).view(len(prompts), G), whole(gold).view(len(prompts), G)
+        advantages = group_advantages(rewards, cfg.scale_rewards, cfg.baseline)
+        return Groups(prompts, episodes, gather_texts(texts, block=G), episodes["finished"], rewards, gold,
+                      advantages, whole(old), whole(ref))
 
     def reference_logprobs(self, episodes: dict) -> torch.Tensor:
         """log pi_ref of the sampled tokens: the reference model's, or with LoRA the policy's with
@@ -251,8 +270,10 @@ class GRPOTrainer:
         started = time.perf_counter()
         ep, mask = groups.episodes, groups.episodes["mask"].float()
         advantages = groups.advantages.flatten().to(self.device)
-        with mixed_precision(cfg.optim, self.device):
-            ref_logprobs = self.reference_logprobs(ep) if self.has_reference else None
+        ref_logprobs = groups.ref_logprobs
+        if ref_logprobs is None and self.has_reference:  # groups sampled elsewhere (push_of_one_update)
+            with torch.no_grad(), mixed_precision(cfg.optim, self.device):
+                ref_logprobs = self.reference_logprobs(ep)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.n_steps, cfg.steps, cfg.optim)
 

@@ -65,9 +65,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from embiggen.data.world import ALIGNMENT_KINDS
-from embiggen.lm.distributed import all_reduce_sum, shard, world_size
+from embiggen.lm.distributed import all_reduce_max, all_reduce_sum, gather_shares, gather_texts, shard, world_size
 from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, output_head,
-                                  position_ids_from, response_logprobs, sample_episodes)
+                                  position_ids_from, prompt_width, response_logprobs,
+                                  sample_grouped_episodes, widen_responses)
 from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
 from embiggen.lm.training import (load_resume_point, make_optimizer, mixed_precision, optimizer_step,
                                   save_resume_point)
@@ -361,26 +362,40 @@ class PPOTrainer:
     # -- rollout ---------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, prompts) -> Rollout:
+        """One answer to each prompt from the current policy, with everything the update needs:
+        its log-probabilities (policy and reference), values, the reward model's score and the
+        labeler's gold verdict. Every token is drawn with its own uniform from one generator
+        seeded by the step (`generate.draw_tokens`), so on several processes each rank samples and
+        scores its share of the prompts and the shares are gathered into the rollout one process
+        samples (up to float rounding), whatever the number of processes."""
         cfg, tok = self.cfg, self.tokenizer
         self.policy.eval()
-        torch.manual_seed(self.seed * 100003 + self.n_steps)
-        ep = sample_episodes(self.policy.lm, tok, [e.instruction for e in prompts], cfg.max_new_tokens, cfg.temperature)
-        sequences, attention_mask, responses, mask = ep["sequences"], ep["attention_mask"], ep["responses"], ep["mask"]
-        finished, prompt_len = ep["finished"], ep["prompt_len"]
+        instructions = [e.instruction for e in prompts]
+        seeded = torch.Generator().manual_seed(self.seed * 100003 + self.n_steps)
+        uniforms = torch.rand(len(prompts), cfg.max_new_tokens, generator=seeded)
+        mine = shard(list(range(len(prompts))))
+        share = [prompts[i] for i in mine]
+        ep = sample_grouped_episodes(self.policy.lm, tok, [instructions[i] for i in mine], 1, cfg.max_new_tokens,
+                                     cfg.temperature, uniforms=uniforms[mine], width=prompt_width(tok, instructions),
+                                     synced=world_size() > 1)
+        ep = widen_responses(ep, int(all_reduce_max(ep["responses"].shape[1])), tok.pad_token_id)
         with mixed_precision(cfg.optim, self.device):  # as in the update: the ratio starts at 1
             logprobs, entropy, values = self.policy.logprobs_and_values(
-                sequences, attention_mask, ep["position_ids"], responses, cfg.temperature, cfg.logprob_chunk)
+                ep["sequences"], ep["attention_mask"], ep["position_ids"], ep["responses"], cfg.temperature,
+                cfg.logprob_chunk)
             ref_logprobs = self.reference_logprobs(ep)
-        values = values.float()
-        texts, _ = decode_responses(tok, responses)  # the same text the labeler and the reward model judge
-        instructions = [e.instruction for e in prompts]
-        rm_scores = self.reward_model.score(instructions, texts, finished.tolist()).to(self.device)
+        values = values.float() * ep["mask"]
+        texts, _ = decode_responses(tok, ep["responses"])  # the same text the labeler and the reward model judge
+        finished = ep["finished"]
+        rm_scores = self.reward_model.score([e.instruction for e in share], texts, finished.tolist()).to(self.device)
         scores = rm_scores - cfg.missing_eos_penalty * (~finished).float()
-        judgements = [self.labeler.judge(e, t, bool(f)) for e, t, f in zip(prompts, texts, finished)]
+        judgements = [self.labeler.judge(e, t, bool(f)) for e, t, f in zip(share, texts, finished)]
         gold = torch.tensor([j.gold for j in judgements])
-        return Rollout(prompts, sequences, attention_mask, prompt_len, mask.float(), finished, texts, logprobs,
-                       ref_logprobs, values * mask, scores, rm_scores, gold, entropy,
-                       [j.category for j in judgements])
+        whole = gather_shares  # the shares, back in the prompts' order (one process: as they are)
+        return Rollout(prompts, whole(ep["sequences"]), whole(ep["attention_mask"]), ep["prompt_len"],
+                       whole(ep["mask"].float()), whole(finished), gather_texts(texts), whole(logprobs),
+                       whole(ref_logprobs), whole(values), whole(scores), whole(rm_scores), whole(gold),
+                       whole(entropy), gather_texts([j.category for j in judgements]))
 
     def reference_logprobs(self, episodes: dict) -> torch.Tensor:
         """log pi_ref(y_t | ...) of the sampled tokens: the SFT model's, or with LoRA the policy's
