@@ -83,16 +83,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path: Path, name: str, world: int) -> list[dict]:
+RESUME_WORKER = r'''
+import json, sys
+from pathlib import Path
+import torch
+from embiggen.lm.distributed import barrier, init, rank, world_size
+from embiggen.lm.training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
+from embiggen.presets import OptimConfig
+
+init()
+x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+y = torch.randn(8, 1, generator=torch.Generator().manual_seed(2))
+cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
+
+def fresh():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 1))
+    return model, make_optimizer(model.parameters(), cfg)
+
+def train(model, optimizer, steps):
+    for _ in range(steps):  # this rank's rows, each weighted by its share of the whole batch's sum
+        loss = ((model(x[rank()::world_size()]) - y[rank()::world_size()]) ** 2).sum() / len(x)
+        optimizer_step(model, optimizer, loss, 0.5)
+
+straight, opt = fresh()
+train(straight, opt, 4)
+resumed, opt2 = fresh()
+train(resumed, opt2, 2)
+folder = Path(sys.argv[2])
+save_resume_point(folder, resumed, opt2, torch.Generator(), {"step": 2})
+barrier()
+again, opt3 = fresh()
+state = load_resume_point(folder, again, opt3, torch.Generator())
+train(again, opt3, 2)
+local = getattr(opt, "optim", opt).state  # a sharded optimiser's own part
+with open(sys.argv[1], "w") as f:
+    json.dump({"optimizer": type(opt).__name__, "state": state, "local_states": len(local),
+               "params": len(list(straight.parameters())),
+               "straight": torch.cat([p.detach().flatten() for p in straight.parameters()]).tolist(),
+               "resumed": torch.cat([p.detach().flatten() for p in again.parameters()]).tolist()}, f)
+'''
+
+
+def launch(tmp_path: Path, name: str, world: int, worker: str = WORKER, **env_extra) -> list[dict]:
     """The worker on `world` processes (one: no process group), a cache of its own."""
     cache, port = tmp_path / f"cache-{name}", free_port()
     procs = []
     for rank in range(world):
-        env = {**os.environ, "EMBIGGEN_CACHE": str(cache), "EMBIGGEN_THREADS": "1", "EMBIGGEN_DEVICE": "cpu"}
+        env = {**os.environ, "EMBIGGEN_CACHE": str(cache), "EMBIGGEN_THREADS": "1", "EMBIGGEN_DEVICE": "cpu",
+               **env_extra}
         if world > 1:
             env.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"{name}-{rank}.json")],
+        procs.append(subprocess.Popen([sys.executable, "-c", worker, str(tmp_path / f"{name}-{rank}.json"),
+                                       str(tmp_path / f"resume-{name}")],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     errors = [p.communicate(timeout=600)[1] for p in procs]
     for rank, (p, err) in enumerate(zip(procs, errors)):
@@ -104,6 +148,7 @@ def launch(tmp_path: Path, name: str, world: int) -> list[dict]:
 def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writes(tmp_path):
     (one,) = launch(tmp_path, "one", 1)
     two = launch(tmp_path, "two", 2)
+    zero = launch(tmp_path, "zero", 2, EMBIGGEN_ZERO="1")  # each rank keeps half of AdamW's state
     assert one["world"] == 1 and two[0]["world"] == two[1]["world"] == 2
     # each rank trained on half of every batch (the training batches: the first rows["..."] of each step)
     assert two[0]["rows"]["sft"][0] + two[1]["rows"]["sft"][0] == one["rows"]["sft"][0] == 8
@@ -119,12 +164,39 @@ def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writ
     assert two[0]["paths"] == two[1]["paths"]  # both ranks hand back the same entries
     for stage in ("base", "sft", "dpo", "rm", "ppo", "grpo"):
         a = load_file(Path(one["paths"][stage]) / "model.safetensors")
-        b = load_file(Path(two[0]["paths"][stage]) / "model.safetensors")
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=f"{stage} {key}")
+        for other in (two, zero):
+            b = load_file(Path(other[0]["paths"][stage]) / "model.safetensors")
+            assert a.keys() == b.keys()
+            for key in a:
+                torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=f"{stage} {key}")
     assert two[0]["sft_loss"] == pytest.approx(one["sft_loss"], rel=1e-5)  # the logged loss is the whole batch's
     assert two[0]["dpo_loss"] == pytest.approx(one["dpo_loss"], rel=1e-5)
     cache = str(tmp_path / "cache-two")
     assert two[0]["writes"] and any(w.startswith(cache) for w in two[0]["writes"])
     assert not [w for w in two[1]["writes"] if w.startswith(cache)]  # rank 1 wrote nothing into the cache
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_a_sharded_optimiser_keeps_part_of_the_state_on_each_rank_and_resumes_where_it_stopped(tmp_path):
+    (one,) = launch(tmp_path, "one", 1, RESUME_WORKER)
+    two = launch(tmp_path, "zero", 2, RESUME_WORKER, EMBIGGEN_ZERO="1")
+    assert one["optimizer"] == "AdamW" and {r["optimizer"] for r in two} == {"ZeroRedundancyOptimizer"}
+    assert one["local_states"] == one["params"] == 4
+    assert all(0 < r["local_states"] < r["params"] for r in two) and sum(r["local_states"] for r in two) == 4
+    assert two[0]["state"] == two[1]["state"] == {"step": 2}
+    for r in two:  # the same weights as one process, and resuming from the gathered state changes nothing
+        torch.testing.assert_close(torch.tensor(r["straight"]), torch.tensor(one["straight"]), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(torch.tensor(r["resumed"]), torch.tensor(r["straight"]), atol=0, rtol=0)
+    torch.testing.assert_close(torch.tensor(one["resumed"]), torch.tensor(one["straight"]), atol=0, rtol=0)
+
+
+def test_the_sharding_switch_is_checked():
+    from embiggen.lm.distributed import shards_optimizer
+
+    os.environ["EMBIGGEN_ZERO"] = "yes"
+    try:
+        with pytest.raises(ValueError, match="EMBIGGEN_ZERO must be 0 or 1"):
+            shards_optimizer()
+    finally:
+        del os.environ["EMBIGGEN_ZERO"]
+    assert shards_optimizer() is False  # one process: nothing to shard

@@ -21,12 +21,23 @@ there are); the shares are gathered (`gather_shares`) so that every rank holds t
 and each takes its share of every minibatch of the update. The processes find each other through
 torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); the backend is NCCL on GPUs
 and gloo on CPUs.
+
+A model whose training does not fit one device is mostly the optimiser's fault: AdamW keeps two
+float32 moments per weight, twice the float32 weights themselves. With EMBIGGEN_ZERO=1 each rank
+keeps the moments of only its part of the weights (ZeRO stage 1, Rajbhandari et al. 2020,
+"ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", through torch's
+`ZeroRedundancyOptimizer`): it updates that part and sends the new values to the others. The
+weights and the gradients stay whole on every rank, so every forward pass, every saved file and
+every number is as without it; what is saved to resume is gathered on rank 0 first. Sharding the
+weights themselves too (FSDP, ZeRO stage 3) is not built: the model's weights and gradients must
+fit one device.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -39,6 +50,29 @@ def init() -> None:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def shards_optimizer() -> bool:
+    """Whether each rank keeps only its part of the optimiser's state (ZeRO stage 1, Rajbhandari et
+    al. 2020): EMBIGGEN_ZERO=1 on several processes."""
+    flag = os.environ.get("EMBIGGEN_ZERO", "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"EMBIGGEN_ZERO must be 0 or 1, got {flag!r}")
+    return flag == "1" and world_size() > 1
+
+
+def sharded_adamw(params, **settings):
+    """AdamW whose state is split over the ranks (torch's ZeroRedundancyOptimizer): each rank
+    updates its part of the weights and broadcasts the new values."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer  # imported only where it is used
+
+    return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, **settings)
+
+
+def is_sharded(optimizer) -> bool:
+    """Whether `optimizer` keeps only this rank's part of the state (`sharded_adamw`)."""
+    optim = sys.modules.get("torch.distributed.optim")
+    return optim is not None and isinstance(optimizer, optim.ZeroRedundancyOptimizer)
 
 
 def world_size() -> int:

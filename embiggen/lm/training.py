@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embiggen.errors import UserError
-from embiggen.lm.distributed import all_reduce_gradients, all_reduce_sum, barrier, broadcast_flag, world_size
+from embiggen.lm.distributed import (all_reduce_gradients, all_reduce_sum, barrier, broadcast_flag, is_sharded,
+                                     sharded_adamw, shards_optimizer, world_size)
 from embiggen.lm.lora import has_adapters, merge_adapters, save_adapters
 from embiggen.presets import LoRAConfig, OptimConfig, Preset
 from embiggen.utils import (CacheReadOnly, EntryLoadError, atomic_dir, cache_format_since, cache_root, clean_orphans,
@@ -86,17 +87,21 @@ def mixed_precision(optim: OptimConfig, device):
     return nullcontext()
 
 
-def make_optimizer(params, optim: OptimConfig) -> torch.optim.AdamW:
+def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
     """AdamW as `optim` describes it (weight_decay = 0 makes it Adam), over the parameters that
-    train, which must be float32 (the master weights: `mixed_precision` says where bf16 goes)."""
+    train, which must be float32 (the master weights: `mixed_precision` says where bf16 goes).
+    With EMBIGGEN_ZERO=1 on several processes, each keeps the state of its part of the weights
+    (`distributed.shards_optimizer`)."""
     params = [p for p in params if p.requires_grad]
     low = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
     if low:
         raise ValueError(f"the weights to train are {', '.join(low)}: Embiggen trains float32 master weights, "
                          "since in bf16 most small updates round away (load models with model.load_pretrained, "
                          "which converts them; OptimConfig.bf16 gives bf16 speed)")
-    return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                             weight_decay=optim.weight_decay)
+    settings = {"lr": optim.lr, "betas": tuple(optim.betas), "eps": optim.eps, "weight_decay": optim.weight_decay}
+    if shards_optimizer():
+        return sharded_adamw(params, **settings)
+    return torch.optim.AdamW(params, **settings)
 
 
 def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
@@ -123,29 +128,46 @@ def optimizer_step(model, optimizer, loss: torch.Tensor | None, grad_clip: float
 # Resume points: everything needed to continue an interrupted run, as safetensors plus JSON
 # ---------------------------------------------------------------------------------------
 def optimizer_state_tensors(optimizer) -> dict:
-    """AdamW's per-parameter state as flat tensors ("<param index>.<name>"), for safetensors."""
-    out = {}
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        for name, value in optimizer.state.get(p, {}).items():
-            out[f"{i}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    return out
+    """AdamW's per-parameter state as flat tensors ("<param index>.<name>"), for safetensors. An
+    optimiser sharded over the ranks (ZeRO) is gathered first, on every rank; rank 0 gets it all,
+    the others nothing."""
+    if is_sharded(optimizer):
+        optimizer.consolidate_state_dict(to=0)
+        if not is_main_process():
+            return {}
+        per_param = optimizer.state_dict()["state"]  # {param index: {name: value}}
+    else:
+        params = optimizer.param_groups[0]["params"]
+        per_param = {i: optimizer.state[p] for i, p in enumerate(params) if p in optimizer.state}
+    return {f"{i}.{name}": torch.as_tensor(value).detach().cpu().contiguous()
+            for i, state in per_param.items() for name, value in state.items()}
 
 
 def restore_optimizer_state(optimizer, tensors: dict) -> None:
+    """What `optimizer_state_tensors` wrote, into `optimizer` (a sharded one takes its part)."""
     params = optimizer.param_groups[0]["params"]
+    per_param: dict[int, dict] = {}
     for key, value in tensors.items():
         i, name = key.split(".", 1)
-        p = params[int(i)]
-        optimizer.state[p][name] = value.to(p.device) if name != "step" else value
+        per_param.setdefault(int(i), {})[name] = value.to(params[int(i)].device) if name != "step" else value
+    if is_sharded(optimizer):
+        group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        optimizer.load_state_dict({"state": per_param, "param_groups": [{**group, "params": list(range(len(params)))}]})
+        return
+    for i, state in per_param.items():
+        optimizer.state[params[i]].update(state)
 
 
 def save_resume_point(folder: Path, model, optimizer, generator: torch.Generator, state: dict) -> None:
     """The model (tied weights once), the optimiser's state, the random generator and `state`
-    (any JSON: the step, the log, ...), written atomically into `folder`."""
+    (any JSON: the step, the log, ...), written atomically into `folder`. Called on every rank
+    (a sharded optimiser's state is gathered from all of them); rank 0 writes."""
+    optimizer_state = optimizer_state_tensors(optimizer)
+    if not is_main_process():
+        return
     with atomic_dir(folder) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
-        save_file({**optimizer_state_tensors(optimizer), "generator_state": generator.get_state()},
-                  str(tmp / "optimizer.safetensors"))
+        save_file({**optimizer_state, "generator_state": generator.get_state()}, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state))
 
 
@@ -249,7 +271,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
                 bar.set_postfix(train=f"{log.train_loss[-1]:.3f}", val=f"{log.val_loss[-1]:.3f}")
             if callback is not None:  # first, so that what it records goes into the resume point
                 callback(step, log)
-            if resume_dir is not None and step < cfg.steps and is_main_process():
+            if resume_dir is not None and step < cfg.steps:  # every rank: a sharded optimiser is gathered
                 save_resume_point(Path(resume_dir), model, optimizer, generator, {"step": step, "log": asdict(log)})
         bar.update(1)
     bar.close()
