@@ -87,26 +87,31 @@ RESUME_WORKER = r'''
 import json, sys
 from pathlib import Path
 import torch
-from embiggen.lm.distributed import barrier, init, rank, world_size
+from transformers import LlamaConfig, LlamaForCausalLM
+from embiggen.lm.distributed import barrier, init, is_split, rank, shard_weights, gather_weights, world_size
 from embiggen.lm.training import load_resume_point, make_optimizer, optimizer_step, save_resume_point
 from embiggen.presets import OptimConfig
 
 init()
-x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
-y = torch.randn(8, 1, generator=torch.Generator().manual_seed(2))
+ids = torch.randint(0, 50, (4, 9), generator=torch.Generator().manual_seed(1))
 cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
 
 def fresh():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 1))
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    shard_weights(model)
     return model, make_optimizer(model.parameters(), cfg)
 
 def train(model, optimizer, steps):
-    for _ in range(steps):  # this rank's rows, each weighted by its share of the whole batch's sum
-        loss = ((model(x[rank()::world_size()]) - y[rank()::world_size()]) ** 2).sum() / len(x)
-        optimizer_step(model, optimizer, loss, 0.5)
+    mine = ids[rank()::world_size()]
+    for _ in range(steps):  # this rank's rows, each token weighted by its share of the whole batch's
+        logits = model(input_ids=mine).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), mine[:, 1:].reshape(-1), reduction="sum")
+        optimizer_step(model, optimizer, loss / ids[:, 1:].numel(), 0.5)
 
 straight, opt = fresh()
+split = is_split(straight)
 train(straight, opt, 4)
 resumed, opt2 = fresh()
 train(resumed, opt2, 2)
@@ -117,9 +122,14 @@ again, opt3 = fresh()
 state = load_resume_point(folder, again, opt3, torch.Generator())
 train(again, opt3, 2)
 local = getattr(opt, "optim", opt).state  # a sharded optimiser's own part
+state_numel = sum(t.to_local().numel() if hasattr(t, "to_local") else t.numel()
+                  for s in local.values() for k, t in s.items() if k == "exp_avg")
+for model in (straight, again):
+    gather_weights(model)
 with open(sys.argv[1], "w") as f:
-    json.dump({"optimizer": type(opt).__name__, "state": state, "local_states": len(local),
-               "params": len(list(straight.parameters())),
+    json.dump({"optimizer": type(opt).__name__, "state": state, "moments": state_numel, "split": split,
+               "params": sum(p.numel() for p in straight.parameters()), "plain": not is_split(straight),
+               "layer": type(straight.model.layers[0]).__name__,
                "straight": torch.cat([p.detach().flatten() for p in straight.parameters()]).tolist(),
                "resumed": torch.cat([p.detach().flatten() for p in again.parameters()]).tolist()}, f)
 '''
@@ -140,7 +150,8 @@ def launch(tmp_path: Path, name: str, world: int, worker: str = WORKER, **env_ex
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     errors = [p.communicate(timeout=600)[1] for p in procs]
     for rank, (p, err) in enumerate(zip(procs, errors)):
-        assert p.returncode == 0, f"rank {rank}: {err[-3000:]}"
+        (tmp_path / f"{name}-{rank}.err").write_text(err)
+        assert p.returncode == 0, f"{name}, rank {rank}: {err[-3000:]}"
     return [json.loads((tmp_path / f"{name}-{rank}.json").read_text()) for rank in range(world)]
 
 
@@ -148,7 +159,8 @@ def launch(tmp_path: Path, name: str, world: int, worker: str = WORKER, **env_ex
 def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writes(tmp_path):
     (one,) = launch(tmp_path, "one", 1)
     two = launch(tmp_path, "two", 2)
-    zero = launch(tmp_path, "zero", 2, EMBIGGEN_ZERO="1")  # each rank keeps half of AdamW's state
+    zero = launch(tmp_path, "zero", 2, EMBIGGEN_SHARD="optimizer")  # each rank keeps half of AdamW's state
+    fsdp = launch(tmp_path, "fsdp", 2, EMBIGGEN_SHARD="weights")  # and half of every layer
     assert one["world"] == 1 and two[0]["world"] == two[1]["world"] == 2
     # each rank trained on half of every batch (the training batches: the first rows["..."] of each step)
     assert two[0]["rows"]["sft"][0] + two[1]["rows"]["sft"][0] == one["rows"]["sft"][0] == 8
@@ -164,7 +176,7 @@ def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writ
     assert two[0]["paths"] == two[1]["paths"]  # both ranks hand back the same entries
     for stage in ("base", "sft", "dpo", "rm", "ppo", "grpo"):
         a = load_file(Path(one["paths"][stage]) / "model.safetensors")
-        for other in (two, zero):
+        for other in (two, zero, fsdp):
             b = load_file(Path(other[0]["paths"][stage]) / "model.safetensors")
             assert a.keys() == b.keys()
             for key in a:
@@ -177,12 +189,19 @@ def test_two_processes_train_the_weights_one_process_trains_and_only_rank_0_writ
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
-def test_a_sharded_optimiser_keeps_part_of_the_state_on_each_rank_and_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("mode", ["optimizer", "weights"])
+def test_sharding_keeps_part_of_the_state_on_each_rank_and_resumes_where_it_stopped(tmp_path, mode):
     (one,) = launch(tmp_path, "one", 1, RESUME_WORKER)
-    two = launch(tmp_path, "zero", 2, RESUME_WORKER, EMBIGGEN_ZERO="1")
-    assert one["optimizer"] == "AdamW" and {r["optimizer"] for r in two} == {"ZeroRedundancyOptimizer"}
-    assert one["local_states"] == one["params"] == 4
-    assert all(0 < r["local_states"] < r["params"] for r in two) and sum(r["local_states"] for r in two) == 4
+    two = launch(tmp_path, mode, 2, RESUME_WORKER, EMBIGGEN_SHARD=mode)
+    assert one["optimizer"] == "AdamW" and not one["split"] and one["moments"] == one["params"]
+    if mode == "optimizer":  # whole weights, each rank the moments of some of them
+        assert {r["optimizer"] for r in two} == {"ZeroRedundancyOptimizer"} and not two[0]["split"]
+        assert all(0 < r["moments"] < r["params"] for r in two) and sum(r["moments"] for r in two) == one["params"]
+    else:  # the layers split: each rank holds half of their moments, the embedding's whole
+        layers = one["params"] - 50 * 16 - 16  # the tied embedding and the final norm stay whole
+        assert {r["optimizer"] for r in two} == {"AdamW"} and two[0]["split"]
+        assert [r["moments"] for r in two] == [50 * 16 + 16 + layers // 2] * 2
+    assert all(r["plain"] and r["layer"] == "LlamaDecoderLayer" for r in two)  # ordinary modules again
     assert two[0]["state"] == two[1]["state"] == {"step": 2}
     for r in two:  # the same weights as one process, and resuming from the gathered state changes nothing
         torch.testing.assert_close(torch.tensor(r["straight"]), torch.tensor(one["straight"]), atol=1e-6, rtol=1e-5)
@@ -191,12 +210,12 @@ def test_a_sharded_optimiser_keeps_part_of_the_state_on_each_rank_and_resumes_wh
 
 
 def test_the_sharding_switch_is_checked():
-    from embiggen.lm.distributed import shards_optimizer
+    from embiggen.lm.distributed import sharding
 
-    os.environ["EMBIGGEN_ZERO"] = "yes"
+    os.environ["EMBIGGEN_SHARD"] = "yes"
     try:
-        with pytest.raises(ValueError, match="EMBIGGEN_ZERO must be 0 or 1"):
-            shards_optimizer()
+        with pytest.raises(ValueError, match="EMBIGGEN_SHARD must be one of none, optimizer, weights"):
+            sharding()
     finally:
-        del os.environ["EMBIGGEN_ZERO"]
-    assert shards_optimizer() is False  # one process: nothing to shard
+        del os.environ["EMBIGGEN_SHARD"]
+    assert sharding() == "none"  # one process: nothing to shard

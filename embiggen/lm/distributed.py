@@ -22,22 +22,30 @@ and each takes its share of every minibatch of the update. The processes find ea
 torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); the backend is NCCL on GPUs
 and gloo on CPUs.
 
-A model whose training does not fit one device is mostly the optimiser's fault: AdamW keeps two
-float32 moments per weight, twice the float32 weights themselves. With EMBIGGEN_ZERO=1 each rank
-keeps the moments of only its part of the weights (ZeRO stage 1, Rajbhandari et al. 2020,
-"ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", through torch's
-`ZeroRedundancyOptimizer`): it updates that part and sends the new values to the others. The
-weights and the gradients stay whole on every rank, so every forward pass, every saved file and
-every number is as without it; what is saved to resume is gathered on rank 0 first. Sharding the
-weights themselves too (FSDP, ZeRO stage 3) is not built: the model's weights and gradients must
-fit one device.
+A model whose training does not fit one device can be split over the ranks (EMBIGGEN_SHARD; the
+numbers stay those of one process up to float rounding):
+
+* `optimizer` — ZeRO stage 1 (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward
+  Training Trillion Parameter Models", through torch's `ZeroRedundancyOptimizer`). AdamW keeps
+  two float32 moments per weight, twice the weights themselves; each rank keeps the moments of its
+  part of the weights only, updates that part and sends the new values to the others. Weights
+  and gradients stay whole on every rank.
+* `weights` — FSDP (Zhao et al. 2023, "PyTorch FSDP", torch's `fully_shard`): every decoder
+  layer's weights, gradients and moments are split, each rank keeping 1/N of them; a layer is
+  gathered whole just for its forward and backward pass, and its gradient is reduce-scattered
+  (each rank receives the sum of its own slice). The embeddings, the final norm and the heads stay
+  whole on every rank, their gradients added up as above. After training the layers are gathered
+  back into ordinary modules (`gather_weights`), so saving, evaluation and the next stage see a
+  plain model. Not with LoRA (whose frozen weights need no optimiser state anyway).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -52,13 +60,21 @@ def init() -> None:
         dist.init_process_group("nccl" if cuda else "gloo")
 
 
+#: What EMBIGGEN_SHARD can split over the ranks: nothing, AdamW's state (ZeRO-1), or the layers' weights (FSDP).
+SHARDING = ("none", "optimizer", "weights")
+
+
+def sharding() -> str:
+    """EMBIGGEN_SHARD on several processes ('none' in one)."""
+    mode = os.environ.get("EMBIGGEN_SHARD", "none")
+    if mode not in SHARDING:
+        raise ValueError(f"EMBIGGEN_SHARD must be one of {', '.join(SHARDING)}; got {mode!r}")
+    return mode if world_size() > 1 else "none"
+
+
 def shards_optimizer() -> bool:
-    """Whether each rank keeps only its part of the optimiser's state (ZeRO stage 1, Rajbhandari et
-    al. 2020): EMBIGGEN_ZERO=1 on several processes."""
-    flag = os.environ.get("EMBIGGEN_ZERO", "0")
-    if flag not in ("0", "1"):
-        raise ValueError(f"EMBIGGEN_ZERO must be 0 or 1, got {flag!r}")
-    return flag == "1" and world_size() > 1
+    """Whether each rank keeps only its part of AdamW's state (EMBIGGEN_SHARD=optimizer)."""
+    return sharding() == "optimizer"
 
 
 def sharded_adamw(params, **settings):
@@ -174,14 +190,134 @@ def gather_texts(share: list, block: int = 1) -> list:
 
 def all_reduce_gradients(model) -> None:
     """Add every trained parameter's gradient up over the ranks (each rank weighted its loss
-    already); a rank with nothing to add (an empty share) adds zeros."""
+    already); a rank with nothing to add (an empty share) adds zeros. The sharded layers' slices
+    were added up already, in the backward pass (`shard_weights`)."""
     if world_size() == 1:
         return
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and not is_slice(p):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
+
+
+# ---------------------------------------------------------------------------------------
+# FSDP: each rank keeps a slice of every decoder layer (EMBIGGEN_SHARD=weights)
+# ---------------------------------------------------------------------------------------
+def is_slice(t) -> bool:
+    """Whether `t` is this rank's slice of a sharded weight (a DTensor)."""
+    tensor = sys.modules.get("torch.distributed.tensor")
+    return tensor is not None and isinstance(t, tensor.DTensor)
+
+
+def _fsdp_modules(model) -> list:
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return [m for m in model.modules() if isinstance(m, fsdp.FSDPModule)] if fsdp is not None else []
+
+
+def is_split(model) -> bool:
+    """Whether some of `model`'s layers are split over the ranks (`shard_weights`)."""
+    return bool(_fsdp_modules(model))
+
+
+def resharded(model):
+    """`model` with every split layer back in its slices (a layer that ran forward last may hold
+    its whole weights until its backward pass): its parameters are then the slices."""
+    for layer in _fsdp_modules(model):
+        layer.reshard()
+    return model
+
+
+def decoder_layers(model) -> list:
+    """The repeated blocks of the Hugging Face models inside `model`: the modules their classes
+    name as never to be split between devices (`_no_split_modules`)."""
+    names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard_weights(model) -> None:
+    """With EMBIGGEN_SHARD=weights, split every decoder layer of `model` over the ranks, in place
+    (before its optimiser is made: AdamW's moments then have the slices' shapes)."""
+    if sharding() != "weights":
+        return
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if any(type(m).__name__ == "LoraLayer" or hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError("EMBIGGEN_SHARD=weights does not shard LoRA adapters: set EMBIGGEN_SHARD=none or optimizer")
+    layers = decoder_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} names no decoder layers (_no_split_modules) for "
+                         "EMBIGGEN_SHARD=weights to split")
+    mesh = init_device_mesh(_device().type, (world_size(),))
+    for layer in layers:
+        _BEFORE[layer] = {m: (set(m.__dict__), {h: set(getattr(m, h)) for h in _HOOKS}) for m in layer.modules()}
+        fully_shard(layer, mesh=mesh)
+        # each rank's loss is already weighted by its share: the slices' gradients are summed, not averaged
+        layer.set_gradient_divide_factor(1.0)
+        layer.set_force_sum_reduction_for_comms(True)
+
+
+def gather_weights(model) -> None:
+    """Undo `shard_weights`: every sharded layer gathered whole on every rank and made an
+    ordinary module again (its class, no FSDP hooks), for saving, evaluating and sampling."""
+    if not is_split(model):
+        return
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    for layer in _fsdp_modules(model):
+        layer.reshard()
+        state = fully_shard.state(layer)
+        state._pre_forward_hook_handle.remove()
+        state._post_forward_hook_handle.remove()
+        for module in layer.modules():
+            for name, p in list(module._parameters.items()):
+                if is_slice(p):
+                    module._parameters[name] = torch.nn.Parameter(p.full_tensor().detach().clone(),
+                                                                  requires_grad=p.requires_grad)
+        layer.__class__ = next(c for c in type(layer).__mro__[1:] if not issubclass(c, FSDPModule))
+        for module, (attributes, hooks) in _BEFORE.pop(layer, {}).items():  # what fully_shard added: its state,
+            for name in set(module.__dict__) - attributes:                  # which holds the process group
+                del module.__dict__[name]
+            for name, keys in hooks.items():
+                for key in set(getattr(module, name)) - keys:
+                    del getattr(module, name)[key]
+
+
+#: The module hooks `gather_weights` takes off again when they were not there before `shard_weights`.
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks", "_state_dict_hooks",
+          "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+#: Each sharded layer's modules' attributes and hooks before `fully_shard` (weakly held).
+_BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """`t` whole: a slice gathered from every rank (every rank must ask), a whole tensor as it is."""
+    return t.full_tensor() if is_slice(t) else t
+
+
+def like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`full` cut as `param` is: this rank's slice where `param` is one, `full` itself otherwise."""
+    if not is_slice(param):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
+
+
+def clip_gradients(params, max_norm: float) -> None:
+    """`torch.nn.utils.clip_grad_norm_`, also over sharded gradients: the norm of the whole
+    gradient, its sliced part's squares added up over the ranks; every gradient scaled by
+    min(1, max_norm / (norm + 1e-6)) as torch does."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(is_slice(g) for g in grads):
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+        return
+    sliced = sum(g.to_local().double().pow(2).sum().item() for g in grads if is_slice(g))
+    total = all_reduce_sum(sliced) + sum(g.double().pow(2).sum().item() for g in grads if not is_slice(g))
+    scale = min(1.0, max_norm / (math.sqrt(total) + 1e-6))
+    for g in grads:
+        g.mul_(scale)
 
 
 def barrier() -> None:

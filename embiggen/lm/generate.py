@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from embiggen.lm.distributed import all_finished
+from embiggen.lm.distributed import all_finished, is_split
 from embiggen.lm.tokenizer import chat_prompt, encode, encode_batch
 
 
@@ -114,13 +114,14 @@ def generate_ids(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
     tokenizer.padding_side = "left"
     sampling = {} if greedy else {"temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
     outputs, desc = [], desc or _PROGRESS.get()
+    sharded = is_split(model)  # a sharded layer's forward pass needs every rank: all step until all are done
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         chunk = prompts[start: start + batch_size]
         enc = encode_batch(tokenizer, chunk).to(_device(model))
         with plain_generation(model):
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 **sampling)
+                                 synced_gpus=sharded, **sampling)
         outputs.extend(out[:, enc["input_ids"].shape[1]:].cpu())
     model.train(was_training)
     return outputs
@@ -202,7 +203,7 @@ def sample_episodes(lm, tokenizer, instructions: list[str], max_new_tokens: int,
     with plain_generation(lm):  # sampled from exactly logits / T, the distribution the log-probs are computed from
         sequences = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                 top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=tokenizer.eos_token_id)
+                                eos_token_id=tokenizer.eos_token_id, synced_gpus=is_split(lm))
     responses = sequences[:, prompt_len:]
     mask, finished = response_mask(responses, tokenizer.eos_token_id)
     attention_mask = torch.cat([enc["attention_mask"], mask], dim=1)

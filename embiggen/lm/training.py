@@ -33,7 +33,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embiggen.errors import UserError
-from embiggen.lm.distributed import (all_reduce_gradients, all_reduce_sum, barrier, broadcast_flag, is_sharded,
+from embiggen.lm.distributed import (all_reduce_gradients, all_reduce_sum, barrier, broadcast_flag, clip_gradients,
+                                     full_tensor, gather_weights, is_sharded, is_slice, is_split, like, resharded,
+                                     shard_weights,
                                      sharded_adamw, shards_optimizer, world_size)
 from embiggen.lm.lora import has_adapters, merge_adapters, save_adapters
 from embiggen.presets import LoRAConfig, OptimConfig, Preset
@@ -90,8 +92,8 @@ def mixed_precision(optim: OptimConfig, device):
 def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
     """AdamW as `optim` describes it (weight_decay = 0 makes it Adam), over the parameters that
     train, which must be float32 (the master weights: `mixed_precision` says where bf16 goes).
-    With EMBIGGEN_ZERO=1 on several processes, each keeps the state of its part of the weights
-    (`distributed.shards_optimizer`)."""
+    With EMBIGGEN_SHARD=optimizer on several processes, each keeps the state of its part of the
+    weights (`distributed.shards_optimizer`)."""
     params = [p for p in params if p.requires_grad]
     low = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
     if low:
@@ -120,7 +122,7 @@ def optimizer_step(model, optimizer, loss: torch.Tensor | None, grad_clip: float
     if loss is not None:
         loss.backward()
     all_reduce_gradients(model)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    clip_gradients(list(model.parameters()), grad_clip)
     optimizer.step()
 
 
@@ -128,9 +130,9 @@ def optimizer_step(model, optimizer, loss: torch.Tensor | None, grad_clip: float
 # Resume points: everything needed to continue an interrupted run, as safetensors plus JSON
 # ---------------------------------------------------------------------------------------
 def optimizer_state_tensors(optimizer) -> dict:
-    """AdamW's per-parameter state as flat tensors ("<param index>.<name>"), for safetensors. An
-    optimiser sharded over the ranks (ZeRO) is gathered first, on every rank; rank 0 gets it all,
-    the others nothing."""
+    """AdamW's per-parameter state as flat tensors ("<param index>.<name>"), for safetensors. A
+    state split over the ranks (EMBIGGEN_SHARD) is gathered first, on every rank; rank 0 gets it
+    all, the others nothing."""
     if is_sharded(optimizer):
         optimizer.consolidate_state_dict(to=0)
         if not is_main_process():
@@ -138,9 +140,12 @@ def optimizer_state_tensors(optimizer) -> dict:
         per_param = optimizer.state_dict()["state"]  # {param index: {name: value}}
     else:
         params = optimizer.param_groups[0]["params"]
+        if not is_main_process() and not any(is_slice(p) for p in params):
+            return {}
         per_param = {i: optimizer.state[p] for i, p in enumerate(params) if p in optimizer.state}
-    return {f"{i}.{name}": torch.as_tensor(value).detach().cpu().contiguous()
-            for i, state in per_param.items() for name, value in state.items()}
+    out = {f"{i}.{name}": full_tensor(torch.as_tensor(value)).detach().cpu().contiguous()  # slices: gathered
+           for i, state in per_param.items() for name, value in state.items()}
+    return out if is_main_process() else {}
 
 
 def restore_optimizer_state(optimizer, tensors: dict) -> None:
@@ -149,7 +154,10 @@ def restore_optimizer_state(optimizer, tensors: dict) -> None:
     per_param: dict[int, dict] = {}
     for key, value in tensors.items():
         i, name = key.split(".", 1)
-        per_param.setdefault(int(i), {})[name] = value.to(params[int(i)].device) if name != "step" else value
+        p = params[int(i)]
+        if name != "step":  # the moments, cut as the weight is where it is a slice
+            value = like(value.to(p.device), p) if value.shape == p.shape else value.to(p.device)
+        per_param.setdefault(int(i), {})[name] = value
     if is_sharded(optimizer):
         group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
         optimizer.load_state_dict({"state": per_param, "param_groups": [{**group, "params": list(range(len(params)))}]})
@@ -158,15 +166,38 @@ def restore_optimizer_state(optimizer, tensors: dict) -> None:
         optimizer.state[params[i]].update(state)
 
 
+def _load_weights(model, path: str) -> None:
+    """`_save_weights`'s file into `model`, each weight cut as it is in `model` (a slice of a
+    sharded layer, or whole); a tied weight the file holds once is loaded once."""
+    device = str(next(model.parameters()).device)
+    if not is_split(resharded(model)):
+        load_model(model, path, device=device)
+        return
+    tensors = load_file(path, device=device)
+    state = model.state_dict()
+    loaded = {t.data_ptr() for name, t in state.items() if name in tensors and not is_slice(t)}
+    with torch.no_grad():
+        for name, t in state.items():
+            if name in tensors:
+                t.copy_(like(tensors[name], t))
+            elif is_slice(t) or t.data_ptr() not in loaded:  # neither in the file nor tied to a weight that is
+                raise KeyError(f"{name} is not in {path}")
+
+
 def save_resume_point(folder: Path, model, optimizer, generator: torch.Generator, state: dict) -> None:
     """The model (tied weights once), the optimiser's state, the random generator and `state`
     (any JSON: the step, the log, ...), written atomically into `folder`. Called on every rank
-    (a sharded optimiser's state is gathered from all of them); rank 0 writes."""
+    (what is split over the ranks is gathered from all of them); rank 0 writes."""
     optimizer_state = optimizer_state_tensors(optimizer)
+    if is_split(resharded(model)):
+        whole = {name: full_tensor(t).detach().cpu().contiguous().clone() for name, t in model.state_dict().items()}
     if not is_main_process():
         return
     with atomic_dir(folder) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
+        if is_split(model):
+            save_file(whole, str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
         save_file({**optimizer_state, "generator_state": generator.get_state()}, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state))
 
@@ -182,7 +213,7 @@ def load_resume_point(folder: Path, model, optimizer, generator: torch.Generator
     if problem is None:
         try:
             state = json.loads((folder / "state.json").read_text())
-            load_model(model, str(folder / "model.safetensors"), device=str(next(model.parameters()).device))
+            _load_weights(model, str(folder / "model.safetensors"))
             opt = load_file(str(folder / "optimizer.safetensors"))
             generator.set_state(opt.pop("generator_state"))
             restore_optimizer_state(optimizer, opt)
@@ -216,6 +247,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     model.to(device).train()
     if cfg.optim.gradient_checkpointing:
         model.activation_checkpointing_enable()
+    shard_weights(model)  # EMBIGGEN_SHARD=weights: each rank keeps a slice of every layer while it trains
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     accumulate = cfg.optim.accumulation_steps
     if accumulate < 1:
@@ -251,7 +283,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
             for name, value in (extra[0] if extra else {}).items():
                 parts[name] = parts.get(name, 0.0) + all_reduce_sum(value * share) / accumulate
         all_reduce_gradients(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        clip_gradients(list(model.parameters()), cfg.optim.grad_clip)
         optimizer.step()
         step += 1
         log.steps.append(step)
@@ -278,6 +310,7 @@ def train_loop(model, next_batch, loss_fn, cfg, val_loss_fn=None, device=None, s
     log.seconds = time.perf_counter() - start
     if cfg.optim.gradient_checkpointing:
         model.activation_checkpointing_disable()
+    gather_weights(model)  # whole again: to save, to evaluate, for the next stage
     model.eval()
     return log
 

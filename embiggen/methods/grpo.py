@@ -53,7 +53,8 @@ from tqdm.auto import tqdm
 
 from embiggen.data.tasks import TaskExample
 from embiggen.judging.verifiers import exact_reward
-from embiggen.lm.distributed import all_reduce_max, all_reduce_sum, gather_shares, gather_texts, shard, world_size
+from embiggen.lm.distributed import (all_reduce_max, all_reduce_sum, gather_shares, gather_texts, gather_weights,
+                                     shard, shard_weights, world_size)
 from embiggen.lm.generate import (answer_logprobs, decode_responses, episode_logprobs, prompt_width,
                                   sample_grouped_episodes, widen_responses)
 from embiggen.lm.lora import adapters_disabled, add_adapters, has_adapters
@@ -197,6 +198,7 @@ class GRPOTrainer:
         # the frozen reference (no_grad only); with LoRA, the policy with its adapters off, and `ref_lm` is not kept
         self.has_reference = ref_lm is not None
         self.ref_policy = ref_lm.to(self.device).eval() if self.has_reference and not has_adapters(policy_lm) else None
+        shard_weights(self.policy)  # EMBIGGEN_SHARD=weights: each rank keeps a slice of every layer
         self.optimizer = make_optimizer(self.policy.parameters(), cfg.optim)
         self.generator = torch.Generator().manual_seed(seed)
         self.seed, self.n_steps = seed, 0
@@ -383,6 +385,7 @@ def train_grpo(trainer: GRPOTrainer, prompts: list[TaskExample], steps: int, see
         if callback is not None:
             callback(row["step"], row)
     bar.close()
+    gather_weights(trainer.policy)  # whole again (EMBIGGEN_SHARD=weights): to save, evaluate, go on
     return log
 
 

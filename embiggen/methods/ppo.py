@@ -65,7 +65,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from embiggen.data.world import ALIGNMENT_KINDS
-from embiggen.lm.distributed import all_reduce_max, all_reduce_sum, gather_shares, gather_texts, shard, world_size
+from embiggen.lm.distributed import (all_reduce_max, all_reduce_sum, gather_shares, gather_texts, gather_weights,
+                                     shard, shard_weights, world_size)
 from embiggen.lm.generate import (chunked_response_logprobs, decode_responses, episode_logprobs, output_head,
                                   position_ids_from, prompt_width, response_logprobs,
                                   sample_grouped_episodes, widen_responses)
@@ -347,6 +348,7 @@ class PPOTrainer:
         # the frozen reference (only ever run under torch.no_grad); with LoRA, the policy itself with its adapters
         # off, and `ref_lm` is not kept
         self.ref_policy = None if has_adapters(policy_lm) else ref_lm.to(self.device).eval()
+        shard_weights(self.policy)  # EMBIGGEN_SHARD=weights: each rank keeps a slice of every layer
         self.optimizer = make_optimizer(self.policy.parameters(), cfg.optim)
         self.kl_ctl = kl_controller(cfg)
         self.generator = torch.Generator().manual_seed(seed)
@@ -534,4 +536,5 @@ def train_ppo(trainer: PPOTrainer, prompts: list, steps: int, batch_size: int, s
                                "rng_state": [version, list(internal), gauss],
                                "seconds": log.resumed_seconds + time.perf_counter() - started})
     bar.close()
+    gather_weights(trainer.policy)  # whole again (EMBIGGEN_SHARD=weights): to save, evaluate, go on
     return log
