@@ -191,6 +191,44 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class PreferenceLossConfig:
+    """The training knobs DPO's relatives share with it (SimPO, ORPO, KTO): the same pairs (or, for
+    KTO, the same answers judged one at a time), batches, optimiser and packing."""
+    steps: int = knob(200, "optimiser steps (DPO's)")
+    batch_size: int = knob(16, "preference pairs (KTO: judged answers) per step")
+    optim: OptimConfig = knob(OptimConfig(lr=2e-5, warmup_steps=20, weight_decay=0.0), "the optimiser (DPO's)")
+    max_length: int = knob(160, "tokens per prompt + answer (and per packed row)")
+    packing: bool = knob(True, "pack the sequences of a batch into rows (attention stays within each)")
+    share_prompt: bool = knob(True, "... and write each pair's prompt once, both answers after it (with packing)")
+    logprob_chunk: int = knob(0, "> 0: log-probs from the last hidden states, this many positions at a time")
+    eval_every: int = knob(100, "steps between held-out losses and accuracies (and resume points)")
+
+
+@dataclass(frozen=True)
+class SimPOConfig(PreferenceLossConfig):
+    """SimPO (Meng et al. 2024): reference-free, the length-normalised log-likelihood as the reward, a target margin."""
+    beta: float = knob(2.0, "beta: the scale of the average log-likelihood that is SimPO's reward")
+    gamma: float = knob(1.0, "gamma: the target reward margin (the paper's gamma / beta of 0.5 at beta 2)")
+    sweep: tuple[float, ...] = knob((1.0, 2.0, 4.0), "beta of notebook 4's sweep (gamma / beta kept)")
+
+
+@dataclass(frozen=True)
+class ORPOConfig(PreferenceLossConfig):
+    """ORPO (Hong et al. 2024): SFT's loss on the chosen answers plus an odds-ratio term, no reference."""
+    lam: float = knob(0.1, "lambda: the weight of the odds-ratio term beside the SFT loss (the paper's 0.1)")
+    sweep: tuple[float, ...] = knob((0.1, 0.5, 2.0), "lambda of notebook 4's sweep")
+
+
+@dataclass(frozen=True)
+class KTOConfig(PreferenceLossConfig):
+    """KTO (Ethayarajh et al. 2024): single answers with a thumbs up or down, against the reference."""
+    beta: float = knob(0.1, "beta: the scale of the implicit reward log pi / pi_ref (the paper's 0.1)")
+    desirable_weight: float = knob(1.0, "lambda_D: the weight of a thumbs-up answer's loss")
+    undesirable_weight: float = knob(1.0, "lambda_U: the weight of a thumbs-down answer's loss")
+    sweep: tuple[float, ...] = knob((0.05, 0.1, 0.5), "beta of notebook 4's sweep")
+
+
+@dataclass(frozen=True)
 class GRPOConfig:
     """GRPO (Shao et al. 2024) on verifiable rewards: a group of answers per prompt, no critic.
     Every knob of grpo.py."""
@@ -306,6 +344,9 @@ class Preset:
     reward: RewardConfig = knob(RewardConfig(), "step 3a: preferences and the reward model")
     ppo: PPOConfig = knob(PPOConfig(), "step 3b: PPO")
     dpo: DPOConfig = knob(DPOConfig(), "step 3, without a reward model: DPO")
+    simpo: SimPOConfig = knob(SimPOConfig(), "DPO's relative without a reference: SimPO")
+    orpo: ORPOConfig = knob(ORPOConfig(), "DPO's relative inside SFT: ORPO")
+    kto: KTOConfig = knob(KTOConfig(), "DPO's relative on thumbs up / down: KTO")
     grpo: GRPOConfig = knob(GRPOConfig(), "step 4: RL with verifiable rewards (GRPO)")
     tools: ToolConfig = knob(ToolConfig(), "what's next: tool use")
     evaluation: EvalConfig = knob(EvalConfig(), "held-out evaluation")
