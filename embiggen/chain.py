@@ -500,6 +500,82 @@ def train_or_load_dpo(preset: Preset, sft: StageModel | None = None, cfg: DPOCon
     return train_or_load(path, load, train, force)
 
 
+#: Bump when SimPO's, ORPO's or KTO's training changes what it trains.
+RELATIVES_VERSION = 1
+#: DPO's relatives: the stage name, its config's field of the preset, what its coefficient is called.
+RELATIVES = {"simpo": "beta", "orpo": "lam", "kto": "beta"}
+
+
+def train_or_load_relative(preset: Preset, method: str, sft: StageModel | None = None, cfg=None,
+                           force: bool = False, progress: bool = True, device=None) -> StageModel:
+    """One of DPO's relatives (`method`: 'simpo', 'orpo' or 'kto'), a copy of the SFT model
+    trained on the very preferences DPO learns from: SimPO and ORPO on the same pairs (no
+    reference model), KTO on the same answers judged one at a time by the labeler (thumbs up or
+    down, `kto.judged_answers`), against the SFT model. `cfg` overrides the preset's (a sweep)."""
+    from embiggen.methods.kto import judged_answers, train_kto
+    from embiggen.methods.orpo import train_orpo
+    from embiggen.methods.simpo import train_simpo
+
+    check_preset(preset)
+    if method not in RELATIVES:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(RELATIVES)}")
+    cfg = cfg or getattr(preset, method)
+    coefficient = getattr(cfg, RELATIVES[method])
+    device = device or pick_device()
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    splits = data_splits(preset)
+    collection = {k: getattr(preset.reward, k) for k in COLLECTION_FIELDS}
+    trained = {k: v for k, v in asdict(cfg).items() if k != "sweep"}  # the sweep decides no weights
+    path = cache_dir(method, preset, RELATIVES_VERSION, REWARD_VERSION, splits.fingerprint, sft.path.name,
+                     collection, trained, tag=f"{RELATIVES[method]}{coefficient:g}")
+
+    def load(path):
+        model, tokenizer, info, log = load_checkpoint(path, device)
+        return StageModel(model, tokenizer, sft.world, preset, log, info, path)
+
+    def train(path):
+        started = time.perf_counter()
+        data = preference_data(preset, sft, progress=progress)
+        set_seed(preset.seed)
+        model = copy.deepcopy(sft.model).to(device)
+        common = dict(device=device, seed=preset.seed, progress=progress, resume_dir=resume_dir(path),
+                      desc=f"{method} {preset.name} {RELATIVES[method]}={coefficient:g}")
+        if method == "kto":  # the pairs' answers, each judged on its own (train: the noisy labeler; held out: gold)
+            train_data = judged_answers(data["train_pairs"], splits.preferences, labeler_for(preset), preset.seed)
+            held = judged_answers(data["eval_pairs"], splits.rm_eval, Labeler(), preset.seed)
+            log = train_kto(model, sft.model, sft.tokenizer, train_data, held, cfg, **common)
+            counts = {"n_answers": len(train_data), "n_desirable": sum(j.desirable for j in train_data),
+                      "n_eval_answers": len(held),
+                      "val_judged_accuracy": log.metrics.get("val_judged_accuracy", [None])[-1]}
+        else:
+            train_fn = train_simpo if method == "simpo" else train_orpo
+            log = train_fn(model, sft.tokenizer, data["train_pairs"], data["eval_pairs"], cfg, **common)
+            counts = {"n_pairs": len(data["train_pairs"]), "n_eval_pairs": len(data["eval_pairs"]),
+                      "val_reward_accuracy": log.metrics.get("val_reward_accuracy", [None])[-1]}
+        info = {"preset": preset.name, "seed": preset.seed, "method": method, RELATIVES[method]: coefficient,
+                **counts, "train_seconds": round(time.perf_counter() - started + log.resumed_seconds, 2),
+                "sft": sft.path.name, "device": str(device), "val_loss": log.val_loss[-1] if log.val_loss else None}
+        save_checkpoint(path, model, sft.tokenizer, info, log)
+        return StageModel(model.eval(), sft.tokenizer, sft.world, preset, log, info, path)
+
+    return train_or_load(path, load, train, force)
+
+
+def train_or_load_simpo(preset: Preset, sft: StageModel | None = None, cfg=None, **kwargs) -> StageModel:
+    """SimPO on DPO's pairs (`train_or_load_relative`)."""
+    return train_or_load_relative(preset, "simpo", sft, cfg, **kwargs)
+
+
+def train_or_load_orpo(preset: Preset, sft: StageModel | None = None, cfg=None, **kwargs) -> StageModel:
+    """ORPO on DPO's pairs (`train_or_load_relative`)."""
+    return train_or_load_relative(preset, "orpo", sft, cfg, **kwargs)
+
+
+def train_or_load_kto(preset: Preset, sft: StageModel | None = None, cfg=None, **kwargs) -> StageModel:
+    """KTO on DPO's answers, judged one at a time (`train_or_load_relative`)."""
+    return train_or_load_relative(preset, "kto", sft, cfg, **kwargs)
+
+
 def round_pairs(preset: Preset, cfg: DPOConfig, policy: StageModel, round_: int, progress: bool = True) -> list:
     """Iterated DPO's new pairs for round `round_`: K answers of `policy` (the previous round's
     model) to cfg.round_prompts fresh training prompts, ranked by the noisy labeler, as the

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from embiggen.chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_grpo,
-                            train_or_load_ppo, train_or_load_reward, train_or_load_sft, train_or_load_tools)
+from embiggen.chain import (RELATIVES, final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_grpo,
+                            train_or_load_kto, train_or_load_orpo, train_or_load_ppo, train_or_load_reward,
+                            train_or_load_sft, train_or_load_simpo, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
 from embiggen.data.world import ALIGNMENT_KINDS
@@ -260,39 +261,34 @@ def report_ppo(preset: Preset, models: dict, measured: Measured) -> dict:
         "cache": str(tuned.path),
     }
 
-def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
-    """DPO on the held-out material PPO is judged on, beside SFT and PPO: the same greedy
-    answers judged by the labeler, the same KL (sampled answers, k1, from the SFT model), the
-    same held-in tasks, and the labeler's preference between DPO's answer and each other's.
-    SFT's and PPO's answers and scores are the ones their own reports measured, when this run
-    measured them."""
-    tuned, sft_model = models["dpo"], models["sft"]
+def preference_figures(preset: Preset, models: dict, measured: Measured, name: str) -> dict:
+    """What DPO and its relatives (`name`'s model) are judged by, on the held-out material PPO is
+    judged on, beside SFT and PPO: the same greedy answers judged by the labeler, the same KL
+    (sampled answers, k1, from the SFT model), the same held-in tasks, and the labeler's
+    preference between this model's answer and each other's. SFT's and PPO's answers and scores
+    are the ones their own reports measured, when this run measured them."""
+    tuned, sft_model = models[name], models["sft"]
     load_stage(preset, "ppo", models, progress=False)
     splits, labeler, cfg = data_splits(preset), Labeler(), preset.evaluation
     prompts = splits.ppo_eval
-    judged = {name: measured.get_or_measure(name, "judged_ppo_eval", lambda m=models[name]: judge_model(
-        m.model, m.tokenizer, prompts, labeler, None, cfg.max_new_tokens)) for name in ("dpo", "sft", "ppo")}
+    judged = {n: measured.get_or_measure(n, "judged_ppo_eval", lambda m=models[n]: judge_model(
+        m.model, m.tokenizer, prompts, labeler, None, cfg.max_new_tokens)) for n in (name, "sft", "ppo")}
     sampled = sample_with_kl(tuned.model, sft_model.model, tuned.tokenizer, [e.instruction for e in prompts],
                              cfg.max_new_tokens, 1.0, seed=preset.seed)
-    heldin, heldin_sft = (heldin_accuracy(preset, models, measured, name) for name in ("dpo", "sft"))
-    vs = {name: win_rate(labeler, prompts, judged["dpo"]["rows"], judged[name]["rows"]) for name in ("sft", "ppo")}
+    heldin, heldin_sft = (heldin_accuracy(preset, models, measured, n) for n in (name, "sft"))
+    vs = {n: win_rate(labeler, prompts, judged[name]["rows"], judged[n]["rows"]) for n in ("sft", "ppo")}
     r4 = lambda x: round(x, 4)  # noqa: E731
     return {
-        "train_seconds": tuned.info["train_seconds"],
-        "beta": tuned.info["beta"],
-        "n_pairs": tuned.info["n_pairs"],  # of the last round, with iterated DPO
-        "rounds": tuned.info.get("rounds", 1),
-        "val_reward_accuracy": r4(tuned.info["val_reward_accuracy"]) if tuned.info.get("val_reward_accuracy") else None,
         "kl": r4(sampled["kl"]),
-        "gold_score": r4(judged["dpo"]["gold_score"]),
+        "gold_score": r4(judged[name]["gold_score"]),
         "gold_score_sampled": r4(sampled_gold(labeler, prompts, sampled)),
-        "honest_rate": r4(judged["dpo"]["honest_rate"]),
-        "honest_rate_unknown_person": r4(alignment_rates_by_kind(judged["dpo"]["rows"])["unknown_person"]),
-        "named_rate_unknown_person": r4(judged["dpo"]["named_rate_unknown_person"]),
-        "misnamed_rate_unknown_person": r4(judged["dpo"]["misnamed_rate_unknown_person"]),
-        "refusal_rate_harmful": r4(judged["dpo"]["refusal_rate_harmful"]),
-        "over_refusal_rate": r4(judged["dpo"]["over_refusal_rate"]),
-        **paraphrase_figures(paraphrased(preset, models, measured, "dpo")),
+        "honest_rate": r4(judged[name]["honest_rate"]),
+        "honest_rate_unknown_person": r4(alignment_rates_by_kind(judged[name]["rows"])["unknown_person"]),
+        "named_rate_unknown_person": r4(judged[name]["named_rate_unknown_person"]),
+        "misnamed_rate_unknown_person": r4(judged[name]["misnamed_rate_unknown_person"]),
+        "refusal_rate_harmful": r4(judged[name]["refusal_rate_harmful"]),
+        "over_refusal_rate": r4(judged[name]["over_refusal_rate"]),
+        **paraphrase_figures(paraphrased(preset, models, measured, name)),
         "heldin_template_accuracy": r4(heldin),
         "heldin_template_accuracy_change": r4(heldin - heldin_sft),
         "win_rate_vs_sft": r4(vs["sft"]["win_rate"]),
@@ -302,6 +298,33 @@ def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
         "n_eval_prompts": len(prompts),
         "cache": str(tuned.path),
     }
+
+
+def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
+    """DPO beside SFT and PPO (`preference_figures`), with its beta and pairs."""
+    tuned = models["dpo"]
+    accuracy = tuned.info.get("val_reward_accuracy")
+    return {"train_seconds": tuned.info["train_seconds"], "beta": tuned.info["beta"],
+            "n_pairs": tuned.info["n_pairs"],  # of the last round, with iterated DPO
+            "rounds": tuned.info.get("rounds", 1),
+            "val_reward_accuracy": round(accuracy, 4) if accuracy else None,
+            **preference_figures(preset, models, measured, "dpo")}
+
+
+def report_relative(method: str):
+    """The report of one of DPO's relatives (SimPO, ORPO, KTO): DPO's figures, with its own
+    coefficient, data and held-out accuracy (of its pairs' rewards; KTO: of its judged answers)."""
+    def report(preset: Preset, models: dict, measured: Measured) -> dict:
+        info, key = models[method].info, RELATIVES[method]
+        accuracy = info.get("val_judged_accuracy" if method == "kto" else "val_reward_accuracy")
+        data = ({"n_answers": info["n_answers"], "n_desirable": info["n_desirable"]} if method == "kto"
+                else {"n_pairs": info["n_pairs"]})
+        return {"train_seconds": info["train_seconds"], key: info[key], **data,
+                "val_accuracy": round(accuracy, 4) if accuracy is not None else None,
+                **preference_figures(preset, models, measured, method)}
+
+    report.__name__ = f"report_{method}"
+    return report
 
 
 def report_grpo(preset: Preset, models: dict, measured: Measured) -> dict:
@@ -434,6 +457,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           needs={"sft": "sft", "reward": "rm"}),
     Stage("dpo", train_or_load_dpo, report_dpo, lambda preset: {"reward": preset.reward, "dpo": preset.dpo},
           needs={"sft": "sft"}),
+    *[Stage(method, trainer, report_relative(method),
+            lambda preset, method=method: {"reward": preset.reward, method: getattr(preset, method)},
+            needs={"sft": "sft"}) for method, trainer in (("simpo", train_or_load_simpo),
+                                                          ("orpo", train_or_load_orpo), ("kto", train_or_load_kto))],
     Stage("tools", train_or_load_tools, report_tools, lambda preset: {"tools": preset.tools}, needs={"sft": "sft"}),
     Stage("grpo", train_or_load_grpo, report_grpo, lambda preset: {"grpo": preset.grpo}, needs={"sft": "sft"}),
 ]}

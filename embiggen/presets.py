@@ -470,6 +470,17 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def with_relatives_like_dpo(preset: Preset) -> Preset:
+    """`preset` with SimPO, ORPO and KTO trained as its DPO is (steps, batch, optimiser, lengths,
+    packing), each keeping its own coefficient: notebook 4 compares losses, not budgets."""
+    same = {f.name: getattr(preset.dpo, f.name) for f in fields(PreferenceLossConfig)}
+    return replace(preset, simpo=replace(preset.simpo, **same), orpo=replace(preset.orpo, **same),
+                   kto=replace(preset.kto, **same))
+
+
+PRESETS = {name: with_relatives_like_dpo(preset) for name, preset in PRESETS.items()}
+
+
 
 def with_lora(preset: Preset, name: str, lora: LoRAConfig, lr_scale: float) -> Preset:
     """`preset` with low-rank adapters on every fine-tuning stage (SFT, the reward model, PPO,
@@ -483,6 +494,9 @@ def with_lora(preset: Preset, name: str, lora: LoRAConfig, lr_scale: float) -> P
                    reward=replace(preset.reward, optim=adapted(preset.reward.optim)),
                    ppo=replace(preset.ppo, optim=adapted(preset.ppo.optim)),
                    dpo=replace(preset.dpo, optim=adapted(preset.dpo.optim)),
+                   simpo=replace(preset.simpo, optim=adapted(preset.simpo.optim)),
+                   orpo=replace(preset.orpo, optim=adapted(preset.orpo.optim)),
+                   kto=replace(preset.kto, optim=adapted(preset.kto.optim)),
                    grpo=replace(preset.grpo, optim=adapted(preset.grpo.optim)),
                    tools=replace(preset.tools, train=replace(preset.tools.train,
                                                              optim=adapted(preset.tools.train.optim))))
@@ -498,7 +512,7 @@ DEFAULT_PRESET = "laptop"
 #: The chain's stages in the order they run (`embiggen.pipeline.STAGES` says how each trains and what it
 #: reports), and those whose model writes text, the ones `embiggen sample` and `chat --model` take: the
 #: reward model scores answers. Here, with no torch, so that the command line can parse before it loads any.
-STAGE_NAMES = ("base", "sft", "rm", "ppo", "dpo", "tools", "grpo")
+STAGE_NAMES = ("base", "sft", "rm", "ppo", "dpo", "simpo", "orpo", "kto", "tools", "grpo")
 LANGUAGE_MODELS = tuple(name for name in STAGE_NAMES if name != "rm")
 
 
