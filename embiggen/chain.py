@@ -525,9 +525,8 @@ def train_or_load_relative(preset: Preset, method: str, sft: StageModel | None =
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     splits = data_splits(preset)
     collection = {k: getattr(preset.reward, k) for k in COLLECTION_FIELDS}
-    trained = {k: v for k, v in asdict(cfg).items() if k != "sweep"}  # the sweep decides no weights
     path = cache_dir(method, preset, RELATIVES_VERSION, REWARD_VERSION, splits.fingerprint, sft.path.name,
-                     collection, trained, tag=f"{RELATIVES[method]}{coefficient:g}")
+                     collection, asdict(cfg), tag=f"{RELATIVES[method]}{coefficient:g}")
 
     def load(path):
         model, tokenizer, info, log = load_checkpoint(path, device)

@@ -8,7 +8,8 @@
   gold score of those very samples (`sampled_gold`), and reward hacking made visible, one PPO
   run per KL coefficient (`kl_sweep`), and PPO's critic started at zero or from the reward
   model (`value_model_comparison`);
-* notebook 4 — DPO across its beta (`dpo_beta_sweep`), measured exactly as PPO is;
+* notebook 4 — DPO across its beta (`dpo_beta_sweep`), measured exactly as PPO is, and its
+  relatives SimPO, ORPO and KTO across theirs (`relatives_sweep`);
 * notebook 5 — GRPO's loss-averaging variants (`grpo_variants`), a loose verifier and what the
   policy exploits in it (`loose_verifier_run`), and GRPO beside expert iteration, PPO with a
   critic and majority votes at the same number of sampled answers (`verifiable_baselines`).
@@ -26,8 +27,8 @@ from dataclasses import replace
 import torch
 
 from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, train_or_load_expert_iteration,
-                            train_or_load_grpo, train_or_load_ppo, train_or_load_ppo_verified, train_or_load_reward,
-                            train_or_load_sft)
+                            train_or_load_grpo, train_or_load_ppo, train_or_load_ppo_verified, train_or_load_relative,
+                            train_or_load_reward, train_or_load_sft)
 from embiggen.data.splits import data_splits
 from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model, name_copy_rate
@@ -243,6 +244,44 @@ def dpo_beta_sweep(preset: Preset, sft: StageModel | None = None, progress: bool
     return runs
 
 
+#: Each of DPO's relatives: the preset's list of its sweep, the knob the sweep sets.
+RELATIVE_SWEEPS = {"simpo": ("simpo_betas", "beta"), "orpo": ("orpo_lambdas", "lam"), "kto": ("kto_betas", "beta")}
+
+
+def relatives_sweep(preset: Preset, sft: StageModel | None = None, progress: bool = True,
+                    device=None) -> dict[str, list[dict]]:
+    """SimPO, ORPO and KTO, one run per value of its coefficient (preset.experiments.simpo_betas,
+    orpo_lambdas, kto_betas; SimPO keeps the preset's gamma / beta), each trained as the preset's
+    DPO is and judged exactly as `dpo_beta_sweep`'s runs are: points for the gold-versus-KL
+    picture, by method, with each run's training seconds per step."""
+    check_preset(preset)
+    evaluation = preset.evaluation
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    prompts, labeler = data_splits(preset).ppo_eval, Labeler()
+    out = {}
+    for method, (values, knob) in RELATIVE_SWEEPS.items():
+        out[method] = []
+        base = getattr(preset, method)
+        for value in getattr(preset.experiments, values):
+            cfg = replace(base, **{knob: value})
+            if method == "simpo":  # the target margin scales with beta, as the paper's gamma / beta ratio
+                cfg = replace(cfg, gamma=base.gamma / base.beta * value)
+            tuned = train_or_load_relative(preset, method, sft=sft, cfg=cfg, progress=progress, device=device)
+            judged = judge_model(tuned.model, tuned.tokenizer, prompts, labeler, None, evaluation.max_new_tokens)
+            sampled = sample_with_kl(tuned.model, sft.model, tuned.tokenizer, [e.instruction for e in prompts],
+                                     evaluation.max_new_tokens, 1.0, seed=preset.seed)
+            out[method].append({"method": method, knob: value, "coefficient": value, "log": tuned.log,
+                                "kl": sampled["kl"], "gold": judged["gold_score"],
+                                "gold_sampled": sampled_gold(labeler, prompts, sampled),
+                                "honest_rate": judged["honest_rate"],
+                                "refusal_rate_harmful": judged["refusal_rate_harmful"],
+                                "over_refusal_rate": judged["over_refusal_rate"],
+                                "task_correct_rate": judged["task_correct_rate"],
+                                "train_seconds": tuned.info["train_seconds"],
+                                "seconds_per_step": tuned.log.seconds / max(1, len(tuned.log.steps))})
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Ahead of time
 # ---------------------------------------------------------------------------------------
@@ -340,7 +379,8 @@ NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "copying_sweep": copying_sweep
                         "kl_sweep": kl_sweep,
                         "value_model_comparison": value_model_comparison,
                         "written_declines_comparison": written_declines_comparison,
-                        "dpo_beta_sweep": dpo_beta_sweep, "grpo_variants": grpo_variants,
+                        "dpo_beta_sweep": dpo_beta_sweep, "relatives_sweep": relatives_sweep,
+                        "grpo_variants": grpo_variants,
                         "loose_verifier_run": loose_verifier_run, "verifiable_baselines": verifiable_baselines}
 
 

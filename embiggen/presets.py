@@ -209,14 +209,12 @@ class SimPOConfig(PreferenceLossConfig):
     """SimPO (Meng et al. 2024): reference-free, the length-normalised log-likelihood as the reward, a target margin."""
     beta: float = knob(2.0, "beta: the scale of the average log-likelihood that is SimPO's reward")
     gamma: float = knob(1.0, "gamma: the target reward margin (the paper's gamma / beta of 0.5 at beta 2)")
-    sweep: tuple[float, ...] = knob((1.0, 2.0, 4.0), "beta of notebook 4's sweep (gamma / beta kept)")
 
 
 @dataclass(frozen=True)
 class ORPOConfig(PreferenceLossConfig):
     """ORPO (Hong et al. 2024): SFT's loss on the chosen answers plus an odds-ratio term, no reference."""
     lam: float = knob(0.1, "lambda: the weight of the odds-ratio term beside the SFT loss (the paper's 0.1)")
-    sweep: tuple[float, ...] = knob((0.1, 0.5, 2.0), "lambda of notebook 4's sweep")
 
 
 @dataclass(frozen=True)
@@ -225,7 +223,6 @@ class KTOConfig(PreferenceLossConfig):
     beta: float = knob(0.1, "beta: the scale of the implicit reward log pi / pi_ref (the paper's 0.1)")
     desirable_weight: float = knob(1.0, "lambda_D: the weight of a thumbs-up answer's loss")
     undesirable_weight: float = knob(1.0, "lambda_U: the weight of a thumbs-down answer's loss")
-    sweep: tuple[float, ...] = knob((0.05, 0.1, 0.5), "beta of notebook 4's sweep")
 
 
 @dataclass(frozen=True)
@@ -311,6 +308,9 @@ class ExperimentConfig:
     sweep_steps: int = knob(60, "PPO steps of each sweep run (one round, the first reward model)")
     sweep_lr: float = knob(1e-4, "the sweep pushes harder, so that over-optimisation shows within minutes")
     dpo_betas: tuple[float, ...] = knob((0.05, 0.1, 0.5, 2.0), "notebook 4's DPO runs, one per beta")
+    simpo_betas: tuple[float, ...] = knob((1.0, 2.0, 4.0), "notebook 4's SimPO runs, one per beta (gamma / beta kept)")
+    orpo_lambdas: tuple[float, ...] = knob((0.1, 0.5, 2.0), "notebook 4's ORPO runs, one per lambda")
+    kto_betas: tuple[float, ...] = knob((0.05, 0.1, 0.5), "notebook 4's KTO runs, one per beta")
     speed_tokens: int = knob(128, "notebook 6's speed measurements: new tokens per answer (SmolLM2's: half as many)")
     grpo_loss_types: tuple[str, ...] = knob(("grpo", "dapo", "dr_grpo"), "notebook 5's loss-averaging variants, "
                                             "each trained like the stage (Dr. GRPO without the std scaling)")
@@ -388,7 +388,8 @@ PRESETS: dict[str, Preset] = {
             copy_models=(ModelConfig(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, intermediate_size=224),),
             copy_steps=(400,),
             ablation_cluster_counts=(1, 3), ablation_steps=30, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05),
-            sweep_steps=6, dpo_betas=(0.1, 0.5), speed_tokens=24, ei_rounds=2,
+            sweep_steps=6, dpo_betas=(0.1, 0.5), simpo_betas=(2.0,), orpo_lambdas=(0.1,), kto_betas=(0.1,),
+            speed_tokens=24, ei_rounds=2,
             ei_sft=SFTConfig(steps=4, batch_size=8, max_length=128, replay_share=0.0, eval_every=4, n_train=0,
                              n_val=0, optim=OptimConfig(lr=5e-4, warmup_steps=1, weight_decay=0.0)),
             majority_ks=(1, 2, 4, 8)),

@@ -389,14 +389,17 @@ class LivePPOPlot(LivePlot):
 
 
 def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
-                    title="Gold score against KL from the SFT model", dpo_points: list[dict] | None = None):
+                    title="Gold score against KL from the SFT model", dpo_points: list[dict] | None = None,
+                    relatives: dict[str, list[dict]] | None = None):
     """Gao, Schulman & Hilton's picture: best-of-n and PPO runs on one set of axes.
 
     best_of_n: `embiggen.methods.best_of_n.BestOfN` results — drawn at their KL estimated from the
     samples, with the log n - (n - 1)/n bound as a faint line to its right. ppo_points: dicts
     with 'kl', 'gold', a 'label' and, optionally, 'gold_sampled' (the gold score of the very
     samples its KL was measured on, drawn as a hollow marker: like with like). dpo_points: the
-    same for DPO runs ('kl', 'gold', optionally 'gold_sampled', 'beta'), joined by a line."""
+    same for DPO runs ('kl', 'gold', optionally 'gold_sampled', 'beta'), joined by a line.
+    relatives: DPO's relatives' runs by method ('simpo', 'orpo', 'kto'; points as DPO's, with
+    their 'coefficient'), greedy answers only, one line each."""
     ax = _axes(ax, figsize=(7, 4.2))
     kls, golds = [b.kl for b in best_of_n], [b.gold for b in best_of_n]
     ax.plot(kls, golds, "o-", color="#756bb1", label="best-of-n (gold, KL estimated from samples)")
@@ -421,6 +424,16 @@ def plot_gold_vs_kl(best_of_n: list, ppo_points: list[dict], ax=None,
         for p in dpo_points:
             ax.annotate(f"beta={p['beta']:g}", (p["kl"], p["gold"]), textcoords="offset points", xytext=(4, 6),
                         fontsize=8, color="#e6550d")
+    styles = {"simpo": ("^-", "#31a354", "SimPO, per beta", "beta"), "orpo": ("v-", "#3182bd", "ORPO, per lambda", "lambda"),
+              "kto": ("P-", "#d6616b", "KTO, per beta", "beta")}
+    for method, points in (relatives or {}).items():
+        marker, colour, label, knob = styles[method]
+        points = sorted(points, key=lambda p: p["kl"])
+        ax.plot([p["kl"] for p in points], [p["gold"] for p in points], marker, color=colour,
+                label=f"{label} (greedy answers)")
+        for p in points:
+            ax.annotate(f"{knob}={p['coefficient']:g}", (p["kl"], p["gold"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color=colour)
     if any(p.get("gold_sampled") is not None for p in ppo_points):
         ax.plot([], [], "s", mfc="none", color="grey", label="PPO, sampled answers (T = 1)")
     ax.set(xlabel="KL from the SFT model (nats)", ylabel="mean score of the answers", title=title)
