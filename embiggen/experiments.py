@@ -282,6 +282,60 @@ def relatives_sweep(preset: Preset, sft: StageModel | None = None, progress: boo
     return out
 
 
+def _peak_rss_mb(reset: bool = False) -> float | None:
+    """This process's peak resident memory since the last reset, in MB (Linux's VmHWM; None
+    where /proc has no such thing)."""
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return None
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def preference_step_costs(preset: Preset, sft: StageModel | None = None, steps: int = 5, device=None) -> list[dict]:
+    """What a training step of DPO and of each relative costs here: `steps` steps of each on a
+    fresh copy of the SFT model with the preset's settings (nothing cached), the seconds per step
+    of the loop, and the peak resident memory from the start of the run (the reference
+    log-probabilities DPO and KTO compute once, first, included; Linux only, else None)."""
+    import copy
+
+    from embiggen.chain import labeler_for, preference_data
+    from embiggen.methods.dpo import train_dpo
+    from embiggen.methods.kto import judged_answers, train_kto
+    from embiggen.methods.orpo import train_orpo
+    from embiggen.methods.simpo import train_simpo
+
+    check_preset(preset)
+    sft = sft or train_or_load_sft(preset, device=device)
+    data, splits = preference_data(preset, sft, progress=False), data_splits(preset)
+    pairs = data["train_pairs"]
+    judged = judged_answers(pairs, splits.preferences, labeler_for(preset), preset.seed)
+    short = dict(steps=steps, eval_every=steps)
+    runs = {"DPO": lambda m: train_dpo(m, sft.model, sft.tokenizer, pairs, [], replace(preset.dpo, **short),
+                                       device=device, progress=False),
+            "SimPO": lambda m: train_simpo(m, sft.tokenizer, pairs, [], replace(preset.simpo, **short),
+                                           device=device, progress=False),
+            "ORPO": lambda m: train_orpo(m, sft.tokenizer, pairs, [], replace(preset.orpo, **short), device=device,
+                                         progress=False),
+            "KTO": lambda m: train_kto(m, sft.model, sft.tokenizer, judged, [], replace(preset.kto, **short),
+                                       device=device, progress=False)}
+    out = []
+    for name, run in runs.items():
+        model = copy.deepcopy(sft.model)
+        before = _peak_rss_mb()
+        _peak_rss_mb(reset=True)
+        log = run(model)
+        peak = _peak_rss_mb()
+        out.append({"method": name, "seconds_per_step": log.seconds / steps,
+                    "peak_mb": peak, "before_mb": before})
+        del model
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Ahead of time
 # ---------------------------------------------------------------------------------------
