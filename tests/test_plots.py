@@ -129,3 +129,22 @@ def test_run_comparison_draws_one_smoothed_line_per_run_and_key():
     # running means of two steps: (1), (1 + 2) / 2, (2 + 3) / 2, ...
     assert list(axes[0].get_lines()[0].get_ydata()) == pytest.approx([1.0, 1.5, 2.5, 3.5, 4.5, 5.5])
     plt.close("all")
+
+
+def test_gold_against_kl_draws_each_relative_as_its_own_line_through_its_runs():
+    from types import SimpleNamespace
+
+    from embiggen.notebook.plots import plot_gold_vs_kl
+
+    bon = [SimpleNamespace(n=n, kl=k, kl_bound=k + 0.1, gold=g, rm_score=g + 0.2)
+           for n, k, g in ((1, 0.0, 0.1), (4, 0.6, 0.3))]
+    relatives = {"simpo": [{"kl": 0.9, "gold": 0.4, "coefficient": 2.0}, {"kl": 0.3, "gold": 0.2, "coefficient": 1.0}],
+                 "kto": [{"kl": 0.5, "gold": 0.35, "coefficient": 0.1}]}
+    ax = plot_gold_vs_kl(bon, [{"kl": 1.2, "gold": 0.5, "label": "PPO"}], relatives=relatives)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    simpo = lines["SimPO, per beta (greedy answers)"]
+    assert list(simpo.get_xdata()) == [0.3, 0.9] and list(simpo.get_ydata()) == [0.2, 0.4]  # in KL order
+    assert list(lines["KTO, per beta (greedy answers)"].get_xdata()) == [0.5]
+    assert "ORPO, per lambda (greedy answers)" not in lines
+    assert {t.get_text() for t in ax.texts} >= {"beta=2", "beta=1", "beta=0.1"}
+    plt.close(ax.figure)
