@@ -543,8 +543,10 @@ def train_or_load_relative(preset: Preset, method: str, sft: StageModel | None =
             train_data = judged_answers(data["train_pairs"], splits.preferences, labeler_for(preset), preset.seed)
             held = judged_answers(data["eval_pairs"], splits.rm_eval, Labeler(), preset.seed)
             log = train_kto(model, sft.model, sft.tokenizer, train_data, held, cfg, **common)
-            counts = {"n_answers": len(train_data), "n_desirable": sum(j.desirable for j in train_data),
-                      "n_eval_answers": len(held),
+            ups = sum(j.desirable for j in train_data)
+            counts = {"n_answers": len(train_data), "n_desirable": ups, "n_eval_answers": len(held),
+                      "desirable_weight": cfg.desirable_weight * ((len(train_data) - ups) / ups
+                                                                  if cfg.balance and 0 < ups < len(train_data) else 1),
                       "val_judged_accuracy": log.metrics.get("val_judged_accuracy", [None])[-1]}
         else:
             train_fn = train_simpo if method == "simpo" else train_orpo

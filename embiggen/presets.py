@@ -223,6 +223,8 @@ class KTOConfig(PreferenceLossConfig):
     beta: float = knob(0.1, "beta: the scale of the implicit reward log pi / pi_ref (the paper's 0.1)")
     desirable_weight: float = knob(1.0, "lambda_D: the weight of a thumbs-up answer's loss")
     undesirable_weight: float = knob(1.0, "lambda_U: the weight of a thumbs-down answer's loss")
+    balance: bool = knob(True, "scale lambda_D by n_undesirable / n_desirable, so that lambda_D n_D = lambda_U n_U "
+                               "(the paper's advice when one kind of judgement is rarer)")
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,15 @@ training, as DPO's are; each step the policy's log-probabilities of the mismatch
 
 The judgements are the labeler's: every answer of the preference collection (the same prompts
 and answers DPO's pairs are made of), judged on its own, thumbs-up when its gold score is above 0,
-flipped with the labeler's noise rate (`judged_answers`).
+flipped with the labeler's noise rate (`judged_answers`). The paper advises weighting the two
+kinds so that lambda_D n_D / (lambda_U n_U) is between 1 and 4/3 when one is rarer;
+`KTOConfig.balance` sets it to 1.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -177,12 +179,16 @@ def train_kto(model, ref_model, tokenizer, train_judged: list[Judged], eval_judg
     """Fine-tune `model` (a copy of the SFT model) with the KTO loss on judged answers, against
     `ref_model` (the SFT model, whose log-probabilities are computed once). The log holds the
     held-out KTO loss as `val_loss`, and per step the KL estimate z and the implicit rewards of
-    thumbs-up and thumbs-down answers."""
+    thumbs-up and thumbs-down answers. With cfg.balance, lambda_D is scaled so that both kinds
+    of judgement weigh the same in total (here thumbs-down answers outnumber thumbs-up ones)."""
     device = device or pick_device()
     if world_size() > 1 and cfg.batch_size < world_size():
         raise ValueError(f"a batch of {cfg.batch_size} cannot be split over {world_size()} processes")
     model.to(device)
     disable_dropout(model)
+    ups = sum(j.desirable for j in train_judged)
+    if cfg.balance and 0 < ups < len(train_judged):  # lambda_D n_D = lambda_U n_U: the rarer kind weighs as much
+        cfg = replace(cfg, desirable_weight=cfg.desirable_weight * (len(train_judged) - ups) / ups)
     with mixed_precision(cfg.optim, device):
         disable_dropout(ref_model.to(device))
         train = KTOData(tokenizer, train_judged, cfg, ref_model, device, seed)
