@@ -40,10 +40,13 @@ from embiggen.lm.training import TrainLog, cache_dir, load_checkpoint, resume_di
 from embiggen.methods.dpo import train_dpo
 from embiggen.methods.expert_iteration import expert_iteration
 from embiggen.methods.grpo import GRPOLog, GRPOTrainer, json_rows, train_grpo
+from embiggen.methods.kto import judged_answers, train_kto
+from embiggen.methods.orpo import train_orpo
 from embiggen.methods.ppo import PPOLog, PPOTrainer, train_ppo
 from embiggen.methods.pretrain import estimate_loss, pretrain, tokenize_corpus
 from embiggen.methods.reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
 from embiggen.methods.sft import SFTData, encode_example, sft
+from embiggen.methods.simpo import train_simpo
 from embiggen.methods.tools import encode_tool_example
 from embiggen.presets import DPOConfig, GRPOConfig, ModelConfig, PPOConfig, Preset, check_preset
 from embiggen.utils import atomic_dir, atomic_write_text, config_key, pick_device, read_only, set_seed
@@ -512,10 +515,6 @@ def train_or_load_relative(preset: Preset, method: str, sft: StageModel | None =
     trained on the very preferences DPO learns from: SimPO and ORPO on the same pairs (no
     reference model), KTO on the same answers judged one at a time by the labeler (thumbs up or
     down, `kto.judged_answers`), against the SFT model. `cfg` overrides the preset's (a sweep)."""
-    from embiggen.methods.kto import judged_answers, train_kto
-    from embiggen.methods.orpo import train_orpo
-    from embiggen.methods.simpo import train_simpo
-
     check_preset(preset)
     if method not in RELATIVES:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(RELATIVES)}")

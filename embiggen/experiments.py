@@ -21,14 +21,15 @@ no stage of the main chain hashes.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 
 import torch
 
-from embiggen.chain import (StageModel, train_or_load_base, train_or_load_dpo, train_or_load_expert_iteration,
-                            train_or_load_grpo, train_or_load_ppo, train_or_load_ppo_verified, train_or_load_relative,
-                            train_or_load_reward, train_or_load_sft)
+from embiggen.chain import (StageModel, labeler_for, preference_data, train_or_load_base, train_or_load_dpo,
+                            train_or_load_expert_iteration, train_or_load_grpo, train_or_load_ppo,
+                            train_or_load_ppo_verified, train_or_load_relative, train_or_load_reward, train_or_load_sft)
 from embiggen.data.splits import data_splits
 from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model, name_copy_rate
@@ -36,7 +37,11 @@ from embiggen.judging.labeler import Labeler
 from embiggen.judging.refusals import reward_for_refusing
 from embiggen.judging.verifiers import majority_vote_accuracy, sample_answers, verifier_for
 from embiggen.lm.generate import decode_responses, episode_logprobs, sample_episodes
+from embiggen.methods.dpo import train_dpo
+from embiggen.methods.kto import judged_answers, train_kto
+from embiggen.methods.orpo import train_orpo
 from embiggen.methods.reward import RewardModel
+from embiggen.methods.simpo import train_simpo
 from embiggen.presets import Preset, check_preset
 
 
@@ -301,14 +306,6 @@ def preference_step_costs(preset: Preset, sft: StageModel | None = None, steps: 
     fresh copy of the SFT model with the preset's settings (nothing cached), the seconds per step
     of the loop, and the peak resident memory from the start of the run (the reference
     log-probabilities DPO and KTO compute once, first, included; Linux only, else None)."""
-    import copy
-
-    from embiggen.chain import labeler_for, preference_data
-    from embiggen.methods.dpo import train_dpo
-    from embiggen.methods.kto import judged_answers, train_kto
-    from embiggen.methods.orpo import train_orpo
-    from embiggen.methods.simpo import train_simpo
-
     check_preset(preset)
     sft = sft or train_or_load_sft(preset, device=device)
     data, splits = preference_data(preset, sft, progress=False), data_splits(preset)

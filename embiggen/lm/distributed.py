@@ -44,11 +44,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import weakref
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def init() -> None:
@@ -80,15 +83,12 @@ def shards_optimizer() -> bool:
 def sharded_adamw(params, **settings):
     """AdamW whose state is split over the ranks (torch's ZeroRedundancyOptimizer): each rank
     updates its part of the weights and broadcasts the new values."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer  # imported only where it is used
-
     return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, **settings)
 
 
 def is_sharded(optimizer) -> bool:
     """Whether `optimizer` keeps only this rank's part of the state (`sharded_adamw`)."""
-    optim = sys.modules.get("torch.distributed.optim")
-    return optim is not None and isinstance(optimizer, optim.ZeroRedundancyOptimizer)
+    return isinstance(optimizer, ZeroRedundancyOptimizer)
 
 
 def world_size() -> int:
@@ -206,13 +206,11 @@ def all_reduce_gradients(model) -> None:
 # ---------------------------------------------------------------------------------------
 def is_slice(t) -> bool:
     """Whether `t` is this rank's slice of a sharded weight (a DTensor)."""
-    tensor = sys.modules.get("torch.distributed.tensor")
-    return tensor is not None and isinstance(t, tensor.DTensor)
+    return isinstance(t, DTensor)
 
 
 def _fsdp_modules(model) -> list:
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    return [m for m in model.modules() if isinstance(m, fsdp.FSDPModule)] if fsdp is not None else []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def is_split(model) -> bool:
@@ -240,9 +238,6 @@ def shard_weights(model) -> None:
     (before its optimiser is made: AdamW's moments then have the slices' shapes)."""
     if sharding() != "weights":
         return
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     if any(type(m).__name__ == "LoraLayer" or hasattr(m, "lora_A") for m in model.modules()):
         raise ValueError("EMBIGGEN_SHARD=weights does not shard LoRA adapters: set EMBIGGEN_SHARD=none or optimizer")
     layers = decoder_layers(model)
@@ -263,8 +258,6 @@ def gather_weights(model) -> None:
     ordinary module again (its class, no FSDP hooks), for saving, evaluating and sampling."""
     if not is_split(model):
         return
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-
     for layer in _fsdp_modules(model):
         layer.reshard()
         state = fully_shard.state(layer)
@@ -300,8 +293,6 @@ def like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """`full` cut as `param` is: this rank's slice where `param` is one, `full` itself otherwise."""
     if not is_slice(param):
         return full
-    from torch.distributed.tensor import distribute_tensor
-
     return distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
 
 
