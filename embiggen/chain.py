@@ -45,6 +45,7 @@ from embiggen.methods.orpo import train_orpo
 from embiggen.methods.ppo import PPOLog, PPOTrainer, train_ppo
 from embiggen.methods.pretrain import estimate_loss, pretrain, tokenize_corpus
 from embiggen.methods.reward import RewardModel, fit_reward_model, load_pairs, load_reward_model, reward_model_round
+from embiggen.methods.reward_ensemble import RewardEnsemble
 from embiggen.methods.sft import SFTData, encode_example, sft
 from embiggen.methods.simpo import train_simpo
 from embiggen.methods.tools import encode_tool_example
@@ -300,23 +301,27 @@ def _collect_preferences(preset: Preset, sft_model: StageModel, folder: Path, pr
 
 
 def train_or_load_reward(preset: Preset, sft: StageModel | None = None, force: bool = False,
-                         progress: bool = True, device=None) -> RewardModel:
+                         progress: bool = True, device=None, member: int = 0) -> RewardModel:
     """The reward model of `preset`: preferences collected from the SFT model, Bradley-Terry
     training from the SFT weights, scores normalised on SFT samples. The train and held-out
-    pairs are kept beside the weights (`train_pairs.jsonl`, `eval_pairs.jsonl`)."""
+    pairs are kept beside the weights (`train_pairs.jsonl`, `eval_pairs.jsonl`). `member` > 0:
+    another reward model on the same pairs, its head and batch order drawn from another seed
+    (an ensemble's member; member 0 is the stage's own)."""
     check_preset(preset)
     cfg = preset.reward
     device = device or pick_device()
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
-    path = cache_dir("reward", preset, REWARD_VERSION, data_splits(preset).fingerprint, sft.path.name, asdict(cfg))
+    path = cache_dir("reward", preset, REWARD_VERSION, data_splits(preset).fingerprint, sft.path.name, asdict(cfg),
+                     *((member,) if member else ()), tag=f"member{member}" if member else "")
+    seed = preset.seed + 1000 * member
 
     def train(path):
-        set_seed(preset.seed)
+        set_seed(seed)
         data = preference_data(preset, sft, progress=progress)
         rm = fit_reward_model(sft.path, sft.tokenizer, data["train_pairs"], data["eval_pairs"], data["norm_samples"],
-                              cfg, path, seed=preset.seed, progress=progress, device=device,
-                              desc=f"reward model {preset.name}")
-        rm.info.update({"preset": preset.name, "seed": preset.seed, "n_prompts": cfg.n_prompts,
+                              cfg, path, seed=seed, progress=progress, device=device,
+                              desc=f"reward model {preset.name}" + (f" member {member}" if member else ""))
+        rm.info.update({"preset": preset.name, "seed": seed, "member": member, "n_prompts": cfg.n_prompts,
                         "collect_seconds": data["collect_seconds"]})  # sampling K answers per prompt and ranking them
         save_checkpoint(path, rm.model, rm.tokenizer, rm.info, rm.log,
                         extra_files={"train_pairs.jsonl": pairs_jsonl(data["train_pairs"]),
@@ -324,6 +329,16 @@ def train_or_load_reward(preset: Preset, sft: StageModel | None = None, force: b
         return rm
 
     return train_or_load(path, lambda path: load_reward_model(path, device), train, force)
+
+
+def train_or_load_reward_ensemble(preset: Preset, sft: StageModel | None = None, members: int = 3,
+                                  mode: str = "uwo", lam: float = 1.0, progress: bool = True,
+                                  device=None) -> RewardEnsemble:
+    """`members` reward models on the same pairs (the stage's own and members - 1 more, each
+    cached), combined conservatively (`methods.reward_ensemble`)."""
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    return RewardEnsemble([train_or_load_reward(preset, sft=sft, progress=progress, device=device, member=i)
+                           for i in range(members)], mode, lam)
 
 
 # ---------------------------------------------------------------------------------------
