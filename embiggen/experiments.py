@@ -6,8 +6,9 @@
   ablation over the number of training clusters (`cluster_ablation`);
 * notebook 3 — a policy's KL from the SFT model on held-out prompts (`sample_with_kl`), the
   gold score of those very samples (`sampled_gold`), and reward hacking made visible, one PPO
-  run per KL coefficient (`kl_sweep`), and PPO's critic started at zero or from the reward
-  model (`value_model_comparison`);
+  run per KL coefficient (`kl_sweep`), PPO's critic started at zero or from the reward
+  model (`value_model_comparison`), and PPO at the sweep's lowest coefficient against a
+  reward-model ensemble (`ensemble_comparison`);
 * notebook 4 — DPO across its beta (`dpo_beta_sweep`), measured exactly as PPO is, and its
   relatives SimPO, ORPO and KTO across theirs (`relatives_sweep`);
 * notebook 5 — GRPO's loss-averaging variants (`grpo_variants`), a loose verifier and what the
@@ -29,7 +30,8 @@ import torch
 
 from embiggen.chain import (StageModel, labeler_for, preference_data, train_or_load_base, train_or_load_dpo,
                             train_or_load_expert_iteration, train_or_load_grpo, train_or_load_ppo,
-                            train_or_load_ppo_verified, train_or_load_relative, train_or_load_reward, train_or_load_sft)
+                            train_or_load_ppo_verified, train_or_load_relative, train_or_load_reward,
+                            train_or_load_reward_ensemble, train_or_load_sft)
 from embiggen.data.splits import data_splits
 from embiggen.data.world import ALIGNMENT_KINDS
 from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model, name_copy_rate
@@ -41,6 +43,7 @@ from embiggen.methods.dpo import train_dpo
 from embiggen.methods.kto import judged_answers, train_kto
 from embiggen.methods.orpo import train_orpo
 from embiggen.methods.reward import RewardModel
+from embiggen.methods.reward_ensemble import disagreement
 from embiggen.methods.simpo import train_simpo
 from embiggen.presets import Preset, check_preset
 
@@ -182,6 +185,43 @@ def kl_sweep(preset: Preset, sft: StageModel | None = None, reward: RewardModel 
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
     reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
     return [sweep_run(preset, sft, reward, progress, device, kl_coef=beta) for beta in preset.experiments.kl_sweep]
+
+
+def ensemble_comparison(preset: Preset, sft: StageModel | None = None, reward: RewardModel | None = None,
+                        progress: bool = True, device=None) -> dict:
+    """Over-optimisation against an ensemble: at the KL sweep's lowest coefficient (where the
+    single reward model is exploited most), PPO against the stage's reward model (that sweep run,
+    from the cache) and against each conservative reward of an ensemble of
+    experiments.ensemble_members reward models on the same pairs (`train_or_load_reward_ensemble`),
+    each run as the sweep's are. Per run: the sweep run's figures, with its training seconds and,
+    for the ensembles, the members' training seconds; and the held-out answers of the single
+    reward model's run on which the ensemble's members disagree most."""
+    check_preset(preset)
+    cfg = preset.experiments
+    sft = sft or train_or_load_sft(preset, progress=progress, device=device)
+    reward = reward or train_or_load_reward(preset, sft=sft, progress=progress, device=device)
+    lowest = min(cfg.kl_sweep)
+    runs = [{"reward": "one reward model", "mode": None, "reward_seconds": reward.info.get("train_seconds", 0.0),
+             **sweep_run(preset, sft, reward, progress, device, kl_coef=lowest)}]
+    ensembles = {}
+    for mode in cfg.ensemble_modes:
+        ensemble = train_or_load_reward_ensemble(preset, sft=sft, members=cfg.ensemble_members, mode=mode,
+                                                 lam=cfg.ensemble_lam, progress=progress, device=device)
+        ensembles[mode] = ensemble
+        runs.append({"reward": f"ensemble of {cfg.ensemble_members}, {mode}", "mode": mode,
+                     "reward_seconds": ensemble.info["train_seconds"],
+                     **sweep_run(preset, sft, ensemble, progress, device, kl_coef=lowest)})
+    ensemble = next(iter(ensembles.values()))
+    single = train_or_load_ppo(preset, kl_coef=lowest, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1, sft=sft,
+                               reward=reward, progress=progress, device=device)  # the first run, from the cache
+    answers = judge_model(single.model, single.tokenizer, data_splits(preset).ppo_eval, Labeler(), None,
+                          preset.evaluation.max_new_tokens)["rows"]
+    spread = disagreement(ensemble, [r["instruction"] for r in answers], [r["response"] for r in answers],
+                          [r["finished"] for r in answers])
+    for row in spread:  # the labeler's verdict beside the members'
+        row.update(next({"gold": r["gold"], "category": r["category"]} for r in answers
+                        if r["instruction"] == row["instruction"] and r["response"] == row["response"]))
+    return {"kl_coef": lowest, "runs": runs, "disagreements": spread, "ensemble": ensemble}
 
 
 def value_model_comparison(preset: Preset, sft: StageModel | None = None, reward: RewardModel | None = None,
@@ -428,7 +468,7 @@ def _mean(xs) -> float:
 #: loads from the cache after; `embiggen run --experiments` trains them all ahead of time.
 NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "copying_sweep": copying_sweep, "cluster_ablation": cluster_ablation,
                         "kl_sweep": kl_sweep,
-                        "value_model_comparison": value_model_comparison,
+                        "value_model_comparison": value_model_comparison, "ensemble_comparison": ensemble_comparison,
                         "written_declines_comparison": written_declines_comparison,
                         "dpo_beta_sweep": dpo_beta_sweep, "relatives_sweep": relatives_sweep,
                         "grpo_variants": grpo_variants,

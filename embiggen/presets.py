@@ -309,6 +309,11 @@ class ExperimentConfig:
     kl_sweep: tuple[float, ...] = knob((0.0, 0.03, 0.1, 0.3), "notebook 3's reward-hacking sweep: KL coefficients")
     sweep_steps: int = knob(60, "PPO steps of each sweep run (one round, the first reward model)")
     sweep_lr: float = knob(1e-4, "the sweep pushes harder, so that over-optimisation shows within minutes")
+    ensemble_members: int = knob(3, "notebook 3's reward-model ensemble: members (the stage's reward model and others "
+                                    "on the same pairs from other seeds)")
+    ensemble_modes: tuple[str, ...] = knob(("worst", "uwo"), "... the conservative rewards PPO is run against, one "
+                                                             "run each at the KL sweep's lowest coefficient")
+    ensemble_lam: float = knob(1.0, "... lambda of the uncertainty-weighted reward (mean - lambda * variance)")
     dpo_betas: tuple[float, ...] = knob((0.05, 0.1, 0.5, 2.0), "notebook 4's DPO runs, one per beta")
     simpo_betas: tuple[float, ...] = knob((1.0, 2.0, 4.0), "notebook 4's SimPO runs, one per beta (gamma / beta kept)")
     orpo_lambdas: tuple[float, ...] = knob((0.1, 0.5, 2.0), "notebook 4's ORPO runs, one per lambda")
@@ -390,7 +395,7 @@ PRESETS: dict[str, Preset] = {
             copy_models=(ModelConfig(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, intermediate_size=224),),
             copy_steps=(400,),
             ablation_cluster_counts=(1, 3), ablation_steps=30, best_of_n=(1, 2, 4), kl_sweep=(0.0, 0.05),
-            sweep_steps=6, dpo_betas=(0.1, 0.5), simpo_betas=(2.0,), orpo_lambdas=(0.1,), kto_betas=(0.1,),
+            sweep_steps=6, dpo_betas=(0.1, 0.5), ensemble_members=2, ensemble_modes=("worst",), simpo_betas=(2.0,), orpo_lambdas=(0.1,), kto_betas=(0.1,),
             speed_tokens=24, ei_rounds=2,
             ei_sft=SFTConfig(steps=4, batch_size=8, max_length=128, replay_share=0.0, eval_every=4, n_train=0,
                              n_val=0, optim=OptimConfig(lr=5e-4, warmup_steps=1, weight_decay=0.0)),
