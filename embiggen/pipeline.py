@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from embiggen.chain import (RELATIVES, final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_grpo,
-                            train_or_load_kto, train_or_load_orpo, train_or_load_ppo, train_or_load_reward,
-                            train_or_load_sft, train_or_load_simpo, train_or_load_tools)
+from embiggen.chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_grpo,
+                            train_or_load_ppo, train_or_load_reward, train_or_load_sft, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
 from embiggen.data.world import ALIGNMENT_KINDS
@@ -311,22 +310,6 @@ def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
             **preference_figures(preset, models, measured, "dpo")}
 
 
-def report_relative(method: str):
-    """The report of one of DPO's relatives (SimPO, ORPO, KTO): DPO's figures, with its own
-    coefficient, data and held-out accuracy (of its pairs' rewards; KTO: of its judged answers)."""
-    def report(preset: Preset, models: dict, measured: Measured) -> dict:
-        info, key = models[method].info, RELATIVES[method]
-        accuracy = info.get("val_judged_accuracy" if method == "kto" else "val_reward_accuracy")
-        data = ({"n_answers": info["n_answers"], "n_desirable": info["n_desirable"]} if method == "kto"
-                else {"n_pairs": info["n_pairs"]})
-        return {"train_seconds": info["train_seconds"], key: info[key], **data,
-                "val_accuracy": round(accuracy, 4) if accuracy is not None else None,
-                **preference_figures(preset, models, measured, method)}
-
-    report.__name__ = f"report_{method}"
-    return report
-
-
 def report_grpo(preset: Preset, models: dict, measured: Measured) -> dict:
     """GRPO on held-out prompts, beside the SFT model it started from: greedy accuracy per
     cluster in held-in templates (prompts no training set holds, phrasings training used) and in
@@ -457,10 +440,6 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           needs={"sft": "sft", "reward": "rm"}),
     Stage("dpo", train_or_load_dpo, report_dpo, lambda preset: {"reward": preset.reward, "dpo": preset.dpo},
           needs={"sft": "sft"}),
-    *[Stage(method, trainer, report_relative(method),
-            lambda preset, method=method: {"reward": preset.reward, method: getattr(preset, method)},
-            needs={"sft": "sft"}) for method, trainer in (("simpo", train_or_load_simpo),
-                                                          ("orpo", train_or_load_orpo), ("kto", train_or_load_kto))],
     Stage("tools", train_or_load_tools, report_tools, lambda preset: {"tools": preset.tools}, needs={"sft": "sft"}),
     Stage("grpo", train_or_load_grpo, report_grpo, lambda preset: {"grpo": preset.grpo}, needs={"sft": "sft"}),
 ]}
