@@ -470,7 +470,8 @@ NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "copying_sweep": copying_sweep
                         "kl_sweep": kl_sweep,
                         "value_model_comparison": value_model_comparison,
                         "written_declines_comparison": written_declines_comparison,
-                        "dpo_beta_sweep": dpo_beta_sweep, "grpo_variants": grpo_variants,
+                        "dpo_beta_sweep": dpo_beta_sweep, "relatives_sweep": relatives_sweep,
+                        "grpo_variants": grpo_variants,
                         "loose_verifier_run": loose_verifier_run, "verifiable_baselines": verifiable_baselines}
 
 

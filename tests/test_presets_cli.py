@@ -198,7 +198,8 @@ def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch
                          for name in experiments.NOTEBOOK_EXPERIMENTS})
     assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "copying_sweep", "cluster_ablation", "kl_sweep",
                                                      "value_model_comparison", "written_declines_comparison",
-                                                     "dpo_beta_sweep", "grpo_variants", "loose_verifier_run",
+                                                     "dpo_beta_sweep", "relatives_sweep", "grpo_variants",
+                                                     "loose_verifier_run",
                                                      "verifiable_baselines"}
     monkeypatch.setattr(commands, "run", lambda *a, **k: {"preset": "smoke", "seed": 1})
     monkeypatch.setattr(commands, "report_card", lambda report: "card")
