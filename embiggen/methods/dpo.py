@@ -274,15 +274,18 @@ def dpo_batch_loss(model, batch: dict, cfg: DPOConfig, demonstrations: dict | No
 
 
 @torch.no_grad()
-def evaluate_pairs(model, data: DPOData, cfg: DPOConfig, batch_size: int = 64) -> dict:
-    """The DPO loss and the implicit-reward accuracy and margin over every pair of `data`."""
+def evaluate_pairs(model, data: DPOData, cfg: DPOConfig, batch_size: int = 64, batch_loss_fn=None) -> dict:
+    """The DPO loss and the implicit-reward accuracy and margin over every pair of `data`; with
+    `batch_loss_fn(model, batch)`, another pair loss's (its loss, tokens and stats, as
+    `dpo_batch_loss` returns them: SimPO's, ORPO's)."""
+    batch_loss_fn = batch_loss_fn or (lambda m, batch: dpo_batch_loss(m, batch, cfg))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total = {"loss": 0.0, "reward_accuracy": 0.0, "reward_margin": 0.0}
     for i in range(0, len(data.encoded), batch_size):
         idx = list(range(i, min(i + batch_size, len(data.encoded))))
-        loss, _, stats = dpo_batch_loss(model, {k: v.to(device) for k, v in data.batch(idx).items()}, cfg)
+        loss, _, stats = batch_loss_fn(model, {k: v.to(device) for k, v in data.batch(idx).items()})
         for key, value in (("loss", loss.item()), ("reward_accuracy", stats["reward_accuracy"]),
                            ("reward_margin", stats["reward_margin"])):
             total[key] += value * len(idx)

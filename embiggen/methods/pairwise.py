@@ -17,7 +17,7 @@ import torch
 
 from embiggen.lm.distributed import shard
 from embiggen.lm.training import TrainLog, mixed_precision, train_loop
-from embiggen.methods.dpo import DPOData, encode_pairs, sequence_logprobs
+from embiggen.methods.dpo import DPOData, encode_pairs, evaluate_pairs, sequence_logprobs
 from embiggen.methods.ppo import disable_dropout
 from embiggen.utils import pick_device
 
@@ -32,24 +32,6 @@ def pair_batch_loss(model, batch: dict, cfg, loss_fn):
              "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item(),
              "logp_chosen": logp[:half].detach().mean().item(), "logp_rejected": logp[half:].detach().mean().item()}
     return loss, n_tokens.sum(), stats
-
-
-@torch.no_grad()
-def evaluate_pairs(model, data: DPOData, cfg, loss_fn, batch_size: int = 64) -> dict:
-    """The loss and the reward accuracy and margin over every pair of `data`."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total = {"loss": 0.0, "reward_accuracy": 0.0, "reward_margin": 0.0}
-    for i in range(0, len(data.encoded), batch_size):
-        idx = list(range(i, min(i + batch_size, len(data.encoded))))
-        loss, _, stats = pair_batch_loss(model, {k: v.to(device) for k, v in data.batch(idx).items()}, cfg, loss_fn)
-        for key, value in (("loss", loss.item()), ("reward_accuracy", stats["reward_accuracy"]),
-                           ("reward_margin", stats["reward_margin"])):
-            total[key] += value * len(idx)
-    model.train(was_training)
-    n = max(1, len(data.encoded))
-    return {k: v / n for k, v in total.items()}
 
 
 def train_on_pairs(model, tokenizer, train_pairs, eval_pairs, cfg, loss_fn, device=None, seed: int = 0,
@@ -75,7 +57,8 @@ def train_on_pairs(model, tokenizer, train_pairs, eval_pairs, cfg, loss_fn, devi
 
     def held_out_loss(m):
         with mixed_precision(cfg.optim, device):
-            latest.update(evaluate_pairs(m, held, cfg, loss_fn))
+            latest.update(evaluate_pairs(m, held, cfg, batch_loss_fn=lambda model, batch: pair_batch_loss(
+                model, batch, cfg, loss_fn)))
         return latest["loss"]
 
     def record(step, log):
