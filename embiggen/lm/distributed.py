@@ -174,11 +174,10 @@ def gather_texts(share: list, block: int = 1) -> list:
         return list(share)
     blocks = [share[i: i + block] for i in range(0, len(share), block)]
     data = torch.tensor(list(json.dumps(blocks).encode()), dtype=torch.uint8)
-    longest = int(all_reduce_max(len(data)))
     sizes = torch.zeros(world_size(), dtype=torch.int64, device=_device())
     sizes[rank()] = len(data)
-    dist.all_reduce(sizes)
-    padded = torch.zeros(longest, dtype=torch.uint8, device=_device())
+    dist.all_reduce(sizes)  # every rank's length: the longest sets the padding
+    padded = torch.zeros(int(sizes.max()), dtype=torch.uint8, device=_device())
     padded[: len(data)] = data.to(padded.device)
     parts = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(parts, padded)

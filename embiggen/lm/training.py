@@ -35,8 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from embiggen.errors import UserError
 from embiggen.lm.distributed import (all_reduce_gradients, all_reduce_sum, barrier, broadcast_flag, clip_gradients,
                                      full_tensor, gather_weights, is_sharded, is_slice, is_split, like, resharded,
-                                     shard_weights,
-                                     sharded_adamw, shards_optimizer, world_size)
+                                     shard_weights, sharded_adamw, shards_optimizer, world_size)
 from embiggen.lm.lora import has_adapters, merge_adapters, save_adapters
 from embiggen.presets import LoRAConfig, OptimConfig, Preset
 from embiggen.utils import (CacheReadOnly, EntryLoadError, atomic_dir, cache_format_since, cache_root, clean_orphans,
@@ -167,7 +166,7 @@ def restore_optimizer_state(optimizer, tensors: dict) -> None:
 
 
 def _load_weights(model, path: str) -> None:
-    """`_save_weights`'s file into `model`, each weight cut as it is in `model` (a slice of a
+    """The weights `save_resume_point` wrote into `model`, each weight cut as it is in `model` (a slice of a
     sharded layer, or whole); a tied weight the file holds once is loaded once."""
     device = str(next(model.parameters()).device)
     if not is_split(resharded(model)):
