@@ -227,7 +227,7 @@ class GRPOTrainer:
         rows = [i * G + j for i in mine for j in range(G)]
         episodes = sample_grouped_episodes(self.policy, tok, [instructions[i] for i in mine], G, cfg.max_new_tokens,
                                            cfg.temperature, uniforms=uniforms[rows],
-                                           width=prompt_width(tok, instructions),
+                                           width=prompt_width(tok, instructions) if world_size() > 1 else None,
                                            synced=world_size() > 1)  # each prompt read once
         episodes = widen_responses(episodes, int(all_reduce_max(episodes["responses"].shape[1])), tok.pad_token_id)
         texts, _ = decode_responses(tok, episodes["responses"])  # the text every stage judges

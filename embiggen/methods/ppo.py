@@ -378,7 +378,8 @@ class PPOTrainer:
         mine = shard(list(range(len(prompts))))
         share = [prompts[i] for i in mine]
         ep = sample_grouped_episodes(self.policy.lm, tok, [instructions[i] for i in mine], 1, cfg.max_new_tokens,
-                                     cfg.temperature, uniforms=uniforms[mine], width=prompt_width(tok, instructions),
+                                     cfg.temperature, uniforms=uniforms[mine],
+                                     width=prompt_width(tok, instructions) if world_size() > 1 else None,
                                      synced=world_size() > 1)
         ep = widen_responses(ep, int(all_reduce_max(ep["responses"].shape[1])), tok.pad_token_id)
         with mixed_precision(cfg.optim, self.device):  # as in the update: the ratio starts at 1
