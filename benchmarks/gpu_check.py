@@ -37,7 +37,8 @@ def scaled(preset, scale: float):
 
     return replace(preset, pretrain=cut(preset.pretrain), sft=cut(preset.sft), reward=cut(preset.reward),
                    ppo=replace(cut(preset.ppo), rounds=min(preset.ppo.rounds, max(1, round(preset.ppo.steps * scale)))),
-                   dpo=cut(preset.dpo), grpo=cut(preset.grpo), tools=replace(preset.tools, train=cut(preset.tools.train)))
+                   dpo=cut(preset.dpo), simpo=cut(preset.simpo), orpo=cut(preset.orpo), kto=cut(preset.kto),
+                   grpo=cut(preset.grpo), tools=replace(preset.tools, train=cut(preset.tools.train)))
 
 
 def reset_peak(cuda: bool) -> None:

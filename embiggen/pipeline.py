@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from embiggen.chain import (final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_grpo,
-                            train_or_load_ppo, train_or_load_reward, train_or_load_sft, train_or_load_tools)
+from embiggen.chain import (RELATIVES, final_reward_model, train_or_load_base, train_or_load_dpo, train_or_load_grpo,
+                            train_or_load_kto, train_or_load_orpo, train_or_load_ppo, train_or_load_reward,
+                            train_or_load_sft, train_or_load_simpo, train_or_load_tools)
 from embiggen.data.splits import data_splits, overlap
 from embiggen.data.toolbox import TOOLS
 from embiggen.data.world import ALIGNMENT_KINDS
@@ -310,6 +311,23 @@ def report_dpo(preset: Preset, models: dict, measured: Measured) -> dict:
             **preference_figures(preset, models, measured, "dpo")}
 
 
+def report_relative(name: str) -> Callable:
+    """The report of DPO's relative `name` (simpo, orpo or kto): DPO's figures
+    (`preference_figures`, the same held-out material, beside SFT and PPO), with its coefficient
+    and what it trained on (pairs; for KTO, single judged answers)."""
+    def report(preset: Preset, models: dict, measured: Measured) -> dict:
+        info = models[name].info
+        trained_on = ({k: info[k] for k in ("n_answers", "n_desirable", "desirable_weight")} if name == "kto"
+                      else {"n_pairs": info["n_pairs"]})
+        accuracy = info.get("val_judged_accuracy" if name == "kto" else "val_reward_accuracy")
+        return {"train_seconds": info["train_seconds"], RELATIVES[name]: info[RELATIVES[name]], **trained_on,
+                ("val_judged_accuracy" if name == "kto" else "val_reward_accuracy"):
+                    round(accuracy, 4) if accuracy is not None else None,
+                **preference_figures(preset, models, measured, name)}
+    report.__name__ = f"report_{name}"
+    return report
+
+
 def report_grpo(preset: Preset, models: dict, measured: Measured) -> dict:
     """GRPO on held-out prompts, beside the SFT model it started from: greedy accuracy per
     cluster in held-in templates (prompts no training set holds, phrasings training used) and in
@@ -440,6 +458,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           needs={"sft": "sft", "reward": "rm"}),
     Stage("dpo", train_or_load_dpo, report_dpo, lambda preset: {"reward": preset.reward, "dpo": preset.dpo},
           needs={"sft": "sft"}),
+    *(Stage(name, train_fn, report_relative(name), lambda preset, name=name: {"reward": preset.reward,
+                                                                               name: getattr(preset, name)},
+            needs={"sft": "sft"})
+      for name, train_fn in (("simpo", train_or_load_simpo), ("orpo", train_or_load_orpo), ("kto", train_or_load_kto))),
     Stage("tools", train_or_load_tools, report_tools, lambda preset: {"tools": preset.tools}, needs={"sft": "sft"}),
     Stage("grpo", train_or_load_grpo, report_grpo, lambda preset: {"grpo": preset.grpo}, needs={"sft": "sft"}),
 ]}

@@ -520,7 +520,7 @@ DEFAULT_PRESET = "laptop"
 #: The chain's stages in the order they run (`embiggen.pipeline.STAGES` says how each trains and what it
 #: reports), and those whose model writes text, the ones `embiggen sample` and `chat --model` take: the
 #: reward model scores answers. Here, with no torch, so that the command line can parse before it loads any.
-STAGE_NAMES = ("base", "sft", "rm", "ppo", "dpo", "tools", "grpo")
+STAGE_NAMES = ("base", "sft", "rm", "ppo", "dpo", "simpo", "orpo", "kto", "tools", "grpo")
 LANGUAGE_MODELS = tuple(name for name in STAGE_NAMES if name != "rm")
 
 

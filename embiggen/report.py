@@ -254,6 +254,29 @@ def _dpo_kl_gold(f: dict, report: dict) -> str:
     return text + (f" (PPO: {pair(ppo['kl'], ppo['gold_score_ppo'])})" if "kl" in ppo and "gold_score_ppo" in ppo else "")
 
 
+def _against_dpo(how):
+    """A relative's line (SimPO, ORPO, KTO) read as DPO's line is, then DPO's own in brackets."""
+    def read(f: dict, report: dict) -> str:
+        text = how(f, {})  # the relative's figures alone (no PPO in brackets)
+        dpo = report.get("dpo")
+        return text + (f" (DPO: {how(dpo, {})})" if isinstance(dpo, dict) else "")
+    return read
+
+
+def _relative_training(key: str, name: str):
+    def read(f: dict, report: dict) -> str:
+        data = (f"{f.get('n_answers', 0):,} answers judged alone" if "n_answers" in f
+                else f"{f.get('n_pairs', 0):,} pairs")
+        return f"{_s(f.get('train_seconds'))} on {data}, {name} {f.get(key, '—')}"
+    return read
+
+
+def _relative_lines(stage: str, key: str, name: str) -> list:
+    return [(stage, "training", _relative_training(key, name), []),
+            (stage, "honest / refused: harmful / ordinary", _against_dpo(_dpo_rates), []),
+            (stage, "KL from SFT / gold score, greedy", _against_dpo(_dpo_kl_gold), [])]
+
+
 def _grpo_clusters(which: str):
     def how(f: dict, report: dict) -> str:
         clusters = [c.strip() for c in str(f.get("clusters", "")).split(",") if c.strip()]
@@ -340,6 +363,8 @@ HEADLINE = [
     ("dpo", "task accuracy, SFT → DPO",
      lambda f, r: _then((r.get("ppo") or {}).get("heldin_template_accuracy_sft"), f.get("heldin_template_accuracy"))
      if "ppo" in r else _pct(f.get("heldin_template_accuracy")), ["heldin_template_accuracy_change"]),
+    *_relative_lines("simpo", "beta", "beta"), *_relative_lines("orpo", "lam", "lambda"),
+    *_relative_lines("kto", "beta", "beta"),
     ("tools", "training", lambda f, r: f"{_s(f.get('train_seconds'))} on {f.get('n_demonstrations', 0):,} "
                                        "demonstrations with calls", ["train_seconds"]),
     ("tools", "counting, SFT → with the counter",

@@ -286,7 +286,7 @@ def test_the_parsers_stage_names_are_the_pipelines():
     from embiggen.pipeline import STAGES
     from embiggen.presets import LANGUAGE_MODELS, STAGE_NAMES
     assert STAGE_NAMES == tuple(STAGES)
-    assert LANGUAGE_MODELS == ("base", "sft", "ppo", "dpo", "tools", "grpo")
+    assert LANGUAGE_MODELS == ("base", "sft", "ppo", "dpo", "simpo", "orpo", "kto", "tools", "grpo")
 
 
 def test_the_check_sees_a_re_exported_name():

@@ -32,7 +32,8 @@ def test_the_gpu_check_runs_every_stage_and_writes_its_figures(tmp_path, cache_d
     assert code == 0
     results = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     (run,) = results["runs"]
-    assert [r["stage"] for r in run["stages"]] == ["base", "sft", "rm", "ppo", "dpo", "tools", "grpo"]
+    assert [r["stage"] for r in run["stages"]] == ["base", "sft", "rm", "ppo", "dpo", "simpo", "orpo", "kto", "tools",
+                                                   "grpo"]
     assert all(r["seconds"] >= 0 and r["peak_mb"] > 0 for r in run["stages"])
     assert {"sft", "rm", "ppo", "dpo", "grpo"} <= set(run["report"]) and run["base_model"] == str(tmp_path / "base")
     assert "pretrained-smoke   sft" in capsys.readouterr().out
@@ -45,7 +46,7 @@ def test_scaled_cuts_every_stage_and_keeps_at_least_one_step():
     small = check.scaled(PRESETS["pretrained-lora"], 0.25)
     assert small.sft.steps == 75 and small.ppo.steps == 15 and small.ppo.rounds == 2
     tiny = check.scaled(PRESETS["pretrained-smoke"], 0.01)
-    assert (tiny.sft.steps, tiny.ppo.steps, tiny.ppo.rounds, tiny.tools.train.steps) == (1, 1, 1, 1)
+    assert (tiny.sft.steps, tiny.ppo.steps, tiny.ppo.rounds, tiny.tools.train.steps, tiny.kto.steps) == (1, 1, 1, 1, 1)
     assert tiny.sft.optim.lr == PRESETS["pretrained-smoke"].sft.optim.lr  # only the steps change
 
 

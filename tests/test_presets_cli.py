@@ -44,13 +44,13 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 def test_unknown_stage_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="valid stages: base, sft, rm, ppo, dpo, tools, grpo"):
-        parse_stages("base,kto")
+    with pytest.raises(ValueError, match="valid stages: base, sft, rm, ppo, dpo, simpo, orpo, kto, tools, grpo"):
+        parse_stages("base,rlhf")
     with pytest.raises(ValueError, match="valid stages"):
         parse_stages(",")
     assert parse_stages("sft,base") == ["base", "sft"]
-    assert parse_stages(None) == parse_stages("grpo,tools,dpo,ppo,rm,sft,base") == ["base", "sft", "rm", "ppo", "dpo",
-                                                                                    "tools", "grpo"]
+    assert parse_stages(None) == parse_stages("grpo,tools,kto,orpo,simpo,dpo,ppo,rm,sft,base") == [
+        "base", "sft", "rm", "ppo", "dpo", "simpo", "orpo", "kto", "tools", "grpo"]
 
 
 def test_cli_reports_bad_input_without_traceback(capsys):
@@ -105,7 +105,7 @@ def test_chat_model_names_map_to_the_embedded_stages(monkeypatch, tiny_base):
     assert commands.load_model_by_name("ppo", get_preset("smoke"), train=True) == ("ppo model", "tokenizer")
     assert seen == [("base", "smoke", {}), ("sft", "smoke", {"base": "base"}), ("rm", "smoke", {"sft": "sft"}),
                     ("ppo", "smoke", {"sft": "sft", "reward": "rm"})]
-    assert commands.LANGUAGE_MODELS == ("base", "sft", "ppo", "dpo", "tools", "grpo")
+    assert commands.LANGUAGE_MODELS == ("base", "sft", "ppo", "dpo", "simpo", "orpo", "kto", "tools", "grpo")
 
 
 def test_report_card_judges_every_heldin_cluster_but_not_the_heldout_one():

@@ -39,7 +39,10 @@ def test_the_headline_says_how_many_prompts_each_rate_rests_on():
                       "n_eval_prompts_per_rate": {"named_rate_unknown_person": 48},
                       "over_refusal_rate_paraphrased_sft": 0.02, "over_refusal_rate_paraphrased": 0.06,
                       "task_correct_rate_paraphrased_sft": 0.5, "task_correct_rate_paraphrased": 0.55},
-              "dpo": {"honest_rate": 0.57, "kl": 0.54, "gold_score": 0.763}}
+              "dpo": {"honest_rate": 0.57, "kl": 0.54, "gold_score": 0.763},
+              "orpo": {"train_seconds": 51.0, "n_pairs": 3000, "lam": 0.1, "honest_rate": 0.6, "kl": 0.59,
+                       "gold_score": 0.667},
+              "kto": {"train_seconds": 70.2, "n_answers": 6000, "beta": 0.1, "kl": 0.2, "gold_score": 0.473}}
     rows = {(stage, what): (value, mark) for stage, what, value, mark in headline_rows(report)}
     assert rows["base", "size and training"] == ("935,040 parameters, 297 s (11,200 tokens/s)", "✓")
     assert rows["base", "facts recalled by greedy autocomplete"] == ("100% of 200", "✓")
@@ -50,10 +53,16 @@ def test_the_headline_says_how_many_prompts_each_rate_rests_on():
     assert rows["ppo", "labeler's verdict, PPO against SFT"] == (
         "89 wins, 208 ties, 3 losses: 97% of decisive ones, 64% counting ties as half", "✗")  # 64.3% < 65%
     assert rows["dpo", "KL from SFT / gold score, greedy"] == ("0.54 nats / 0.763 (PPO: 1.22 nats / 0.790)", "")
+    # DPO's relatives are read as DPO is, DPO's own figures beside them (not PPO's)
+    assert rows["orpo", "training"] == ("51 s on 3,000 pairs, lambda 0.1", "")
+    assert rows["kto", "training"] == ("70 s on 6,000 answers judged alone, beta 0.1", "")
+    assert rows["orpo", "KL from SFT / gold score, greedy"] == ("0.59 nats / 0.667 (DPO: 0.54 nats / 0.763)", "")
+    assert rows["orpo", "honest / refused: harmful / ordinary"] == ("60% / — / — (DPO: 57% / — / —)", "")
+    assert ("simpo", "training") not in rows  # a stage the report lacks has no lines
     assert rows["ppo", "... hedges about people who do not exist naming"] == (
         "the right name 0% → 10%, someone else's 30% → 4% of 48", "✓")  # honest 85% >= 80%, misnamed 4% <= 5%
     assert rows["ppo", "ordinary questions in new words, SFT → PPO"] == ("2% → 6% declined, 50% → 55% right", "✗")
-    assert headline_lines(report)[-1] == "  training, every stage together: 542 s"  # 297.4 + 245
+    assert headline_lines(report)[-1] == "  training, every stage together: 664 s"  # 297.4 + 245 + 51 + 70.2 = 663.6
 
 
 def test_a_pretrained_base_is_said_to_be_untrained_and_a_missing_figure_is_a_dash():
