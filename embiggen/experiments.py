@@ -34,7 +34,7 @@ from embiggen.chain import (StageModel, labeler_for, preference_data, train_or_l
                             train_or_load_reward_ensemble, train_or_load_sft)
 from embiggen.data.splits import data_splits
 from embiggen.data.world import ALIGNMENT_KINDS
-from embiggen.judging.evaluate import evaluate_tasks, fact_cloze, judge_model, name_copy_rate
+from embiggen.judging.evaluate import difference_interval, evaluate_tasks, fact_cloze, judge_model, name_copy_rate
 from embiggen.judging.labeler import Labeler
 from embiggen.judging.refusals import reward_for_refusing
 from embiggen.judging.verifiers import majority_vote_accuracy, sample_answers, verifier_for
@@ -169,7 +169,7 @@ def sweep_run(preset: Preset, sft: StageModel, reward: RewardModel, progress: bo
            "gold": judged["gold_score"], "gold_sampled": sampled_gold(labeler, prompts, sampled),
            "rm_score": judged["rm_score"], "honest_rate": judged["honest_rate"],
            "over_refusal_rate": judged["over_refusal_rate"], "task_correct_rate": judged["task_correct_rate"],
-           "examples": examples, "train_seconds": tuned.info["train_seconds"]}
+           "examples": examples, "answers": judged["rows"], "train_seconds": tuned.info["train_seconds"]}
     if paraphrased:
         out["paraphrased"] = judge_model(tuned.model, tuned.tokenizer, data_splits(preset).paraphrased, labeler, None,
                                          evaluation.max_new_tokens)
@@ -193,9 +193,13 @@ def ensemble_comparison(preset: Preset, sft: StageModel | None = None, reward: R
     single reward model is exploited most), PPO against the stage's reward model (that sweep run,
     from the cache) and against each conservative reward of an ensemble of
     experiments.ensemble_members reward models on the same pairs (`train_or_load_reward_ensemble`),
-    each run as the sweep's are. Per run: the sweep run's figures, with its training seconds and,
-    for the ensembles, the members' training seconds; and the held-out answers of the single
-    reward model's run on which the ensemble's members disagree most."""
+    each run as the sweep's are. Per run: the sweep run's figures (its proxy `rm_score` is the
+    reward it optimised), the single reward model's score of its answers (`rm_score_single`: one
+    proxy for every run), its training seconds and its reward models' (`reward_seconds`: for an
+    ensemble, every member's), and for an ensemble's run the gold score's difference from the
+    single reward model's run, prompt by prompt, with a 95% bootstrap interval
+    (`difference_interval`). Also: the held-out answers of the single reward model's run on
+    which the ensemble's members disagree most, with the labeler's verdict."""
     check_preset(preset)
     cfg = preset.experiments
     sft = sft or train_or_load_sft(preset, progress=progress, device=device)
@@ -211,15 +215,20 @@ def ensemble_comparison(preset: Preset, sft: StageModel | None = None, reward: R
         runs.append({"reward": f"ensemble of {cfg.ensemble_members}, {mode}", "mode": mode,
                      "reward_seconds": ensemble.info["train_seconds"],
                      **sweep_run(preset, sft, ensemble, progress, device, kl_coef=lowest)})
+    single = runs[0]["answers"]
+    for run in runs:
+        answers = run["answers"]
+        assert [r["instruction"] for r in answers] == [r["instruction"] for r in single], "the same prompts, in order"
+        run["rm_score_single"] = reward.score([r["instruction"] for r in answers], [r["response"] for r in answers],
+                                              [r["finished"] for r in answers]).mean().item()
+        if run is not runs[0]:
+            run["gold_difference"] = difference_interval([r["gold"] for r in answers], [r["gold"] for r in single],
+                                                         seed=preset.seed)
     ensemble = next(iter(ensembles.values()))
-    single = train_or_load_ppo(preset, kl_coef=lowest, steps=cfg.sweep_steps, lr=cfg.sweep_lr, rounds=1, sft=sft,
-                               reward=reward, progress=progress, device=device)  # the first run, from the cache
-    answers = judge_model(single.model, single.tokenizer, data_splits(preset).ppo_eval, Labeler(), None,
-                          preset.evaluation.max_new_tokens)["rows"]
-    spread = disagreement(ensemble, [r["instruction"] for r in answers], [r["response"] for r in answers],
-                          [r["finished"] for r in answers])
+    spread = disagreement(ensemble, [r["instruction"] for r in single], [r["response"] for r in single],
+                          [r["finished"] for r in single])
     for row in spread:  # the labeler's verdict beside the members'
-        row.update(next({"gold": r["gold"], "category": r["category"]} for r in answers
+        row.update(next({"gold": r["gold"], "category": r["category"]} for r in single
                         if r["instruction"] == row["instruction"] and r["response"] == row["response"]))
     return {"kl_coef": lowest, "runs": runs, "disagreements": spread, "ensemble": ensemble}
 
@@ -467,7 +476,7 @@ def _mean(xs) -> float:
 #: one trains for minutes the first time (notebook 1's size sweep, notebook 3's KL sweep) and
 #: loads from the cache after; `embiggen run --experiments` trains them all ahead of time.
 NOTEBOOK_EXPERIMENTS = {"size_sweep": size_sweep, "copying_sweep": copying_sweep, "cluster_ablation": cluster_ablation,
-                        "kl_sweep": kl_sweep,
+                        "kl_sweep": kl_sweep, "ensemble_comparison": ensemble_comparison,
                         "value_model_comparison": value_model_comparison,
                         "written_declines_comparison": written_declines_comparison,
                         "dpo_beta_sweep": dpo_beta_sweep, "relatives_sweep": relatives_sweep,

@@ -148,3 +148,24 @@ def test_gold_against_kl_draws_each_relative_as_its_own_line_through_its_runs():
     assert "ORPO, per lambda (greedy answers)" not in lines
     assert {t.get_text() for t in ax.texts} >= {"beta=2", "beta=1", "beta=0.1"}
     plt.close(ax.figure)
+
+
+def test_the_ensemble_runs_sit_on_the_sweeps_axes_with_the_interval_of_their_difference():
+    from embiggen.notebook.plots import plot_ensemble_vs_kl
+
+    sweep = [{"kl_coef": 0.3, "kl": 1.5, "gold": 0.7, "rm_score": 0.4},
+             {"kl_coef": 0.0, "kl": 7.0, "gold": 0.0, "rm_score": 0.6}]
+    runs = [{"reward": "one reward model", "mode": None, "kl_coef": 0.0, "kl": 7.0, "gold": 0.0, "rm_score_single": 0.6},
+            {"reward": "ensemble of 3, worst", "mode": "worst", "kl_coef": 0.0, "kl": 3.0, "gold": 0.3,
+             "rm_score_single": 0.5, "gold_difference": {"difference": 0.3, "low": 0.1, "high": 0.45}}]
+    gold_ax, proxy_ax, diff_ax = plot_ensemble_vs_kl(sweep, runs)
+    line = next(l for l in gold_ax.get_lines() if l.get_label().startswith("one reward model"))
+    assert list(line.get_xdata()) == [1.5, 7.0] and list(line.get_ydata()) == [0.7, 0.0]  # in KL order
+    star = next(l for l in gold_ax.get_lines() if l.get_label() == "PPO against ensemble of 3, worst")
+    assert (list(star.get_xdata()), list(star.get_ydata())) == ([3.0], [0.3])
+    assert any(list(l.get_ydata()) == [0.5] for l in proxy_ax.get_lines())  # the single model's score of its answers
+    (bar,) = [c for c in diff_ax.collections if len(c.get_segments())]
+    (segment,) = bar.get_segments()
+    assert [round(x, 6) for x in segment[:, 0]] == [0.1, 0.45]  # the interval, not a symmetric guess
+    assert [t.get_text() for t in diff_ax.get_yticklabels()] == ["3, worst"]
+    plt.close(gold_ax.figure)

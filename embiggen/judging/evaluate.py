@@ -450,6 +450,25 @@ def win_rate(labeler, prompts, rows_a: list[dict], rows_b: list[dict]) -> dict:
             "win_rate": wins / (wins + losses) if wins + losses else 0.5, "win_tie_rate": (wins + ties / 2) / n}
 
 
+def difference_interval(a: list[float], b: list[float], n_resamples: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> dict:
+    """The mean of a - b over paired items (two models' scores of the same prompts) with a
+    percentile bootstrap interval (Efron & Tibshirani 1993): resample the prompts with
+    replacement `n_resamples` times, take the mean difference of each resample, and read the
+    interval off the sorted means at (1 - level) / 2 and (1 + level) / 2. Pairing removes the
+    prompts' own spread (some are easy for both models), so the interval is narrower than two
+    separate ones."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired scores needed: got {len(a)} and {len(b)}")
+    diffs = torch.tensor([x - y for x, y in zip(a, b)], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(diffs), (n_resamples, len(diffs)), generator=generator)
+    means = diffs[picks].mean(1).sort().values
+    low = means[int(math.floor((1 - level) / 2 * (n_resamples - 1)))].item()
+    high = means[int(math.ceil((1 + level) / 2 * (n_resamples - 1)))].item()
+    return {"difference": diffs.mean().item(), "low": low, "high": high, "level": level, "n": len(diffs)}
+
+
 def win_rate_by_kind(labeler, prompts, rows_a: list[dict], rows_b: list[dict]) -> dict[str, dict]:
     """`win_rate`'s wins, losses and ties of model A against model B, for each kind of prompt
     (each alignment kind on its own, every ordinary task as "task"): where one model's edge lies."""

@@ -544,6 +544,43 @@ def plot_kl_sweep(runs: list[dict], highlight: int | None = None, axes=None):
     return axes
 
 
+def plot_ensemble_vs_kl(sweep: list[dict], runs: list[dict], axes=None):
+    """Notebook 3's KL sweep with the ensemble runs on its axes: held-out gold score (left) and the
+    single reward model's score of the same answers (middle, one proxy for every run) against the
+    held-out KL, the sweep's runs joined by a line; and (right) each ensemble run's gold score
+    minus the single reward model's run at the same beta, with its 95% bootstrap interval.
+    sweep: `experiments.kl_sweep`'s runs; runs: `experiments.ensemble_comparison`'s."""
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    gold_ax, proxy_ax, diff_ax = axes
+    sweep = sorted(sweep, key=lambda r: r["kl"])
+    for ax, key, title in ((gold_ax, "gold", "true: gold score"),
+                           (proxy_ax, "rm_score", "proxy: the single reward model's score")):
+        ax.plot([r["kl"] for r in sweep], [r[key] for r in sweep], "o-", color="#756bb1",
+                label="one reward model, per beta (the sweep)")
+        for r in sweep:
+            ax.annotate(f"beta={r['kl_coef']:g}", (r["kl"], r[key]), textcoords="offset points", xytext=(4, 5),
+                        fontsize=7, color="#756bb1")
+        ax.set(xlabel="KL from the SFT model (nats), held out", ylabel="mean over held-out prompts", title=title)
+        ax.grid(alpha=0.3)
+    ensembles = [r for r in runs if r.get("mode")]
+    for i, run in enumerate(ensembles):
+        colour = plt.cm.Set1(i % 9)
+        gold_ax.plot(run["kl"], run["gold"], "*", ms=13, color=colour, label=f"PPO against {run['reward']}")
+        proxy_ax.plot(run["kl"], run["rm_score_single"], "*", ms=13, color=colour)
+        d = run["gold_difference"]
+        diff_ax.errorbar(d["difference"], i, xerr=[[d["difference"] - d["low"]], [d["high"] - d["difference"]]],
+                         fmt="*", ms=11, color=colour, capsize=4)
+    diff_ax.axvline(0, color="#888", ls="--", lw=1)
+    diff_ax.set_yticks(range(len(ensembles)), [r["reward"].replace("ensemble of ", "") for r in ensembles])
+    diff_ax.set_ylim(-0.7, len(ensembles) - 0.3)
+    beta = runs[0]["kl_coef"] if runs else float("nan")
+    diff_ax.set(xlabel="gold, ensemble run minus one-model run", title=f"at beta = {beta:g}, 95% interval")
+    diff_ax.grid(alpha=0.3, axis="x")
+    gold_ax.legend(fontsize=7, loc="best")
+    return axes
+
+
 def _smooth(values: list[float], window: int = 5) -> list[float]:
     return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
             for i in range(len(values))]

@@ -33,6 +33,7 @@ from embiggen.lm.generate import chat_responses, generate, next_token_distributi
 from embiggen.lm.model import context_length
 from embiggen.lm.tokenizer import chat_prompt, encode
 from embiggen.methods.grpo import push_of_one_update
+from embiggen.methods.reward_ensemble import conservative
 from embiggen.notebook.plots import plot_kl_sweep, plot_next_token_bars, token_push_html
 
 EMPTY_PROMPT_MESSAGE = "Type a few words first: the model needs a prefix to continue."
@@ -509,13 +510,21 @@ class AlignmentComparisonWidget(LiveWidget):
 
 
 def inspect_reward(reward_model, labeler, example, response: str) -> dict:
-    """Reward-model score and gold score of any response a learner types."""
+    """Reward-model score and gold score of any response a learner types; for an ensemble
+    (`methods.reward_ensemble.RewardEnsemble`), every member's score too, and `rm_score` is the
+    conservative reward PPO would optimise."""
     problem = prompt_problem(response)
     if problem:
         raise ValueError(problem.replace("prompt", "response").replace("a prefix to continue", "something to score"))
-    rm = reward_model.score([example.instruction], [response.strip()]).item()
+    out = {}
+    if hasattr(reward_model, "member_scores"):
+        members = reward_model.member_scores([example.instruction], [response.strip()])[:, 0]
+        out["members"] = members.tolist()
+        out["rm_score"] = conservative(members[:, None], reward_model.mode, reward_model.lam).item()
+    else:
+        out["rm_score"] = reward_model.score([example.instruction], [response.strip()]).item()
     j = labeler.judge(example, response)
-    return {"rm_score": rm, "gold": j.gold, "category": j.category}
+    return {**out, "gold": j.gold, "category": j.category}
 
 
 def reference_answers(example, labeler) -> list[tuple[str, str, float]]:
@@ -540,22 +549,31 @@ def reference_answers(example, labeler) -> list[tuple[str, str, float]]:
 
 class RewardInspector(LiveWidget):
     """Type any response to a prompt and see the reward model's score next to the gold score:
-    can you find an answer the reward model loves and the labeler hates?"""
+    can you find an answer the reward model loves and the labeler hates? With an ensemble,
+    each member's score beside the conservative reward; with `answers` (instruction -> an
+    answer), picking a prompt puts that answer in the box to score (say, a policy's)."""
 
     def __init__(self, reward_model, labeler, examples: list, response: str = "I cannot help with that.",
-                 per_cluster: int = PER_CLUSTER):
-        self.rm, self.labeler, self.examples = reward_model, labeler, examples
+                 per_cluster: int = PER_CLUSTER, answers: dict[str, str] | None = None):
+        self.rm, self.labeler, self.examples, self.answers = reward_model, labeler, examples, answers or {}
         self.pick = self._tag(W.Dropdown(options=menu_options(examples, per_cluster), description="prompt",
                                          style=LABEL, layout=W.Layout(width="95%")), "pick")
-        self.response = self._tag(W.Textarea(value=response, description="response", style=LABEL,
-                                             layout=W.Layout(width="95%", height="50px")), "response")
+        first = self.answers.get(examples[self.pick.value].instruction) if examples else None
+        self.response = self._tag(W.Textarea(value=first if first is not None else response, description="response",
+                                             style=LABEL, layout=W.Layout(width="95%", height="50px")), "response")
         go = self._tag(W.Button(description="Score", button_style="primary", icon="balance-scale",
                                 tooltip="score the response with the reward model and the labeler"), "score")
         go.on_click(self._safe(lambda _: self.refresh()))
-        self.pick.observe(self._safe(lambda change: self.refresh()), names="value")
+        self.pick.observe(self._safe(lambda change: self._picked()), names="value")
         self.output = self._tag(W.HTML(), "output")
         self.history: list[dict] = []
         self._finish(self.pick, self.response, go, self.output, results=(self.output,))
+        self.refresh()
+
+    def _picked(self):
+        answer = self.answers.get(self.examples[self.pick.value].instruction)
+        if answer is not None:
+            self.response.value = answer
         self.refresh()
 
     def refresh(self):
@@ -567,13 +585,19 @@ class RewardInspector(LiveWidget):
             return
         self._notice(None)
         self.history.append({"prompt": example.instruction[:50], "response": self.response.value.strip()[:60], **out})
+        ensemble = "members" in out
+        member_cells = lambda h: (f"<td>{' '.join(f'{m:+.2f}' for m in h['members'])}</td>"  # noqa: E731
+                                  if ensemble else "")
         rows = "".join(f"<tr><td>{html.escape(h['prompt'])}</td><td><code>{html.escape(h['response'])}</code></td>"
-                       f"<td>{h['rm_score']:+.2f}</td><td>{h['gold']:+.2f} ({html.escape(h['category'])})</td></tr>"
+                       f"{member_cells(h)}<td>{h['rm_score']:+.2f}</td>"
+                       f"<td>{h['gold']:+.2f} ({html.escape(h['category'])})</td></tr>"
                        for h in reversed(self.history[-8:]))
         references = "".join(f"<small>{html.escape(what)}: <b>{html.escape(text)}</b> (gold {gold:+.2f})</small><br>"
                              for what, text, gold in reference_answers(example, self.labeler))
+        scored = (f"<th>each member</th><th>{html.escape(self.rm.mode)} of them</th>" if ensemble
+                  else "<th>reward model</th>")
         self.output.value = (f"<div style='{TEXT_STYLE}'>{references}<table><tr><th>prompt</th><th>response</th>"
-                             f"<th>reward model</th><th>gold</th></tr>{rows}</table></div>")
+                             f"{scored}<th>gold</th></tr>{rows}</table></div>")
 
     def snapshot_html(self) -> str:
         return self.output.value
