@@ -197,6 +197,7 @@ def test_run_with_experiments_trains_every_notebook_experiment_ahead(monkeypatch
                         {name: (lambda preset, progress, device, name=name: called.append((name, preset.name)))
                          for name in experiments.NOTEBOOK_EXPERIMENTS})
     assert set(experiments.NOTEBOOK_EXPERIMENTS) == {"size_sweep", "copying_sweep", "cluster_ablation", "kl_sweep",
+                                                     "ensemble_comparison",
                                                      "value_model_comparison", "written_declines_comparison",
                                                      "dpo_beta_sweep", "relatives_sweep", "grpo_variants",
                                                      "loose_verifier_run",
