@@ -319,10 +319,10 @@ def report_relative(name: str) -> Callable:
         info = models[name].info
         trained_on = ({k: info[k] for k in ("n_answers", "n_desirable", "desirable_weight")} if name == "kto"
                       else {"n_pairs": info["n_pairs"]})
-        accuracy = info.get("val_judged_accuracy" if name == "kto" else "val_reward_accuracy")
+        held_out = "val_judged_accuracy" if name == "kto" else "val_reward_accuracy"  # of judged answers / of pairs
+        accuracy = info.get(held_out)
         return {"train_seconds": info["train_seconds"], RELATIVES[name]: info[RELATIVES[name]], **trained_on,
-                ("val_judged_accuracy" if name == "kto" else "val_reward_accuracy"):
-                    round(accuracy, 4) if accuracy is not None else None,
+                held_out: round(accuracy, 4) if accuracy is not None else None,
                 **preference_figures(preset, models, measured, name)}
     report.__name__ = f"report_{name}"
     return report
